@@ -1,0 +1,217 @@
+//! The validated, typed configuration: what the rest of modelgate builds from.
+//!
+//! Every value here has already been checked; defaults are filled in. Nothing in this
+//! file parses; see `load.rs` for how a TOML file becomes a [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, valid configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this configuration was read from (as given on the command line).
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub log: Log,
+    pub tls: Option<Tls>,
+    /// Routes in file order.
+    pub routes: Vec<Route>,
+    /// Upstreams in file order; names are unique.
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Config {
+    /// The upstream with this name, if defined.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// `[listen]`: the sockets modelgate serves on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    /// Plain HTTP (HTTP/1.1 and h2c on one port).
+    pub http: Option<SocketAddr>,
+    /// HTTPS; only valid together with `[tls]`.
+    pub https: Option<SocketAddr>,
+    /// Admin and metrics listener.
+    pub admin: Option<SocketAddr>,
+    /// Bearer token file; required when `admin` is not a loopback address.
+    pub admin_token_file: Option<PathBuf>,
+    pub redirect_http_to_https: bool,
+    /// How long in-flight requests may run on after SIGTERM. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Threads serving requests; 0 means one per core.
+    pub workers: usize,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log {
+    pub access: AccessLog,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLog {
+    Stderr,
+    Off,
+    File(PathBuf),
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub certs: CertSource,
+}
+
+/// Where certificates come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CertSource {
+    /// A directory of `NAME.crt` + `NAME.key` pairs (resolved relative to the config file).
+    Dir(PathBuf),
+    /// An explicit list of pairs.
+    List(Vec<CertPair>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Served when SNI matches nothing; at most one pair may set it.
+    pub default: bool,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub host: Option<HostMatch>,
+    /// Path prefix, always starting with `/`.
+    pub path: String,
+    pub upstream: String,
+    pub strip_prefix: bool,
+    /// Largest accepted request body in bytes; `None` = unlimited.
+    pub max_body: Option<u64>,
+    pub rate_limit: Option<RateLimit>,
+    pub auth: Option<Auth>,
+}
+
+/// How a route matches the request host (always stored lower-case, without port).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// `api.example.com`
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub key: RequestKey,
+}
+
+/// A per-request key: the client address or a request header (lower-case name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKey {
+    ClientAddr,
+    Header(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Auth {
+    ApiKeysFile(PathBuf),
+    JwtSecretEnv(String),
+    JwtPublicKey(PathBuf),
+}
+
+/// `[upstream.NAME]`: a pool of replicas of one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub name: String,
+    pub backends: BackendSource,
+    pub protocol: Protocol,
+    pub balance: Balance,
+    /// For `consistent_hash`; defaults to the client address.
+    pub hash_key: RequestKey,
+    /// Per backend; 0 = unlimited.
+    pub max_inflight: u32,
+    pub queue: Queue,
+    /// Other backends tried after the first (default 1).
+    pub retries: u32,
+    pub retry_non_idempotent: bool,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub eject: Option<Eject>,
+    pub slow_start: Duration,
+    pub health: Option<HealthCheck>,
+    pub tls: UpstreamTls,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendSource {
+    Static(Vec<BackendAddr>),
+    Dns {
+        /// `host:port` to resolve.
+        name: String,
+        every: Duration,
+        resolver: Option<SocketAddr>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendAddr {
+    pub addr: SocketAddr,
+    /// 1..=1000, default 1.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2c,
+    Https,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    LeastOutstanding,
+    RoundRobin,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queue {
+    pub size: usize,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eject {
+    pub consecutive: u32,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+    /// Expected status; `None` means any 2xx.
+    pub expect_status: Option<u16>,
+}
+
+/// Settings for `protocol = "https"` upstreams.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub sni: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}

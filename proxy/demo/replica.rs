@@ -1,0 +1,584 @@
+//! An in-process mock model replica: a real HTTP server (HTTP/1.1 and h2c with
+//! prior knowledge on the same port) that answers health checks, "predictions"
+//! over streamed request bodies, token streams as server-sent events and a JSON
+//! echo of anything else. It backs `modelgate demo` and serves as the upstream
+//! in the integration tests, so it counts hits and in-flight requests, lets its
+//! health, latency and failure mode be changed at run time, and can be killed
+//! abruptly with [`ReplicaHandle::shutdown`] to simulate a dying model server.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Sleep;
+use xxhash_rust::xxh3::Xxh3;
+
+const DEFAULT_TOKEN_INTERVAL: Duration = Duration::from_millis(50);
+const DEFAULT_TOKENS: u64 = 8;
+const OUTPUT_PREFIX: usize = 64;
+const WORDS: &[&str] = &[
+    "the",
+    "gate",
+    "routes",
+    "every",
+    "token",
+    "to",
+    "a",
+    "happy",
+    "replica",
+    "and",
+    "nobody",
+    "waits",
+    "too",
+    "long",
+    "for",
+    "inference",
+];
+
+/// Namespace for [`Replica::builder`].
+pub struct Replica;
+
+impl Replica {
+    /// Starts configuring a replica called `name` (reported in `x-replica` and bodies).
+    pub fn builder(name: impl Into<String>) -> ReplicaBuilder {
+        ReplicaBuilder {
+            name: name.into(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            delay: Duration::ZERO,
+            token_interval: DEFAULT_TOKEN_INTERVAL,
+            health_status: 200,
+            fail: None,
+        }
+    }
+}
+
+/// Configuration of a replica before it is spawned.
+#[derive(Debug, Clone)]
+pub struct ReplicaBuilder {
+    name: String,
+    addr: SocketAddr,
+    delay: Duration,
+    token_interval: Duration,
+    health_status: u16,
+    fail: Option<u16>,
+}
+
+impl ReplicaBuilder {
+    /// Address to listen on (default `127.0.0.1:0`).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Service time added before answering predict and echo requests.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+
+    /// Default gap between streamed tokens (default 50ms).
+    pub fn token_interval(mut self, d: Duration) -> Self {
+        self.token_interval = d;
+        self
+    }
+
+    /// Status answered on `GET /health` (default 200).
+    pub fn health_status(mut self, code: u16) -> Self {
+        self.health_status = code;
+        self
+    }
+
+    /// Answer every request except `/health` with this status.
+    pub fn fail_with(mut self, code: u16) -> Self {
+        self.fail = Some(code);
+        self
+    }
+
+    /// Binds the listener and starts serving in the background.
+    pub async fn spawn(self) -> std::io::Result<ReplicaHandle> {
+        let listener = TcpListener::bind(self.addr).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            name: self.name,
+            addr,
+            token_interval: self.token_interval,
+            hits: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
+            max_inflight: AtomicU64::new(0),
+            health_checks: AtomicU64::new(0),
+            health_status: AtomicU16::new(self.health_status),
+            delay_nanos: AtomicU64::new(duration_nanos(self.delay)),
+            fail: AtomicU16::new(self.fail.unwrap_or(0)),
+            shutdown,
+        });
+        tokio::spawn(accept_loop(listener, Arc::clone(&inner)));
+        Ok(ReplicaHandle { inner })
+    }
+}
+
+/// Handle on a running replica; cheap to clone.
+#[derive(Clone)]
+pub struct ReplicaHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ReplicaHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaHandle")
+            .field("name", &self.inner.name)
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicaHandle {
+    /// The address the replica listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The replica's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Requests received, excluding `/health`.
+    pub fn hits(&self) -> u64 {
+        self.inner.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests (excluding `/health`) whose response has not been fully sent yet.
+    pub fn inflight(&self) -> u64 {
+        self.inner.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Highest number of concurrent in-flight requests seen.
+    pub fn max_inflight(&self) -> u64 {
+        self.inner.max_inflight.load(Ordering::SeqCst)
+    }
+
+    /// Number of `/health` requests answered.
+    pub fn health_checks(&self) -> u64 {
+        self.inner.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// Changes the status answered on `/health`.
+    pub fn set_health_status(&self, code: u16) {
+        self.inner.health_status.store(code, Ordering::SeqCst);
+    }
+
+    /// Changes the service time of predict and echo requests.
+    pub fn set_delay(&self, d: Duration) {
+        self.inner
+            .delay_nanos
+            .store(duration_nanos(d), Ordering::SeqCst);
+    }
+
+    /// Turns failure injection on (`Some(status)`) or off (`None`).
+    pub fn set_fail(&self, code: Option<u16>) {
+        self.inner.fail.store(code.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Kills the replica: stops accepting and drops every open connection at
+    /// once, including those mid-request. Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+}
+
+struct Inner {
+    name: String,
+    addr: SocketAddr,
+    token_interval: Duration,
+    hits: AtomicU64,
+    inflight: AtomicU64,
+    max_inflight: AtomicU64,
+    health_checks: AtomicU64,
+    health_status: AtomicU16,
+    delay_nanos: AtomicU64,
+    /// 0 means "not failing".
+    fail: AtomicU16,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Inner {
+    fn delay(&self) -> Duration {
+        Duration::from_nanos(self.delay_nanos.load(Ordering::SeqCst))
+    }
+
+    fn fail(&self) -> Option<u16> {
+        match self.fail.load(Ordering::SeqCst) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_inflight.fetch_max(now, Ordering::SeqCst);
+        InflightGuard(Arc::clone(self))
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone, i.e. every handle was dropped: keep serving.
+    if rx.wait_for(|down| *down).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let rx = inner.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            _ = wait_shutdown(rx.clone()) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(err) => {
+                log::debug!("replica {}: accept failed: {err}", inner.name);
+                // Avoid spinning on persistent errors such as EMFILE.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let inner = Arc::clone(&inner);
+        let rx = rx.clone();
+        tokio::spawn(async move {
+            let svc_inner = Arc::clone(&inner);
+            let service = hyper::service::service_fn(move |req| {
+                let inner = Arc::clone(&svc_inner);
+                async move { Ok::<_, Infallible>(handle(inner, req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                res = conn => {
+                    if let Err(err) = res {
+                        log::debug!("replica {}: connection from {peer}: {err}", inner.name);
+                    }
+                }
+                _ = wait_shutdown(rx) => {
+                    log::debug!("replica {}: dropping connection from {peer} (shutdown)", inner.name);
+                }
+            }
+        });
+    }
+    log::debug!("replica {} stopped accepting on {}", inner.name, inner.addr);
+}
+
+type RespBody = InflightBody;
+
+async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<RespBody> {
+    if req.uri().path() == "/health" {
+        inner.health_checks.fetch_add(1, Ordering::SeqCst);
+        let code = inner.health_status.load(Ordering::SeqCst);
+        let status = if (200..300).contains(&code) {
+            "ok"
+        } else {
+            "unhealthy"
+        };
+        let body = serde_json::json!({"status": status, "replica": inner.name});
+        return json_response(&inner, code, &body, None);
+    }
+
+    let guard = inner.enter();
+    if let Some(code) = inner.fail() {
+        let body = serde_json::json!({"error": "injected", "replica": inner.name});
+        return json_response(&inner, code, &body, Some(guard));
+    }
+
+    let path = req.uri().path();
+    if req.method() == Method::POST && path == "/v1/predict" {
+        tokio::time::sleep(inner.delay()).await;
+        match digest(req.into_body()).await {
+            Ok(d) => {
+                let body = serde_json::json!({
+                    "replica": inner.name,
+                    "model": "demo",
+                    "bytes": d.bytes,
+                    "xxh3": d.hex(),
+                    "output": d.output(),
+                });
+                json_response(&inner, 200, &body, Some(guard))
+            }
+            Err(err) => body_error(&inner, &err, guard),
+        }
+    } else if req.method() == Method::GET && path == "/v1/stream" {
+        let (tokens, interval) = stream_params(req.uri().query(), inner.token_interval);
+        let body = TokenStream {
+            replica: inner.name.clone(),
+            next: 0,
+            total: tokens,
+            interval,
+            sleep: None,
+            done: false,
+        };
+        let mut resp = Response::new(InflightBody::new(body.boxed(), Some(guard)));
+        let headers = resp.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        add_replica_header(&inner, resp)
+    } else {
+        tokio::time::sleep(inner.delay()).await;
+        let method = req.method().to_string();
+        let path_query = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+        let version = format!("{:?}", req.version());
+        let mut headers = serde_json::Map::new();
+        for name in req.headers().keys() {
+            let joined = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            headers.insert(name.as_str().to_owned(), serde_json::Value::String(joined));
+        }
+        match digest(req.into_body()).await {
+            Ok(d) => {
+                let body = serde_json::json!({
+                    "replica": inner.name,
+                    "method": method,
+                    "path": path_query,
+                    "version": version,
+                    "headers": headers,
+                    "bytes": d.bytes,
+                    "xxh3": d.hex(),
+                });
+                json_response(&inner, 200, &body, Some(guard))
+            }
+            Err(err) => body_error(&inner, &err, guard),
+        }
+    }
+}
+
+fn body_error(inner: &Inner, err: &hyper::Error, guard: InflightGuard) -> Response<RespBody> {
+    log::debug!("replica {}: reading request body: {err}", inner.name);
+    let body = serde_json::json!({"error": "bad request body", "replica": inner.name});
+    json_response(inner, 400, &body, Some(guard))
+}
+
+fn json_response(
+    inner: &Inner,
+    code: u16,
+    body: &serde_json::Value,
+    guard: Option<InflightGuard>,
+) -> Response<RespBody> {
+    let bytes = Bytes::from(body.to_string());
+    let mut resp = Response::new(InflightBody::new(Full::new(bytes).boxed(), guard));
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    add_replica_header(inner, resp)
+}
+
+fn add_replica_header(inner: &Inner, mut resp: Response<RespBody>) -> Response<RespBody> {
+    if let Ok(v) = HeaderValue::from_str(&inner.name) {
+        resp.headers_mut().insert("x-replica", v);
+    }
+    resp
+}
+
+fn stream_params(query: Option<&str>, default_interval: Duration) -> (u64, Duration) {
+    let mut tokens = DEFAULT_TOKENS;
+    let mut interval = default_interval;
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "tokens" => tokens = v.parse().unwrap_or(tokens),
+            "interval_ms" => {
+                if let Ok(ms) = v.parse() {
+                    interval = Duration::from_millis(ms);
+                }
+            }
+            _ => {}
+        }
+    }
+    (tokens, interval)
+}
+
+/// Byte count, hash and head of a request body read as a stream.
+struct Digest {
+    bytes: u64,
+    hash: u64,
+    head: Vec<u8>,
+}
+
+impl Digest {
+    fn hex(&self) -> String {
+        format!("{:016x}", self.hash)
+    }
+
+    fn output(&self) -> String {
+        if self.bytes == 0 {
+            return "(silence)".to_owned();
+        }
+        let text = match std::str::from_utf8(&self.head) {
+            Ok(s) => Some(s),
+            // Only the cut at the end of the head is incomplete: keep the valid part.
+            Err(e) if e.error_len().is_none() => {
+                std::str::from_utf8(&self.head[..e.valid_up_to()]).ok()
+            }
+            Err(_) => None,
+        };
+        match text {
+            Some(s) => s.chars().rev().collect(),
+            None => {
+                let mut out = format!("{} bytes of binary, starting", self.bytes);
+                for b in self.head.iter().take(4) {
+                    let _ = write!(out, " {b:02x}");
+                }
+                out
+            }
+        }
+    }
+}
+
+async fn digest(mut body: Incoming) -> Result<Digest, hyper::Error> {
+    let mut hasher = Xxh3::new();
+    let mut bytes = 0u64;
+    let mut head = Vec::with_capacity(OUTPUT_PREFIX);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            hasher.update(&data);
+            bytes += data.len() as u64;
+            let room = OUTPUT_PREFIX - head.len();
+            head.extend_from_slice(&data[..room.min(data.len())]);
+        }
+    }
+    Ok(Digest {
+        bytes,
+        hash: hasher.digest(),
+        head,
+    })
+}
+
+/// Keeps a request counted as in flight while alive.
+struct InflightGuard(Arc<Inner>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Response body that releases the in-flight guard once the body has been
+/// fully produced, or when the connection drops it.
+struct InflightBody {
+    inner: BoxBody<Bytes, Infallible>,
+    guard: Option<InflightGuard>,
+}
+
+impl InflightBody {
+    fn new(inner: BoxBody<Bytes, Infallible>, guard: Option<InflightGuard>) -> Self {
+        Self { inner, guard }
+    }
+}
+
+impl Body for InflightBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Server-sent events body producing one token per interval.
+struct TokenStream {
+    replica: String,
+    next: u64,
+    total: u64,
+    interval: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    done: bool,
+}
+
+impl Body for TokenStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(sleep) = self.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let this = &mut *self;
+        let chunk = if this.next < this.total {
+            let i = this.next;
+            let word = WORDS[usize::try_from(i).unwrap_or(0) % WORDS.len()];
+            let event = serde_json::json!({"replica": this.replica, "index": i, "token": word});
+            this.next += 1;
+            if this.next < this.total {
+                let deadline = tokio::time::Instant::now() + this.interval;
+                match this.sleep.as_mut() {
+                    Some(sleep) => sleep.as_mut().reset(deadline),
+                    None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+            } else {
+                // The end marker follows the last token right away.
+                this.sleep = None;
+            }
+            format!("data: {event}\n\n")
+        } else {
+            this.done = true;
+            "data: [DONE]\n\n".to_owned()
+        };
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}

@@ -1,0 +1,90 @@
+//! The answers modelgate gives itself, instead of a backend's: status, JSON body and
+//! headers of SPEC.md, built from static data so rejecting costs no formatting.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+/// Why a request was answered by the proxy rather than a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    NoRoute,
+    NoHealthyBackend,
+    Overloaded,
+    TooLarge,
+    BadGateway,
+    GatewayTimeout,
+    BadRequest,
+}
+
+impl Reject {
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::NoRoute => 404,
+            Reject::NoHealthyBackend | Reject::Overloaded => 503,
+            Reject::TooLarge => 413,
+            Reject::BadGateway => 502,
+            Reject::GatewayTimeout => 504,
+            Reject::BadRequest => 400,
+        }
+    }
+
+    /// The `reason` label and the JSON `error` value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Reject::NoRoute => "no_route",
+            Reject::NoHealthyBackend => "no_healthy_backend",
+            Reject::Overloaded => "overloaded",
+            Reject::TooLarge => "too_large",
+            Reject::BadGateway => "bad_gateway",
+            Reject::GatewayTimeout => "gateway_timeout",
+            Reject::BadRequest => "bad_request",
+        }
+    }
+
+    fn body(self) -> &'static [u8] {
+        match self {
+            Reject::NoRoute => br#"{"error":"no_route"}"#,
+            Reject::NoHealthyBackend => br#"{"error":"no_healthy_backend"}"#,
+            Reject::Overloaded => br#"{"error":"overloaded"}"#,
+            Reject::TooLarge => br#"{"error":"too_large"}"#,
+            Reject::BadGateway => br#"{"error":"bad_gateway"}"#,
+            Reject::GatewayTimeout => br#"{"error":"gateway_timeout"}"#,
+            Reject::BadRequest => br#"{"error":"bad_request"}"#,
+        }
+    }
+
+    /// Seconds a client should wait before trying again, for answers that invite it.
+    fn retry_after(self) -> Option<&'static str> {
+        match self {
+            Reject::NoHealthyBackend => Some("5"),
+            Reject::Overloaded => Some("1"),
+            _ => None,
+        }
+    }
+
+    /// The full response header, ready to write.
+    pub fn header(self, request_id: Option<&http::HeaderValue>) -> pingora::Result<ResponseHeader> {
+        let body = self.body();
+        let mut h = ResponseHeader::build(self.status(), Some(5))?;
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        if let Some(secs) = self.retry_after() {
+            h.insert_header(http::header::RETRY_AFTER, secs)?;
+        }
+        if let Some(id) = request_id {
+            h.insert_header(super::X_REQUEST_ID, id.clone())?;
+        }
+        Ok(h)
+    }
+
+    /// Writes this answer as the whole response.
+    pub async fn send(self, session: &mut Session, request_id: Option<&http::HeaderValue>) -> pingora::Result<()> {
+        let header = self.header(request_id)?;
+        session.write_response_header(Box::new(header), false).await?;
+        session
+            .write_response_body(Some(Bytes::from_static(self.body())), true)
+            .await
+    }
+}

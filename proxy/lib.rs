@@ -1,0 +1,16 @@
+//! modelgate: a reverse proxy and load balancer for replicated model servers.
+//!
+//! The request flows `gateway` (pingora hooks) → `routing` (route table) →
+//! `upstream` (pool, selection, in-flight slots). `config` turns a TOML file into a
+//! validated `Config`; `snapshot` builds one immutable generation of routes and pools
+//! from it; `app` wires listeners, the admin endpoint and background work together.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod logging;
+pub mod routing;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,111 @@
+//! The `modelgate` command: parses the command line and hands over to the library.
+//! This is the only place that prints results for humans and picks exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use modelgate::app::App;
+use modelgate::config;
+use modelgate::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "modelgate", version, about = "A reverse proxy and load balancer for model servers")]
+struct Cli {
+    /// Log line format on stderr (filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "config/modelgate.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file, print a summary (exit 0) or every error (exit 1).
+    Check {
+        /// Config file.
+        #[arg(short, long, default_value = "config/modelgate.toml")]
+        config: PathBuf,
+    },
+    /// Start three demo model replicas and the proxy in front of them; no files needed.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Demo => match modelgate::demo::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Loads and fully validates a file: syntax, keys, values, then everything the
+/// server would build from it.
+fn load(path: &std::path::Path) -> Result<config::Loaded, Vec<String>> {
+    let loaded = config::load(path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    modelgate::snapshot::Snapshot::build(&loaded.config)?;
+    Ok(loaded)
+}
+
+fn report_warnings(loaded: &config::Loaded) {
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match load(path) {
+        Ok(loaded) => {
+            report_warnings(&loaded);
+            println!("{}: ok", path.display());
+            print!("{}", config::summary(&loaded.config));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s); nothing was changed", path.display(), errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s); not starting", path.display(), errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    report_warnings(&loaded);
+    match App::build(&loaded.config) {
+        Ok(app) => {
+            log::info!("modelgate {} serving {}", env!("CARGO_PKG_VERSION"), path.display());
+            app.run();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! One configuration generation as the request path sees it: the route table and the
+//! upstream pools it points into, immutable once built and published through `ArcSwap`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::routing::RouteTable;
+use crate::upstream::Pool;
+
+/// What a matched request needs from its route.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub name: Arc<str>,
+    pub prefix: Box<str>,
+    pub strip_prefix: bool,
+    /// Largest request body accepted, in bytes.
+    pub max_body: Option<u64>,
+    pub pool: Arc<Pool>,
+}
+
+/// A complete, consistent view of routes and upstreams for one config generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub routes: RouteTable<Arc<RouteEntry>>,
+    /// Pools by upstream name, in config order.
+    pub pools: Vec<Arc<Pool>>,
+}
+
+/// The live snapshot, shared by the proxy, the admin listener and the reloader.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+impl Snapshot {
+    /// Builds every pool and route of `config`. Fails, listing every problem, on
+    /// settings this build cannot serve; `modelgate check` reports the same list.
+    pub fn build(config: &Config) -> Result<Snapshot, Vec<String>> {
+        let mut errors = unsupported(config);
+        let mut by_name: HashMap<&str, Arc<Pool>> = HashMap::new();
+        let mut pools = Vec::with_capacity(config.upstreams.len());
+        for up in &config.upstreams {
+            match Pool::build(up) {
+                Ok(pool) => {
+                    let pool = Arc::new(pool);
+                    by_name.insert(up.name.as_str(), Arc::clone(&pool));
+                    pools.push(pool);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut routes = RouteTable::default();
+        for r in &config.routes {
+            let Some(pool) = by_name.get(r.upstream.as_str()) else {
+                continue; // validation guarantees it exists; a failed pool is already reported
+            };
+            let entry = RouteEntry {
+                name: r.name.as_str().into(),
+                prefix: r.path.as_str().into(),
+                strip_prefix: r.strip_prefix,
+                max_body: r.max_body,
+                pool: Arc::clone(pool),
+            };
+            routes.insert(r.host.as_ref(), &r.path, Arc::new(entry));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Snapshot {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+            loaded_at: SystemTime::now(),
+            routes,
+            pools,
+        })
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| &**p.name() == name)
+    }
+}
+
+/// Settings that validate but that this build does not serve yet: refusing them is
+/// better than silently ignoring a limit or an auth rule the operator relies on.
+fn unsupported(config: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    let file = config.source.display();
+    if config.listen.https.is_some() || config.tls.is_some() {
+        errors.push(format!(
+            "{file}: listen.https / [tls]: HTTPS termination is not available in this build; serve plain `listen.http` behind a TLS terminator for now"
+        ));
+    }
+    if config.listen.redirect_http_to_https {
+        errors.push(format!(
+            "{file}: listen.redirect_http_to_https: needs HTTPS, which is not available in this build; remove it"
+        ));
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.rate_limit.is_some() {
+            errors.push(format!(
+                "{file}: route[{i}].rate_limit: rate limiting is not available in this build; remove it"
+            ));
+        }
+        if r.auth.is_some() {
+            errors.push(format!(
+                "{file}: route[{i}].auth: authentication is not available in this build; remove it"
+            ));
+        }
+    }
+    for u in &config.upstreams {
+        if u.health.is_some() || u.eject.is_some() || !u.slow_start.is_zero() {
+            errors.push(format!(
+                "{file}: upstream.{}: health checks, ejection and slow start are not available in this build; remove `health`, `eject` and `slow_start`",
+                u.name
+            ));
+        }
+    }
+    errors
+}

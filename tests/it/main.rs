@@ -1,0 +1,3 @@
+//! Integration tests: the real binary and real sockets.
+mod replica;
+mod support;

@@ -1,0 +1,65 @@
+//! Shared helpers for the integration tests: polling, HTTP clients, ports, the
+//! proxy-under-test harness ([`TestProxy`]) and a WebSocket echo server.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+
+mod proxy;
+mod ws;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use proxy::{check, check_file, modelgate_bin, TestProxy};
+pub use ws::ws_echo_server;
+
+/// Generous default timeout for anything that should "eventually" happen.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// How often [`eventually`] re-evaluates its condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Polls `f` every 20ms until it returns `true`; panics naming `what` if that
+/// does not happen within `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return;
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// An HTTP/1.1-only client that ignores proxy environment variables.
+pub fn h1() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("building HTTP/1.1 client")
+}
+
+/// An h2c (HTTP/2 prior knowledge) client that ignores proxy environment variables.
+pub fn h2() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("building h2c client")
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0 to find a free port")
+        .port()
+}

@@ -1,1 +1,69 @@
-fn main() {}
+//! Backend selection cost per policy for pools of 3, 100 and 1,000 backends,
+//! including taking and releasing the in-flight slot.
+
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use modelgate::config::{BackendAddr, BackendSource, Balance, Protocol, Queue, RequestKey, Upstream, UpstreamTls};
+use modelgate::upstream::{Pick, Pool, Tried};
+
+fn upstream(n: usize, balance: Balance) -> Upstream {
+    Upstream {
+        name: "bench".into(),
+        backends: BackendSource::Static(
+            (0..n)
+                .map(|i| BackendAddr {
+                    addr: format!("10.0.{}.{}:8000", i / 250, i % 250 + 1).parse().unwrap_or_else(|e| panic!("{e}")),
+                    weight: 1 + (i % 3) as u32,
+                })
+                .collect(),
+        ),
+        protocol: Protocol::Http1,
+        balance,
+        hash_key: RequestKey::ClientAddr,
+        max_inflight: 0,
+        queue: Queue { size: 0, timeout: Duration::from_secs(1) },
+        retries: 1,
+        retry_non_idempotent: false,
+        connect_timeout: Duration::from_secs(1),
+        first_byte_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        eject: None,
+        slow_start: Duration::ZERO,
+        health: None,
+        tls: UpstreamTls::default(),
+    }
+}
+
+fn select(c: &mut Criterion) {
+    let mut group = c.benchmark_group("select");
+    for (name, balance) in [
+        ("least_outstanding", Balance::LeastOutstanding),
+        ("round_robin", Balance::RoundRobin),
+        ("consistent_hash", Balance::ConsistentHash),
+    ] {
+        for n in [3usize, 100, 1_000] {
+            let pool = Pool::build(&upstream(n, balance)).unwrap_or_else(|e| panic!("{e}"));
+            // Some load so least-outstanding has something to compare.
+            let held: Vec<_> = (0..n / 2)
+                .filter_map(|i| match pool.pick(&Tried::default(), i as u64 * 7919) {
+                    Pick::Leased(_, lease) => Some(lease),
+                    _ => None,
+                })
+                .collect();
+            let tried = Tried::default();
+            let mut key = 0u64;
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    black_box(pool.pick(black_box(&tried), key))
+                })
+            });
+            drop(held);
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, select);
+criterion_main!(benches);

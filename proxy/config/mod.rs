@@ -1,11 +1,56 @@
-//! TEMPORARY stub
-mod types;
+//! Configuration: loading a TOML file into a validated [`Config`], with every problem reported
+//! at its line and column.
+//!
+//! `types` is the typed result, `load` (with `route` and `upstream`) builds it, `reader` walks
+//! the TOML tree, `units` parses durations and sizes, `error` is the error type, and `summary`
+//! renders a config for `modelgate check`.
+
+mod error;
+mod load;
+mod reader;
+mod route;
+mod summary;
+pub mod types;
+mod units;
+mod upstream;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use summary::summary;
 pub use types::*;
-use std::path::{Path, PathBuf};
-pub struct ConfigError { pub file: PathBuf, pub line: usize, pub col: usize, pub key: String, pub message: String }
-impl std::fmt::Display for ConfigError { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{}", self.message) } }
-pub struct ConfigErrors(pub Vec<ConfigError>);
-pub struct Loaded { pub config: Config, pub warnings: Vec<ConfigError> }
-pub fn load(_path: &Path) -> Result<Loaded, ConfigErrors> { Err(ConfigErrors(vec![])) }
-pub fn parse(_src: &str, _path: &Path) -> Result<Loaded, ConfigErrors> { Err(ConfigErrors(vec![])) }
-pub fn summary(_c: &Config) -> String { String::new() }
+pub use units::{parse_duration, parse_size};
+
+/// Default of `listen.shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A valid configuration and the warnings found while loading it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(src) => parse(&src, path),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])),
+    }
+}
+
+/// Validates configuration text. `path` is used only in messages and to resolve relative file
+/// paths in the config (against its directory); nothing is read from disk.
+pub fn parse(src: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
+    load::parse(src, path)
+}

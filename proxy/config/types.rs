@@ -184,6 +184,38 @@ pub enum Balance {
     ConsistentHash,
 }
 
+impl Protocol {
+    /// Every protocol, in the order they are listed in messages.
+    pub const ALL: [Protocol; 3] = [Protocol::Http1, Protocol::H2c, Protocol::Https];
+
+    /// The spelling used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::Https => "https",
+        }
+    }
+}
+
+impl Balance {
+    /// Every balancing policy, in the order they are listed in messages.
+    pub const ALL: [Balance; 3] = [
+        Balance::LeastOutstanding,
+        Balance::RoundRobin,
+        Balance::ConsistentHash,
+    ];
+
+    /// The spelling used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::LeastOutstanding => "least_outstanding",
+            Balance::RoundRobin => "round_robin",
+            Balance::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Queue {
     pub size: usize,

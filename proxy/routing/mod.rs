@@ -183,7 +183,7 @@ mod tests {
     fn table(routes: &[(Option<HostMatch>, &str, &'static str)]) -> RouteTable<&'static str> {
         let mut t = RouteTable::default();
         for (h, p, v) in routes {
-            assert!(t.insert(h.as_ref(), p, v));
+            assert!(t.insert(h.as_ref(), p, *v));
         }
         t
     }

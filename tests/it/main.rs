@@ -1,3 +1,8 @@
-//! Integration tests: the real binary and real sockets.
+//! Integration tests: the real `modelgate` binary against real sockets.
+
+mod balance;
+mod failures;
 mod replica;
+mod routing;
+mod streaming;
 mod support;

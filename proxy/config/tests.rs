@@ -1,0 +1,550 @@
+//! Tests of the whole loader: a full valid file, and broken files with their exact messages.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const FILE: &str = "config/modelgate.toml";
+
+fn ok(src: &str) -> Loaded {
+    match parse(src, Path::new(FILE)) {
+        Ok(l) => l,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn errors(src: &str) -> Vec<String> {
+    match parse(src, Path::new(FILE)) {
+        Ok(_) => panic!("expected errors for:\n{src}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const FULL: &str = r#"
+[listen]
+http  = "0.0.0.0:8080"
+https = "0.0.0.0:8443"
+admin = "127.0.0.1:9901"
+redirect_http_to_https = true
+workers = 4
+
+[log]
+access = "logs/access.log"
+
+[tls]
+certs = [{ cert = "a.crt", key = "/etc/a.key", default = true }, { cert = "b.crt", key = "b.key" }]
+
+[[route]]
+name     = "vision"
+host     = "API.Example.com"
+path     = "/v1/vision"
+upstream = "vision"
+strip_prefix = true
+max_body = "20MiB"
+rate_limit = { requests_per_second = 50, burst = 100, key = "header:X-API-Key" }
+auth = { api_keys_file = "keys.txt" }
+
+[[route]]
+name = "chat"
+host = "*.Example.com"
+path = "/v1/chat"
+upstream = "chat"
+rate_limit = { requests_per_second = 2.5 }
+auth = { jwt = { secret_env = "JWT_SECRET" } }
+
+[upstream.vision]
+backends = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 2 }, "[::1]:9003"]
+protocol = "https"
+ca = "ca.pem"
+sni = "models.internal"
+client_cert = "c.crt"
+client_key = "c.key"
+balance  = "consistent_hash"
+hash_key = "header:X-Session-Id"
+max_inflight = 4
+queue = { size = 0 }
+retries = 2
+retry_non_idempotent = true
+connect_timeout = "500ms"
+first_byte_timeout = "1.5s"
+idle_timeout = "5m"
+eject = { consecutive = 3 }
+slow_start = "10s"
+
+[upstream.vision.health]
+path = "/ready"
+expect_status = 204
+
+[upstream.chat]
+discover = { dns = "chat.models.svc.cluster.local:8000", resolver = "10.0.0.10:53" }
+protocol = "h2c"
+"#;
+
+#[test]
+fn full_example() {
+    let Loaded {
+        config: c,
+        warnings,
+    } = ok(FULL);
+    assert_eq!(warnings, vec![]);
+    assert_eq!(c.source, PathBuf::from(FILE));
+    assert_eq!(c.listen.http, Some(addr("0.0.0.0:8080")));
+    assert_eq!(c.listen.admin, Some(addr("127.0.0.1:9901")));
+    assert!(c.listen.redirect_http_to_https);
+    assert_eq!(c.listen.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.listen.workers, 4);
+    assert_eq!(
+        c.log.access,
+        AccessLog::File("config/logs/access.log".into())
+    );
+    let Some(Tls {
+        certs: CertSource::List(pairs),
+    }) = &c.tls
+    else {
+        panic!("{:?}", c.tls)
+    };
+    assert_eq!(
+        pairs,
+        &vec![
+            CertPair {
+                cert: "config/a.crt".into(),
+                key: "/etc/a.key".into(),
+                default: true
+            },
+            CertPair {
+                cert: "config/b.crt".into(),
+                key: "config/b.key".into(),
+                default: false
+            },
+        ]
+    );
+
+    let [vision, chat] = &c.routes[..] else {
+        panic!("{:?}", c.routes)
+    };
+    assert_eq!(
+        vision.host,
+        Some(HostMatch::Exact("api.example.com".into()))
+    );
+    assert_eq!(vision.path, "/v1/vision");
+    assert!(vision.strip_prefix);
+    assert_eq!(vision.max_body, Some(20 << 20));
+    assert_eq!(
+        vision.rate_limit,
+        Some(RateLimit {
+            requests_per_second: 50.0,
+            burst: 100,
+            key: RequestKey::Header("x-api-key".into())
+        })
+    );
+    assert_eq!(
+        vision.auth,
+        Some(Auth::ApiKeysFile("config/keys.txt".into()))
+    );
+    assert_eq!(chat.host, Some(HostMatch::Wildcard(".example.com".into())));
+    assert_eq!(chat.max_body, None);
+    assert!(!chat.strip_prefix);
+    assert_eq!(
+        chat.rate_limit,
+        Some(RateLimit {
+            requests_per_second: 2.5,
+            burst: 3,
+            key: RequestKey::ClientAddr
+        })
+    );
+    assert_eq!(chat.auth, Some(Auth::JwtSecretEnv("JWT_SECRET".into())));
+
+    // File order, not alphabetical.
+    let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["vision", "chat"]);
+    let v = c.upstream("vision").unwrap();
+    assert_eq!(
+        v.backends,
+        BackendSource::Static(vec![
+            BackendAddr {
+                addr: addr("127.0.0.1:9001"),
+                weight: 1
+            },
+            BackendAddr {
+                addr: addr("127.0.0.1:9002"),
+                weight: 2
+            },
+            BackendAddr {
+                addr: addr("[::1]:9003"),
+                weight: 1
+            },
+        ])
+    );
+    assert_eq!(v.protocol, Protocol::Https);
+    assert_eq!(v.balance, Balance::ConsistentHash);
+    assert_eq!(v.hash_key, RequestKey::Header("x-session-id".into()));
+    assert_eq!(v.max_inflight, 4);
+    assert_eq!(
+        v.queue,
+        Queue {
+            size: 0,
+            timeout: Duration::from_secs(30)
+        }
+    );
+    assert_eq!(v.retries, 2);
+    assert!(v.retry_non_idempotent);
+    assert_eq!(v.connect_timeout, Duration::from_millis(500));
+    assert_eq!(v.first_byte_timeout, Duration::from_millis(1500));
+    assert_eq!(v.idle_timeout, Duration::from_secs(300));
+    assert_eq!(
+        v.eject,
+        Some(Eject {
+            consecutive: 3,
+            duration: Duration::from_secs(30)
+        })
+    );
+    assert_eq!(v.slow_start, Duration::from_secs(10));
+    assert_eq!(
+        v.health,
+        Some(HealthCheck {
+            path: "/ready".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_after: 2,
+            unhealthy_after: 3,
+            expect_status: Some(204),
+        })
+    );
+    assert_eq!(
+        v.tls,
+        UpstreamTls {
+            ca: Some("config/ca.pem".into()),
+            sni: Some("models.internal".into()),
+            client_cert: Some("config/c.crt".into()),
+            client_key: Some("config/c.key".into()),
+        }
+    );
+
+    let ch = c.upstream("chat").unwrap();
+    assert_eq!(
+        ch.backends,
+        BackendSource::Dns {
+            name: "chat.models.svc.cluster.local:8000".into(),
+            every: Duration::from_secs(5),
+            resolver: Some(addr("10.0.0.10:53")),
+        }
+    );
+    assert_eq!(ch.protocol, Protocol::H2c);
+    // Defaults.
+    assert_eq!(ch.balance, Balance::LeastOutstanding);
+    assert_eq!(ch.hash_key, RequestKey::ClientAddr);
+    assert_eq!(ch.max_inflight, 0);
+    assert_eq!(
+        ch.queue,
+        Queue {
+            size: 256,
+            timeout: Duration::from_secs(30)
+        }
+    );
+    assert_eq!(ch.retries, 1);
+    assert!(!ch.retry_non_idempotent);
+    assert_eq!(ch.connect_timeout, Duration::from_secs(2));
+    assert_eq!(ch.first_byte_timeout, Duration::from_secs(120));
+    assert_eq!(ch.idle_timeout, Duration::from_secs(60));
+    assert_eq!(ch.eject, None);
+    assert_eq!(ch.slow_start, Duration::ZERO);
+    assert_eq!(ch.health, None);
+    assert_eq!(ch.tls, UpstreamTls::default());
+
+    let s = summary(&c);
+    println!("{s}");
+}
+
+const MINIMAL: &str = r#"[listen]
+http = "0.0.0.0:8080"
+
+[[route]]
+name = "chat"
+path = "/v1/chat"
+upstream = "chat"
+
+[upstream.chat]
+backends = ["127.0.0.1:9001"]
+"#;
+
+#[test]
+fn minimal_defaults() {
+    let Loaded {
+        config: c,
+        warnings,
+    } = ok(MINIMAL);
+    assert!(warnings.is_empty());
+    assert_eq!(c.log.access, AccessLog::Stderr);
+    assert_eq!(c.tls, None);
+    assert_eq!(c.listen.https, None);
+    assert_eq!(c.listen.workers, 0);
+    assert_eq!(c.listen.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.routes[0].host, None);
+    assert_eq!(
+        summary(&c),
+        "listen: http 0.0.0.0:8080\n\
+         workers: one per core, shutdown grace 30s, access log stderr\n\
+         routes:\n  chat: (any host) /v1/chat -> chat\n\
+         upstreams:\n  chat (least_outstanding, http1, max_inflight unlimited): 127.0.0.1:9001 (weight 1)\n"
+    );
+}
+
+/// MINIMAL with `extra` appended to the `[upstream.chat]` table (which starts on line 10).
+fn with_upstream(extra: &str) -> String {
+    format!("{MINIMAL}{extra}\n")
+}
+
+/// Each broken file and every error it must produce, exactly.
+#[test]
+fn broken_files() {
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        // Unknown key with a suggestion.
+        (
+            with_upstream("max_inflite = 4"),
+            vec!["config/modelgate.toml:11:1: upstream.chat.max_inflite: unknown key `max_inflite`; did you mean `max_inflight`?"],
+        ),
+        // Unknown key inside an inline table, no close match.
+        (
+            with_upstream("queue = { size = 1, colour = \"red\" }"),
+            vec!["config/modelgate.toml:11:21: upstream.chat.queue.colour: unknown key `colour`; allowed keys here: size, timeout"],
+        ),
+        // Unknown top-level table.
+        (
+            format!("{MINIMAL}[upstreams.x]\n"),
+            vec!["config/modelgate.toml:11:2: upstreams: unknown key `upstreams`; did you mean `upstream`?"],
+        ),
+        // Wrong type.
+        (
+            with_upstream("max_inflight = \"four\""),
+            vec!["config/modelgate.toml:11:16: upstream.chat.max_inflight: expected a whole number >= 0, found \"four\"; use 0 for unlimited"],
+        ),
+        (
+            MINIMAL.replace("http = \"0.0.0.0:8080\"", "http = 8080"),
+            vec!["config/modelgate.toml:2:8: listen.http: expected an \"ip:port\" address such as \"0.0.0.0:8080\", found 8080"],
+        ),
+        // Bad durations.
+        (
+            with_upstream("connect_timeout = \"2x\""),
+            vec!["config/modelgate.toml:11:19: upstream.chat.connect_timeout: invalid duration \"2x\": unknown unit \"x\"; write a number and a unit (ms, s, m or h), e.g. \"500ms\", \"2s\", \"1.5s\", \"5m\""],
+        ),
+        (
+            with_upstream("connect_timeout = 2"),
+            vec!["config/modelgate.toml:11:19: upstream.chat.connect_timeout: expected a duration greater than 0 such as \"500ms\", \"2s\" or \"5m\", found 2; durations are strings with a unit, e.g. \"30s\""],
+        ),
+        (
+            with_upstream("idle_timeout = \"0s\""),
+            vec!["config/modelgate.toml:11:16: upstream.chat.idle_timeout: expected a duration greater than 0 such as \"500ms\", \"2s\" or \"5m\", found \"0s\""],
+        ),
+        // Bad size.
+        (
+            MINIMAL.replace("upstream = \"chat\"", "upstream = \"chat\"\nmax_body = \"20XB\""),
+            vec!["config/modelgate.toml:8:12: route[0].max_body: invalid size \"20XB\": unknown unit \"XB\"; write a whole number and a unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. \"512KiB\", \"20MiB\", or a plain number of bytes"],
+        ),
+        // Undefined upstream.
+        (
+            MINIMAL.replace("upstream = \"chat\"", "upstream = \"caht\""),
+            vec![
+                "config/modelgate.toml:7:12: route[0].upstream: upstream \"caht\" is not defined; did you mean \"chat\"? defined upstreams: chat",
+            ],
+        ),
+        // Duplicate route name (and so also the same path).
+        (
+            format!("{MINIMAL}\n[[route]]\nname = \"chat\"\npath = \"/v1/chat\"\nupstream = \"chat\"\n"),
+            vec![
+                "config/modelgate.toml:13:8: route[1].name: route name \"chat\" is already used by route[0] (line 4); give each route a unique name",
+                "config/modelgate.toml:14:8: route[1].path: path \"/v1/chat\" without host is already used by route[0] (line 4); routes must differ in host or path; change one or remove the duplicate",
+            ],
+        ),
+        // Empty backends.
+        (
+            MINIMAL.replace("[\"127.0.0.1:9001\"]", "[]"),
+            vec!["config/modelgate.toml:10:12: upstream.chat.backends: the list is empty; add at least one \"ip:port\", e.g. backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]"],
+        ),
+        // Host name as a backend.
+        (
+            MINIMAL.replace("\"127.0.0.1:9001\"", "\"chat.local:9001\""),
+            vec!["config/modelgate.toml:10:13: upstream.chat.backends[0]: \"chat.local:9001\" uses a host name; use an IP address, or `discover = { dns = \"HOST:PORT\" }` for names"],
+        ),
+        // Weight 0, and a duplicate backend.
+        (
+            MINIMAL.replace("\"127.0.0.1:9001\"", "{ addr = \"127.0.0.1:9001\", weight = 0 }, \"10.0.0.1:80\", \"10.0.0.1:80\""),
+            vec![
+                "config/modelgate.toml:10:49: upstream.chat.backends[0].weight: expected a whole number from 1 to 1000, found 0; a backend with weight 2 gets twice the traffic of weight 1",
+                "config/modelgate.toml:10:69: upstream.chat.backends[2]: 10.0.0.1:80 is already listed as upstream.chat.backends[1]; list each backend once and use weight to give it more traffic",
+            ],
+        ),
+        // Missing path: reported at the [[route]] header.
+        (
+            MINIMAL.replace("path = \"/v1/chat\"\n", ""),
+            vec!["config/modelgate.toml:4:1: route[0].path: missing; add path = \"/v1/chat\" (a prefix starting with \"/\")"],
+        ),
+        (
+            MINIMAL.replace("\"/v1/chat\"", "\"v1/chat\""),
+            vec!["config/modelgate.toml:6:8: route[0].path: expected a path starting with \"/\" such as \"/v1/chat\", found \"v1/chat\""],
+        ),
+        // Syntax error: only syntax errors are reported.
+        (
+            MINIMAL.replace("http = \"0.0.0.0:8080\"", "http = \"0.0.0.0:8080\nworkers = four"),
+            vec![
+                "config/modelgate.toml:2:21: invalid TOML: invalid basic string, expected `\"`",
+                "config/modelgate.toml:3:11: invalid TOML: invalid boolean, expected `false`",
+            ],
+        ),
+        // Many errors in one file, all reported in file order.
+        (
+            "[listen]\nhttps = \"0.0.0.0:8443\"\nadmin = \"0.0.0.0:9901\"\nworkers = 5000\n\n\
+             [[route]]\nname = \"\"\nhost = \"*.a.*.com\"\npath = \"/x\"\nupstream = \"gone\"\n\
+             rate_limit = { requests_per_second = 0, key = \"cookie\" }\n\
+             auth = { jwt = { secret_env = \"1X\" } }\n\n\
+             [upstream.m]\nbackends = [\"10.0.0.1:80\"]\nprotocol = \"http2\"\nbalance = \"round_robin\"\n\
+             retries = 11\nsni = \"x\"\n\n\
+             [upstream.m.health]\ninterval = \"1s\"\ntimeout = \"1s\"\nexpect_status = 600\n"
+                .to_string(),
+            vec![
+                "config/modelgate.toml:2:9: listen.https: https needs certificates; add a [tls] table with certs = \"certs\" (a directory of NAME.crt + NAME.key files)",
+                "config/modelgate.toml:3:9: listen.admin: 0.0.0.0:9901 is reachable from other hosts; bind admin to 127.0.0.1 or set listen.admin_token_file",
+                "config/modelgate.toml:4:11: listen.workers: expected a whole number from 0 to 1024, found 5000; use 0 for one per CPU core",
+                "config/modelgate.toml:7:8: route[0].name: expected a route name such as \"chat\", found \"\"",
+                "config/modelgate.toml:8:8: route[0].host: expected a host name such as \"api.example.com\" or \"*.example.com\", found \"*.a.*.com\"; `*` is only allowed as the whole first label, as in \"*.example.com\"",
+                "config/modelgate.toml:10:12: route[0].upstream: upstream \"gone\" is not defined; defined upstreams: m",
+                "config/modelgate.toml:11:38: route[0].rate_limit.requests_per_second: expected a number greater than 0, found 0; e.g. requests_per_second = 50 or 0.5",
+                "config/modelgate.toml:11:47: route[0].rate_limit.key: expected \"ip\" or \"header:NAME\", found \"cookie\"; e.g. \"header:x-api-key\"; NAME must be a valid HTTP header name",
+                "config/modelgate.toml:12:31: route[0].auth.jwt.secret_env: expected an environment variable name such as \"JWT_SECRET\", found \"1X\"",
+                "config/modelgate.toml:16:12: upstream.m.protocol: expected one of \"http1\", \"h2c\", \"https\", found \"http2\"; did you mean \"http1\"?",
+                "config/modelgate.toml:18:11: upstream.m.retries: expected a whole number from 0 to 10, found 11; it counts other backends tried after the first; 0 disables retries",
+                "config/modelgate.toml:23:11: upstream.m.health.timeout: timeout (1s) must be shorter than interval (1s); e.g. interval = \"2s\", timeout = \"1s\"",
+                "config/modelgate.toml:24:17: upstream.m.health.expect_status: expected a whole number from 100 to 599, found 600; leave it out to accept any 2xx status",
+            ],
+        ),
+        // Structure: [route] instead of [[route]], no listener, no routes.
+        (
+            "[listen]\n[route]\nname = \"x\"\n".to_string(),
+            vec![
+                "config/modelgate.toml:1:1: listen: no listener; set http = \"0.0.0.0:8080\" and/or https = \"0.0.0.0:8443\" in [listen]",
+                "config/modelgate.toml:2:1: route: routes are a list; write each one as [[route]] (double brackets), not [route]",
+            ],
+        ),
+        (
+            "".to_string(),
+            vec![
+                "config/modelgate.toml:1:1: listen: missing; add a [listen] table with http = \"0.0.0.0:8080\"",
+                "config/modelgate.toml:1:1: route: missing; add at least one [[route]] with name = \"chat\", path = \"/v1/chat\", upstream = \"NAME\"",
+            ],
+        ),
+        // Upstream TLS keys and exactly-one rules.
+        (
+            with_upstream("ca = \"ca.pem\"\ndiscover = { dns = \"chat:80\" }\nclient_key = \"k.pem\""),
+            vec![
+                "config/modelgate.toml:11:6: upstream.chat.ca: only used with protocol = \"https\"; set protocol = \"https\" or remove it",
+                "config/modelgate.toml:12:12: upstream.chat.discover: use either backends or discover, not both; remove one of them",
+                "config/modelgate.toml:13:14: upstream.chat.client_key: only used with protocol = \"https\"; set protocol = \"https\" or remove it",
+                "config/modelgate.toml:13:14: upstream.chat.client_key: client_key needs client_cert; add client_cert = \"client.crt\"",
+            ],
+        ),
+        (
+            MINIMAL.replace("upstream = \"chat\"", "upstream = \"chat\"\nhost = \"API.example.com:80\"\nauth = {}"),
+            vec![
+                "config/modelgate.toml:8:8: route[0].host: expected a host name such as \"api.example.com\" or \"*.example.com\", found \"API.example.com:80\"; remove the port; routes match the host name only",
+                "config/modelgate.toml:9:8: route[0].auth: is empty; write { api_keys_file = \"keys.txt\" } or { jwt = { secret_env = \"JWT_SECRET\" } }",
+            ],
+        ),
+    ];
+    let mut failures = 0;
+    for (src, want) in &cases {
+        let got = errors(src);
+        if got != *want {
+            failures += 1;
+            eprintln!(
+                "for:\n{src}\ngot:\n{}\nwant:\n{}\n",
+                got.join("\n"),
+                want.join("\n")
+            );
+        }
+    }
+    assert_eq!(failures, 0);
+}
+
+#[test]
+fn warnings() {
+    let src =
+        "[listen]\nhttp = \"0.0.0.0:8080\"\nadmin_token_file = \"t\"\n[tls]\ncerts = \"certs\"\n\
+               [[route]]\nname = \"a\"\npath = \"/\"\nupstream = \"u\"\n\
+               [upstream.u]\nbackends = [\"10.0.0.1:80\"]\nhash_key = \"ip\"\n\
+               [upstream.unused]\nbackends = [\"10.0.0.2:80\"]\n";
+    let got: Vec<String> = ok(src).warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "config/modelgate.toml:3:20: listen.admin_token_file: unused because listen.admin is not set; add admin = \"127.0.0.1:9901\" or remove it",
+            "config/modelgate.toml:4:1: tls: [tls] is unused because listen.https is not set; add https = \"0.0.0.0:8443\" to [listen] or remove [tls]",
+            "config/modelgate.toml:12:12: upstream.u.hash_key: ignored with balance = \"least_outstanding\"; it is only used with balance = \"consistent_hash\"",
+            "config/modelgate.toml:13:11: upstream.unused: no route uses this upstream; add a [[route]] with upstream = \"NAME\" or remove it",
+        ]
+    );
+}
+
+#[test]
+fn admin_with_token_and_listener_clash() {
+    let src = MINIMAL.replace(
+        "http = \"0.0.0.0:8080\"",
+        "http = \"0.0.0.0:8080\"\nadmin = \"10.1.2.3:9901\"\nadmin_token_file = \"/run/token\"",
+    );
+    let l = ok(&src);
+    assert_eq!(
+        l.config.listen.admin_token_file,
+        Some(PathBuf::from("/run/token"))
+    );
+    let src = MINIMAL.replace(
+        "http = \"0.0.0.0:8080\"",
+        "http = \"0.0.0.0:8080\"\nadmin = \"127.0.0.1:8080\"",
+    );
+    assert_eq!(
+        errors(&src),
+        ["config/modelgate.toml:3:9: listen.admin: 127.0.0.1:8080 collides with listen.http (0.0.0.0:8080); give each listener its own port"]
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let err = load(Path::new("/nonexistent/modelgate.toml")).unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    let text = err.to_string();
+    assert!(
+        text.starts_with("/nonexistent/modelgate.toml: cannot read: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn errors_display_one_per_line() {
+    let err = parse("", Path::new("x.toml")).unwrap_err();
+    assert_eq!(err.to_string().lines().count(), 2);
+}
+
+/// No input makes the loader panic: every prefix of the full example, and some odd values.
+#[test]
+fn no_panics() {
+    for (i, _) in FULL.char_indices() {
+        let _ = parse(&FULL[..i], Path::new(FILE));
+    }
+    for odd in [
+        "max_inflight = -1",
+        "max_inflight = 0xffffffffffff",
+        "retries = 1e400",
+        "weight = nan",
+        "connect_timeout = \"99999999999999999999999999h\"",
+        "queue = { size = 9223372036854775807 }",
+        "\"\" = 1",
+        "\"é\" = 1",
+        "health = 1",
+        "eject = []",
+    ] {
+        let _ = parse(&with_upstream(odd), Path::new(FILE));
+    }
+}

@@ -1,0 +1,470 @@
+//! Reading and checking `[upstream.NAME]` tables: backends or DNS discovery, balancing,
+//! limits, timeouts, ejection, health checks and upstream TLS.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use super::reader::{Ctx, Field, TableReader};
+use super::types::{
+    BackendAddr, BackendSource, Balance, Eject, HealthCheck, Protocol, Queue, RequestKey, Upstream,
+    UpstreamTls,
+};
+
+/// Defaults applied when a key is absent.
+pub const DEFAULT_QUEUE: Queue = Queue {
+    size: 256,
+    timeout: Duration::from_secs(30),
+};
+pub const DEFAULT_RETRIES: u32 = 1;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_EJECT: Eject = Eject {
+    consecutive: 5,
+    duration: Duration::from_secs(30),
+};
+pub const DEFAULT_DISCOVER_EVERY: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEALTHY_AFTER: u32 = 2;
+pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+
+const BACKENDS_EXAMPLE: &str = "backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]";
+const BACKEND_NAME_HINT: &str =
+    "use an IP address, or `discover = { dns = \"HOST:PORT\" }` for names";
+const U32_MAX: i128 = u32::MAX as i128;
+
+/// One `[upstream.NAME]` as found: its name and position even when its contents are invalid.
+pub(crate) struct UpstreamEntry<'a> {
+    pub name: &'a str,
+    /// The span of the name in `[upstream.NAME]`.
+    pub span: Range<usize>,
+    /// `upstream.NAME`.
+    pub path: String,
+    pub value: Option<Upstream>,
+}
+
+/// All upstreams, in file order.
+pub(crate) fn read_all<'a>(
+    cx: &mut Ctx<'_>,
+    field: Option<Field<'a, '_>>,
+) -> Vec<UpstreamEntry<'a>> {
+    let Some(f) = field else {
+        return Vec::new();
+    };
+    let Some(t) = cx.table(&f, &format!("[upstream.NAME] with {BACKENDS_EXAMPLE}")) else {
+        return Vec::new();
+    };
+    let mut entries = t.entries();
+    entries.sort_by_key(|(_, span, _)| span.start);
+    entries
+        .into_iter()
+        .map(|(name, span, f)| {
+            let valid_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid_name {
+                cx.error(
+                    &span,
+                    &f.path,
+                    "upstream names may only use letters, digits, '-', '_' and '.', e.g. [upstream.vision]",
+                );
+            }
+            let value = read_one(cx, &f).filter(|_| valid_name).map(|mut u| {
+                u.name = name.to_string();
+                u
+            });
+            UpstreamEntry {
+                name,
+                span,
+                path: f.path,
+                value,
+            }
+        })
+        .collect()
+}
+
+/// One `[upstream.NAME]` table (the name is filled in by the caller).
+fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
+    let mut t = cx.table(f, &format!("[upstream.NAME] with {BACKENDS_EXAMPLE}"))?;
+    let backends = read_backend_source(cx, &mut t);
+    let protocol = t.take("protocol").map_or(Some(Protocol::Http1), |f| {
+        cx.choice(&f, &Protocol::ALL, Protocol::name)
+    });
+    let balance = t
+        .take("balance")
+        .map_or(Some(Balance::LeastOutstanding), |f| {
+            cx.choice(&f, &Balance::ALL, Balance::name)
+        });
+    let hash_key_f = t.take("hash_key");
+    let hash_key = hash_key_f
+        .as_ref()
+        .map_or(Some(RequestKey::ClientAddr), |f| cx.request_key(f));
+    if let (Some(f), Some(b)) = (&hash_key_f, balance) {
+        if b != Balance::ConsistentHash {
+            cx.warn(
+                &f.span(),
+                &f.path,
+                format!(
+                    "ignored with balance = \"{}\"; it is only used with balance = \"consistent_hash\"",
+                    b.name()
+                ),
+            );
+        }
+    }
+    let max_inflight = t
+        .take("max_inflight")
+        .map_or(Some(0), |f| cx.uint(&f, 0, U32_MAX, "use 0 for unlimited"));
+    let queue = t
+        .take("queue")
+        .map_or(Some(DEFAULT_QUEUE), |f| read_queue(cx, &f));
+    let retries = t.take("retries").map_or(Some(DEFAULT_RETRIES), |f| {
+        cx.uint(
+            &f,
+            0,
+            10,
+            "it counts other backends tried after the first; 0 disables retries",
+        )
+    });
+    let retry_non_idempotent = t
+        .take("retry_non_idempotent")
+        .map_or(Some(false), |f| cx.bool(&f));
+    let mut timeout = |t: &mut TableReader<'_, '_>, key: &'static str, default: Duration| {
+        t.take(key)
+            .map_or(Some(default), |f| cx.duration(&f, false))
+    };
+    let connect_timeout = timeout(&mut t, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+    let first_byte_timeout = timeout(&mut t, "first_byte_timeout", DEFAULT_FIRST_BYTE_TIMEOUT);
+    let idle_timeout = timeout(&mut t, "idle_timeout", DEFAULT_IDLE_TIMEOUT);
+    let eject = match t.take("eject") {
+        Some(f) => read_eject(cx, &f).map(Some),
+        None => Some(None),
+    };
+    let slow_start = t
+        .take("slow_start")
+        .map_or(Some(Duration::ZERO), |f| cx.duration(&f, true));
+    let health = match t.take("health") {
+        Some(f) => read_health(cx, &f).map(Some),
+        None => Some(None),
+    };
+    let tls = read_upstream_tls(cx, &mut t, protocol);
+    t.finish(cx);
+    Some(Upstream {
+        name: String::new(),
+        backends: backends?,
+        protocol: protocol?,
+        balance: balance?,
+        hash_key: hash_key?,
+        max_inflight: max_inflight?,
+        queue: queue?,
+        retries: retries?,
+        retry_non_idempotent: retry_non_idempotent?,
+        connect_timeout: connect_timeout?,
+        first_byte_timeout: first_byte_timeout?,
+        idle_timeout: idle_timeout?,
+        eject: eject?,
+        slow_start: slow_start?,
+        health: health?,
+        tls: tls?,
+    })
+}
+
+/// Exactly one of `backends` and `discover`.
+fn read_backend_source(cx: &mut Ctx<'_>, t: &mut TableReader<'_, '_>) -> Option<BackendSource> {
+    let backends_f = t.take("backends");
+    let discover_f = t.take("discover");
+    let backends = backends_f.as_ref().and_then(|f| read_backends(cx, f));
+    let discover = discover_f.as_ref().and_then(|f| read_discover(cx, f));
+    match (&backends_f, &discover_f) {
+        (Some(_), Some(f)) => {
+            cx.error(
+                &f.span(),
+                &f.path,
+                "use either backends or discover, not both; remove one of them",
+            );
+            None
+        }
+        (Some(_), None) => backends,
+        (None, Some(_)) => discover,
+        (None, None) => {
+            cx.error(
+                &t.span(),
+                &super::reader::join(t.path(), "backends"),
+                format!(
+                    "missing; add {BACKENDS_EXAMPLE} (or discover = {{ dns = \"HOST:PORT\" }}) to [{}]",
+                    t.path()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `backends = ["ip:port", { addr = "ip:port", weight = 2 }]`.
+fn read_backends(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<BackendSource> {
+    let items = cx.array(f, "[\"127.0.0.1:9001\", \"127.0.0.1:9002\"]")?;
+    if items.is_empty() {
+        cx.error(
+            &f.span(),
+            &f.path,
+            format!("the list is empty; add at least one \"ip:port\", e.g. {BACKENDS_EXAMPLE}"),
+        );
+        return None;
+    }
+    let mut first_seen: HashMap<std::net::SocketAddr, String> = HashMap::new();
+    let mut all = Some(Vec::new());
+    for item in &items {
+        let backend = if item.value.get_ref().is_table() {
+            cx.table(item, "").and_then(|mut t| {
+                let addr = t
+                    .require(cx, "addr", "addr = \"127.0.0.1:9001\"")
+                    .and_then(|f| cx.addr(&f, "127.0.0.1:9001", BACKEND_NAME_HINT));
+                let weight = t.take("weight").map_or(Some(1), |f| {
+                    cx.uint(
+                        &f,
+                        1,
+                        1000,
+                        "a backend with weight 2 gets twice the traffic of weight 1",
+                    )
+                });
+                t.finish(cx);
+                Some(BackendAddr {
+                    addr: addr?,
+                    weight: weight?,
+                })
+            })
+        } else if item.value.get_ref().is_str() {
+            cx.addr(item, "127.0.0.1:9001", BACKEND_NAME_HINT)
+                .map(|addr| BackendAddr { addr, weight: 1 })
+        } else {
+            cx.expected(
+                item,
+                "\"ip:port\" or { addr = \"ip:port\", weight = 2 }",
+                "",
+            );
+            None
+        };
+        if let Some(b) = &backend {
+            if let Some(first) = first_seen.get(&b.addr) {
+                cx.error(
+                    &item.span(),
+                    &item.path,
+                    format!(
+                        "{} is already listed as {first}; list each backend once and use weight to give it more traffic",
+                        b.addr
+                    ),
+                );
+            } else {
+                first_seen.insert(b.addr, item.path.clone());
+            }
+        }
+        all = all.zip(backend).map(|(mut v, b)| {
+            v.push(b);
+            v
+        });
+    }
+    all.map(BackendSource::Static)
+}
+
+/// `discover = { dns = "name:port", every = "5s", resolver = "ip:port" }`.
+fn read_discover(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<BackendSource> {
+    let mut t = cx.table(
+        f,
+        "{ dns = \"vision.models.svc.cluster.local:8000\", every = \"5s\" }",
+    )?;
+    let name = t
+        .require(cx, "dns", "dns = \"vision.models.svc.cluster.local:8000\"")
+        .and_then(|f| {
+            let expected =
+                "a \"HOST:PORT\" string such as \"vision.models.svc.cluster.local:8000\"";
+            let s = cx.string(&f, expected)?;
+            let valid = s.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    && port.parse::<u16>().is_ok_and(|p| p != 0)
+            });
+            if !valid {
+                cx.expected(&f, expected, "");
+                return None;
+            }
+            Some(s.to_string())
+        });
+    let every = t
+        .take("every")
+        .map_or(Some(DEFAULT_DISCOVER_EVERY), |f| cx.duration(&f, false));
+    let resolver = match t.take("resolver") {
+        Some(f) => cx
+            .addr(&f, "10.0.0.10:53", "the resolver must be an IP address")
+            .map(Some),
+        None => Some(None),
+    };
+    t.finish(cx);
+    Some(BackendSource::Dns {
+        name: name?,
+        every: every?,
+        resolver: resolver?,
+    })
+}
+
+/// `queue = { size = 256, timeout = "30s" }`.
+fn read_queue(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Queue> {
+    let mut t = cx.table(f, "{ size = 256, timeout = \"30s\" }")?;
+    let size = t.take("size").map_or(Some(DEFAULT_QUEUE.size), |f| {
+        cx.uint(
+            &f,
+            0,
+            U32_MAX,
+            "0 means no queue: requests are rejected at once when all backends are full",
+        )
+    });
+    let timeout = t
+        .take("timeout")
+        .map_or(Some(DEFAULT_QUEUE.timeout), |f| cx.duration(&f, false));
+    t.finish(cx);
+    Some(Queue {
+        size: size?,
+        timeout: timeout?,
+    })
+}
+
+/// `eject = { consecutive = 5, for = "30s" }`.
+fn read_eject(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Eject> {
+    let mut t = cx.table(f, "{ consecutive = 5, for = \"30s\" }")?;
+    let consecutive = t
+        .take("consecutive")
+        .map_or(Some(DEFAULT_EJECT.consecutive), |f| {
+            cx.uint(
+                &f,
+                1,
+                U32_MAX,
+                "the number of failures in a row that ejects a backend",
+            )
+        });
+    let duration = t
+        .take("for")
+        .map_or(Some(DEFAULT_EJECT.duration), |f| cx.duration(&f, false));
+    t.finish(cx);
+    Some(Eject {
+        consecutive: consecutive?,
+        duration: duration?,
+    })
+}
+
+/// `[upstream.NAME.health]`.
+fn read_health(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<HealthCheck> {
+    let mut t = cx.table(f, "[upstream.NAME.health] with path = \"/health\"")?;
+    let path = t
+        .take("path")
+        .map_or(Some(DEFAULT_HEALTH_PATH.to_string()), |f| {
+            cx.http_path(&f, "/health")
+        });
+    let interval_f = t.take("interval");
+    let interval = interval_f
+        .as_ref()
+        .map_or(Some(DEFAULT_HEALTH_INTERVAL), |f| cx.duration(f, false));
+    let timeout_f = t.take("timeout");
+    let timeout = timeout_f
+        .as_ref()
+        .map_or(Some(DEFAULT_HEALTH_TIMEOUT), |f| cx.duration(f, false));
+    let mut count = |t: &mut TableReader<'_, '_>, key: &'static str, default: u32| {
+        t.take(key).map_or(Some(default), |f| {
+            cx.uint(
+                &f,
+                1,
+                U32_MAX,
+                "the number of checks in a row before the state changes",
+            )
+        })
+    };
+    let healthy_after = count(&mut t, "healthy_after", DEFAULT_HEALTHY_AFTER);
+    let unhealthy_after = count(&mut t, "unhealthy_after", DEFAULT_UNHEALTHY_AFTER);
+    let expect_status = match t.take("expect_status") {
+        Some(f) => cx
+            .uint(&f, 100, 599, "leave it out to accept any 2xx status")
+            .map(Some),
+        None => Some(None),
+    };
+    if let (Some(i), Some(to)) = (interval, timeout) {
+        if to >= i {
+            let (span, key) = match (&timeout_f, &interval_f) {
+                (Some(f), _) | (None, Some(f)) => (f.span(), f.path.clone()),
+                (None, None) => (t.span(), t.path().to_string()),
+            };
+            cx.error(
+                &span,
+                &key,
+                format!(
+                    "timeout ({to:?}) must be shorter than interval ({i:?}); e.g. interval = \"2s\", timeout = \"1s\""
+                ),
+            );
+        }
+    }
+    t.finish(cx);
+    Some(HealthCheck {
+        path: path?,
+        interval: interval?,
+        timeout: timeout?,
+        healthy_after: healthy_after?,
+        unhealthy_after: unhealthy_after?,
+        expect_status: expect_status?,
+    })
+}
+
+/// `ca`, `sni`, `client_cert`, `client_key`: only with `protocol = "https"`, and the client
+/// certificate and key only together.
+fn read_upstream_tls(
+    cx: &mut Ctx<'_>,
+    t: &mut TableReader<'_, '_>,
+    protocol: Option<Protocol>,
+) -> Option<UpstreamTls> {
+    let ca_f = t.take("ca");
+    let sni_f = t.take("sni");
+    let cert_f = t.take("client_cert");
+    let key_f = t.take("client_key");
+    if protocol.is_some_and(|p| p != Protocol::Https) {
+        for f in [&ca_f, &sni_f, &cert_f, &key_f].into_iter().flatten() {
+            cx.error(
+                &f.span(),
+                &f.path,
+                "only used with protocol = \"https\"; set protocol = \"https\" or remove it",
+            );
+        }
+    }
+    match (&cert_f, &key_f) {
+        (Some(f), None) => cx.error(
+            &f.span(),
+            &f.path,
+            "client_cert needs client_key; add client_key = \"client.key\"",
+        ),
+        (None, Some(f)) => cx.error(
+            &f.span(),
+            &f.path,
+            "client_key needs client_cert; add client_cert = \"client.crt\"",
+        ),
+        _ => {}
+    }
+    let mut path = |f: &Option<Field<'_, '_>>, example: &str| match f {
+        Some(f) => cx.path(f, example).map(Some),
+        None => Some(None),
+    };
+    let ca = path(&ca_f, "ca.pem");
+    let client_cert = path(&cert_f, "client.crt");
+    let client_key = path(&key_f, "client.key");
+    let sni = match &sni_f {
+        Some(f) => cx
+            .nonempty(f, "a server name such as \"models.internal\"")
+            .map(|s| Some(s.to_string())),
+        None => Some(None),
+    };
+    Some(UpstreamTls {
+        ca: ca?,
+        sni: sni?,
+        client_cert: client_cert?,
+        client_key: client_key?,
+    })
+}

@@ -1,0 +1,131 @@
+//! Failures: retry on another backend, 502, 504, 503 at the cap, malformed requests.
+
+use std::time::Duration;
+
+use modelgate::demo::replica::Replica;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+fn config(backends: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "all"
+path = "/"
+upstream = "pool"
+
+[upstream.pool]
+backends = [{backends}]
+{extra}
+"#
+    )
+}
+
+/// An address where nothing listens.
+fn dead_backend() -> String {
+    format!("\"127.0.0.1:{}\"", free_port())
+}
+
+async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_on_a_live_backend() {
+    let live = Replica::builder("live").spawn().await.unwrap();
+    let backends = format!("{}, \"{}\"", dead_backend(), live.addr());
+    let proxy = TestProxy::start(&config(&backends, "retries = 1\nbalance = \"round_robin\"")).await;
+    for client in [h1(), h2()] {
+        for i in 0..20 {
+            let resp = client.post(proxy.url("/v1/predict")).body(format!("req {i}")).send().await.unwrap();
+            let (s, v) = status_and_body(resp).await;
+            assert_eq!((s, v["replica"].as_str()), (200, Some("live")), "request {i}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn all_backends_dead_is_502_bad_gateway() {
+    let backends = format!("{}, {}", dead_backend(), dead_backend());
+    let proxy = TestProxy::start(&config(&backends, "retries = 1")).await;
+    for client in [h1(), h2()] {
+        let (s, v) = status_and_body(client.get(proxy.url("/x")).send().await.unwrap()).await;
+        assert_eq!((s, v), (502, json!({"error": "bad_gateway"})));
+    }
+}
+
+#[tokio::test]
+async fn no_response_headers_in_time_is_504_gateway_timeout() {
+    let slow = Replica::builder("slow").delay(Duration::from_secs(5)).spawn().await.unwrap();
+    let backends = format!("\"{}\"", slow.addr());
+    let proxy = TestProxy::start(&config(
+        &backends,
+        "first_byte_timeout = \"300ms\"\nidle_timeout = \"300ms\"",
+    ))
+    .await;
+    for client in [h1(), h2()] {
+        let started = std::time::Instant::now();
+        let (s, v) = status_and_body(client.get(proxy.url("/x")).send().await.unwrap()).await;
+        assert_eq!((s, v), (504, json!({"error": "gateway_timeout"})));
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn a_full_pool_answers_503_overloaded_at_once() {
+    let slow = Replica::builder("slow").delay(Duration::from_secs(3)).spawn().await.unwrap();
+    let backends = format!("\"{}\"", slow.addr());
+    let proxy = TestProxy::start(&config(&backends, "max_inflight = 1")).await;
+    let busy = tokio::spawn(h1().get(proxy.url("/busy")).send());
+    eventually("the slow replica is busy", PATIENCE, || async { slow.inflight() == 1 }).await;
+    for client in [h1(), h2()] {
+        let resp = client.get(proxy.url("/extra")).send().await.unwrap();
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let (s, v) = status_and_body(resp).await;
+        assert_eq!((s, v), (503, json!({"error": "overloaded"})));
+    }
+    assert_eq!(busy.await.unwrap().unwrap().status(), 200);
+    assert_eq!(slow.max_inflight(), 1, "the cap held");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_others_keep_being_served() {
+    let ok = Replica::builder("ok").spawn().await.unwrap();
+    let proxy = TestProxy::start(&config(&format!("\"{}\"", ok.addr()), "")).await;
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"[..],
+        &b"\x16\x03\x01\x00\xa5garbage that is not http\r\n\r\n"[..],
+        &b"GET /\x01\x02 HTTP/1.1\r\n\r\n"[..],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(proxy.http_addr()).await.unwrap();
+        s.write_all(garbage).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 400"),
+            "a 400 or a closed connection, got {text:?}"
+        );
+        let resp = h1().get(proxy.url("/still-ok")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_or_400() {
+    let ok = Replica::builder("ok").spawn().await.unwrap();
+    let proxy = TestProxy::start(&config(&format!("\"{}\"", ok.addr()), "")).await;
+    let big = "x".repeat(256 * 1024);
+    let resp = h1().get(proxy.url("/")).header("x-big", big).send().await;
+    if let Ok(resp) = resp {
+        assert!(matches!(resp.status().as_u16(), 400 | 431), "{}", resp.status());
+    }
+    assert_eq!(h1().get(proxy.url("/")).send().await.unwrap().status(), 200);
+}

@@ -36,6 +36,16 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// Largest request head (URI plus header names and values) accepted, like Envoy's
+/// 60 KiB default; larger heads get 431.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
+/// Size of the request head as counted against [`MAX_REQUEST_HEADER_BYTES`].
+pub fn header_bytes(req: &RequestHeader) -> usize {
+    let uri = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    req.headers.iter().fold(uri, |n, (k, v)| n + k.as_str().len() + v.len())
+}
+
 /// The declared request body length, if any.
 pub fn content_length(req: &RequestHeader) -> Option<u64> {
     req.headers

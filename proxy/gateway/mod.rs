@@ -74,14 +74,17 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
-    /// Resolves the route and assigns the request id. Answers 404 (no route) and
-    /// 413 (declared body too large) here; otherwise returns false to proxy on.
+    /// Assigns the request id and resolves the route. Answers 431 (headers too
+    /// large), 404 (no route) and 413 (declared body too large) here; otherwise returns false to proxy on.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request_id = headers::request_id(session.req_header());
         session
             .req_header_mut()
             .insert_header(X_REQUEST_ID, request_id.clone())?;
         ctx.request_id = Some(request_id);
+        if headers::header_bytes(session.req_header()) > headers::MAX_REQUEST_HEADER_BYTES {
+            return self.reject(session, ctx, Reject::HeadersTooLarge).await;
+        }
 
         let route = {
             let req = session.req_header();

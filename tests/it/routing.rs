@@ -61,13 +61,25 @@ backends = [{}]
     (TestProxy::start(&toml).await, [vision, chat, eu, fallback])
 }
 
+const HOSTS: [&str; 3] = ["api.example.com", "a.b.eu.example.com", "other.org"];
+
+/// HTTP/1.1 and h2c clients that resolve the test host names to the proxy, so the
+/// host travels the way real clients send it (`Host` or `:authority`).
+fn clients(proxy: &TestProxy) -> [reqwest::Client; 2] {
+    let build = |h2: bool| {
+        let mut b = reqwest::Client::builder().no_proxy();
+        b = if h2 { b.http2_prior_knowledge() } else { b.http1_only() };
+        for h in HOSTS {
+            b = b.resolve(h, proxy.http_addr());
+        }
+        b.build().unwrap()
+    };
+    [build(false), build(true)]
+}
+
 async fn get(client: &reqwest::Client, proxy: &TestProxy, host: &str, path: &str) -> (u16, Value) {
-    let resp = client
-        .get(proxy.url(path))
-        .header("host", host)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {host}{path}: {e}"));
+    let url = format!("http://{host}:{}{path}", proxy.http_addr().port());
+    let resp = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -75,12 +87,12 @@ async fn get(client: &reqwest::Client, proxy: &TestProxy, host: &str, path: &str
 #[tokio::test]
 async fn routes_by_host_and_longest_prefix_over_h1_and_h2() {
     let (proxy, _replicas) = routed_proxy().await;
-    for client in [h1(), h2()] {
+    for client in clients(&proxy) {
         let (s, v) = get(&client, &proxy, "api.example.com", "/v1/vision/predict?x=1").await;
         assert_eq!((s, v["replica"].as_str()), (200, Some("vision")));
         assert_eq!(v["path"], "/predict?x=1", "strip_prefix keeps the query");
 
-        let (s, v) = get(&client, &proxy, "API.example.com:8080", "/v1/vision").await;
+        let (s, v) = get(&client, &proxy, "api.example.com", "/v1/vision").await;
         assert_eq!((s, v["replica"].as_str()), (200, Some("vision")));
         assert_eq!(v["path"], "/");
 
@@ -128,10 +140,10 @@ async fn h2_requests_keep_their_authority_when_the_path_is_rewritten() {
 #[tokio::test]
 async fn forwarding_headers_and_request_ids() {
     let (proxy, _replicas) = routed_proxy().await;
-    for client in [h1(), h2()] {
+    let chat = format!("http://api.example.com:{}/v1/chat", proxy.http_addr().port());
+    for client in clients(&proxy) {
         let resp = client
-            .get(proxy.url("/v1/chat"))
-            .header("host", "api.example.com")
+            .get(&chat)
             .header("x-forwarded-for", "203.0.113.7")
             .header("connection", "x-secret")
             .header("x-secret", "hop-by-hop")
@@ -145,13 +157,12 @@ async fn forwarding_headers_and_request_ids() {
         let h = &v["headers"];
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["x-forwarded-host"], format!("api.example.com:{}", proxy.http_addr().port()));
         assert_eq!(h["x-request-id"], generated.as_str());
         assert!(h.get("x-secret").is_none(), "headers named in Connection are dropped: {h}");
 
         let resp = client
-            .get(proxy.url("/v1/chat"))
-            .header("host", "api.example.com")
+            .get(&chat)
             .header("x-request-id", "client-id-42")
             .send()
             .await

@@ -235,6 +235,9 @@ impl Drop for TestProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- modelgate log ({}) ---\n{}", self.config.display(), self.logs());
+        }
     }
 }
 

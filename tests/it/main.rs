@@ -1,6 +1,7 @@
 //! Integration tests: the real `modelgate` binary against real sockets.
 
 mod balance;
+mod config_files;
 mod failures;
 mod replica;
 mod routing;

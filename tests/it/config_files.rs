@@ -1,0 +1,140 @@
+//! The command line against real files: every shipped config passes `check`,
+//! broken configs are reported with file, line, column, key and fix, and `run`
+//! refuses a bad file before binding anything.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+fn shipped_configs(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            shipped_configs(&path, out);
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let mut files = Vec::new();
+    shipped_configs(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &mut files);
+    assert!(files.len() >= 4, "expected the default config and examples, found {files:?}");
+    for f in files {
+        let (ok, out) = check_file(&f);
+        assert!(ok, "{} failed check:\n{out}", f.display());
+        assert!(out.contains("routes:") && out.contains("upstreams:"), "summary for {}:\n{out}", f.display());
+    }
+}
+
+const VALID_TAIL: &str = r#"
+[[route]]
+name = "r"
+path = "/"
+upstream = "u"
+
+[upstream.u]
+backends = ["127.0.0.1:9001"]
+"#;
+
+/// (config text, expected `LINE:COL: key: message` fragments).
+fn broken() -> Vec<(String, Vec<&'static str>)> {
+    let listen = "[listen]\nhttp = \"127.0.0.1:8080\"\n";
+    vec![
+        (
+            format!("[listen]\nhttp = \"127.0.0.1:8080\"\nadmn = \"127.0.0.1:9901\"\n{VALID_TAIL}"),
+            vec![":3:1: listen.admn: unknown key `admn`; did you mean `admin`?"],
+        ),
+        (
+            format!("{listen}\n[[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"nope\"\n\n[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\n"),
+            vec![":7:12: route[0].upstream: upstream \"nope\" is not defined; defined upstreams: u"],
+        ),
+        (
+            format!("{listen}{VALID_TAIL}\n[[route]]\nname = \"r\"\npath = \"/b\"\nupstream = \"u\"\n"),
+            vec![":13:8: route[1].name: route name \"r\" is already used by route[0] (line 4)"],
+        ),
+        (
+            format!("{listen}\n[[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\n\n[upstream.u]\nbackends = []\n"),
+            vec![":10:12: upstream.u.backends: the list is empty; add at least one \"ip:port\""],
+        ),
+        (
+            format!("{listen}{VALID_TAIL}connect_timeout = \"2 parsecs\"\n"),
+            vec![":11:19: upstream.u.connect_timeout: invalid duration \"2 parsecs\""],
+        ),
+        (
+            format!("{listen}{VALID_TAIL}max_inflight = \"four\"\n"),
+            vec![":11:16: upstream.u.max_inflight: expected a whole number >= 0, found \"four\"; use 0 for unlimited"],
+        ),
+        (
+            format!("{listen}\n[[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\nmax_body = \"lots\"\n\n[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\n"),
+            vec![":8:12: route[0].max_body:"],
+        ),
+        (
+            format!("{listen}\n[[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\n\n[upstream.u]\nbackends = [\"localhost:9001\", {{ addr = \"127.0.0.1:9002\", weight = 0 }}]\nbalance = \"fastest\"\n"),
+            vec![
+                ":10:13: upstream.u.backends[0]: \"localhost:9001\" uses a host name",
+                ":10:67: upstream.u.backends[1].weight: expected a whole number from 1 to 1000, found 0",
+                ":11:11: upstream.u.balance: expected one of \"least_outstanding\", \"round_robin\", \"consistent_hash\", found \"fastest\"",
+            ],
+        ),
+        (
+            format!("{listen}{VALID_TAIL}retries = \n"),
+            vec![":11:"],
+        ),
+    ]
+}
+
+#[test]
+fn broken_configs_name_file_line_key_and_fix() {
+    for (text, expected) in broken() {
+        let (ok, out, path) = check(&text);
+        assert!(!ok, "check accepted:\n{text}");
+        for want in expected {
+            let line = format!("{}{want}", path.display());
+            assert!(out.contains(&line), "missing\n  {line}\nin\n{out}\nfor config:\n{text}");
+        }
+        assert!(out.contains("error(s); nothing was changed"), "{out}");
+    }
+}
+
+#[test]
+fn run_refuses_a_bad_file_before_binding() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, format!("[listen]\nhttp = \"127.0.0.1:{port}\"\n{VALID_TAIL}retries = \"x\"\n")).unwrap();
+    let out = Command::new(modelgate_bin()).args(["run", "-c"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upstream.u.retries"), "{stderr}");
+    assert!(stderr.contains("not starting"), "{stderr}");
+    // Nothing was left bound.
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+}
+
+#[test]
+fn run_reports_a_listener_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("busy.toml");
+    std::fs::write(&file, format!("[listen]\nhttp = \"{addr}\"\n{VALID_TAIL}")).unwrap();
+    let out = Command::new(modelgate_bin()).args(["run", "-c"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("listen.http: cannot listen on {addr}")), "{stderr}");
+}
+
+#[test]
+fn version_and_missing_file() {
+    let out = Command::new(modelgate_bin()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("modelgate {}", env!("CARGO_PKG_VERSION")));
+
+    let out = Command::new(modelgate_bin()).args(["check", "-c", "/nonexistent/modelgate.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/modelgate.toml: cannot read"));
+}

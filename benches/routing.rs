@@ -13,7 +13,10 @@ fn table(n: usize) -> RouteTable<usize> {
         let host = match i % 3 {
             0 => None,
             1 => Some(HostMatch::Exact(format!("api{}.example.com", i % 50))),
-            _ => Some(HostMatch::Wildcard(format!(".tenant{}.example.com", i % 50))),
+            _ => Some(HostMatch::Wildcard(format!(
+                ".tenant{}.example.com",
+                i % 50
+            ))),
         };
         t.insert(host.as_ref(), &path, i);
     }
@@ -35,10 +38,20 @@ fn resolve(c: &mut Criterion) {
             b.iter(|| black_box(t.resolve(black_box("api1.example.com"), black_box(&exact_path))))
         });
         group.bench_with_input(BenchmarkId::new("wildcard_hit", n), &n, |b, _| {
-            b.iter(|| black_box(t.resolve(black_box("eu.tenant2.example.com"), black_box("/v1/model-2/x"))))
+            b.iter(|| {
+                black_box(t.resolve(
+                    black_box("eu.tenant2.example.com"),
+                    black_box("/v1/model-2/x"),
+                ))
+            })
         });
         group.bench_with_input(BenchmarkId::new("fallback_root", n), &n, |b, _| {
-            b.iter(|| black_box(t.resolve(black_box("api1.example.com"), black_box("/health/deep/path"))))
+            b.iter(|| {
+                black_box(t.resolve(
+                    black_box("api1.example.com"),
+                    black_box("/health/deep/path"),
+                ))
+            })
         });
     }
     group.finish();

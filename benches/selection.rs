@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use modelgate::config::{BackendAddr, BackendSource, Balance, Protocol, Queue, RequestKey, Upstream, UpstreamTls};
+use modelgate::config::{
+    BackendAddr, BackendSource, Balance, Protocol, Queue, RequestKey, Upstream, UpstreamTls,
+};
 use modelgate::upstream::{Pick, Pool, Tried};
 
 fn upstream(n: usize, balance: Balance) -> Upstream {
@@ -13,7 +15,9 @@ fn upstream(n: usize, balance: Balance) -> Upstream {
         backends: BackendSource::Static(
             (0..n)
                 .map(|i| BackendAddr {
-                    addr: format!("10.0.{}.{}:8000", i / 250, i % 250 + 1).parse().unwrap_or_else(|e| panic!("{e}")),
+                    addr: format!("10.0.{}.{}:8000", i / 250, i % 250 + 1)
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{e}")),
                     weight: 1 + (i % 3) as u32,
                 })
                 .collect(),
@@ -22,7 +26,10 @@ fn upstream(n: usize, balance: Balance) -> Upstream {
         balance,
         hash_key: RequestKey::ClientAddr,
         max_inflight: 0,
-        queue: Queue { size: 0, timeout: Duration::from_secs(1) },
+        queue: Queue {
+            size: 0,
+            timeout: Duration::from_secs(1),
+        },
         retries: 1,
         retry_non_idempotent: false,
         connect_timeout: Duration::from_secs(1),

@@ -65,8 +65,11 @@ impl App {
 
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            let mut proxy =
-                pingora::proxy::http_proxy_service_with_name(&conf, Gateway::new(Arc::clone(&shared), "http"), "proxy http");
+            let mut proxy = pingora::proxy::http_proxy_service_with_name(
+                &conf,
+                Gateway::new(Arc::clone(&shared), "http"),
+                "proxy http",
+            );
             let mut opts = HttpServerOptions::default();
             opts.h2c = true;
             if let Some(app) = proxy.app_logic_mut() {
@@ -80,7 +83,10 @@ impl App {
         let draining = Arc::new(AtomicBool::new(false));
         if let Some(addr) = config.listen.admin {
             let admin = Admin::new(Arc::clone(&shared), proxy_addrs, Arc::clone(&draining));
-            let mut svc = Service::new("admin".to_string(), pingora::apps::http_app::HttpServer::new_app(admin));
+            let mut svc = Service::new(
+                "admin".to_string(),
+                pingora::apps::http_app::HttpServer::new_app(admin),
+            );
             svc.add_tcp(&addr.to_string());
             svc.threads = Some(1);
             server.add_service(svc);
@@ -104,7 +110,11 @@ impl App {
 /// (in use, not local, no permission) instead of panicking inside pingora.
 fn check_bindable(config: &Config) -> Result<(), StartError> {
     let l = &config.listen;
-    let wanted: [(&str, Option<SocketAddr>); 3] = [("listen.http", l.http), ("listen.https", l.https), ("listen.admin", l.admin)];
+    let wanted: [(&str, Option<SocketAddr>); 3] = [
+        ("listen.http", l.http),
+        ("listen.https", l.https),
+        ("listen.admin", l.admin),
+    ];
     let errors: Vec<String> = wanted
         .iter()
         .filter_map(|(key, addr)| {

@@ -11,7 +11,8 @@ pub enum LogFormat {
 
 /// Installs the global logger. `RUST_LOG` overrides the default filter (`info`).
 pub fn init(format: LogFormat) {
-    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if format == LogFormat::Json {
         builder.format(|buf, record| {
             let line = serde_json::json!({

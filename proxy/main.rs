@@ -10,7 +10,11 @@ use modelgate::config;
 use modelgate::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "modelgate", version, about = "A reverse proxy and load balancer for model servers")]
+#[command(
+    name = "modelgate",
+    version,
+    about = "A reverse proxy and load balancer for model servers"
+)]
 struct Cli {
     /// Log line format on stderr (filter with RUST_LOG, e.g. RUST_LOG=debug).
     #[arg(long, value_enum, default_value = "text", global = true)]
@@ -56,7 +60,8 @@ fn main() -> ExitCode {
 /// Loads and fully validates a file: syntax, keys, values, then everything the
 /// server would build from it.
 fn load(path: &std::path::Path) -> Result<config::Loaded, Vec<String>> {
-    let loaded = config::load(path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let loaded =
+        config::load(path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     modelgate::snapshot::Snapshot::build(&loaded.config)?;
     Ok(loaded)
 }
@@ -79,7 +84,11 @@ fn check(path: &std::path::Path) -> ExitCode {
             for e in &errors {
                 eprintln!("{e}");
             }
-            eprintln!("{}: {} error(s); nothing was changed", path.display(), errors.len());
+            eprintln!(
+                "{}: {} error(s); nothing was changed",
+                path.display(),
+                errors.len()
+            );
             ExitCode::FAILURE
         }
     }
@@ -92,14 +101,22 @@ fn run(path: &std::path::Path) -> ExitCode {
             for e in &errors {
                 eprintln!("{e}");
             }
-            eprintln!("{}: {} error(s); not starting", path.display(), errors.len());
+            eprintln!(
+                "{}: {} error(s); not starting",
+                path.display(),
+                errors.len()
+            );
             return ExitCode::FAILURE;
         }
     };
     report_warnings(&loaded);
     match App::build(&loaded.config) {
         Ok(app) => {
-            log::info!("modelgate {} serving {}", env!("CARGO_PKG_VERSION"), path.display());
+            log::info!(
+                "modelgate {} serving {}",
+                env!("CARGO_PKG_VERSION"),
+                path.display()
+            );
             app.run();
             ExitCode::SUCCESS
         }

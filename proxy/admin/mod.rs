@@ -28,7 +28,11 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(snapshot: SharedSnapshot, listeners: Vec<SocketAddr>, draining: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        snapshot: SharedSnapshot,
+        listeners: Vec<SocketAddr>,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
         Admin {
             snapshot,
             listeners,
@@ -45,7 +49,8 @@ impl Admin {
             return true;
         }
         for addr in &self.listeners {
-            let probe = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr));
+            let probe =
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr));
             if !matches!(probe.await, Ok(Ok(_))) {
                 return false;
             }
@@ -111,7 +116,11 @@ impl ServeHttp for Admin {
                 if self.is_ready().await {
                     respond(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 } else {
-                    respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"not ready\n".to_vec())
+                    respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        b"not ready\n".to_vec(),
+                    )
                 }
             }
             ("GET", "/upstreams") => json_response(StatusCode::OK, &self.upstreams()),

@@ -25,7 +25,11 @@ pub fn run() -> Result<(), StartError> {
     let replicas = runtime
         .block_on(async {
             let mut out = Vec::new();
-            for (name, delay) in [("replica-a", 50), ("replica-b", 50), ("replica-c-slow", 400)] {
+            for (name, delay) in [
+                ("replica-a", 50),
+                ("replica-b", 50),
+                ("replica-c-slow", 400),
+            ] {
                 out.push(
                     replica::Replica::builder(name)
                         .delay(Duration::from_millis(delay))
@@ -37,9 +41,13 @@ pub fn run() -> Result<(), StartError> {
         })
         .map_err(|e| StartError(vec![format!("demo: cannot start replicas: {e}")]))?;
 
-    let backends: Vec<String> = replicas.iter().map(|r| format!("\"{}\"", r.addr())).collect();
+    let backends: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect();
     let toml = demo_config(&backends.join(", "));
-    let loaded = config::parse(&toml, Path::new("(demo)")).map_err(|e| StartError(e.0.iter().map(|e| e.to_string()).collect()))?;
+    let loaded = config::parse(&toml, Path::new("(demo)"))
+        .map_err(|e| StartError(e.0.iter().map(|e| e.to_string()).collect()))?;
     let app = App::build(&loaded.config)?;
 
     println!("modelgate demo: 3 model replicas behind the proxy");

@@ -43,7 +43,9 @@ pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 /// Size of the request head as counted against [`MAX_REQUEST_HEADER_BYTES`].
 pub fn header_bytes(req: &RequestHeader) -> usize {
     let uri = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
-    req.headers.iter().fold(uri, |n, (k, v)| n + k.as_str().len() + v.len())
+    req.headers
+        .iter()
+        .fold(uri, |n, (k, v)| n + k.as_str().len() + v.len())
 }
 
 /// The declared request body length, if any.
@@ -76,8 +78,16 @@ pub fn hash_key(session: &Session, key: &RequestKey) -> u64 {
 
 /// Sets `X-Forwarded-For` (appending the client to any existing chain),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn add_forwarded(session: &Session, upstream: &mut RequestHeader, scheme: &'static str) -> Result<()> {
-    if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+pub fn add_forwarded(
+    session: &Session,
+    upstream: &mut RequestHeader,
+    scheme: &'static str,
+) -> Result<()> {
+    if let Some(ip) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    {
         let mut buf = [0u8; 512];
         let mut w = &mut buf[..];
         let prior = upstream.headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes());
@@ -95,7 +105,11 @@ pub fn add_forwarded(session: &Session, upstream: &mut RequestHeader, scheme: &'
     upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(scheme))?;
     let host = match session.req_header().uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => session.req_header().headers.get(http::header::HOST).cloned(),
+        None => session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned(),
     };
     if let Some(host) = host {
         upstream.insert_header(X_FORWARDED_HOST, host)?;

@@ -95,7 +95,10 @@ impl ProxyHttp for Gateway {
         let Some(route) = route else {
             return self.reject(session, ctx, Reject::NoRoute).await;
         };
-        if let (Some(max), Some(len)) = (route.max_body, headers::content_length(session.req_header())) {
+        if let (Some(max), Some(len)) = (
+            route.max_body,
+            headers::content_length(session.req_header()),
+        ) {
             if len > max {
                 ctx.route = Some(route);
                 return self.reject(session, ctx, Reject::TooLarge).await;
@@ -110,9 +113,16 @@ impl ProxyHttp for Gateway {
 
     /// Picks a backend of the route's pool not tried yet by this request and takes
     /// one of its in-flight slots. Called again for each retry.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
-            return Err(Error::explain(ErrorType::InternalError, "no route in context"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route in context",
+            ));
         };
         match route.pool.pick(&ctx.tried, ctx.hash) {
             Pick::Leased(i, lease) => {
@@ -151,7 +161,9 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(chunk), Some(max)) = (body.as_ref(), ctx.route.as_ref().and_then(|r| r.max_body)) {
+        if let (Some(chunk), Some(max)) =
+            (body.as_ref(), ctx.route.as_ref().and_then(|r| r.max_body))
+        {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > max {
                 return self.fail(ctx, Reject::TooLarge);
@@ -212,7 +224,12 @@ impl ProxyHttp for Gateway {
     }
 
     /// Writes the JSON error answer of SPEC.md for whatever went wrong.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let reject = ctx.reject.or_else(|| classify(e));
         let code = match reject {
             Some(r) if session.response_written().is_none() => {
@@ -251,7 +268,10 @@ impl Gateway {
 
     fn fail<T>(&self, ctx: &mut RequestCtx, r: Reject) -> Result<T> {
         ctx.reject = Some(r);
-        Err(Error::explain(ErrorType::HTTPStatus(r.status()), r.reason()))
+        Err(Error::explain(
+            ErrorType::HTTPStatus(r.status()),
+            r.reason(),
+        ))
     }
 
     fn may_retry(&self, ctx: &RequestCtx) -> bool {

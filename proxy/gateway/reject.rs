@@ -84,9 +84,15 @@ impl Reject {
     }
 
     /// Writes this answer as the whole response.
-    pub async fn send(self, session: &mut Session, request_id: Option<&http::HeaderValue>) -> pingora::Result<()> {
+    pub async fn send(
+        self,
+        session: &mut Session,
+        request_id: Option<&http::HeaderValue>,
+    ) -> pingora::Result<()> {
         let header = self.header(request_id)?;
-        session.write_response_header(Box::new(header), false).await?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
         session
             .write_response_body(Some(Bytes::from_static(self.body())), true)
             .await

@@ -54,7 +54,8 @@ mod tests {
         assert_eq!(strip_port("[::1]:8080"), "[::1]");
         assert_eq!(strip_port("user@host:1"), "host");
         let mut req = RequestHeader::build("GET", b"/", None).unwrap_or_else(|e| panic!("{e}"));
-        req.insert_header("host", "API.Example.com:443").unwrap_or_else(|e| panic!("{e}"));
+        req.insert_header("host", "API.Example.com:443")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(request_host(&req), "api.example.com");
     }
 }

@@ -121,7 +121,12 @@ impl<T> RouteTable<T> {
     /// Adds a route. `host` is lower-case without a port: `api.example.com`, or a
     /// wildcard given as its suffix `.example.com`. Returns false if the same host and
     /// prefix was already present (config validation rejects that earlier).
-    pub fn insert(&mut self, host: Option<&crate::config::HostMatch>, path: &str, value: T) -> bool {
+    pub fn insert(
+        &mut self,
+        host: Option<&crate::config::HostMatch>,
+        path: &str,
+        value: T,
+    ) -> bool {
         use crate::config::HostMatch;
         let table = match host {
             None => &mut self.any_host,
@@ -250,7 +255,10 @@ mod tests {
 
     #[test]
     fn strips_prefixes() {
-        assert_eq!(strip_prefix("/v1/vision/predict?x", "/v1/vision"), "/predict?x");
+        assert_eq!(
+            strip_prefix("/v1/vision/predict?x", "/v1/vision"),
+            "/predict?x"
+        );
         assert_eq!(strip_prefix("/v1/vision", "/v1/vision"), "/");
         assert_eq!(strip_prefix("/v1/vision/", "/v1/vision/"), "/");
         assert_eq!(strip_prefix("/v1/vision/p", "/v1/vision/"), "/p");

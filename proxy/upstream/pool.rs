@@ -9,7 +9,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use super::backend::{Backend, Lease};
 use super::select::{Selector, Tried};
-use crate::config::{Balance, BackendSource, Protocol, RequestKey, Upstream};
+use crate::config::{BackendSource, Balance, Protocol, RequestKey, Upstream};
 
 /// How long an idle upstream connection stays in pingora's keep-alive pool.
 const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);

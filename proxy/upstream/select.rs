@@ -3,8 +3,8 @@
 //! Each policy picks among backends that are available, not yet tried by this request,
 //! and below their in-flight cap; the pool then takes the slot atomically.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -23,7 +23,9 @@ pub struct Tried {
 impl Tried {
     #[inline]
     pub fn contains(&self, i: usize) -> bool {
-        self.idx[..self.len as usize].iter().any(|&t| t as usize == i)
+        self.idx[..self.len as usize]
+            .iter()
+            .any(|&t| t as usize == i)
     }
 
     pub fn push(&mut self, i: usize) {
@@ -123,7 +125,13 @@ impl Selector {
 
     /// Index of the backend to try next, or `None` when no backend is eligible.
     /// `hash` is only read by consistent hashing.
-    pub fn pick(&self, backends: &[Arc<Backend>], tried: &Tried, cap: u32, hash: u64) -> Option<usize> {
+    pub fn pick(
+        &self,
+        backends: &[Arc<Backend>],
+        tried: &Tried,
+        cap: u32,
+        hash: u64,
+    ) -> Option<usize> {
         match self {
             Selector::LeastOutstanding => least_outstanding(backends, tried, cap),
             Selector::RoundRobin { schedule, cursor } => {
@@ -172,11 +180,11 @@ fn least_outstanding(backends: &[Arc<Backend>], tried: &Tried, cap: u32) -> Opti
                 }
             }
         }
-        match found {
-            2 => return Some(if lighter(picks[1], picks[0]) { picks[1] } else { picks[0] }),
-            // Sampling kept missing: most backends are out; fall back to a full scan.
-            _ => {}
+        if found == 2 {
+            let [a, b] = picks;
+            return Some(if lighter(b, a) { b } else { a });
         }
+        // Sampling kept missing: most backends are out; fall back to a full scan.
     }
     let start = fastrand::usize(..n);
     let mut best: Option<usize> = None;

@@ -42,14 +42,30 @@ async fn replica_of(client: &reqwest::Client, url: String, headers: &[(&str, &st
 
 #[tokio::test]
 async fn least_outstanding_sends_new_work_to_the_idle_replica() {
-    let a = Replica::builder("a").delay(Duration::from_secs(2)).spawn().await.unwrap();
-    let b = Replica::builder("b").delay(Duration::from_secs(2)).spawn().await.unwrap();
-    let proxy = TestProxy::start(&pool_config("least_outstanding", &backend_list(&[&a, &b]), "")).await;
+    let a = Replica::builder("a")
+        .delay(Duration::from_secs(2))
+        .spawn()
+        .await
+        .unwrap();
+    let b = Replica::builder("b")
+        .delay(Duration::from_secs(2))
+        .spawn()
+        .await
+        .unwrap();
+    let proxy = TestProxy::start(&pool_config(
+        "least_outstanding",
+        &backend_list(&[&a, &b]),
+        "",
+    ))
+    .await;
     for client in [h1(), h2()] {
         // One request keeps a replica busy; the next must go to the other one.
         let (c, url) = (client.clone(), proxy.url("/first"));
         let first = tokio::spawn(async move { replica_of(&c, url, &[]).await });
-        eventually("first request reaches a replica", PATIENCE, || async { a.inflight() + b.inflight() == 1 }).await;
+        eventually("first request reaches a replica", PATIENCE, || async {
+            a.inflight() + b.inflight() == 1
+        })
+        .await;
         let busy = if a.inflight() == 1 { "a" } else { "b" };
         let second = replica_of(&client, proxy.url("/second"), &[]).await;
         assert_ne!(second, busy, "the idle replica takes new work");
@@ -59,11 +75,12 @@ async fn least_outstanding_sends_new_work_to_the_idle_replica() {
 
 #[tokio::test]
 async fn weighted_round_robin_splits_by_weight() {
-    let r: Vec<ReplicaHandle> = futures_util::future::join_all(["a", "b", "c"].map(|n| Replica::builder(n).spawn()))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let r: Vec<ReplicaHandle> =
+        futures_util::future::join_all(["a", "b", "c"].map(|n| Replica::builder(n).spawn()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
     let backends = format!(
         r#"{{ addr = "{}", weight = 1 }}, {{ addr = "{}", weight = 1 }}, {{ addr = "{}", weight = 2 }}"#,
         r[0].addr(),
@@ -74,18 +91,21 @@ async fn weighted_round_robin_splits_by_weight() {
     let client = h1();
     let mut hits: HashMap<String, u32> = HashMap::new();
     for _ in 0..40 {
-        *hits.entry(replica_of(&client, proxy.url("/"), &[]).await).or_default() += 1;
+        *hits
+            .entry(replica_of(&client, proxy.url("/"), &[]).await)
+            .or_default() += 1;
     }
     assert_eq!((hits["a"], hits["b"], hits["c"]), (10, 10, 20), "{hits:?}");
 }
 
 #[tokio::test]
 async fn consistent_hash_keeps_a_key_on_one_replica() {
-    let r: Vec<ReplicaHandle> = futures_util::future::join_all(["a", "b", "c"].map(|n| Replica::builder(n).spawn()))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let r: Vec<ReplicaHandle> =
+        futures_util::future::join_all(["a", "b", "c"].map(|n| Replica::builder(n).spawn()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
     let proxy = TestProxy::start(&pool_config(
         "consistent_hash",
         &backend_list(&[&r[0], &r[1], &r[2]]),
@@ -104,5 +124,8 @@ async fn consistent_hash_keeps_a_key_on_one_replica() {
         }
     }
     let distinct: std::collections::HashSet<_> = owners.values().collect();
-    assert!(distinct.len() >= 2, "30 keys spread over replicas: {owners:?}");
+    assert!(
+        distinct.len() >= 2,
+        "30 keys spread over replicas: {owners:?}"
+    );
 }

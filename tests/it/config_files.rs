@@ -21,12 +21,22 @@ fn shipped_configs(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_shipped_config_passes_check() {
     let mut files = Vec::new();
-    shipped_configs(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &mut files);
-    assert!(files.len() >= 4, "expected the default config and examples, found {files:?}");
+    shipped_configs(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        &mut files,
+    );
+    assert!(
+        files.len() >= 4,
+        "expected the default config and examples, found {files:?}"
+    );
     for f in files {
         let (ok, out) = check_file(&f);
         assert!(ok, "{} failed check:\n{out}", f.display());
-        assert!(out.contains("routes:") && out.contains("upstreams:"), "summary for {}:\n{out}", f.display());
+        assert!(
+            out.contains("routes:") && out.contains("upstreams:"),
+            "summary for {}:\n{out}",
+            f.display()
+        );
     }
 }
 
@@ -94,7 +104,10 @@ fn broken_configs_name_file_line_key_and_fix() {
         assert!(!ok, "check accepted:\n{text}");
         for want in expected {
             let line = format!("{}{want}", path.display());
-            assert!(out.contains(&line), "missing\n  {line}\nin\n{out}\nfor config:\n{text}");
+            assert!(
+                out.contains(&line),
+                "missing\n  {line}\nin\n{out}\nfor config:\n{text}"
+            );
         }
         assert!(out.contains("error(s); nothing was changed"), "{out}");
     }
@@ -105,8 +118,16 @@ fn run_refuses_a_bad_file_before_binding() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
-    std::fs::write(&file, format!("[listen]\nhttp = \"127.0.0.1:{port}\"\n{VALID_TAIL}retries = \"x\"\n")).unwrap();
-    let out = Command::new(modelgate_bin()).args(["run", "-c"]).arg(&file).output().unwrap();
+    std::fs::write(
+        &file,
+        format!("[listen]\nhttp = \"127.0.0.1:{port}\"\n{VALID_TAIL}retries = \"x\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(modelgate_bin())
+        .args(["run", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("upstream.u.retries"), "{stderr}");
@@ -122,19 +143,37 @@ fn run_reports_a_listener_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("busy.toml");
     std::fs::write(&file, format!("[listen]\nhttp = \"{addr}\"\n{VALID_TAIL}")).unwrap();
-    let out = Command::new(modelgate_bin()).args(["run", "-c"]).arg(&file).output().unwrap();
+    let out = Command::new(modelgate_bin())
+        .args(["run", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("listen.http: cannot listen on {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("listen.http: cannot listen on {addr}")),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn version_and_missing_file() {
-    let out = Command::new(modelgate_bin()).arg("--version").output().unwrap();
+    let out = Command::new(modelgate_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("modelgate {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("modelgate {}", env!("CARGO_PKG_VERSION"))
+    );
 
-    let out = Command::new(modelgate_bin()).args(["check", "-c", "/nonexistent/modelgate.toml"]).output().unwrap();
+    let out = Command::new(modelgate_bin())
+        .args(["check", "-c", "/nonexistent/modelgate.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/modelgate.toml: cannot read"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/modelgate.toml: cannot read")
+    );
 }

@@ -41,12 +41,22 @@ async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {
 async fn connect_failures_are_retried_on_a_live_backend() {
     let live = Replica::builder("live").spawn().await.unwrap();
     let backends = format!("{}, \"{}\"", dead_backend(), live.addr());
-    let proxy = TestProxy::start(&config(&backends, "retries = 1\nbalance = \"round_robin\"")).await;
+    let proxy =
+        TestProxy::start(&config(&backends, "retries = 1\nbalance = \"round_robin\"")).await;
     for client in [h1(), h2()] {
         for i in 0..20 {
-            let resp = client.post(proxy.url("/v1/predict")).body(format!("req {i}")).send().await.unwrap();
+            let resp = client
+                .post(proxy.url("/v1/predict"))
+                .body(format!("req {i}"))
+                .send()
+                .await
+                .unwrap();
             let (s, v) = status_and_body(resp).await;
-            assert_eq!((s, v["replica"].as_str()), (200, Some("live")), "request {i}");
+            assert_eq!(
+                (s, v["replica"].as_str()),
+                (200, Some("live")),
+                "request {i}"
+            );
         }
     }
 }
@@ -63,7 +73,11 @@ async fn all_backends_dead_is_502_bad_gateway() {
 
 #[tokio::test]
 async fn no_response_headers_in_time_is_504_gateway_timeout() {
-    let slow = Replica::builder("slow").delay(Duration::from_secs(5)).spawn().await.unwrap();
+    let slow = Replica::builder("slow")
+        .delay(Duration::from_secs(5))
+        .spawn()
+        .await
+        .unwrap();
     let backends = format!("\"{}\"", slow.addr());
     let proxy = TestProxy::start(&config(
         &backends,
@@ -74,17 +88,28 @@ async fn no_response_headers_in_time_is_504_gateway_timeout() {
         let started = std::time::Instant::now();
         let (s, v) = status_and_body(client.get(proxy.url("/x")).send().await.unwrap()).await;
         assert_eq!((s, v), (504, json!({"error": "gateway_timeout"})));
-        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
 
 #[tokio::test]
 async fn a_full_pool_answers_503_overloaded_at_once() {
-    let slow = Replica::builder("slow").delay(Duration::from_secs(3)).spawn().await.unwrap();
+    let slow = Replica::builder("slow")
+        .delay(Duration::from_secs(3))
+        .spawn()
+        .await
+        .unwrap();
     let backends = format!("\"{}\"", slow.addr());
     let proxy = TestProxy::start(&config(&backends, "max_inflight = 1")).await;
     let busy = tokio::spawn(h1().get(proxy.url("/busy")).send());
-    eventually("the slow replica is busy", PATIENCE, || async { slow.inflight() == 1 }).await;
+    eventually("the slow replica is busy", PATIENCE, || async {
+        slow.inflight() == 1
+    })
+    .await;
     for client in [h1(), h2()] {
         let resp = client.get(proxy.url("/extra")).send().await.unwrap();
         assert_eq!(resp.headers()["retry-after"], "1");
@@ -104,7 +129,9 @@ async fn malformed_requests_get_400_and_others_keep_being_served() {
         &b"\x16\x03\x01\x00\xa5garbage that is not http\r\n\r\n"[..],
         &b"GET /\x01\x02 HTTP/1.1\r\n\r\n"[..],
     ] {
-        let mut s = tokio::net::TcpStream::connect(proxy.http_addr()).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+            .await
+            .unwrap();
         s.write_all(garbage).await.unwrap();
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer)).await;
@@ -123,7 +150,10 @@ async fn oversized_headers_get_431() {
     let ok = Replica::builder("ok").spawn().await.unwrap();
     let proxy = TestProxy::start(&config(&format!("\"{}\"", ok.addr()), "")).await;
     // Over HTTP/2 the h2 layer itself answers 431 (header list over its limit), without a body.
-    for (client, body) in [(h1(), json!({"error": "headers_too_large"})), (h2(), Value::Null)] {
+    for (client, body) in [
+        (h1(), json!({"error": "headers_too_large"})),
+        (h2(), Value::Null),
+    ] {
         let big = "x".repeat(8 * 1024);
         let mut req = client.get(proxy.url("/"));
         for i in 0..10 {
@@ -131,7 +161,14 @@ async fn oversized_headers_get_431() {
         }
         let (s, v) = status_and_body(req.send().await.unwrap()).await;
         assert_eq!((s, v), (431, body));
-        assert_eq!(client.get(proxy.url("/")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client.get(proxy.url("/")).send().await.unwrap().status(),
+            200
+        );
     }
-    assert_eq!(ok.hits(), 2, "the oversized requests never reached the replica");
+    assert_eq!(
+        ok.hits(),
+        2,
+        "the oversized requests never reached the replica"
+    );
 }

@@ -1,5 +1,8 @@
 //! Integration tests: the real `modelgate` binary against real sockets.
 
+// Tests fail loudly by design; unwrap is how they say what broke.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod balance;
 mod config_files;
 mod failures;

@@ -1,5 +1,4 @@
 //! Tests for the in-process mock replica and the WebSocket echo helper.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

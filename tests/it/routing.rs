@@ -6,7 +6,11 @@ use serde_json::Value;
 use crate::support::*;
 
 pub fn backend_list(replicas: &[&ReplicaHandle]) -> String {
-    replicas.iter().map(|r| format!("\"{}\"", r.addr())).collect::<Vec<_>>().join(", ")
+    replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn routed_proxy() -> (TestProxy, [ReplicaHandle; 4]) {
@@ -68,7 +72,11 @@ const HOSTS: [&str; 3] = ["api.example.com", "a.b.eu.example.com", "other.org"];
 fn clients(proxy: &TestProxy) -> [reqwest::Client; 2] {
     let build = |h2: bool| {
         let mut b = reqwest::Client::builder().no_proxy();
-        b = if h2 { b.http2_prior_knowledge() } else { b.http1_only() };
+        b = if h2 {
+            b.http2_prior_knowledge()
+        } else {
+            b.http1_only()
+        };
         for h in HOSTS {
             b = b.resolve(h, proxy.http_addr());
         }
@@ -79,7 +87,11 @@ fn clients(proxy: &TestProxy) -> [reqwest::Client; 2] {
 
 async fn get(client: &reqwest::Client, proxy: &TestProxy, host: &str, path: &str) -> (u16, Value) {
     let url = format!("http://{host}:{}{path}", proxy.http_addr().port());
-    let resp = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -121,7 +133,10 @@ async fn routes_by_host_and_longest_prefix_over_h1_and_h2() {
 async fn h2_requests_keep_their_authority_when_the_path_is_rewritten() {
     let (proxy, _replicas) = routed_proxy().await;
     // reqwest sends :authority from the URL over h2; point it at the routed host.
-    let url = format!("http://api.example.com:{}/v1/vision/x", proxy.http_addr().port());
+    let url = format!(
+        "http://api.example.com:{}/v1/vision/x",
+        proxy.http_addr().port()
+    );
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .no_proxy()
@@ -134,13 +149,19 @@ async fn h2_requests_keep_their_authority_when_the_path_is_rewritten() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["replica"], "vision");
     assert_eq!(v["path"], "/x");
-    assert_eq!(v["headers"]["host"], format!("api.example.com:{}", proxy.http_addr().port()));
+    assert_eq!(
+        v["headers"]["host"],
+        format!("api.example.com:{}", proxy.http_addr().port())
+    );
 }
 
 #[tokio::test]
 async fn forwarding_headers_and_request_ids() {
     let (proxy, _replicas) = routed_proxy().await;
-    let chat = format!("http://api.example.com:{}/v1/chat", proxy.http_addr().port());
+    let chat = format!(
+        "http://api.example.com:{}/v1/chat",
+        proxy.http_addr().port()
+    );
     for client in clients(&proxy) {
         let resp = client
             .get(&chat)
@@ -157,9 +178,15 @@ async fn forwarding_headers_and_request_ids() {
         let h = &v["headers"];
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], format!("api.example.com:{}", proxy.http_addr().port()));
+        assert_eq!(
+            h["x-forwarded-host"],
+            format!("api.example.com:{}", proxy.http_addr().port())
+        );
         assert_eq!(h["x-request-id"], generated.as_str());
-        assert!(h.get("x-secret").is_none(), "headers named in Connection are dropped: {h}");
+        assert!(
+            h.get("x-secret").is_none(),
+            "headers named in Connection are dropped: {h}"
+        );
 
         let resp = client
             .get(&chat)
@@ -172,7 +199,12 @@ async fn forwarding_headers_and_request_ids() {
         assert_eq!(v["headers"]["x-request-id"], "client-id-42");
     }
     // Rejections carry the id too.
-    let resp = h1().get(proxy.url("/nope")).header("x-request-id", "r-404").send().await.unwrap();
+    let resp = h1()
+        .get(proxy.url("/nope"))
+        .header("x-request-id", "r-404")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["x-request-id"], "r-404");
     assert_eq!(resp.headers()["content-type"], "application/json");

@@ -34,7 +34,11 @@ async fn sse_tokens_reach_the_client_before_the_stream_ends() {
     let proxy = TestProxy::start(&config(&format!("\"{}\"", r.addr()))).await;
     for client in [h1(), h2()] {
         let started = Instant::now();
-        let resp = client.get(proxy.url("/v1/stream?tokens=5&interval_ms=400")).send().await.unwrap();
+        let resp = client
+            .get(proxy.url("/v1/stream?tokens=5&interval_ms=400"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         let mut stream = resp.bytes_stream();
@@ -52,7 +56,10 @@ async fn sse_tokens_reach_the_client_before_the_stream_ends() {
         let first = arrivals[0];
         let last = *arrivals.last().unwrap();
         assert!(last >= Duration::from_millis(1500), "stream took {last:?}");
-        assert!(last - first >= Duration::from_millis(1000), "chunks were held back: first {first:?}, last {last:?}");
+        assert!(
+            last - first >= Duration::from_millis(1000),
+            "chunks were held back: first {first:?}, last {last:?}"
+        );
     }
 }
 
@@ -60,15 +67,25 @@ async fn sse_tokens_reach_the_client_before_the_stream_ends() {
 async fn websocket_upgrades_are_proxied() {
     let echo = ws_echo_server().await;
     let proxy = TestProxy::start(&config(&format!("\"{echo}\""))).await;
-    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.http_addr())).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.http_addr()))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 101);
     for i in 0..5 {
         ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let got = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap().unwrap().unwrap();
+        let got = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(got, Message::text(format!("hello {i}")));
     }
     ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    let got = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap().unwrap().unwrap();
+    let got = tokio::time::timeout(PATIENCE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got, Message::binary(vec![1u8, 2, 3]));
     ws.close(None).await.unwrap();
 }
@@ -81,7 +98,12 @@ async fn a_50_mib_upload_arrives_intact_and_memory_stays_flat() {
     let proxy = TestProxy::start(&config(&format!("\"{}\"", r.addr()))).await;
     let client = h1();
     // Warm up so the baseline includes the proxy's steady-state buffers.
-    client.post(proxy.url("/v1/predict")).body(vec![7u8; CHUNK]).send().await.unwrap();
+    client
+        .post(proxy.url("/v1/predict"))
+        .body(vec![7u8; CHUNK])
+        .send()
+        .await
+        .unwrap();
     let before = proxy.peak_rss_kib();
 
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -92,12 +114,22 @@ async fn a_50_mib_upload_arrives_intact_and_memory_stays_flat() {
             c
         })
         .collect();
-    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>)));
-    let resp = client.post(proxy.url("/v1/predict")).body(body).send().await.unwrap();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::io::Error>),
+    ));
+    let resp = client
+        .post(proxy.url("/v1/predict"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["bytes"], (CHUNK * CHUNKS) as u64);
     assert_eq!(v["xxh3"], format!("{:016x}", hasher.digest()));
     let grew_kib = proxy.peak_rss_kib().saturating_sub(before);
-    assert!(grew_kib < 16 * 1024, "peak RSS grew {grew_kib} KiB for a 50 MiB upload");
+    assert!(
+        grew_kib < 16 * 1024,
+        "peak RSS grew {grew_kib} KiB for a 50 MiB upload"
+    );
 }

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: polling, HTTP clients, ports, the
 //! proxy-under-test harness ([`TestProxy`]) and a WebSocket echo server.
-#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports)]
 
 mod proxy;
 mod ws;

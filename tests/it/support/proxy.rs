@@ -236,7 +236,11 @@ impl Drop for TestProxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- modelgate log ({}) ---\n{}", self.config.display(), self.logs());
+            eprintln!(
+                "--- modelgate log ({}) ---\n{}",
+                self.config.display(),
+                self.logs()
+            );
         }
     }
 }

@@ -22,7 +22,7 @@ RUN apt-get update \
 COPY --from=build /src/target/release/modelgate /usr/local/bin/modelgate
 COPY config/modelgate.toml /etc/modelgate/modelgate.toml
 USER 10001
-EXPOSE 8080 9901
+EXPOSE 8080
 # SIGTERM drains: give the container at least shutdown_grace to stop (docker stop -t 35).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/modelgate"]

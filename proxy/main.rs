@@ -38,7 +38,14 @@ enum Command {
         config: PathBuf,
     },
     /// Start three demo model replicas and the proxy in front of them; no files needed.
-    Demo,
+    Demo {
+        /// Plain HTTP listener.
+        #[arg(long, default_value = modelgate::demo::HTTP_ADDR)]
+        http: std::net::SocketAddr,
+        /// Admin listener.
+        #[arg(long, default_value = modelgate::demo::ADMIN_ADDR)]
+        admin: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,7 +54,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Demo => match modelgate::demo::run() {
+        Command::Demo { http, admin } => match modelgate::demo::run(http, admin) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprint!("{e}");

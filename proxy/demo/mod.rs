@@ -4,18 +4,19 @@
 
 pub mod replica;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::app::{App, StartError};
 use crate::config;
 
-/// Where the demo serves.
+/// Where the demo serves unless told otherwise.
 pub const HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const ADMIN_ADDR: &str = "127.0.0.1:9901";
 
-/// Starts the replicas and serves the demo until interrupted.
-pub fn run() -> Result<(), StartError> {
+/// Starts the replicas and serves the demo on `http` and `admin` until interrupted.
+pub fn run(http: SocketAddr, admin: SocketAddr) -> Result<(), StartError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("demo-replicas")
@@ -45,7 +46,7 @@ pub fn run() -> Result<(), StartError> {
         .iter()
         .map(|r| format!("\"{}\"", r.addr()))
         .collect();
-    let toml = demo_config(&backends.join(", "));
+    let toml = demo_config(http, admin, &backends.join(", "));
     let loaded = config::parse(&toml, Path::new("(demo)"))
         .map_err(|e| StartError(e.0.iter().map(|e| e.to_string()).collect()))?;
     let app = App::build(&loaded.config)?;
@@ -57,12 +58,12 @@ pub fn run() -> Result<(), StartError> {
     println!(
         r#"
 Try these (each answer names the replica that served it):
-  curl -s http://{HTTP_ADDR}/v1/predict -d '{{"input":"hello"}}'
-  curl -sN http://{HTTP_ADDR}/v1/stream?tokens=10
-  curl -s --http2-prior-knowledge http://{HTTP_ADDR}/v1/predict -d '{{"input":"over h2c"}}'
-  curl -s http://{HTTP_ADDR}/nothing-here          # 404 no_route
-  curl -s http://{ADMIN_ADDR}/upstreams             # backends, in-flight counts
-  curl -s http://{ADMIN_ADDR}/readyz
+  curl -s http://{http}/v1/predict -d '{{"input":"hello"}}'
+  curl -sN 'http://{http}/v1/stream?tokens=10'
+  curl -s --http2-prior-knowledge http://{http}/v1/predict -d '{{"input":"over h2c"}}'
+  curl -s http://{http}/nothing-here          # 404 no_route
+  curl -s http://{admin}/upstreams             # backends, in-flight counts
+  curl -s http://{admin}/readyz
 
 The config in use:
 {toml}
@@ -73,11 +74,11 @@ Ctrl-C stops the demo."#
     Ok(())
 }
 
-fn demo_config(backends: &str) -> String {
+fn demo_config(http: SocketAddr, admin: SocketAddr, backends: &str) -> String {
     format!(
         r#"[listen]
-http = "{HTTP_ADDR}"
-admin = "{ADMIN_ADDR}"
+http = "{http}"
+admin = "{admin}"
 shutdown_grace = "1s"
 
 [[route]]

@@ -5,6 +5,7 @@
 
 mod balance;
 mod config_files;
+mod demo;
 mod failures;
 mod replica;
 mod routing;

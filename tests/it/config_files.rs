@@ -177,3 +177,40 @@ fn version_and_missing_file() {
         String::from_utf8_lossy(&out.stderr).contains("/nonexistent/modelgate.toml: cannot read")
     );
 }
+
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:{}\"\n{VALID_TAIL}",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(modelgate_bin())
+        .args(["--log-format", "json", "run", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = 0;
+    for line in lines.by_ref().take(3) {
+        let line = line.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["msg"].is_string() && v["ts"].is_string(),
+            "{line}"
+        );
+        seen += 1;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen, 3);
+}

@@ -52,7 +52,10 @@ fn demo_prints_curl_lines_that_answer() {
         let (ok, out) = run(cmd);
         assert!(ok, "{cmd} failed: {out}");
         if cmd.contains("/v1/") {
-            assert!(out.contains("\"replica\":\"replica-"), "{cmd} did not name a replica: {out}");
+            assert!(
+                out.contains("\"replica\":\"replica-"),
+                "{cmd} did not name a replica: {out}"
+            );
         }
         if cmd.contains("/v1/stream") {
             assert!(out.contains("data: [DONE]"), "{out}");
@@ -65,5 +68,8 @@ fn demo_prints_curl_lines_that_answer() {
 
 fn run(cmd: &str) -> (bool, String) {
     let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }

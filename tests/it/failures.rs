@@ -172,3 +172,68 @@ async fn oversized_headers_get_431() {
         "the oversized requests never reached the replica"
     );
 }
+
+/// In-flight counts as the admin endpoint reports them, per backend address.
+async fn proxy_inflight(proxy: &TestProxy) -> Vec<u64> {
+    let v: Value = h1()
+        .get(proxy.admin_url("/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["upstreams"]["pool"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["inflight"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn inflight_counts_return_to_zero_on_every_exit_path() {
+    let fast = Replica::builder("fast").spawn().await.unwrap();
+    let slow = Replica::builder("slow")
+        .delay(Duration::from_secs(30))
+        .spawn()
+        .await
+        .unwrap();
+    let backends = format!(
+        "{}, \"{}\", \"{}\"",
+        dead_backend(),
+        fast.addr(),
+        slow.addr()
+    );
+    let proxy =
+        TestProxy::start(&config(&backends, "retries = 2\nbalance = \"round_robin\"")).await;
+
+    // Successes and retries past the dead backend.
+    for _ in 0..6 {
+        let _ = h1()
+            .get(proxy.url("/quick"))
+            .timeout(Duration::from_millis(200))
+            .send()
+            .await;
+    }
+    // Client aborts while the slow replica works: the proxy must drop the upstream
+    // request too, so the replica sees its connection close long before 30 s.
+    for client in [h1(), h2()] {
+        let req = client
+            .get(proxy.url("/abandoned"))
+            .timeout(Duration::from_millis(300))
+            .send();
+        let _ = tokio::spawn(req).await;
+    }
+    eventually("proxy in-flight counts return to 0", PATIENCE, || async {
+        proxy_inflight(&proxy).await.iter().all(|&n| n == 0)
+    })
+    .await;
+    eventually(
+        "the slow replica sees the aborted requests go",
+        PATIENCE,
+        || async { slow.inflight() == 0 },
+    )
+    .await;
+    assert!(slow.hits() >= 1, "some requests reached the slow replica");
+}

@@ -32,6 +32,7 @@ fn upstream(n: usize, balance: Balance) -> Upstream {
         },
         retries: 1,
         retry_non_idempotent: false,
+        retry_budget: Default::default(),
         connect_timeout: Duration::from_secs(1),
         first_byte_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
@@ -54,7 +55,7 @@ fn select(c: &mut Criterion) {
             // Some load so least-outstanding has something to compare.
             let held: Vec<_> = (0..n / 2)
                 .filter_map(|i| match pool.pick(&Tried::default(), i as u64 * 7919) {
-                    Pick::Leased(_, lease) => Some(lease),
+                    Pick::Leased(lease) => Some(lease),
                     _ => None,
                 })
                 .collect();

@@ -2,20 +2,21 @@
 //! listeners, admin listener, shutdown handling) and runs it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminService};
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::health::HealthService;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// Why the server could not start. Each message is ready to print to an operator.
@@ -36,7 +37,7 @@ impl std::error::Error for StartError {}
 /// A configured, not yet running server.
 pub struct App {
     server: Server,
-    draining: Arc<AtomicBool>,
+    drain: Drain,
 }
 
 impl App {
@@ -63,13 +64,16 @@ impl App {
         server.bootstrap();
         let conf = Arc::clone(&server.configuration);
 
+        let drain = Drain {
+            draining: Arc::new(AtomicBool::new(false)),
+            active: Arc::new(AtomicUsize::new(0)),
+            grace: config.listen.shutdown_grace,
+        };
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            let mut proxy = pingora::proxy::http_proxy_service_with_name(
-                &conf,
-                Gateway::new(Arc::clone(&shared), "http"),
-                "proxy http",
-            );
+            let gateway = Gateway::new(Arc::clone(&shared), "http", Arc::clone(&drain.active));
+            let mut proxy =
+                pingora::proxy::http_proxy_service_with_name(&conf, gateway, "proxy http");
             let mut opts = HttpServerOptions::default();
             opts.h2c = true;
             if let Some(app) = proxy.app_logic_mut() {
@@ -80,26 +84,33 @@ impl App {
             server.add_service(proxy);
         }
 
-        let draining = Arc::new(AtomicBool::new(false));
+        let mut health = pingora::services::background::background_service(
+            "health checks",
+            HealthService::new(Arc::clone(&shared)),
+        );
+        health.threads = Some(1);
+        server.add_service(health);
+
         if let Some(addr) = config.listen.admin {
-            let admin = Admin::new(Arc::clone(&shared), proxy_addrs, Arc::clone(&draining));
-            let mut svc = Service::new(
-                "admin".to_string(),
-                pingora::apps::http_app::HttpServer::new_app(admin),
+            let admin = Admin::new(
+                Arc::clone(&shared),
+                proxy_addrs,
+                Arc::clone(&drain.draining),
             );
-            svc.add_tcp(&addr.to_string());
+            let mut svc = pingora::services::background::background_service(
+                "admin",
+                AdminService::new(admin, addr),
+            );
             svc.threads = Some(1);
             server.add_service(svc);
         }
-        Ok(App { server, draining })
+        Ok(App { server, drain })
     }
 
     /// Serves until SIGINT (immediate exit) or SIGTERM (stop accepting, let in-flight
-    /// requests finish for up to `shutdown_grace`, then exit).
+    /// requests finish for up to `shutdown_grace`, exit as soon as the last is done).
     pub fn run(self) {
-        let watch = SignalWatch {
-            draining: self.draining,
-        };
+        let watch = SignalWatch { drain: self.drain };
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
@@ -134,9 +145,53 @@ fn check_bindable(config: &Config) -> Result<(), StartError> {
     }
 }
 
-/// pingora's signal handling, plus flipping `/readyz` to 503 the moment SIGTERM arrives.
-struct SignalWatch {
+/// What a graceful stop needs: the readiness flag, the count of requests in
+/// progress, and how long they may take.
+#[derive(Clone)]
+struct Drain {
     draining: Arc<AtomicBool>,
+    active: Arc<AtomicUsize>,
+    grace: Duration,
+}
+
+impl Drain {
+    /// Flips `/readyz` to 503 and, on a thread of its own, ends the process as soon
+    /// as no request is in progress. pingora itself would sleep out the whole grace
+    /// period; it still stops the listeners and, at the end of the grace period,
+    /// cuts whatever is left.
+    fn start(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let active = Arc::clone(&self.active);
+        let deadline = Instant::now() + self.grace;
+        let spawned = std::thread::Builder::new()
+            .name("drain".into())
+            .spawn(move || {
+                // Idle twice in a row, 50 ms apart: a connection accepted just before the
+                // listeners closed has had time to start its request.
+                let mut idle_polls = 0;
+                while Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                    idle_polls = if active.load(Ordering::Acquire) == 0 {
+                        idle_polls + 1
+                    } else {
+                        0
+                    };
+                    if idle_polls >= 2 {
+                        log::info!("drained: no request in progress; exiting");
+                        std::process::exit(0);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the drain watcher ({e}); waiting out the grace period");
+        }
+    }
+}
+
+/// pingora's signal handling, plus draining: `/readyz` turns 503 the moment SIGTERM
+/// arrives and the process exits when the last request is done.
+struct SignalWatch {
+    drain: Drain,
 }
 
 #[async_trait]
@@ -152,13 +207,13 @@ impl ShutdownSignalWatch for SignalWatch {
         };
         tokio::select! {
             _ = term.recv() => {
-                self.draining.store(true, Ordering::Relaxed);
-                log::info!("SIGTERM: draining");
+                log::info!("SIGTERM: draining for up to {:?}", self.drain.grace);
+                self.drain.start();
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = quit.recv() => {
-                self.draining.store(true, Ordering::Relaxed);
+                self.drain.draining.store(true, Ordering::SeqCst);
                 ShutdownSignal::GracefulUpgrade
             }
         }

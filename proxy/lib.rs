@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod health;
 pub mod logging;
 pub mod routing;
 pub mod snapshot;

@@ -9,6 +9,10 @@ use modelgate::app::App;
 use modelgate::config;
 use modelgate::logging::{self, LogFormat};
 
+/// mimalloc: pingora allocates per request; it measured noticeably cheaper than glibc's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "modelgate",

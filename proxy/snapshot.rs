@@ -48,7 +48,6 @@ impl Snapshot {
         for up in &config.upstreams {
             match Pool::build(up) {
                 Ok(pool) => {
-                    let pool = Arc::new(pool);
                     by_name.insert(up.name.as_str(), Arc::clone(&pool));
                     pools.push(pool);
                 }
@@ -109,14 +108,6 @@ fn unsupported(config: &Config) -> Vec<String> {
         if r.auth.is_some() {
             errors.push(format!(
                 "{file}: route[{i}].auth: authentication is not available in this build; remove it"
-            ));
-        }
-    }
-    for u in &config.upstreams {
-        if u.health.is_some() || u.eject.is_some() || !u.slow_start.is_zero() {
-            errors.push(format!(
-                "{file}: upstream.{}: health checks, ejection and slow start are not available in this build; remove `health`, `eject` and `slow_start`",
-                u.name
             ));
         }
     }

@@ -1,7 +1,8 @@
 //! The admin listener: liveness and readiness for orchestrators, and the upstream view.
 //!
-//! It runs as its own pingora service on its own thread, so a flood of proxy traffic
-//! cannot starve health probes. Readiness is proven, not assumed: `/readyz` connects to
+//! It runs on its own thread, outside pingora's listener shutdown, so it keeps
+//! answering (`/readyz` = 503) while the proxy listeners drain, and a flood of proxy
+//! traffic cannot starve health probes. Readiness is proven, not assumed: `/readyz` connects to
 //! every proxy listener once before it first answers 200, and answers 503 while the
 //! process drains.
 
@@ -10,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use http::{Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
+mod server;
+pub use server::AdminService;
+
+use http::StatusCode;
 use serde_json::json;
 
 use crate::snapshot::SharedSnapshot;
@@ -65,6 +66,7 @@ impl Admin {
             .pools
             .iter()
             .map(|pool| {
+                let queued = pool.queued();
                 let backends: Vec<_> = pool
                     .backends()
                     .iter()
@@ -72,63 +74,67 @@ impl Admin {
                         json!({
                             "addr": b.label(),
                             "healthy": b.is_available(),
-                            "state": format!("{:?}", b.state()).to_lowercase(),
+                            "state": b.state().name(),
                             "inflight": b.inflight(),
-                            "queued": 0,
+                            // One FIFO queue per upstream feeds every backend.
+                            "queued": queued,
                             "weight": b.weight(),
                         })
                     })
                     .collect();
-                (pool.name().to_string(), json!({ "backends": backends }))
+                (
+                    pool.name().to_string(),
+                    json!({ "queued": queued, "backends": backends }),
+                )
             })
             .collect();
         json!({ "generation": snap.generation, "upstreams": upstreams })
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    if let Ok(v) = http::HeaderValue::from_str(&resp.body().len().to_string()) {
-        resp.headers_mut().insert(http::header::CONTENT_LENGTH, v);
-    }
-    resp
+/// A complete admin answer.
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
 }
 
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
+fn text(status: StatusCode, body: &str) -> Answer {
+    Answer {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn json_answer(status: StatusCode, value: &serde_json::Value) -> Answer {
     let mut body = value.to_string().into_bytes();
     body.push(b'\n');
-    respond(status, "application/json", body)
+    Answer {
+        status,
+        content_type: "application/json",
+        body,
+    }
 }
 
-#[async_trait]
-impl ServeHttp for Admin {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        let method = req.method.clone();
-        let path = req.uri.path().to_string();
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/healthz") => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+impl Admin {
+    /// Answers one admin request.
+    pub async fn answer(&self, method: &http::Method, path: &str) -> Answer {
+        match (method.as_str(), path) {
+            ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
             ("GET", "/readyz") => {
                 if self.is_ready().await {
-                    respond(StatusCode::OK, "text/plain", b"ready\n".to_vec())
+                    text(StatusCode::OK, "ready\n")
                 } else {
-                    respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        b"not ready\n".to_vec(),
-                    )
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
             }
-            ("GET", "/upstreams") => json_response(StatusCode::OK, &self.upstreams()),
-            (_, "/healthz" | "/readyz" | "/upstreams") => json_response(
+            ("GET", "/upstreams") => json_answer(StatusCode::OK, &self.upstreams()),
+            (_, "/healthz" | "/readyz" | "/upstreams") => json_answer(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({ "error": "method_not_allowed" }),
             ),
-            _ => json_response(StatusCode::NOT_FOUND, &json!({ "error": "not_found" })),
+            _ => json_answer(StatusCode::NOT_FOUND, &json!({ "error": "not_found" })),
         }
     }
 }

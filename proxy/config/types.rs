@@ -143,6 +143,8 @@ pub struct Upstream {
     /// Other backends tried after the first (default 1).
     pub retries: u32,
     pub retry_non_idempotent: bool,
+    /// Caps retries at a share of recent requests, so retries cannot multiply an outage.
+    pub retry_budget: RetryBudget,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
@@ -220,6 +222,25 @@ impl Balance {
 pub struct Queue {
     pub size: usize,
     pub timeout: Duration,
+}
+
+/// `retry_budget = { percent = 20, window = "10s", min_retries = 10 }`: over the last
+/// `window`, retries may be at most `percent` of requests (but `min_retries` are always allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    pub percent: u32,
+    pub window: Duration,
+    pub min_retries: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            percent: 20,
+            window: Duration::from_secs(10),
+            min_retries: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

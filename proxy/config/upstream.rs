@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::reader::{Ctx, Field, TableReader};
 use super::types::{
-    BackendAddr, BackendSource, Balance, Eject, HealthCheck, Protocol, Queue, RequestKey, Upstream,
-    UpstreamTls,
+    BackendAddr, BackendSource, Balance, Eject, HealthCheck, Protocol, Queue, RequestKey,
+    RetryBudget, Upstream, UpstreamTls,
 };
 
 /// Defaults applied when a key is absent.
@@ -132,6 +132,9 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
     let retry_non_idempotent = t
         .take("retry_non_idempotent")
         .map_or(Some(false), |f| cx.bool(&f));
+    let retry_budget = t
+        .take("retry_budget")
+        .map_or(Some(RetryBudget::default()), |f| read_retry_budget(cx, &f));
     let mut timeout = |t: &mut TableReader<'_, '_>, key: &'static str, default: Duration| {
         t.take(key)
             .map_or(Some(default), |f| cx.duration(&f, false))
@@ -162,6 +165,7 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         queue: queue?,
         retries: retries?,
         retry_non_idempotent: retry_non_idempotent?,
+        retry_budget: retry_budget?,
         connect_timeout: connect_timeout?,
         first_byte_timeout: first_byte_timeout?,
         idle_timeout: idle_timeout?,
@@ -329,6 +333,37 @@ fn read_queue(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Queue> {
     Some(Queue {
         size: size?,
         timeout: timeout?,
+    })
+}
+
+/// `retry_budget = { percent = 20, window = "10s", min_retries = 10 }`.
+fn read_retry_budget(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<RetryBudget> {
+    let mut t = cx.table(f, "{ percent = 20, window = \"10s\", min_retries = 10 }")?;
+    let d = RetryBudget::default();
+    let percent = t.take("percent").map_or(Some(d.percent), |f| {
+        cx.uint(
+            &f,
+            0,
+            100,
+            "retries allowed as a share of recent requests; 0 disables retries",
+        )
+    });
+    let window = t
+        .take("window")
+        .map_or(Some(d.window), |f| cx.duration(&f, false));
+    let min_retries = t.take("min_retries").map_or(Some(d.min_retries), |f| {
+        cx.uint(
+            &f,
+            0,
+            U32_MAX,
+            "retries always allowed per window, however few the requests",
+        )
+    });
+    t.finish(cx);
+    Some(RetryBudget {
+        percent: percent?,
+        window: window?,
+        min_retries: min_retries?,
     })
 }
 

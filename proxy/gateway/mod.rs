@@ -8,7 +8,9 @@
 mod headers;
 mod reject;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::HeaderValue;
@@ -21,7 +23,7 @@ pub use reject::Reject;
 
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
-use crate::upstream::{Lease, Pick, Tried};
+use crate::upstream::{Admission, Lease, Tried};
 
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
@@ -30,17 +32,32 @@ pub struct Gateway {
     snapshot: SharedSnapshot,
     /// `X-Forwarded-Proto` for requests arriving on this service's listeners.
     scheme: &'static str,
+    /// Requests in progress on every listener, for draining on shutdown.
+    active: Arc<AtomicUsize>,
 }
 
 impl Gateway {
-    pub fn new(snapshot: SharedSnapshot, scheme: &'static str) -> Self {
-        Gateway { snapshot, scheme }
+    pub fn new(snapshot: SharedSnapshot, scheme: &'static str, active: Arc<AtomicUsize>) -> Self {
+        Gateway {
+            snapshot,
+            scheme,
+            active,
+        }
+    }
+}
+
+/// Counts a request as in progress until its context is dropped.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
     }
 }
 
 /// Per-request state, created empty by `new_ctx` and filled as the hooks run.
-#[derive(Default)]
 pub struct RequestCtx {
+    _active: Active,
     /// The matched route of the generation current when the request arrived.
     route: Option<Arc<RouteEntry>>,
     /// The in-flight slot on the backend of the current attempt.
@@ -54,6 +71,11 @@ pub struct RequestCtx {
     reject: Option<Reject>,
     /// Request body bytes seen so far (for `max_body` without Content-Length).
     body_bytes: u64,
+    /// Time spent in the pool's wait queue.
+    queue_wait: Duration,
+    /// The current attempt failed on a retryable status (502/503/429); retry it
+    /// whatever the method, the backend refused before doing the work.
+    status_retry: bool,
 }
 
 impl RequestCtx {
@@ -71,7 +93,19 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        self.active.fetch_add(1, Ordering::Acquire);
+        RequestCtx {
+            _active: Active(Arc::clone(&self.active)),
+            route: None,
+            lease: None,
+            tried: Tried::default(),
+            hash: 0,
+            request_id: None,
+            reject: None,
+            body_bytes: 0,
+            queue_wait: Duration::ZERO,
+            status_retry: false,
+        }
     }
 
     /// Assigns the request id and resolves the route. Answers 431 (headers too
@@ -107,15 +141,17 @@ impl ProxyHttp for Gateway {
         if let Some(key) = &route.pool.settings().hash_key {
             ctx.hash = headers::hash_key(session, key);
         }
+        route.pool.record_request();
         ctx.route = Some(route);
         Ok(false)
     }
 
     /// Picks a backend of the route's pool not tried yet by this request and takes
-    /// one of its in-flight slots. Called again for each retry.
+    /// one of its in-flight slots, waiting in the pool's queue when every backend is
+    /// at `max_inflight`. Called again for each retry.
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
@@ -124,16 +160,31 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
-        match route.pool.pick(&ctx.tried, ctx.hash) {
-            Pick::Leased(i, lease) => {
-                ctx.tried.push(i);
+        // Free the previous attempt's slot before queueing for the next one.
+        ctx.lease = None;
+        match route
+            .pool
+            .admit(&ctx.tried, ctx.hash, client_gone(session))
+            .await
+        {
+            Admission::Leased(lease, waited) => {
+                ctx.tried.push(lease.backend().index());
+                ctx.queue_wait += waited;
                 let peer = Box::new(lease.backend().peer().clone());
                 ctx.lease = Some(lease);
                 Ok(peer)
             }
-            Pick::NoneHealthy if ctx.tried.is_empty() => self.fail(ctx, Reject::NoHealthyBackend),
-            Pick::NoneHealthy => self.fail(ctx, Reject::BadGateway),
-            Pick::AllBusy => self.fail(ctx, Reject::Overloaded),
+            Admission::NoneHealthy if ctx.tried.is_empty() => {
+                self.fail(ctx, Reject::NoHealthyBackend)
+            }
+            Admission::NoneHealthy => self.fail(ctx, Reject::BadGateway),
+            Admission::Overloaded => self.fail(ctx, Reject::Overloaded),
+            Admission::QueueTimeout => self.fail(ctx, Reject::QueueTimeout),
+            Admission::ClientGone => Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                "client left while queued",
+            )
+            .into_down()),
         }
     }
 
@@ -172,6 +223,41 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Feeds passive health and turns a 502/503 (or 429 with `Retry-After`) into a
+    /// retry on another backend while nothing has reached the client yet.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) else {
+            return Ok(());
+        };
+        let status = upstream_response.status.as_u16();
+        if status < 500 {
+            lease.backend().record_success();
+        } else {
+            route.pool.record_failure(lease.backend());
+        }
+        let refused = matches!(status, 502 | 503)
+            || (status == 429
+                && upstream_response
+                    .headers
+                    .contains_key(http::header::RETRY_AFTER));
+        if refused && !session.as_ref().retry_buffer_truncated() && route.pool.may_retry(&ctx.tried)
+        {
+            ctx.status_retry = true;
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                "backend refused; retrying elsewhere",
+            );
+            e.set_retry(true);
+            return Err(e.into_up());
+        }
+        Ok(())
+    }
+
     /// Returns the request id to the client.
     async fn response_filter(
         &self,
@@ -185,7 +271,8 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// A connect failure is retried on another backend while `retries` allow.
+    /// A connect failure counts against the backend (passive ejection) and is
+    /// retried on another backend while `retries` and the retry budget allow.
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -193,21 +280,32 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) {
+            route.pool.record_failure(lease.backend());
+        }
         e.set_retry(self.may_retry(ctx));
         e
     }
 
-    /// A broken backend connection is retried only before any response byte reached
-    /// the client, only when the body can be replayed, and (unless the upstream sets
-    /// `retry_non_idempotent`) only for idempotent methods.
+    /// A backend connection that breaks before the response started (a replica
+    /// killed mid-request) is retried on another backend only when the body can be
+    /// replayed and the method is idempotent (or the upstream sets
+    /// `retry_non_idempotent`). Timeouts are not retried: the work may still be running.
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut RequestCtx,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
+        if std::mem::take(&mut ctx.status_retry) {
+            return e; // decided in upstream_response_filter
+        }
+        let broken = !matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) && e.esource() == &ErrorSource::Upstream;
         let replayable = !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
             && (session.req_header().method.is_idempotent()
@@ -215,11 +313,12 @@ impl ProxyHttp for Gateway {
                     .route
                     .as_ref()
                     .is_some_and(|r| r.pool.settings().retry_non_idempotent));
-        if replayable && self.may_retry(ctx) {
-            e.retry.decide_reuse(client_reused);
-        } else {
-            e.set_retry(false);
+        if broken {
+            if let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) {
+                route.pool.record_failure(lease.backend());
+            }
         }
+        e.set_retry(broken && replayable && self.may_retry(ctx));
         e
     }
 
@@ -275,11 +374,27 @@ impl Gateway {
     }
 
     fn may_retry(&self, ctx: &RequestCtx) -> bool {
-        ctx.route.as_ref().is_some_and(|r| {
-            let pool = &r.pool;
-            ctx.tried.len() <= pool.settings().retries as usize && pool.has_untried(&ctx.tried)
-        })
+        ctx.route
+            .as_ref()
+            .is_some_and(|r| r.pool.may_retry(&ctx.tried))
     }
+}
+
+/// Resolves when the client of a waiting request disconnects: an HTTP/2 stream
+/// reset, or an HTTP/1 connection closing once its request body is read. Requests
+/// still sending a body are not watched (reading would consume it).
+async fn client_gone(session: &mut Session) {
+    let downstream = session.as_downstream_mut();
+    if let Some(closed) = downstream.watch_h2_stream_close() {
+        let _ = closed.await;
+        return;
+    }
+    if downstream.is_body_done() {
+        // Any outcome (close, error, stray bytes) means this request cannot go on.
+        let _ = downstream.read_body_or_idle(true).await;
+        return;
+    }
+    std::future::pending::<()>().await
 }
 
 /// Maps a pingora error to the answer the client gets; `None` when nobody can hear it.

@@ -11,6 +11,7 @@ pub enum Reject {
     NoRoute,
     NoHealthyBackend,
     Overloaded,
+    QueueTimeout,
     TooLarge,
     HeadersTooLarge,
     BadGateway,
@@ -22,7 +23,7 @@ impl Reject {
     pub fn status(self) -> u16 {
         match self {
             Reject::NoRoute => 404,
-            Reject::NoHealthyBackend | Reject::Overloaded => 503,
+            Reject::NoHealthyBackend | Reject::Overloaded | Reject::QueueTimeout => 503,
             Reject::TooLarge => 413,
             Reject::HeadersTooLarge => 431,
             Reject::BadGateway => 502,
@@ -37,6 +38,7 @@ impl Reject {
             Reject::NoRoute => "no_route",
             Reject::NoHealthyBackend => "no_healthy_backend",
             Reject::Overloaded => "overloaded",
+            Reject::QueueTimeout => "queue_timeout",
             Reject::TooLarge => "too_large",
             Reject::HeadersTooLarge => "headers_too_large",
             Reject::BadGateway => "bad_gateway",
@@ -50,6 +52,7 @@ impl Reject {
             Reject::NoRoute => br#"{"error":"no_route"}"#,
             Reject::NoHealthyBackend => br#"{"error":"no_healthy_backend"}"#,
             Reject::Overloaded => br#"{"error":"overloaded"}"#,
+            Reject::QueueTimeout => br#"{"error":"queue_timeout"}"#,
             Reject::TooLarge => br#"{"error":"too_large"}"#,
             Reject::HeadersTooLarge => br#"{"error":"headers_too_large"}"#,
             Reject::BadGateway => br#"{"error":"bad_gateway"}"#,
@@ -62,7 +65,7 @@ impl Reject {
     fn retry_after(self) -> Option<&'static str> {
         match self {
             Reject::NoHealthyBackend => Some("5"),
-            Reject::Overloaded => Some("1"),
+            Reject::Overloaded | Reject::QueueTimeout => Some("1"),
             _ => None,
         }
     }

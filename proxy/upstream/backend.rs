@@ -1,10 +1,15 @@
-//! One replica of a model: its address, weight, live in-flight count and state.
+//! One replica of a model: its address, weight, live in-flight count, health state
+//! and passive-failure record.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
+
+use super::clock;
+use super::pool::Pool;
 
 /// Whether a backend may receive new requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,10 +17,20 @@ use pingora::upstreams::peer::HttpPeer;
 pub enum BackendState {
     /// Serving.
     Up = 0,
-    /// Failing; gets no new requests, running ones are not cut.
+    /// Failing its health check or ejected; gets no new requests, running ones go on.
     Down = 1,
-    /// Not checked yet.
+    /// Not checked yet; gets nothing until it passes once.
     Unknown = 2,
+}
+
+impl BackendState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendState::Up => "up",
+            BackendState::Down => "down",
+            BackendState::Unknown => "unknown",
+        }
+    }
 }
 
 /// A replica. Shared by every request that uses it; all mutable state is atomic.
@@ -23,22 +38,51 @@ pub enum BackendState {
 pub struct Backend {
     addr: SocketAddr,
     weight: u32,
+    /// Position in its pool (for the per-request tried set).
+    index: u32,
     /// `ip:port`, ready for logs and metric labels.
     label: Box<str>,
     inflight: AtomicU32,
     state: AtomicU8,
+    /// Failures (connect errors, 5xx) in a row, for passive ejection.
+    consecutive_failures: AtomicU32,
+    /// How many times in a row this backend was ejected (the ejection time doubles).
+    ejections: AtomicU32,
+    /// Until when (clock ms) it stays ejected; 0 when not ejected.
+    ejected_until: AtomicU64,
+    /// Until when (clock ms) its share ramps up after (re)joining; 0 when not ramping.
+    ramp_until: AtomicU64,
+    /// The pool it belongs to, for handing a freed slot to a queued request.
+    pool: Weak<Pool>,
+    /// The pool's queue length, so releasing a slot checks for waiters with one load.
+    queued: Arc<AtomicUsize>,
     /// The peer handed to pingora, cloned per attempt.
     peer: HttpPeer,
 }
 
 impl Backend {
-    pub fn new(addr: SocketAddr, weight: u32, peer: HttpPeer) -> Self {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        weight: u32,
+        index: usize,
+        state: BackendState,
+        pool: (Weak<Pool>, Arc<AtomicUsize>),
+        peer: HttpPeer,
+    ) -> Self {
+        let (pool, queued) = pool;
         Backend {
             addr,
             weight: weight.max(1),
+            index: index as u32,
             label: addr.to_string().into_boxed_str(),
             inflight: AtomicU32::new(0),
-            state: AtomicU8::new(BackendState::Up as u8),
+            state: AtomicU8::new(state as u8),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ramp_until: AtomicU64::new(0),
+            pool,
+            queued,
             peer,
         }
     }
@@ -49,6 +93,10 @@ impl Backend {
 
     pub fn weight(&self) -> u32 {
         self.weight
+    }
+
+    pub fn index(&self) -> usize {
+        self.index as usize
     }
 
     pub fn label(&self) -> &str {
@@ -72,14 +120,51 @@ impl Backend {
         }
     }
 
-    pub fn set_state(&self, state: BackendState) {
-        self.state.store(state as u8, Ordering::Relaxed);
+    /// Moves to `state`; returns the previous one. Joining (to Up) starts the slow-start
+    /// ramp and lets queued requests at the new capacity.
+    pub(crate) fn set_state(&self, state: BackendState, slow_start: Duration) -> BackendState {
+        let prev = self.state.swap(state as u8, Ordering::AcqRel);
+        let prev = match prev {
+            0 => BackendState::Up,
+            1 => BackendState::Down,
+            _ => BackendState::Unknown,
+        };
+        if prev != state && state == BackendState::Up {
+            if !slow_start.is_zero() {
+                self.ramp_until.store(
+                    clock::now_ms() + slow_start.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            if let Some(pool) = self.pool.upgrade() {
+                pool.dispatch();
+            }
+        }
+        prev
     }
 
     /// May this backend be given a new request?
     #[inline]
     pub fn is_available(&self) -> bool {
         self.state.load(Ordering::Relaxed) == BackendState::Up as u8
+    }
+
+    /// During slow start, the share (0.1..1) of new requests this backend should get;
+    /// `None` once fully in.
+    #[inline]
+    pub(crate) fn ramp(&self, slow_start: Duration) -> Option<f64> {
+        let until = self.ramp_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let now = clock::now_ms();
+        if now >= until {
+            self.ramp_until.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let total = slow_start.as_millis().max(1) as f64;
+        let elapsed = total - (until - now) as f64;
+        Some((elapsed / total).clamp(0.1, 1.0))
     }
 
     /// Takes an in-flight slot if fewer than `cap` are taken (`cap == 0`: no limit).
@@ -96,10 +181,49 @@ impl Backend {
         }
         Some(Lease(Arc::clone(self)))
     }
+
+    /// Records an answer that was not a failure; clears the failure streak.
+    #[inline]
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a connect failure or 5xx; returns the streak length.
+    pub fn record_failure(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Takes the backend out for `base` doubled per ejection in a row (capped at 32×);
+    /// returns how long. A backend that stayed in for 5× `base` since its last
+    /// ejection starts its streak over.
+    pub(crate) fn eject(&self, base: Duration) -> Duration {
+        let now = clock::now_ms();
+        let last_until = self.ejected_until.load(Ordering::Relaxed);
+        if last_until != 0 && now > last_until + 5 * base.as_millis() as u64 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(5);
+        let dur = base * (1u32 << n);
+        self.ejected_until
+            .store(now + dur.as_millis() as u64, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.state
+            .store(BackendState::Down as u8, Ordering::Release);
+        dur
+    }
+
+    /// Is an ejection still running?
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && clock::now_ms() < until
+    }
 }
 
-/// One in-flight request on a backend. Dropping it frees the slot, so the count stays
-/// right on every exit path: success, error, client abort, retry elsewhere.
+/// One in-flight request on a backend. Dropping it frees the slot (or hands it
+/// straight to the oldest queued request), so the count stays right on every exit
+/// path: success, error, client abort, retry elsewhere.
 #[derive(Debug)]
 pub struct Lease(Arc<Backend>);
 
@@ -111,6 +235,11 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Release);
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        if self.0.queued.load(Ordering::SeqCst) > 0 {
+            if let Some(pool) = self.0.pool.upgrade() {
+                pool.dispatch();
+            }
+        }
     }
 }

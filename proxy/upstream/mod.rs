@@ -1,9 +1,13 @@
-//! Upstream pools: replicas, per-replica in-flight accounting and selection policies.
+//! Upstream pools: replicas, per-replica in-flight caps and the wait queue,
+//! selection policies, passive ejection and the retry budget.
 
 mod backend;
+mod budget;
+mod clock;
 mod pool;
+mod queue;
 mod select;
 
 pub use backend::{Backend, BackendState, Lease};
-pub use pool::{Pick, Pool, PoolSettings};
+pub use pool::{Admission, Pick, Pool, PoolSettings};
 pub use select::{Selector, Tried, MAX_ATTEMPTS};

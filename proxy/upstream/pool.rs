@@ -1,15 +1,19 @@
-//! A pool of replicas of one model: the backends, how to choose among them, and how
-//! to reach them.
+//! A pool of replicas of one model: the backends, how to choose among them, their
+//! in-flight caps and wait queue, the retry budget, and how to reach them.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 
-use super::backend::{Backend, Lease};
+use super::backend::{Backend, BackendState, Lease};
+use super::budget::Budget;
+use super::queue::WaitQueue;
 use super::select::{Selector, Tried};
-use crate::config::{BackendSource, Balance, Protocol, RequestKey, Upstream};
+use crate::config::{
+    BackendSource, Balance, Eject, HealthCheck, Protocol, Queue, RequestKey, Upstream,
+};
 
 /// How long an idle upstream connection stays in pingora's keep-alive pool.
 const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -22,8 +26,12 @@ pub struct PoolSettings {
     pub retries: u32,
     pub retry_non_idempotent: bool,
     pub max_inflight: u32,
+    pub queue: Queue,
     pub hash_key: Option<RequestKey>,
-    pub first_byte_timeout: Duration,
+    pub eject: Option<Eject>,
+    pub slow_start: Duration,
+    pub health: Option<HealthCheck>,
+    pub protocol: Protocol,
 }
 
 /// The backends of one upstream and the policy that picks among them.
@@ -33,25 +41,40 @@ pub struct Pool {
     backends: Box<[Arc<Backend>]>,
     selector: Selector,
     settings: PoolSettings,
+    queue: WaitQueue,
+    budget: Budget,
 }
 
-/// The outcome of asking a pool for a backend.
+/// The outcome of a non-waiting pick.
 #[derive(Debug)]
 pub enum Pick {
-    /// A slot on this backend (its index in the pool).
-    Leased(usize, Lease),
+    /// A slot on this backend.
+    Leased(Lease),
     /// Every untried backend is down.
     NoneHealthy,
     /// Healthy backends exist but all are at `max_inflight`.
     AllBusy,
 }
 
+/// The outcome of asking for a slot, waiting in the queue if needed.
+#[derive(Debug)]
+pub enum Admission {
+    /// A slot, and how long the request waited for it.
+    Leased(Lease, Duration),
+    NoneHealthy,
+    /// Every backend busy and the queue full (or no queue).
+    Overloaded,
+    QueueTimeout,
+    /// The client went away while waiting.
+    ClientGone,
+}
+
 impl Pool {
     /// Builds a pool from a validated upstream. Fails only for features this build
     /// cannot serve yet, with a message for the operator.
-    pub fn build(up: &Upstream) -> Result<Pool, String> {
+    pub fn build(up: &Upstream) -> Result<Arc<Pool>, String> {
         let addrs = match &up.backends {
-            BackendSource::Static(list) => list,
+            BackendSource::Static(list) => list.clone(),
             BackendSource::Dns { .. } => {
                 return Err(format!(
                     "upstream.{}.discover: DNS discovery is not available in this build; list `backends` instead",
@@ -65,27 +88,53 @@ impl Pool {
                 up.name
             ));
         }
-        let backends: Box<[Arc<Backend>]> = addrs
-            .iter()
-            .map(|b| Arc::new(Backend::new(b.addr, b.weight, peer_for(b.addr, up))))
-            .collect();
-        let selector = match up.balance {
-            Balance::LeastOutstanding => Selector::least_outstanding(),
-            Balance::RoundRobin => Selector::round_robin(&backends),
-            Balance::ConsistentHash => Selector::consistent_hash(&backends),
+        // With active health checks a backend starts unknown and earns its traffic.
+        let initial = if up.health.is_some() {
+            BackendState::Unknown
+        } else {
+            BackendState::Up
         };
-        Ok(Pool {
-            name: up.name.as_str().into(),
-            backends,
-            selector,
-            settings: PoolSettings {
-                retries: up.retries,
-                retry_non_idempotent: up.retry_non_idempotent,
-                max_inflight: up.max_inflight,
-                hash_key: (up.balance == Balance::ConsistentHash).then(|| up.hash_key.clone()),
-                first_byte_timeout: up.first_byte_timeout,
-            },
-        })
+        let queue = WaitQueue::new();
+        let queued = queue.len_handle();
+        Ok(Arc::new_cyclic(|me: &Weak<Pool>| {
+            let backends: Box<[Arc<Backend>]> = addrs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    Arc::new(Backend::new(
+                        b.addr,
+                        b.weight,
+                        i,
+                        initial,
+                        (me.clone(), Arc::clone(&queued)),
+                        peer_for(b.addr, up),
+                    ))
+                })
+                .collect();
+            let selector = match up.balance {
+                Balance::LeastOutstanding => Selector::least_outstanding(),
+                Balance::RoundRobin => Selector::round_robin(&backends),
+                Balance::ConsistentHash => Selector::consistent_hash(&backends),
+            };
+            Pool {
+                name: up.name.as_str().into(),
+                backends,
+                selector,
+                settings: PoolSettings {
+                    retries: up.retries,
+                    retry_non_idempotent: up.retry_non_idempotent,
+                    max_inflight: up.max_inflight,
+                    queue: up.queue,
+                    hash_key: (up.balance == Balance::ConsistentHash).then(|| up.hash_key.clone()),
+                    eject: up.eject,
+                    slow_start: up.slow_start,
+                    health: up.health.clone(),
+                    protocol: up.protocol,
+                },
+                queue,
+                budget: Budget::new(&up.retry_budget),
+            }
+        }))
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -100,39 +149,197 @@ impl Pool {
         &self.settings
     }
 
-    /// Picks a backend not in `tried` and takes an in-flight slot on it.
+    /// Requests waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Picks a backend not in `tried` and takes an in-flight slot on it, without waiting.
     /// `hash` is the request's key hash for consistent hashing (ignored otherwise).
     pub fn pick(&self, tried: &Tried, hash: u64) -> Pick {
         let cap = self.settings.max_inflight;
+        let slow_start = self.settings.slow_start;
         // A slot can be taken between the check and the acquire; try again a few times.
         for _ in 0..4 {
-            match self.selector.pick(&self.backends, tried, cap, hash) {
+            match self
+                .selector
+                .pick(&self.backends, tried, cap, hash, slow_start)
+            {
                 Some(i) => {
                     if let Some(lease) = self.backends[i].try_acquire(cap) {
-                        return Pick::Leased(i, lease);
+                        return Pick::Leased(lease);
                     }
                 }
                 None => break,
             }
         }
-        let any_healthy = self
-            .backends
-            .iter()
-            .enumerate()
-            .any(|(i, b)| b.is_available() && !tried.contains(i));
-        if any_healthy && cap > 0 {
+        if cap > 0 && self.has_untried(tried) {
             Pick::AllBusy
         } else {
             Pick::NoneHealthy
         }
     }
 
-    /// Is there a backend this request has not tried that could take it now?
+    /// Takes a slot, waiting in the pool's FIFO queue (up to its size and timeout)
+    /// when every backend is at `max_inflight`. `client_gone` resolves if the client
+    /// disconnects; the waiter then leaves the queue without taking a slot.
+    pub async fn admit<F>(&self, tried: &Tried, hash: u64, client_gone: F) -> Admission
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        // Arrivals do not jump the queue: with waiters present, join them.
+        if self.queue.len() == 0 {
+            match self.pick(tried, hash) {
+                Pick::Leased(lease) => return Admission::Leased(lease, Duration::ZERO),
+                Pick::NoneHealthy => return Admission::NoneHealthy,
+                Pick::AllBusy => {}
+            }
+        } else if !self.has_untried(tried) {
+            return Admission::NoneHealthy;
+        }
+        let started = Instant::now();
+        let Some((id, rx)) = self.queue.push(self.settings.queue.size, tried, hash) else {
+            return Admission::Overloaded;
+        };
+        let mut guard = Dequeue {
+            pool: self,
+            id: Some(id),
+        };
+        // A slot may have freed between the pick and the push.
+        self.dispatch();
+        let outcome = tokio::select! {
+            lease = rx => match lease {
+                Ok(lease) => Admission::Leased(lease, started.elapsed()),
+                Err(_) => Admission::NoneHealthy,
+            },
+            _ = tokio::time::sleep(self.settings.queue.timeout) => Admission::QueueTimeout,
+            _ = client_gone => Admission::ClientGone,
+        };
+        if matches!(outcome, Admission::Leased(..)) {
+            guard.id = None; // dispatch already removed it
+        }
+        outcome
+    }
+
+    /// Hands free slots to queued requests, oldest first. Called when a slot frees, a
+    /// backend comes up, or a request joins the queue.
+    pub(crate) fn dispatch(&self) {
+        if self.queue.len() == 0 {
+            return;
+        }
+        // Leases are never dropped under the lock: dropping one dispatches again.
+        let mut spare: Vec<Lease> = Vec::new();
+        {
+            let mut w = self.queue.lock();
+            let mut i = 0;
+            while i < w.list.len() {
+                if w.list[i].tx.is_closed() {
+                    w.list.remove(i);
+                    continue;
+                }
+                let reusable = spare
+                    .iter()
+                    .position(|l| !w.list[i].tried.contains(l.backend().index()));
+                let lease = match reusable {
+                    Some(pos) => spare.swap_remove(pos),
+                    None => match self.pick(&w.list[i].tried, w.list[i].hash) {
+                        Pick::Leased(l) => l,
+                        _ => {
+                            i += 1;
+                            continue;
+                        }
+                    },
+                };
+                if let Some(waiter) = w.list.remove(i) {
+                    if let Err(lease) = waiter.tx.send(lease) {
+                        spare.push(lease); // its client just left; offer the slot on
+                    }
+                }
+            }
+            self.queue.sync_len(&w);
+        }
+        // Released outside the lock: dropping a lease may dispatch again.
+        drop(spare);
+    }
+
+    /// Is there a backend this request has not tried that could take it?
     pub fn has_untried(&self, tried: &Tried) -> bool {
         self.backends
             .iter()
-            .enumerate()
-            .any(|(i, b)| b.is_available() && !tried.contains(i))
+            .any(|b| b.is_available() && !tried.contains(b.index()))
+    }
+
+    /// Counts a new request against the retry budget's window.
+    #[inline]
+    pub fn record_request(&self) {
+        self.budget.record_request();
+    }
+
+    /// May this request try another backend? Checks `retries`, a live untried
+    /// backend, and takes one retry from the budget.
+    pub fn may_retry(&self, tried: &Tried) -> bool {
+        tried.len() <= self.settings.retries as usize
+            && self.has_untried(tried)
+            && self.budget.try_retry()
+    }
+
+    /// Passive health: a connect failure or 5xx from `backend`. Ejects it after
+    /// `eject.consecutive` in a row, unless it is the pool's last available backend.
+    pub fn record_failure(&self, backend: &Backend) {
+        let Some(eject) = self.settings.eject else {
+            return;
+        };
+        if backend.record_failure() < eject.consecutive || !backend.is_available() {
+            return;
+        }
+        let others_up = self
+            .backends
+            .iter()
+            .any(|b| b.index() != backend.index() && b.is_available());
+        if !others_up {
+            log::warn!(
+                "upstream {}: not ejecting {} after {} failures: it is the last available backend",
+                self.name,
+                backend.label(),
+                eject.consecutive
+            );
+            return;
+        }
+        let dur = backend.eject(eject.duration);
+        log::warn!(
+            "upstream {}: ejected {} for {:?} after {} failures in a row",
+            self.name,
+            backend.label(),
+            dur,
+            eject.consecutive
+        );
+        if self.settings.health.is_none() {
+            // Nothing else will bring it back: return it when the time is up.
+            let me = Arc::clone(&self.backends[backend.index()]);
+            let slow_start = self.settings.slow_start;
+            let name = Arc::clone(&self.name);
+            tokio::spawn(async move {
+                tokio::time::sleep(dur).await;
+                if me.state() == BackendState::Down {
+                    log::info!("upstream {name}: {} back after ejection", me.label());
+                    me.set_state(BackendState::Up, slow_start);
+                }
+            });
+        }
+    }
+}
+
+/// Removes a waiter that leaves without a slot (timeout, client gone, cancelled).
+struct Dequeue<'a> {
+    pool: &'a Pool,
+    id: Option<u64>,
+}
+
+impl Drop for Dequeue<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.pool.queue.remove(id);
+        }
     }
 }
 
@@ -148,7 +355,6 @@ fn peer_for(addr: std::net::SocketAddr, up: &Upstream) -> HttpPeer {
     o.read_timeout = Some(up.first_byte_timeout.max(up.idle_timeout));
     o.write_timeout = Some(up.idle_timeout);
     o.idle_timeout = Some(UPSTREAM_KEEPALIVE);
-    o.tcp_keepalive = None;
     if up.protocol == Protocol::H2c {
         o.alpn = ALPN::H2;
         o.max_h2_streams = H2_STREAMS;

@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::backend::Backend;
 
@@ -67,9 +68,16 @@ pub enum Selector {
     },
 }
 
+/// Can backend `i` take this request now? During slow start a rejoining backend is
+/// passed over with a probability that shrinks as its ramp proceeds.
 #[inline]
-fn eligible(b: &Backend, i: usize, tried: &Tried, cap: u32) -> bool {
-    b.is_available() && (cap == 0 || b.inflight() < cap) && !tried.contains(i)
+fn eligible(b: &Backend, i: usize, tried: &Tried, cap: u32, slow_start: Duration) -> bool {
+    b.is_available()
+        && (cap == 0 || b.inflight() < cap)
+        && !tried.contains(i)
+        && (slow_start.is_zero()
+            || b.ramp(slow_start)
+                .is_none_or(|share| fastrand::f64() < share))
 }
 
 impl Selector {
@@ -131,15 +139,17 @@ impl Selector {
         tried: &Tried,
         cap: u32,
         hash: u64,
+        slow_start: Duration,
     ) -> Option<usize> {
+        let ok = |i: usize| eligible(&backends[i], i, tried, cap, slow_start);
         match self {
-            Selector::LeastOutstanding => least_outstanding(backends, tried, cap),
+            Selector::LeastOutstanding => least_outstanding(backends, ok),
             Selector::RoundRobin { schedule, cursor } => {
                 let n = schedule.len();
                 let start = cursor.fetch_add(1, Ordering::Relaxed);
                 (0..n)
                     .map(|k| schedule[(start + k) % n] as usize)
-                    .find(|&i| eligible(&backends[i], i, tried, cap))
+                    .find(|&i| ok(i))
             }
             Selector::ConsistentHash { ring } => {
                 if ring.is_empty() {
@@ -148,7 +158,7 @@ impl Selector {
                 let start = ring.partition_point(|&(h, _)| h < hash);
                 (0..ring.len())
                     .map(|k| ring[(start + k) % ring.len()].1 as usize)
-                    .find(|&i| eligible(&backends[i], i, tried, cap))
+                    .find(|&i| ok(i))
             }
         }
     }
@@ -156,7 +166,7 @@ impl Selector {
 
 /// Least in-flight per unit of weight. Small pools are scanned from a random offset
 /// (ties go to a random backend); large pools use the power of two random choices.
-fn least_outstanding(backends: &[Arc<Backend>], tried: &Tried, cap: u32) -> Option<usize> {
+fn least_outstanding(backends: &[Arc<Backend>], ok: impl Fn(usize) -> bool) -> Option<usize> {
     let n = backends.len();
     if n == 0 {
         return None;
@@ -172,7 +182,7 @@ fn least_outstanding(backends: &[Arc<Backend>], tried: &Tried, cap: u32) -> Opti
         let mut found = 0;
         for _ in 0..8 {
             let i = fastrand::usize(..n);
-            if picks[0] != i && eligible(&backends[i], i, tried, cap) {
+            if picks[0] != i && ok(i) {
                 picks[found] = i;
                 found += 1;
                 if found == 2 {
@@ -190,7 +200,7 @@ fn least_outstanding(backends: &[Arc<Backend>], tried: &Tried, cap: u32) -> Opti
     let mut best: Option<usize> = None;
     for k in 0..n {
         let i = (start + k) % n;
-        if eligible(&backends[i], i, tried, cap) && best.is_none_or(|b| lighter(i, b)) {
+        if ok(i) && best.is_none_or(|b| lighter(i, b)) {
             best = Some(i);
         }
     }

@@ -41,8 +41,11 @@ async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {
 async fn connect_failures_are_retried_on_a_live_backend() {
     let live = Replica::builder("live").spawn().await.unwrap();
     let backends = format!("{}, \"{}\"", dead_backend(), live.addr());
-    let proxy =
-        TestProxy::start(&config(&backends, "retries = 1\nbalance = \"round_robin\"")).await;
+    let proxy = TestProxy::start(&config(
+        &backends,
+        "retries = 1\nbalance = \"round_robin\"\nretry_budget = { percent = 100 }",
+    ))
+    .await;
     for client in [h1(), h2()] {
         for i in 0..20 {
             let resp = client
@@ -97,14 +100,15 @@ async fn no_response_headers_in_time_is_504_gateway_timeout() {
 }
 
 #[tokio::test]
-async fn a_full_pool_answers_503_overloaded_at_once() {
+async fn a_full_pool_without_a_queue_answers_503_overloaded_at_once() {
     let slow = Replica::builder("slow")
         .delay(Duration::from_secs(3))
         .spawn()
         .await
         .unwrap();
     let backends = format!("\"{}\"", slow.addr());
-    let proxy = TestProxy::start(&config(&backends, "max_inflight = 1")).await;
+    let proxy =
+        TestProxy::start(&config(&backends, "max_inflight = 1\nqueue = { size = 0 }")).await;
     let busy = tokio::spawn(h1().get(proxy.url("/busy")).send());
     eventually("the slow replica is busy", PATIENCE, || async {
         slow.inflight() == 1

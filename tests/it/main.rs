@@ -3,6 +3,7 @@
 // Tests fail loudly by design; unwrap is how they say what broke.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admission;
 mod balance;
 mod config_files;
 mod demo;

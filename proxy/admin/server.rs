@@ -1,0 +1,77 @@
+//! The admin HTTP server: a small hyper server run as a pingora background service.
+//! It ignores pingora's shutdown signal on purpose: during a drain it must keep
+//! telling orchestrators "not ready" until the process exits.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::Admin;
+
+/// Serves [`Admin`] on one address.
+pub struct AdminService {
+    admin: Arc<Admin>,
+    addr: SocketAddr,
+}
+
+impl AdminService {
+    pub fn new(admin: Admin, addr: SocketAddr) -> Self {
+        AdminService {
+            admin: Arc::new(admin),
+            addr,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let listener = match tokio::net::TcpListener::bind(self.addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("admin: cannot listen on {}: {e}", self.addr);
+                return;
+            }
+        };
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    log::debug!("admin: accept failed: {e}");
+                    continue;
+                }
+            };
+            let admin = Arc::clone(&self.admin);
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let admin = Arc::clone(&admin);
+                    async move {
+                        let a = admin.answer(req.method(), req.uri().path()).await;
+                        let resp = http::Response::builder()
+                            .status(a.status)
+                            .header(http::header::CONTENT_TYPE, a.content_type)
+                            .header(http::header::CACHE_CONTROL, "no-store")
+                            .body(Full::new(Bytes::from(a.body)))
+                            .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())));
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    log::debug!("admin connection: {e}");
+                }
+            });
+        }
+    }
+}

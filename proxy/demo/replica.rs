@@ -64,6 +64,7 @@ impl Replica {
             token_interval: DEFAULT_TOKEN_INTERVAL,
             health_status: 200,
             fail: None,
+            concurrency: None,
         }
     }
 }
@@ -77,9 +78,17 @@ pub struct ReplicaBuilder {
     token_interval: Duration,
     health_status: u16,
     fail: Option<u16>,
+    concurrency: Option<usize>,
 }
 
 impl ReplicaBuilder {
+    /// Runs at most `n` requests' service time at once; the rest wait inside the
+    /// replica, as a model server with `n` slots does (default: unlimited).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = Some(n.max(1));
+        self
+    }
+
     /// Address to listen on (default `127.0.0.1:0`).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
@@ -126,6 +135,7 @@ impl ReplicaBuilder {
             health_status: AtomicU16::new(self.health_status),
             delay_nanos: AtomicU64::new(duration_nanos(self.delay)),
             fail: AtomicU16::new(self.fail.unwrap_or(0)),
+            slots: self.concurrency.map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             shutdown,
         });
         tokio::spawn(accept_loop(listener, Arc::clone(&inner)));
@@ -215,10 +225,21 @@ struct Inner {
     delay_nanos: AtomicU64,
     /// 0 means "not failing".
     fail: AtomicU16,
+    /// Service slots when the replica's concurrency is limited.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
     shutdown: watch::Sender<bool>,
 }
 
 impl Inner {
+    /// The service time of one request, spent in one of the replica's slots.
+    async fn work(&self) {
+        let _slot = match &self.slots {
+            Some(s) => Arc::clone(s).acquire_owned().await.ok(),
+            None => None,
+        };
+        tokio::time::sleep(self.delay()).await;
+    }
+
     fn delay(&self) -> Duration {
         Duration::from_nanos(self.delay_nanos.load(Ordering::SeqCst))
     }
@@ -315,7 +336,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<RespBody>
 
     let path = req.uri().path();
     if req.method() == Method::POST && path == "/v1/predict" {
-        tokio::time::sleep(inner.delay()).await;
+        inner.work().await;
         match digest(req.into_body()).await {
             Ok(d) => {
                 let body = serde_json::json!({
@@ -345,7 +366,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<RespBody>
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         add_replica_header(&inner, resp)
     } else {
-        tokio::time::sleep(inner.delay()).await;
+        inner.work().await;
         let method = req.method().to_string();
         let path_query = req
             .uri()

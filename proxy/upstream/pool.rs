@@ -361,3 +361,72 @@ fn peer_for(addr: std::net::SocketAddr, up: &Upstream) -> HttpPeer {
     }
     peer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendAddr, RetryBudget, UpstreamTls};
+
+    fn upstream(slow_start: Duration) -> Upstream {
+        Upstream {
+            name: "t".into(),
+            backends: BackendSource::Static(
+                ["127.0.0.1:1", "127.0.0.1:2"]
+                    .iter()
+                    .map(|a| BackendAddr {
+                        addr: a.parse().unwrap_or_else(|e| panic!("{e}")),
+                        weight: 1,
+                    })
+                    .collect(),
+            ),
+            protocol: Protocol::Http1,
+            balance: Balance::RoundRobin,
+            hash_key: RequestKey::ClientAddr,
+            max_inflight: 0,
+            queue: Queue {
+                size: 0,
+                timeout: Duration::from_secs(1),
+            },
+            retries: 1,
+            retry_non_idempotent: false,
+            retry_budget: RetryBudget::default(),
+            connect_timeout: Duration::from_secs(1),
+            first_byte_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            eject: None,
+            slow_start,
+            health: None,
+            tls: UpstreamTls::default(),
+        }
+    }
+
+    fn share_of_first(pool: &Pool, picks: usize) -> f64 {
+        let mut first = 0;
+        for _ in 0..picks {
+            if let Pick::Leased(l) = pool.pick(&Tried::default(), 0) {
+                first += usize::from(l.backend().index() == 0);
+            }
+        }
+        first as f64 / picks as f64
+    }
+
+    #[test]
+    fn a_rejoining_backend_ramps_up_during_slow_start() {
+        let pool = Pool::build(&upstream(Duration::from_secs(60))).unwrap_or_else(|e| panic!("{e}"));
+        let b = &pool.backends()[0];
+        assert!((0.4..0.6).contains(&share_of_first(&pool, 2000)));
+        b.set_state(BackendState::Down, pool.settings().slow_start);
+        b.set_state(BackendState::Up, pool.settings().slow_start);
+        let ramping = share_of_first(&pool, 2000);
+        assert!(ramping < 0.25, "a just-rejoined backend got {ramping} of new requests");
+    }
+
+    #[test]
+    fn without_slow_start_a_rejoining_backend_takes_its_full_share() {
+        let pool = Pool::build(&upstream(Duration::ZERO)).unwrap_or_else(|e| panic!("{e}"));
+        let b = &pool.backends()[0];
+        b.set_state(BackendState::Down, Duration::ZERO);
+        b.set_state(BackendState::Up, Duration::ZERO);
+        assert!((0.4..0.6).contains(&share_of_first(&pool, 2000)));
+    }
+}

@@ -1,0 +1,199 @@
+//! Slow replicas under load, side by side: modelgate (least_outstanding and
+//! round_robin), nginx `least_conn` and HAProxy `leastconn` with `maxconn`, in
+//! front of the same three in-process replicas in the same run.
+//!
+//! Replicas run at most 2 requests at once (more wait inside the replica, as a
+//! model server's batch slots do); two take 50 ms per request, one 200 ms (4x
+//! slower). Capacity is 2/0.05 + 2/0.05 + 2/0.2 = 90 req/s; the load is an open
+//! loop at 80% of that, and latency is measured from each request's scheduled start,
+//! so a stalled proxy cannot hide its queueing (no coordinated omission).
+//!
+//! Run with `bash benches/balance_compare.sh` (it builds the release binary and
+//! finds nginx and haproxy).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use modelgate::demo::replica::{Replica, ReplicaHandle};
+
+const RATE: f64 = 72.0; // 80% of 90 req/s
+const FAST: Duration = Duration::from_millis(50);
+const SLOW: Duration = Duration::from_millis(200);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    p
+}
+
+fn spawn(cmd: &mut Command) -> Proc {
+    Proc(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}")))
+}
+
+fn modelgate(bin: &str, dir: &std::path::Path, port: u16, balance: &str, r: &[ReplicaHandle]) -> Proc {
+    let backends: Vec<String> = r.iter().map(|r| format!("\"{}\"", r.addr())).collect();
+    let cfg = format!(
+        "[listen]\nhttp = \"127.0.0.1:{port}\"\nworkers = 1\n[log]\naccess = \"off\"\n[[route]]\nname = \"m\"\npath = \"/\"\nupstream = \"m\"\n\
+         [upstream.m]\nbackends = [{}]\nbalance = \"{balance}\"\nmax_inflight = 2\nqueue = {{ size = 10000, timeout = \"60s\" }}\n",
+        backends.join(", ")
+    );
+    let file = write(dir, &format!("modelgate-{balance}.toml"), &cfg);
+    spawn(Command::new(bin).args(["run", "-c"]).arg(file).env("RUST_LOG", "error"))
+}
+
+fn nginx(dir: &std::path::Path, port: u16, r: &[ReplicaHandle]) -> Proc {
+    let servers: String = r.iter().map(|r| format!("    server {};\n", r.addr())).collect();
+    let cfg = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  upstream m {{\n    least_conn;\n{servers}    keepalive 64;\n  }}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://m;\n      proxy_http_version 1.1;\n\
+         proxy_set_header Connection \"\";\n      proxy_read_timeout 60s;\n    }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    let file = write(dir, "nginx.conf", &cfg);
+    spawn(Command::new("nginx").arg("-c").arg(file).arg("-p").arg(dir))
+}
+
+fn haproxy(dir: &std::path::Path, port: u16, r: &[ReplicaHandle]) -> Proc {
+    let servers: String = r
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("  server r{i} {} maxconn 2\n", r.addr()))
+        .collect();
+    let cfg = format!(
+        "global\n  maxconn 10000\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout queue 60s\n\
+         frontend f\n  bind 127.0.0.1:{port}\n  default_backend m\nbackend m\n  balance leastconn\n  http-reuse always\n{servers}"
+    );
+    let file = write(dir, "haproxy.cfg", &cfg);
+    spawn(Command::new("haproxy").arg("-db").arg("-f").arg(file))
+}
+
+async fn wait_up(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{addr} never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Outcome {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    errors: usize,
+    total: usize,
+    slow_share: f64,
+}
+
+/// Open-loop load at `RATE` for `secs`; latency counted from the scheduled start.
+async fn load(addr: SocketAddr, secs: u64, slow: &ReplicaHandle) -> Outcome {
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(512).build().unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("http://{addr}/v1/predict");
+    let n = (RATE * secs as f64) as usize;
+    let slow_before = slow.hits();
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / RATE);
+        let (c, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let ok = match c.post(url).body("{\"input\":\"x\"}").timeout(Duration::from_secs(60)).send().await {
+                Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            (at.elapsed(), ok)
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut errors = 0;
+    for t in tasks {
+        let (d, ok) = t.await.unwrap_or((Duration::MAX, false));
+        if ok {
+            lat.push(d);
+        } else {
+            errors += 1;
+        }
+    }
+    lat.sort();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    Outcome {
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: lat.last().copied().unwrap_or_default(),
+        errors,
+        total: n,
+        slow_share: (slow.hits() - slow_before) as f64 / n as f64,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` / `cargo bench -- --list`: nothing to list
+    }
+    let Ok(bin) = std::env::var("MODELGATE_BIN") else {
+        eprintln!("set MODELGATE_BIN (run benches/balance_compare.sh)");
+        return;
+    };
+    let secs: u64 = std::env::var("SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        let r = vec![
+            Replica::builder("fast-a").delay(FAST).concurrency(2).spawn().await.unwrap_or_else(|e| panic!("{e}")),
+            Replica::builder("fast-b").delay(FAST).concurrency(2).spawn().await.unwrap_or_else(|e| panic!("{e}")),
+            Replica::builder("slow-c").delay(SLOW).concurrency(2).spawn().await.unwrap_or_else(|e| panic!("{e}")),
+        ];
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut rows = Vec::new();
+        type Start<'a> = Box<dyn Fn(u16) -> Proc + 'a>;
+        let systems: Vec<(&str, Start)> = vec![
+            ("modelgate least_outstanding, max_inflight=2", Box::new(|p| modelgate(&bin, dir.path(), p, "least_outstanding", &r))),
+            ("modelgate round_robin, max_inflight=2", Box::new(|p| modelgate(&bin, dir.path(), p, "round_robin", &r))),
+            ("nginx least_conn", Box::new(|p| nginx(dir.path(), p, &r))),
+            ("haproxy leastconn, maxconn 2/server", Box::new(|p| haproxy(dir.path(), p, &r))),
+        ];
+        for (name, start) in &systems {
+            let port = free_port();
+            let _proc = start(port);
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            wait_up(addr).await;
+            eprintln!("running {name} for {secs}s at {RATE} req/s ...");
+            let o = load(addr, secs, &r[2]).await;
+            rows.push(format!(
+                "| {name} | {:.0} | {:.0} | {:.0} | {}/{} | {:.1}% |",
+                o.p50.as_secs_f64() * 1e3,
+                o.p99.as_secs_f64() * 1e3,
+                o.max.as_secs_f64() * 1e3,
+                o.errors,
+                o.total,
+                o.slow_share * 100.0
+            ));
+            // Let in-flight work drain so the next system starts on idle replicas.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        println!("\n{secs} s at {RATE} req/s (80% of capacity); 3 replicas with 2 slots each, 50/50/200 ms\n");
+        println!("| proxy | p50 ms | p99 ms | max ms | errors | share to slow replica |");
+        println!("|---|---|---|---|---|---|");
+        for row in rows {
+            println!("{row}");
+        }
+    });
+}

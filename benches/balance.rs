@@ -45,10 +45,21 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn spawn(cmd: &mut Command) -> Proc {
-    Proc(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}")))
+    Proc(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}")),
+    )
 }
 
-fn modelgate(bin: &str, dir: &std::path::Path, port: u16, balance: &str, r: &[ReplicaHandle]) -> Proc {
+fn modelgate(
+    bin: &str,
+    dir: &std::path::Path,
+    port: u16,
+    balance: &str,
+    r: &[ReplicaHandle],
+) -> Proc {
     let backends: Vec<String> = r.iter().map(|r| format!("\"{}\"", r.addr())).collect();
     let cfg = format!(
         "[listen]\nhttp = \"127.0.0.1:{port}\"\nworkers = 1\n[log]\naccess = \"off\"\n[[route]]\nname = \"m\"\npath = \"/\"\nupstream = \"m\"\n\
@@ -56,11 +67,19 @@ fn modelgate(bin: &str, dir: &std::path::Path, port: u16, balance: &str, r: &[Re
         backends.join(", ")
     );
     let file = write(dir, &format!("modelgate-{balance}.toml"), &cfg);
-    spawn(Command::new(bin).args(["run", "-c"]).arg(file).env("RUST_LOG", "error"))
+    spawn(
+        Command::new(bin)
+            .args(["run", "-c"])
+            .arg(file)
+            .env("RUST_LOG", "error"),
+    )
 }
 
 fn nginx(dir: &std::path::Path, port: u16, r: &[ReplicaHandle]) -> Proc {
-    let servers: String = r.iter().map(|r| format!("    server {};\n", r.addr())).collect();
+    let servers: String = r
+        .iter()
+        .map(|r| format!("    server {};\n", r.addr()))
+        .collect();
     let cfg = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  upstream m {{\n    least_conn;\n{servers}    keepalive 64;\n  }}\n\
@@ -105,7 +124,11 @@ struct Outcome {
 
 /// Open-loop load at `RATE` for `secs`; latency counted from the scheduled start.
 async fn load(addr: SocketAddr, secs: u64, slow: &ReplicaHandle) -> Outcome {
-    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(512).build().unwrap_or_else(|e| panic!("{e}"));
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
     let url = format!("http://{addr}/v1/predict");
     let n = (RATE * secs as f64) as usize;
     let slow_before = slow.hits();
@@ -116,7 +139,13 @@ async fn load(addr: SocketAddr, secs: u64, slow: &ReplicaHandle) -> Outcome {
         let (c, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let ok = match c.post(url).body("{\"input\":\"x\"}").timeout(Duration::from_secs(60)).send().await {
+            let ok = match c
+                .post(url)
+                .body("{\"input\":\"x\"}")
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+            {
                 Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
                 Err(_) => false,
             };
@@ -134,7 +163,11 @@ async fn load(addr: SocketAddr, secs: u64, slow: &ReplicaHandle) -> Outcome {
         }
     }
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     Outcome {
         p50: pct(0.50),
         p99: pct(0.99),
@@ -153,8 +186,15 @@ fn main() {
         eprintln!("set MODELGATE_BIN (run benches/balance_compare.sh)");
         return;
     };
-    let secs: u64 = std::env::var("SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    let secs: u64 = std::env::var("SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async {
         let r = vec![
             Replica::builder("fast-a").delay(FAST).concurrency(2).spawn().await.unwrap_or_else(|e| panic!("{e}")),

@@ -135,7 +135,9 @@ impl ReplicaBuilder {
             health_status: AtomicU16::new(self.health_status),
             delay_nanos: AtomicU64::new(duration_nanos(self.delay)),
             fail: AtomicU16::new(self.fail.unwrap_or(0)),
-            slots: self.concurrency.map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+            slots: self
+                .concurrency
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             shutdown,
         });
         tokio::spawn(accept_loop(listener, Arc::clone(&inner)));

@@ -412,13 +412,17 @@ mod tests {
 
     #[test]
     fn a_rejoining_backend_ramps_up_during_slow_start() {
-        let pool = Pool::build(&upstream(Duration::from_secs(60))).unwrap_or_else(|e| panic!("{e}"));
+        let pool =
+            Pool::build(&upstream(Duration::from_secs(60))).unwrap_or_else(|e| panic!("{e}"));
         let b = &pool.backends()[0];
         assert!((0.4..0.6).contains(&share_of_first(&pool, 2000)));
         b.set_state(BackendState::Down, pool.settings().slow_start);
         b.set_state(BackendState::Up, pool.settings().slow_start);
         let ramping = share_of_first(&pool, 2000);
-        assert!(ramping < 0.25, "a just-rejoined backend got {ramping} of new requests");
+        assert!(
+            ramping < 0.25,
+            "a just-rejoined backend got {ramping} of new requests"
+        );
     }
 
     #[test]

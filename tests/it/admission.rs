@@ -7,33 +7,7 @@ use std::time::{Duration, Instant};
 use modelgate::demo::replica::{Replica, ReplicaHandle};
 use serde_json::{json, Value};
 
-use crate::routing::backend_list;
 use crate::support::*;
-
-fn config(backends: &str, extra: &str) -> String {
-    format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-shutdown_grace = "10s"
-
-[[route]]
-name = "all"
-path = "/"
-upstream = "pool"
-
-[upstream.pool]
-backends = [{backends}]
-{extra}
-"#
-    )
-}
-
-async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
-}
 
 async fn upstreams(proxy: &TestProxy) -> Value {
     h1().get(proxy.admin_url("/upstreams"))
@@ -51,18 +25,10 @@ async fn queued(proxy: &TestProxy) -> u64 {
         .unwrap()
 }
 
-async fn spawn_replicas(names: &[&str], delay: Duration) -> Vec<ReplicaHandle> {
-    let mut out = Vec::new();
-    for n in names {
-        out.push(Replica::builder(*n).delay(delay).spawn().await.unwrap());
-    }
-    out
-}
-
 #[tokio::test]
 async fn max_inflight_is_never_exceeded_and_the_queue_serves_everyone() {
     let r = spawn_replicas(&["only"], Duration::from_millis(100)).await;
-    let proxy = TestProxy::start(&config(&backend_list(&[&r[0]]), "max_inflight = 1")).await;
+    let proxy = TestProxy::start(&pool_config(&backend_list(&[&r[0]]), "max_inflight = 1")).await;
     for client in [h1(), h2()] {
         let calls: Vec<_> = (0..10)
             .map(|i| {
@@ -85,7 +51,7 @@ async fn max_inflight_is_never_exceeded_and_the_queue_serves_everyone() {
 #[tokio::test]
 async fn a_full_queue_answers_overloaded_at_once_and_a_long_wait_times_out() {
     let r = spawn_replicas(&["busy"], Duration::from_secs(3)).await;
-    let proxy = TestProxy::start(&config(
+    let proxy = TestProxy::start(&pool_config(
         &backend_list(&[&r[0]]),
         "max_inflight = 1\nqueue = { size = 2, timeout = \"1500ms\" }",
     ))
@@ -138,7 +104,7 @@ async fn a_full_queue_answers_overloaded_at_once_and_a_long_wait_times_out() {
 #[tokio::test]
 async fn a_client_that_leaves_the_queue_never_takes_a_slot() {
     let r = spawn_replicas(&["busy"], Duration::from_millis(1500)).await;
-    let proxy = TestProxy::start(&config(&backend_list(&[&r[0]]), "max_inflight = 1")).await;
+    let proxy = TestProxy::start(&pool_config(&backend_list(&[&r[0]]), "max_inflight = 1")).await;
     let running = tokio::spawn(h1().get(proxy.url("/running")).send());
     eventually("one request running", PATIENCE, || async {
         r[0].inflight() == 1
@@ -169,7 +135,7 @@ async fn a_client_that_leaves_the_queue_never_takes_a_slot() {
 #[tokio::test]
 async fn killing_a_replica_under_load_fails_no_request() {
     let r = spawn_replicas(&["a", "b", "c"], Duration::from_millis(20)).await;
-    let proxy = TestProxy::start(&config(
+    let proxy = TestProxy::start(&pool_config(
         &backend_list(&[&r[0], &r[1], &r[2]]),
         "retries = 2\neject = { consecutive = 3, for = \"30s\" }",
     ))
@@ -219,7 +185,7 @@ async fn health_checks_take_a_failing_replica_out_and_bring_it_back() {
     let r = spawn_replicas(&["a", "b"], Duration::ZERO).await;
     let proxy = TestProxy::start(&format!(
         "{}\n{}",
-        config(&backend_list(&[&r[0], &r[1]]), ""),
+        pool_config(&backend_list(&[&r[0], &r[1]]), ""),
         health("")
     ))
     .await;
@@ -274,7 +240,7 @@ async fn a_replica_still_loading_gets_nothing_until_it_passes() {
         .unwrap();
     let proxy = TestProxy::start(&format!(
         "{}\n{}",
-        config(&backend_list(&[&ready, &loading]), ""),
+        pool_config(&backend_list(&[&ready, &loading]), ""),
         health("")
     ))
     .await;
@@ -312,7 +278,7 @@ async fn every_backend_down_is_503_no_healthy_backend() {
         .unwrap();
     let proxy = TestProxy::start(&format!(
         "{}\n{}",
-        config(&backend_list(&[&sick]), ""),
+        pool_config(&backend_list(&[&sick]), ""),
         health("")
     ))
     .await;
@@ -338,7 +304,7 @@ async fn consecutive_failures_eject_a_replica_for_a_while() {
         .spawn()
         .await
         .unwrap();
-    let proxy = TestProxy::start(&config(
+    let proxy = TestProxy::start(&pool_config(
         &backend_list(&[&good, &bad]),
         "balance = \"round_robin\"\nretries = 0\neject = { consecutive = 3, for = \"2s\" }",
     ))
@@ -379,7 +345,7 @@ async fn a_503_answer_is_retried_on_another_replica() {
         .await
         .unwrap();
     let ok = Replica::builder("ok").spawn().await.unwrap();
-    let proxy = TestProxy::start(&config(
+    let proxy = TestProxy::start(&pool_config(
         &backend_list(&[&refusing, &ok]),
         "balance = \"round_robin\"\nretries = 1\nretry_budget = { percent = 100 }",
     ))
@@ -416,7 +382,7 @@ async fn a_post_whose_body_was_sent_is_not_replayed_unless_allowed() {
             .await
             .unwrap();
         let other = Replica::builder("other").spawn().await.unwrap();
-        let proxy = TestProxy::start(&config(
+        let proxy = TestProxy::start(&pool_config(
             &backend_list(&[&dying, &other]),
             &format!("balance = \"round_robin\"\nretries = 1\nretry_non_idempotent = {allow}"),
         ))
@@ -469,7 +435,7 @@ async fn the_retry_budget_caps_retries_when_every_backend_fails() {
         Replica::builder("b").fail_with(503).spawn().await.unwrap(),
         Replica::builder("c").fail_with(503).spawn().await.unwrap(),
     ];
-    let proxy = TestProxy::start(&config(
+    let proxy = TestProxy::start(&pool_config(
         &backend_list(&[&r[0], &r[1], &r[2]]),
         "retries = 2\nretry_budget = { percent = 20, window = \"60s\", min_retries = 3 }",
     ))
@@ -489,7 +455,7 @@ async fn the_retry_budget_caps_retries_when_every_backend_fails() {
 #[tokio::test]
 async fn sigterm_lets_a_running_request_finish_then_exits_at_once() {
     let r = spawn_replicas(&["slow"], Duration::from_secs(2)).await;
-    let mut proxy = TestProxy::start(&config(&backend_list(&[&r[0]]), "")).await;
+    let mut proxy = TestProxy::start(&pool_config(&backend_list(&[&r[0]]), "")).await;
     let running = tokio::spawn(h1().get(proxy.url("/long")).send());
     eventually("the request is running", PATIENCE, || async {
         r[0].inflight() == 1

@@ -3,30 +3,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use modelgate::demo::replica::{Replica, ReplicaHandle};
+use modelgate::demo::replica::Replica;
 use serde_json::Value;
 
-use crate::routing::backend_list;
 use crate::support::*;
 
-fn pool_config(balance: &str, backends: &str, extra: &str) -> String {
-    format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "all"
-path = "/"
-upstream = "pool"
-
-[upstream.pool]
-backends = [{backends}]
-balance = "{balance}"
-{extra}
-"#
-    )
+fn balanced(balance: &str, backends: &str, extra: &str) -> String {
+    pool_config(backends, &format!("balance = \"{balance}\"\n{extra}"))
 }
 
 async fn replica_of(client: &reqwest::Client, url: String, headers: &[(&str, &str)]) -> String {
@@ -52,12 +35,8 @@ async fn least_outstanding_sends_new_work_to_the_idle_replica() {
         .spawn()
         .await
         .unwrap();
-    let proxy = TestProxy::start(&pool_config(
-        "least_outstanding",
-        &backend_list(&[&a, &b]),
-        "",
-    ))
-    .await;
+    let proxy =
+        TestProxy::start(&balanced("least_outstanding", &backend_list(&[&a, &b]), "")).await;
     for client in [h1(), h2()] {
         // One request keeps a replica busy; the next must go to the other one.
         let (c, url) = (client.clone(), proxy.url("/first"));
@@ -75,19 +54,14 @@ async fn least_outstanding_sends_new_work_to_the_idle_replica() {
 
 #[tokio::test]
 async fn weighted_round_robin_splits_by_weight() {
-    let r: Vec<ReplicaHandle> =
-        futures_util::future::join_all(["a", "b", "c"].map(|n| Replica::builder(n).spawn()))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+    let r = spawn_replicas(&["a", "b", "c"], Duration::ZERO).await;
     let backends = format!(
         r#"{{ addr = "{}", weight = 1 }}, {{ addr = "{}", weight = 1 }}, {{ addr = "{}", weight = 2 }}"#,
         r[0].addr(),
         r[1].addr(),
         r[2].addr()
     );
-    let proxy = TestProxy::start(&pool_config("round_robin", &backends, "")).await;
+    let proxy = TestProxy::start(&balanced("round_robin", &backends, "")).await;
     let client = h1();
     let mut hits: HashMap<String, u32> = HashMap::new();
     for _ in 0..40 {
@@ -100,13 +74,8 @@ async fn weighted_round_robin_splits_by_weight() {
 
 #[tokio::test]
 async fn consistent_hash_keeps_a_key_on_one_replica() {
-    let r: Vec<ReplicaHandle> =
-        futures_util::future::join_all(["a", "b", "c"].map(|n| Replica::builder(n).spawn()))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-    let proxy = TestProxy::start(&pool_config(
+    let r = spawn_replicas(&["a", "b", "c"], Duration::ZERO).await;
+    let proxy = TestProxy::start(&balanced(
         "consistent_hash",
         &backend_list(&[&r[0], &r[1], &r[2]]),
         r#"hash_key = "header:x-session-id""#,

@@ -8,40 +8,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-fn config(backends: &str, extra: &str) -> String {
-    format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "all"
-path = "/"
-upstream = "pool"
-
-[upstream.pool]
-backends = [{backends}]
-{extra}
-"#
-    )
-}
-
 /// An address where nothing listens.
 fn dead_backend() -> String {
     format!("\"127.0.0.1:{}\"", free_port())
-}
-
-async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test]
 async fn connect_failures_are_retried_on_a_live_backend() {
     let live = Replica::builder("live").spawn().await.unwrap();
     let backends = format!("{}, \"{}\"", dead_backend(), live.addr());
-    let proxy = TestProxy::start(&config(
+    let proxy = TestProxy::start(&pool_config(
         &backends,
         "retries = 1\nbalance = \"round_robin\"\nretry_budget = { percent = 100 }",
     ))
@@ -67,7 +43,7 @@ async fn connect_failures_are_retried_on_a_live_backend() {
 #[tokio::test]
 async fn all_backends_dead_is_502_bad_gateway() {
     let backends = format!("{}, {}", dead_backend(), dead_backend());
-    let proxy = TestProxy::start(&config(&backends, "retries = 1")).await;
+    let proxy = TestProxy::start(&pool_config(&backends, "retries = 1")).await;
     for client in [h1(), h2()] {
         let (s, v) = status_and_body(client.get(proxy.url("/x")).send().await.unwrap()).await;
         assert_eq!((s, v), (502, json!({"error": "bad_gateway"})));
@@ -82,7 +58,7 @@ async fn no_response_headers_in_time_is_504_gateway_timeout() {
         .await
         .unwrap();
     let backends = format!("\"{}\"", slow.addr());
-    let proxy = TestProxy::start(&config(
+    let proxy = TestProxy::start(&pool_config(
         &backends,
         "first_byte_timeout = \"300ms\"\nidle_timeout = \"300ms\"",
     ))
@@ -107,8 +83,11 @@ async fn a_full_pool_without_a_queue_answers_503_overloaded_at_once() {
         .await
         .unwrap();
     let backends = format!("\"{}\"", slow.addr());
-    let proxy =
-        TestProxy::start(&config(&backends, "max_inflight = 1\nqueue = { size = 0 }")).await;
+    let proxy = TestProxy::start(&pool_config(
+        &backends,
+        "max_inflight = 1\nqueue = { size = 0 }",
+    ))
+    .await;
     let busy = tokio::spawn(h1().get(proxy.url("/busy")).send());
     eventually("the slow replica is busy", PATIENCE, || async {
         slow.inflight() == 1
@@ -127,7 +106,7 @@ async fn a_full_pool_without_a_queue_answers_503_overloaded_at_once() {
 #[tokio::test]
 async fn malformed_requests_get_400_and_others_keep_being_served() {
     let ok = Replica::builder("ok").spawn().await.unwrap();
-    let proxy = TestProxy::start(&config(&format!("\"{}\"", ok.addr()), "")).await;
+    let proxy = TestProxy::start(&pool_config(&format!("\"{}\"", ok.addr()), "")).await;
     for garbage in [
         &b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"[..],
         &b"\x16\x03\x01\x00\xa5garbage that is not http\r\n\r\n"[..],
@@ -152,7 +131,7 @@ async fn malformed_requests_get_400_and_others_keep_being_served() {
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let ok = Replica::builder("ok").spawn().await.unwrap();
-    let proxy = TestProxy::start(&config(&format!("\"{}\"", ok.addr()), "")).await;
+    let proxy = TestProxy::start(&pool_config(&format!("\"{}\"", ok.addr()), "")).await;
     // Over HTTP/2 the h2 layer itself answers 431 (header list over its limit), without a body.
     for (client, body) in [
         (h1(), json!({"error": "headers_too_large"})),
@@ -209,8 +188,11 @@ async fn inflight_counts_return_to_zero_on_every_exit_path() {
         fast.addr(),
         slow.addr()
     );
-    let proxy =
-        TestProxy::start(&config(&backends, "retries = 2\nbalance = \"round_robin\"")).await;
+    let proxy = TestProxy::start(&pool_config(
+        &backends,
+        "retries = 2\nbalance = \"round_robin\"",
+    ))
+    .await;
 
     // Successes and retries past the dead backend.
     for _ in 0..6 {

@@ -5,14 +5,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-pub fn backend_list(replicas: &[&ReplicaHandle]) -> String {
-    replicas
-        .iter()
-        .map(|r| format!("\"{}\"", r.addr()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 async fn routed_proxy() -> (TestProxy, [ReplicaHandle; 4]) {
     let vision = Replica::builder("vision").spawn().await.unwrap();
     let chat = Replica::builder("chat").spawn().await.unwrap();

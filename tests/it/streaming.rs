@@ -10,28 +10,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
-fn config(backends: &str) -> String {
-    format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "all"
-path = "/"
-upstream = "pool"
-
-[upstream.pool]
-backends = [{backends}]
-"#
-    )
-}
-
 #[tokio::test]
 async fn sse_tokens_reach_the_client_before_the_stream_ends() {
     let r = Replica::builder("sse").spawn().await.unwrap();
-    let proxy = TestProxy::start(&config(&format!("\"{}\"", r.addr()))).await;
+    let proxy = TestProxy::start(&pool_config(&format!("\"{}\"", r.addr()), "")).await;
     for client in [h1(), h2()] {
         let started = Instant::now();
         let resp = client
@@ -66,7 +48,7 @@ async fn sse_tokens_reach_the_client_before_the_stream_ends() {
 #[tokio::test]
 async fn websocket_upgrades_are_proxied() {
     let echo = ws_echo_server().await;
-    let proxy = TestProxy::start(&config(&format!("\"{echo}\""))).await;
+    let proxy = TestProxy::start(&pool_config(&format!("\"{echo}\""), "")).await;
     let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.http_addr()))
         .await
         .unwrap();
@@ -95,7 +77,7 @@ async fn a_50_mib_upload_arrives_intact_and_memory_stays_flat() {
     const CHUNK: usize = 256 * 1024;
     const CHUNKS: usize = 200; // 50 MiB
     let r = Replica::builder("sink").spawn().await.unwrap();
-    let proxy = TestProxy::start(&config(&format!("\"{}\"", r.addr()))).await;
+    let proxy = TestProxy::start(&pool_config(&format!("\"{}\"", r.addr()), "")).await;
     let client = h1();
     // Warm up so the baseline includes the proxy's steady-state buffers.
     client

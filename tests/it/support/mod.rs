@@ -63,3 +63,58 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0 to find a free port")
         .port()
 }
+
+/// A proxy config with one route `/` to one upstream `pool` of `backends` (TOML
+/// array items), plus `extra` lines in `[upstream.pool]`.
+pub fn pool_config(backends: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+shutdown_grace = "10s"
+
+[[route]]
+name = "all"
+path = "/"
+upstream = "pool"
+
+[upstream.pool]
+backends = [{backends}]
+{extra}
+"#
+    )
+}
+
+/// `"ip:port", "ip:port"` for a TOML backends array.
+pub fn backend_list(replicas: &[&modelgate::demo::replica::ReplicaHandle]) -> String {
+    replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Status and JSON body (`Null` when the body is not JSON).
+pub async fn status_and_body(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Replicas named `names`, each answering after `delay`.
+pub async fn spawn_replicas(
+    names: &[&str],
+    delay: std::time::Duration,
+) -> Vec<modelgate::demo::replica::ReplicaHandle> {
+    let mut out = Vec::new();
+    for n in names {
+        out.push(
+            modelgate::demo::replica::Replica::builder(*n)
+                .delay(delay)
+                .spawn()
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}

@@ -10,13 +10,15 @@ use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, HttpsRedirect};
 use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::tls::{self, TlsStats};
 
 /// Why the server could not start. Each message is ready to print to an operator.
 #[derive(Debug)]
@@ -37,13 +39,23 @@ impl std::error::Error for StartError {}
 pub struct App {
     server: Server,
     draining: Arc<AtomicBool>,
+    tls_stats: Option<Arc<TlsStats>>,
 }
 
 impl App {
-    /// Validates everything that can fail before serving (pools, routes, listener
-    /// addresses) and builds the services. Binds nothing that stays bound.
+    /// Validates everything that can fail before serving (pools, routes, certificates,
+    /// listener addresses) and builds the services. Binds nothing that stays bound.
     pub fn build(config: &Config) -> Result<App, StartError> {
-        let snapshot = Snapshot::build(config).map_err(StartError)?;
+        let snapshot = Snapshot::build(config);
+        let certs = tls::load(config);
+        let (snapshot, certs) = match (snapshot, certs) {
+            (Ok(s), Ok((c, _warnings))) => (s, c),
+            (s, c) => {
+                let mut errors = s.err().unwrap_or_default();
+                errors.extend(c.err().unwrap_or_default());
+                return Err(StartError(errors));
+            }
+        };
         check_bindable(config)?;
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
 
@@ -65,11 +77,12 @@ impl App {
 
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            let mut proxy = pingora::proxy::http_proxy_service_with_name(
-                &conf,
-                Gateway::new(Arc::clone(&shared), "http"),
-                "proxy http",
-            );
+            let mut gateway = Gateway::new(Arc::clone(&shared), "http");
+            if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https) {
+                gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
+            }
+            let mut proxy =
+                pingora::proxy::http_proxy_service_with_name(&conf, gateway, "proxy http");
             let mut opts = HttpServerOptions::default();
             opts.h2c = true;
             if let Some(app) = proxy.app_logic_mut() {
@@ -78,6 +91,26 @@ impl App {
             proxy.add_tcp(&addr.to_string());
             proxy_addrs.push(addr);
             server.add_service(proxy);
+        }
+
+        let mut tls_stats = None;
+        if let (Some(addr), Some(certs)) = (config.listen.https, certs) {
+            let settings = tls::policy::listener_settings(certs.resolver.clone()).map_err(|e| {
+                StartError(vec![format!("{}: listen.https: {e}", config.source.display())])
+            })?;
+            let mut proxy = pingora::proxy::http_proxy_service_with_name(
+                &conf,
+                Gateway::new(Arc::clone(&shared), "https"),
+                "proxy https",
+            );
+            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+            proxy_addrs.push(addr);
+            server.add_service(proxy);
+            server.add_service(background_service(
+                "tls certificate watcher",
+                certs.watcher,
+            ));
+            tls_stats = Some(certs.stats);
         }
 
         let draining = Arc::new(AtomicBool::new(false));
@@ -91,7 +124,16 @@ impl App {
             svc.threads = Some(1);
             server.add_service(svc);
         }
-        Ok(App { server, draining })
+        Ok(App {
+            server,
+            draining,
+            tls_stats,
+        })
+    }
+
+    /// Certificate rotation counters, when HTTPS is served.
+    pub fn tls_stats(&self) -> Option<&Arc<TlsStats>> {
+        self.tls_stats.as_ref()
     }
 
     /// Serves until SIGINT (immediate exit) or SIGTERM (stop accepting, let in-flight

@@ -13,4 +13,5 @@ pub mod gateway;
 pub mod logging;
 pub mod routing;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

@@ -6,6 +6,7 @@
 //! in the request context, so a reload mid-request changes nothing for it.
 
 mod headers;
+mod redirect;
 mod reject;
 
 use std::sync::Arc;
@@ -14,9 +15,11 @@ use async_trait::async_trait;
 use http::HeaderValue;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
+pub use redirect::HttpsRedirect;
 pub use reject::Reject;
 
 use crate::routing::request_host;
@@ -30,11 +33,23 @@ pub struct Gateway {
     snapshot: SharedSnapshot,
     /// `X-Forwarded-Proto` for requests arriving on this service's listeners.
     scheme: &'static str,
+    /// When set, every request is answered with a redirect to HTTPS instead.
+    redirect: Option<HttpsRedirect>,
 }
 
 impl Gateway {
     pub fn new(snapshot: SharedSnapshot, scheme: &'static str) -> Self {
-        Gateway { snapshot, scheme }
+        Gateway {
+            snapshot,
+            scheme,
+            redirect: None,
+        }
+    }
+
+    /// Answers every request with 308 to the same URL on HTTPS (`redirect_http_to_https`).
+    pub fn redirecting(mut self, redirect: HttpsRedirect) -> Self {
+        self.redirect = Some(redirect);
+        self
     }
 }
 
@@ -74,14 +89,19 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
-    /// Assigns the request id and resolves the route. Answers 431 (headers too
-    /// large), 404 (no route) and 413 (declared body too large) here; otherwise returns false to proxy on.
+    /// Assigns the request id and resolves the route. Answers 308 (on a redirecting
+    /// listener), 431 (headers too large), 404 (no route) and 413 (declared body too
+    /// large) here; otherwise returns false to proxy on.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request_id = headers::request_id(session.req_header());
         session
             .req_header_mut()
             .insert_header(X_REQUEST_ID, request_id.clone())?;
         ctx.request_id = Some(request_id);
+        if let Some(redirect) = self.redirect {
+            redirect.send(session, ctx.request_id.as_ref()).await?;
+            return Ok(true);
+        }
         if headers::header_bytes(session.req_header()) > headers::MAX_REQUEST_HEADER_BYTES {
             return self.reject(session, ctx, Reject::HeadersTooLarge).await;
         }
@@ -115,7 +135,7 @@ impl ProxyHttp for Gateway {
     /// one of its in-flight slots. Called again for each retry.
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
@@ -127,7 +147,11 @@ impl ProxyHttp for Gateway {
         match route.pool.pick(&ctx.tried, ctx.hash) {
             Pick::Leased(i, lease) => {
                 ctx.tried.push(i);
-                let peer = Box::new(lease.backend().peer().clone());
+                let mut peer = Box::new(lease.backend().peer().clone());
+                // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
+                if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
+                    peer.options.alpn = ALPN::H1;
+                }
                 ctx.lease = Some(lease);
                 Ok(peer)
             }

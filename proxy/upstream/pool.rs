@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{CertKey, WrappedX509};
 
 use super::backend::{Backend, Lease};
 use super::select::{Selector, Tried};
@@ -13,7 +14,7 @@ use crate::config::{BackendSource, Balance, Protocol, RequestKey, Upstream};
 
 /// How long an idle upstream connection stays in pingora's keep-alive pool.
 const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
-/// Concurrent streams per h2c connection (pingora's default is 1).
+/// Concurrent streams per h2 / h2c connection (pingora's default is 1).
 const H2_STREAMS: usize = 128;
 
 /// Per-pool request settings, copied out of the config once.
@@ -59,15 +60,19 @@ impl Pool {
                 ))
             }
         };
-        if up.protocol == Protocol::Https {
-            return Err(format!(
-                "upstream.{}.protocol: \"https\" upstreams are not available in this build; use \"http1\" or \"h2c\"",
-                up.name
-            ));
-        }
+        let tls = match up.protocol {
+            Protocol::Https => Some(UpstreamTlsFiles::load(up)?),
+            _ => None,
+        };
         let backends: Box<[Arc<Backend>]> = addrs
             .iter()
-            .map(|b| Arc::new(Backend::new(b.addr, b.weight, peer_for(b.addr, up))))
+            .map(|b| {
+                Arc::new(Backend::new(
+                    b.addr,
+                    b.weight,
+                    peer_for(b.addr, up, tls.as_ref()),
+                ))
+            })
             .collect();
         let selector = match up.balance {
             Balance::LeastOutstanding => Selector::least_outstanding(),
@@ -136,9 +141,62 @@ impl Pool {
     }
 }
 
+/// What an `https` upstream verifies backends against and presents to them, read
+/// and checked once per pool (pingora's own loaders panic on bad files).
+struct UpstreamTlsFiles {
+    ca: Option<Arc<[WrappedX509]>>,
+    client: Option<Arc<CertKey>>,
+}
+
+impl UpstreamTlsFiles {
+    fn load(up: &Upstream) -> Result<UpstreamTlsFiles, String> {
+        use crate::tls::cert;
+        let name = &up.name;
+        let ca = match &up.tls.ca {
+            Some(path) => {
+                let pem = cert::read(path).map_err(|e| format!("upstream.{name}.ca: {e}"))?;
+                let certs = cert::parse_certs(path, &pem)
+                    .map_err(|e| format!("upstream.{name}.ca: {e}"))?;
+                Some(
+                    certs
+                        .into_iter()
+                        .map(|c| WrappedX509::new(c.to_vec(), pingora::utils::tls::parse_x509))
+                        .collect::<Vec<_>>()
+                        .into(),
+                )
+            }
+            None => None,
+        };
+        let client = match (&up.tls.client_cert, &up.tls.client_key) {
+            (Some(c), Some(k)) => {
+                let (chain, key) = cert::load_client_pair(c, k, std::time::SystemTime::now())
+                    .map_err(|e| format!("upstream.{name}.client_cert: {e}"))?;
+                Some(Arc::new(CertKey::new(chain, key)))
+            }
+            _ => None,
+        };
+        Ok(UpstreamTlsFiles { ca, client })
+    }
+}
+
 /// The pingora peer for one backend, with the upstream's timeouts and protocol.
-fn peer_for(addr: std::net::SocketAddr, up: &Upstream) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
+/// An `https` backend is verified against `ca` (else the system roots) under the
+/// name `sni` (else its IP address), offers h2 and http/1.1, and presents the
+/// client certificate when one is configured.
+fn peer_for(
+    addr: std::net::SocketAddr,
+    up: &Upstream,
+    tls: Option<&UpstreamTlsFiles>,
+) -> HttpPeer {
+    let sni = match tls {
+        Some(_) => up
+            .tls
+            .sni
+            .clone()
+            .unwrap_or_else(|| addr.ip().to_string()),
+        None => String::new(),
+    };
+    let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
     let o = &mut peer.options;
     o.connection_timeout = Some(up.connect_timeout);
     o.total_connection_timeout = Some(up.connect_timeout);
@@ -149,9 +207,22 @@ fn peer_for(addr: std::net::SocketAddr, up: &Upstream) -> HttpPeer {
     o.write_timeout = Some(up.idle_timeout);
     o.idle_timeout = Some(UPSTREAM_KEEPALIVE);
     o.tcp_keepalive = None;
-    if up.protocol == Protocol::H2c {
-        o.alpn = ALPN::H2;
-        o.max_h2_streams = H2_STREAMS;
+    match up.protocol {
+        Protocol::Http1 => {}
+        Protocol::H2c => {
+            o.alpn = ALPN::H2;
+            o.max_h2_streams = H2_STREAMS;
+        }
+        Protocol::Https => {
+            o.alpn = ALPN::H2H1;
+            o.max_h2_streams = H2_STREAMS;
+            o.verify_cert = true;
+            o.verify_hostname = true;
+        }
+    }
+    if let Some(files) = tls {
+        peer.options.ca = files.ca.clone();
+        peer.client_cert_key = files.client.clone();
     }
     peer
 }

@@ -78,7 +78,8 @@ impl App {
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
             let mut gateway = Gateway::new(Arc::clone(&shared), "http");
-            if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https) {
+            if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https)
+            {
                 gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
             }
             let mut proxy =
@@ -96,7 +97,10 @@ impl App {
         let mut tls_stats = None;
         if let (Some(addr), Some(certs)) = (config.listen.https, certs) {
             let settings = tls::policy::listener_settings(certs.resolver.clone()).map_err(|e| {
-                StartError(vec![format!("{}: listen.https: {e}", config.source.display())])
+                StartError(vec![format!(
+                    "{}: listen.https: {e}",
+                    config.source.display()
+                )])
             })?;
             let mut proxy = pingora::proxy::http_proxy_service_with_name(
                 &conf,
@@ -106,10 +110,7 @@ impl App {
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);
             proxy_addrs.push(addr);
             server.add_service(proxy);
-            server.add_service(background_service(
-                "tls certificate watcher",
-                certs.watcher,
-            ));
+            server.add_service(background_service("tls certificate watcher", certs.watcher));
             tls_stats = Some(certs.stats);
         }
 

@@ -57,15 +57,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Demo { http, https, admin } => match modelgate::demo::run(
-            modelgate::demo::Addrs { http, https, admin },
-        ) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::FAILURE
+        Command::Demo { http, https, admin } => {
+            match modelgate::demo::run(modelgate::demo::Addrs { http, https, admin }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 

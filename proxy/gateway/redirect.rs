@@ -33,7 +33,9 @@ impl HttpsRedirect {
             h.insert_header(super::X_REQUEST_ID, id.clone())?;
         }
         session.write_response_header(Box::new(h), false).await?;
-        session.write_response_body(Some(Bytes::new()), true).await?;
+        session
+            .write_response_body(Some(Bytes::new()), true)
+            .await?;
         Ok(status)
     }
 
@@ -43,9 +45,9 @@ impl HttpsRedirect {
         let req = session.req_header();
         let host = request_host(req);
         let valid = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
+            && host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+            });
         if !valid {
             return None;
         }

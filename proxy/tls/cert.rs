@@ -77,8 +77,9 @@ pub fn parse(
         format!("{kf}: no usable private key ({e}); {hint}")
     })?;
 
-    let (_, leaf) = X509Certificate::from_der(&chain[0])
-        .map_err(|e| format!("{cf}: the first certificate is not valid X.509 ({e}); re-export it as PEM"))?;
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).map_err(|e| {
+        format!("{cf}: the first certificate is not valid X.509 ({e}); re-export it as PEM")
+    })?;
     let validity = leaf.validity();
     let not_before = validity.not_before.timestamp();
     let not_after = validity.not_after.timestamp();
@@ -136,7 +137,9 @@ fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
     let f = path.display();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{f}: cannot parse PEM ({e}); expected -----BEGIN CERTIFICATE----- blocks"))?;
+        .map_err(|e| {
+            format!("{f}: cannot parse PEM ({e}); expected -----BEGIN CERTIFICATE----- blocks")
+        })?;
     if chain.is_empty() {
         let hint = if looks_like(pem, "PRIVATE KEY") {
             "it holds a private key; did you swap cert and key?"

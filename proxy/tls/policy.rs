@@ -32,8 +32,7 @@ pub fn listener_settings(resolver: Arc<dyn ResolvesServerCert>) -> Result<TlsSet
 /// (another crate installed a different provider, say).
 pub fn check_provider() -> Result<(), String> {
     pingora::tls::install_default_crypto_provider();
-    let provider =
-        CryptoProvider::get_default().ok_or("no TLS crypto provider is installed")?;
+    let provider = CryptoProvider::get_default().ok_or("no TLS crypto provider is installed")?;
     let bad: Vec<String> = provider
         .cipher_suites
         .iter()
@@ -70,9 +69,14 @@ mod tests {
             .iter()
             .map(|s| format!("{:?}", s.suite()))
             .collect();
-        assert!(names.iter().any(|n| n == "TLS13_AES_128_GCM_SHA256"), "{names:?}");
         assert!(
-            names.iter().any(|n| n == "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            names.iter().any(|n| n == "TLS13_AES_128_GCM_SHA256"),
+            "{names:?}"
+        );
+        assert!(
+            names
+                .iter()
+                .any(|n| n == "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
             "{names:?}"
         );
     }
@@ -81,7 +85,9 @@ mod tests {
     fn policy_rejects_cbc_and_static_rsa() {
         assert!(!suite_allowed("TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256"));
         assert!(!suite_allowed("TLS_RSA_WITH_AES_128_GCM_SHA256"));
-        assert!(suite_allowed("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"));
+        assert!(suite_allowed(
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+        ));
         assert!(suite_allowed("TLS13_AES_256_GCM_SHA384"));
     }
 }

@@ -35,8 +35,7 @@ impl CertStore {
                     Some(suffix) => (&mut wildcard, suffix),
                     None => (&mut exact, name.as_str()),
                 };
-                map.entry(key.into())
-                    .or_insert_with(|| Arc::clone(&c.key));
+                map.entry(key.into()).or_insert_with(|| Arc::clone(&c.key));
             }
         }
         CertStore {
@@ -98,10 +97,9 @@ mod tests {
     use std::time::SystemTime;
 
     fn cert(names: &[&str]) -> LoadedCert {
-        let params = rcgen::CertificateParams::new(
-            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let c = params.self_signed(&key).unwrap();
         let dir = tempfile::tempdir().unwrap();

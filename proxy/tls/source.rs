@@ -114,7 +114,10 @@ pub struct CertSet {
 impl CertSet {
     /// Loads every pair; fails listing every bad file (a directory's unmatched
     /// `.crt`/`.key` included). Warnings are for certificates close to expiry.
-    pub fn load(source: &CertSource, now: SystemTime) -> Result<(CertSet, Vec<String>), Vec<String>> {
+    pub fn load(
+        source: &CertSource,
+        now: SystemTime,
+    ) -> Result<(CertSet, Vec<String>), Vec<String>> {
         let (pairs, mut errors) = pairs(source).map_err(|e| vec![e])?;
         let mut slots = Vec::with_capacity(pairs.len());
         let mut warnings = Vec::new();

@@ -144,12 +144,9 @@ impl CertWatcher {
             .collect();
         for pair in pairs {
             let old = previous.remove(&pair.name);
-            match self.refresh(&mut state.rejected, pair, old, full, now) {
-                (Some(w), c) => {
-                    changed |= c;
-                    next.push(w);
-                }
-                (None, _) => {}
+            if let (Some(w), c) = self.refresh(&mut state.rejected, pair, old, full, now) {
+                changed |= c;
+                next.push(w);
             }
         }
         if next.is_empty() {
@@ -161,7 +158,9 @@ impl CertWatcher {
                 );
             }
             state.watched = previous.into_values().collect();
-            state.watched.sort_by(|a, b| a.slot.pair.name.cmp(&b.slot.pair.name));
+            state
+                .watched
+                .sort_by(|a, b| a.slot.pair.name.cmp(&b.slot.pair.name));
             return false;
         }
         for gone in previous.keys() {
@@ -193,7 +192,9 @@ impl CertWatcher {
     ) -> (Option<Watched>, bool) {
         let stamps = (stamp(&pair.cert), stamp(&pair.key));
         let old = match old {
-            Some(w) if !full && w.stamps == stamps && w.slot.pair == pair => return (Some(w), false),
+            Some(w) if !full && w.stamps == stamps && w.slot.pair == pair => {
+                return (Some(w), false)
+            }
             other => other,
         };
         let keep = |old: Option<Watched>| {

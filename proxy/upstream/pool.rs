@@ -146,15 +146,21 @@ impl Pool {
 struct UpstreamTlsFiles {
     ca: Option<Arc<[WrappedX509]>>,
     client: Option<Arc<CertKey>>,
+    /// pingora's connection pool does not key connections by CA: this does, so a
+    /// connection verified under one upstream's CA never serves another upstream.
+    group_key: u64,
 }
 
 impl UpstreamTlsFiles {
     fn load(up: &Upstream) -> Result<UpstreamTlsFiles, String> {
         use crate::tls::cert;
         let name = &up.name;
+        let mut group = xxhash_rust::xxh3::Xxh3::new();
+        group.update(name.as_bytes());
         let ca = match &up.tls.ca {
             Some(path) => {
                 let pem = cert::read(path).map_err(|e| format!("upstream.{name}.ca: {e}"))?;
+                group.update(&pem);
                 let certs = cert::parse_certs(path, &pem)
                     .map_err(|e| format!("upstream.{name}.ca: {e}"))?;
                 Some(
@@ -175,7 +181,11 @@ impl UpstreamTlsFiles {
             }
             _ => None,
         };
-        Ok(UpstreamTlsFiles { ca, client })
+        Ok(UpstreamTlsFiles {
+            ca,
+            client,
+            group_key: group.digest(),
+        })
     }
 }
 
@@ -183,17 +193,9 @@ impl UpstreamTlsFiles {
 /// An `https` backend is verified against `ca` (else the system roots) under the
 /// name `sni` (else its IP address), offers h2 and http/1.1, and presents the
 /// client certificate when one is configured.
-fn peer_for(
-    addr: std::net::SocketAddr,
-    up: &Upstream,
-    tls: Option<&UpstreamTlsFiles>,
-) -> HttpPeer {
+fn peer_for(addr: std::net::SocketAddr, up: &Upstream, tls: Option<&UpstreamTlsFiles>) -> HttpPeer {
     let sni = match tls {
-        Some(_) => up
-            .tls
-            .sni
-            .clone()
-            .unwrap_or_else(|| addr.ip().to_string()),
+        Some(_) => up.tls.sni.clone().unwrap_or_else(|| addr.ip().to_string()),
         None => String::new(),
     };
     let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
@@ -223,6 +225,7 @@ fn peer_for(
     if let Some(files) = tls {
         peer.options.ca = files.ca.clone();
         peer.client_cert_key = files.client.clone();
+        peer.group_key = files.group_key;
     }
     peer
 }

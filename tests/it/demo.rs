@@ -21,7 +21,9 @@ fn demo_prints_curl_lines_that_answer() {
     let https = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(modelgate_bin())
-        .args(["demo", "--http", &http, "--https", &https, "--admin", &admin])
+        .args([
+            "demo", "--http", &http, "--https", &https, "--admin", &admin,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

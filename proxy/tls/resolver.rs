@@ -77,6 +77,11 @@ impl SniResolver {
         }
     }
 
+    /// The set handshakes use right now.
+    pub fn current(&self) -> Arc<CertStore> {
+        self.store.load_full()
+    }
+
     /// Serves `store` to every handshake from now on; handshakes already done keep
     /// the certificate they got.
     pub fn replace(&self, store: CertStore) {

@@ -121,11 +121,8 @@ impl CertWatcher {
         state.polls = state.polls.wrapping_add(1);
 
         let pairs = match source::pairs(&source) {
-            Ok((pairs, _orphans)) => {
-                // A .crt without its .key is usually a copy in progress: wait for it.
-                state.source_error = None;
-                pairs
-            }
+            // A .crt without its .key is usually a copy in progress: wait for it.
+            Ok((pairs, _orphans)) => pairs,
             Err(e) => {
                 if state.source_error.as_ref() != Some(&e) {
                     log::warn!("tls: {e}; still serving the certificates loaded before");
@@ -151,11 +148,13 @@ impl CertWatcher {
         }
         if next.is_empty() {
             // Every pair is gone or broken: keep serving what we had rather than nothing.
-            if !previous.is_empty() {
-                log::warn!(
-                    "tls: no usable certificate pair left in {}; still serving the previous ones",
-                    describe(&source)
-                );
+            let e = format!(
+                "no usable certificate pair left in {}; still serving the previous ones",
+                describe(&source)
+            );
+            if state.source_error.as_ref() != Some(&e) {
+                log::warn!("tls: {e}");
+                state.source_error = Some(e);
             }
             state.watched = previous.into_values().collect();
             state
@@ -163,6 +162,7 @@ impl CertWatcher {
                 .sort_by(|a, b| a.slot.pair.name.cmp(&b.slot.pair.name));
             return false;
         }
+        state.source_error = None;
         for gone in previous.keys() {
             log::info!("tls: certificate pair {gone} was removed; no longer served");
             changed = true;
@@ -277,5 +277,81 @@ impl BackgroundService for CertWatcher {
                 _ = tick.tick() => { self.poll(SystemTime::now()); }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn write_pair(dir: &Path, name: &str, host: &str) -> Vec<u8> {
+        let params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn served(resolver: &SniResolver, sni: &str) -> Vec<u8> {
+        resolver.current().pick(Some(sni)).cert[0].to_vec()
+    }
+
+    /// Polls until the served set changes; at most one full-read cycle.
+    fn poll_until_changed(w: &CertWatcher) -> bool {
+        (0..=FULL_READ_EVERY).any(|_| w.poll(SystemTime::now()))
+    }
+
+    fn watcher(dir: &Path) -> (CertWatcher, Arc<SniResolver>, Arc<TlsStats>) {
+        let source = CertSource::Dir(dir.to_path_buf());
+        let (set, _) = CertSet::load(&source, SystemTime::now()).unwrap();
+        let resolver = Arc::new(SniResolver::new(set.store().unwrap()));
+        let stats = Arc::new(TlsStats::default());
+        let w = CertWatcher::new(source, set, Arc::clone(&resolver), Arc::clone(&stats));
+        (w, resolver, stats)
+    }
+
+    #[test]
+    fn changed_added_and_removed_pairs_are_picked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = write_pair(dir.path(), "api", "api.test");
+        let (w, resolver, stats) = watcher(dir.path());
+        assert!(!w.poll(SystemTime::now()), "nothing changed yet");
+        assert_eq!(served(&resolver, "api.test"), v1);
+
+        let v2 = write_pair(dir.path(), "api", "api.test");
+        assert!(poll_until_changed(&w));
+        assert_eq!(served(&resolver, "api.test"), v2);
+
+        let b = write_pair(dir.path(), "b", "b.test");
+        assert!(poll_until_changed(&w));
+        assert_eq!(served(&resolver, "b.test"), b);
+
+        std::fs::remove_file(dir.path().join("b.crt")).unwrap();
+        std::fs::remove_file(dir.path().join("b.key")).unwrap();
+        assert!(poll_until_changed(&w));
+        assert_eq!(served(&resolver, "b.test"), v2, "the default again");
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.reloaded.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_broken_pair_keeps_the_previous_certificate_and_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = write_pair(dir.path(), "api", "api.test");
+        let (w, resolver, stats) = watcher(dir.path());
+        std::fs::write(dir.path().join("api.key"), "not a key").unwrap();
+        for _ in 0..=2 * FULL_READ_EVERY {
+            assert!(!w.poll(SystemTime::now()));
+        }
+        assert_eq!(served(&resolver, "api.test"), v1);
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
+
+        // Removing every pair keeps the last good ones too.
+        std::fs::remove_file(dir.path().join("api.crt")).unwrap();
+        std::fs::remove_file(dir.path().join("api.key")).unwrap();
+        assert!(!w.poll(SystemTime::now()));
+        assert_eq!(served(&resolver, "api.test"), v1);
     }
 }

@@ -11,13 +11,15 @@ use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{Admin, AdminService};
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, HttpsRedirect};
 use crate::health::HealthService;
 use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::tls::{self, TlsStats};
 
 /// Why the server could not start. Each message is ready to print to an operator.
 #[derive(Debug)]
@@ -38,13 +40,23 @@ impl std::error::Error for StartError {}
 pub struct App {
     server: Server,
     drain: Drain,
+    tls_stats: Option<Arc<TlsStats>>,
 }
 
 impl App {
-    /// Validates everything that can fail before serving (pools, routes, listener
-    /// addresses) and builds the services. Binds nothing that stays bound.
+    /// Validates everything that can fail before serving (pools, routes, certificates,
+    /// listener addresses) and builds the services. Binds nothing that stays bound.
     pub fn build(config: &Config) -> Result<App, StartError> {
-        let snapshot = Snapshot::build(config).map_err(StartError)?;
+        let snapshot = Snapshot::build(config);
+        let certs = tls::load(config);
+        let (snapshot, certs) = match (snapshot, certs) {
+            (Ok(s), Ok((c, _warnings))) => (s, c),
+            (s, c) => {
+                let mut errors = s.err().unwrap_or_default();
+                errors.extend(c.err().unwrap_or_default());
+                return Err(StartError(errors));
+            }
+        };
         check_bindable(config)?;
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
 
@@ -71,7 +83,11 @@ impl App {
         };
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            let gateway = Gateway::new(Arc::clone(&shared), "http", Arc::clone(&drain.active));
+            let mut gateway = Gateway::new(Arc::clone(&shared), "http", Arc::clone(&drain.active));
+            if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https)
+            {
+                gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
+            }
             let mut proxy =
                 pingora::proxy::http_proxy_service_with_name(&conf, gateway, "proxy http");
             let mut opts = HttpServerOptions::default();
@@ -84,10 +100,28 @@ impl App {
             server.add_service(proxy);
         }
 
-        let mut health = pingora::services::background::background_service(
-            "health checks",
-            HealthService::new(Arc::clone(&shared)),
-        );
+        let mut tls_stats = None;
+        if let (Some(addr), Some(certs)) = (config.listen.https, certs) {
+            let settings = tls::policy::listener_settings(certs.resolver.clone()).map_err(|e| {
+                StartError(vec![format!(
+                    "{}: listen.https: {e}",
+                    config.source.display()
+                )])
+            })?;
+            let mut proxy = pingora::proxy::http_proxy_service_with_name(
+                &conf,
+                Gateway::new(Arc::clone(&shared), "https", Arc::clone(&drain.active)),
+                "proxy https",
+            );
+            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+            proxy_addrs.push(addr);
+            server.add_service(proxy);
+            server.add_service(background_service("tls certificate watcher", certs.watcher));
+            tls_stats = Some(certs.stats);
+        }
+
+        let mut health =
+            background_service("health checks", HealthService::new(Arc::clone(&shared)));
         health.threads = Some(1);
         server.add_service(health);
 
@@ -97,14 +131,20 @@ impl App {
                 proxy_addrs,
                 Arc::clone(&drain.draining),
             );
-            let mut svc = pingora::services::background::background_service(
-                "admin",
-                AdminService::new(admin, addr),
-            );
+            let mut svc = background_service("admin", AdminService::new(admin, addr));
             svc.threads = Some(1);
             server.add_service(svc);
         }
-        Ok(App { server, drain })
+        Ok(App {
+            server,
+            drain,
+            tls_stats,
+        })
+    }
+
+    /// Certificate rotation counters, when HTTPS is served.
+    pub fn tls_stats(&self) -> Option<&Arc<TlsStats>> {
+        self.tls_stats.as_ref()
     }
 
     /// Serves until SIGINT (immediate exit) or SIGTERM (stop accepting, let in-flight

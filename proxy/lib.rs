@@ -14,4 +14,5 @@ pub mod health;
 pub mod logging;
 pub mod routing;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

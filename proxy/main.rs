@@ -46,6 +46,9 @@ enum Command {
         /// Plain HTTP listener.
         #[arg(long, default_value = modelgate::demo::HTTP_ADDR)]
         http: std::net::SocketAddr,
+        /// HTTPS listener (a certificate for localhost is generated at start).
+        #[arg(long, default_value = modelgate::demo::HTTPS_ADDR)]
+        https: std::net::SocketAddr,
         /// Admin listener.
         #[arg(long, default_value = modelgate::demo::ADMIN_ADDR)]
         admin: std::net::SocketAddr,
@@ -58,35 +61,51 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Demo { http, admin } => match modelgate::demo::run(http, admin) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::FAILURE
+        Command::Demo { http, https, admin } => {
+            match modelgate::demo::run(modelgate::demo::Addrs { http, https, admin }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 
 /// Loads and fully validates a file: syntax, keys, values, then everything the
-/// server would build from it.
-fn load(path: &std::path::Path) -> Result<config::Loaded, Vec<String>> {
+/// server would build from it (pools, certificates). Returns the config and its warnings.
+fn load(path: &std::path::Path) -> Result<(config::Loaded, Vec<String>), Vec<String>> {
     let loaded =
         config::load(path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    modelgate::snapshot::Snapshot::build(&loaded.config)?;
-    Ok(loaded)
+    let snapshot = modelgate::snapshot::Snapshot::build(&loaded.config);
+    let certs = modelgate::tls::check(&loaded.config);
+    let mut errors = snapshot.err().unwrap_or_default();
+    let tls_warnings = match certs {
+        Ok(w) => w,
+        Err(e) => {
+            errors.extend(e);
+            Vec::new()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    warnings.extend(tls_warnings);
+    Ok((loaded, warnings))
 }
 
-fn report_warnings(loaded: &config::Loaded) {
-    for w in &loaded.warnings {
+fn report_warnings(warnings: &[String]) {
+    for w in warnings {
         eprintln!("warning: {w}");
     }
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
     match load(path) {
-        Ok(loaded) => {
-            report_warnings(&loaded);
+        Ok((loaded, warnings)) => {
+            report_warnings(&warnings);
             println!("{}: ok", path.display());
             print!("{}", config::summary(&loaded.config));
             ExitCode::SUCCESS
@@ -106,7 +125,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    let loaded = match load(path) {
+    let (loaded, warnings) = match load(path) {
         Ok(l) => l,
         Err(errors) => {
             for e in &errors {
@@ -120,7 +139,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    report_warnings(&loaded);
+    report_warnings(&warnings);
     match App::build(&loaded.config) {
         Ok(app) => {
             log::info!(

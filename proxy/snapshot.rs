@@ -89,16 +89,6 @@ impl Snapshot {
 fn unsupported(config: &Config) -> Vec<String> {
     let mut errors = Vec::new();
     let file = config.source.display();
-    if config.listen.https.is_some() || config.tls.is_some() {
-        errors.push(format!(
-            "{file}: listen.https / [tls]: HTTPS termination is not available in this build; serve plain `listen.http` behind a TLS terminator for now"
-        ));
-    }
-    if config.listen.redirect_http_to_https {
-        errors.push(format!(
-            "{file}: listen.redirect_http_to_https: needs HTTPS, which is not available in this build; remove it"
-        ));
-    }
     for (i, r) in config.routes.iter().enumerate() {
         if r.rate_limit.is_some() {
             errors.push(format!(

@@ -1,7 +1,9 @@
 //! `modelgate demo`: three in-process model replicas (one slower) on loopback with the
-//! proxy in front, configured through the same TOML loader as `run`. Needs no files
-//! and no network; prints curl lines that work.
+//! proxy in front over HTTP and HTTPS (a certificate generated at start), configured
+//! through the same TOML loader as `run`. Needs no files and no network; prints curl
+//! lines that work.
 
+pub mod cert;
 pub mod replica;
 
 use std::net::SocketAddr;
@@ -13,10 +15,21 @@ use crate::config;
 
 /// Where the demo serves unless told otherwise.
 pub const HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const HTTPS_ADDR: &str = "127.0.0.1:8443";
 pub const ADMIN_ADDR: &str = "127.0.0.1:9901";
 
-/// Starts the replicas and serves the demo on `http` and `admin` until interrupted.
-pub fn run(http: SocketAddr, admin: SocketAddr) -> Result<(), StartError> {
+/// The demo's listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts the replicas and serves the demo on `addrs` until interrupted.
+pub fn run(addrs: Addrs) -> Result<(), StartError> {
+    let Addrs { http, https, admin } = addrs;
+    let certs = cert::generate().map_err(|e| StartError(vec![e]))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("demo-replicas")
@@ -46,11 +59,13 @@ pub fn run(http: SocketAddr, admin: SocketAddr) -> Result<(), StartError> {
         .iter()
         .map(|r| format!("\"{}\"", r.addr()))
         .collect();
-    let toml = demo_config(http, admin, &backends.join(", "));
+    let toml = demo_config(addrs, &certs, &backends.join(", "));
     let loaded = config::parse(&toml, Path::new("(demo)"))
         .map_err(|e| StartError(e.0.iter().map(|e| e.to_string()).collect()))?;
     let app = App::build(&loaded.config)?;
 
+    let ca = certs.ca.display();
+    let host = format!("localhost:{}", https.port());
     println!("modelgate demo: 3 model replicas behind the proxy");
     for r in &replicas {
         println!("  {} on {}", r.name(), r.addr());
@@ -61,9 +76,13 @@ Try these (each answer names the replica that served it):
   curl -s http://{http}/v1/predict -d '{{"input":"hello"}}'
   curl -sN 'http://{http}/v1/stream?tokens=10'
   curl -s --http2-prior-knowledge http://{http}/v1/predict -d '{{"input":"over h2c"}}'
+  curl -s --cacert {ca} https://{host}/v1/predict -d '{{"input":"over https"}}'
+  curl -sN --http2 --cacert {ca} 'https://{host}/v1/stream?tokens=5'
   curl -s http://{http}/nothing-here          # 404 no_route
   curl -s http://{admin}/upstreams             # backends, in-flight counts
   curl -s http://{admin}/readyz
+
+(HTTPS uses a certificate for localhost signed by a CA made for this run: {ca})
 
 The config in use:
 {toml}
@@ -71,15 +90,22 @@ Ctrl-C stops the demo."#
     );
     app.run();
     drop(runtime);
+    let _ = std::fs::remove_dir_all(&certs.dir);
     Ok(())
 }
 
-fn demo_config(http: SocketAddr, admin: SocketAddr, backends: &str) -> String {
+fn demo_config(addrs: Addrs, certs: &cert::DemoCerts, backends: &str) -> String {
+    let Addrs { http, https, admin } = addrs;
+    let (cert, key) = (certs.cert.display(), certs.key.display());
     format!(
         r#"[listen]
 http = "{http}"
+https = "{https}"
 admin = "{admin}"
 shutdown_grace = "1s"
+
+[tls]
+certs = [{{ cert = "{cert}", key = "{key}" }}]
 
 [[route]]
 name = "demo"

@@ -6,6 +6,7 @@
 //! in the request context, so a reload mid-request changes nothing for it.
 
 mod headers;
+mod redirect;
 mod reject;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,10 +16,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::HeaderValue;
 use pingora::prelude::*;
+use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
+pub use redirect::HttpsRedirect;
 pub use reject::Reject;
 
 use crate::routing::request_host;
@@ -32,6 +35,8 @@ pub struct Gateway {
     snapshot: SharedSnapshot,
     /// `X-Forwarded-Proto` for requests arriving on this service's listeners.
     scheme: &'static str,
+    /// When set, every request is answered with a redirect to HTTPS instead.
+    redirect: Option<HttpsRedirect>,
     /// Requests in progress on every listener, for draining on shutdown.
     active: Arc<AtomicUsize>,
 }
@@ -41,8 +46,15 @@ impl Gateway {
         Gateway {
             snapshot,
             scheme,
+            redirect: None,
             active,
         }
+    }
+
+    /// Answers every request with 308 to the same URL on HTTPS (`redirect_http_to_https`).
+    pub fn redirecting(mut self, redirect: HttpsRedirect) -> Self {
+        self.redirect = Some(redirect);
+        self
     }
 }
 
@@ -108,14 +120,19 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Assigns the request id and resolves the route. Answers 431 (headers too
-    /// large), 404 (no route) and 413 (declared body too large) here; otherwise returns false to proxy on.
+    /// Assigns the request id and resolves the route. Answers 308 (on a redirecting
+    /// listener), 431 (headers too large), 404 (no route) and 413 (declared body too
+    /// large) here; otherwise returns false to proxy on.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request_id = headers::request_id(session.req_header());
         session
             .req_header_mut()
             .insert_header(X_REQUEST_ID, request_id.clone())?;
         ctx.request_id = Some(request_id);
+        if let Some(redirect) = self.redirect {
+            redirect.send(session, ctx.request_id.as_ref()).await?;
+            return Ok(true);
+        }
         if headers::header_bytes(session.req_header()) > headers::MAX_REQUEST_HEADER_BYTES {
             return self.reject(session, ctx, Reject::HeadersTooLarge).await;
         }
@@ -170,7 +187,11 @@ impl ProxyHttp for Gateway {
             Admission::Leased(lease, waited) => {
                 ctx.tried.push(lease.backend().index());
                 ctx.queue_wait += waited;
-                let peer = Box::new(lease.backend().peer().clone());
+                let mut peer = Box::new(lease.backend().peer().clone());
+                // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
+                if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
+                    peer.options.alpn = ALPN::H1;
+                }
                 ctx.lease = Some(lease);
                 Ok(peer)
             }

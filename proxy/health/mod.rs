@@ -74,14 +74,14 @@ impl BackgroundService for HealthService {
 
 /// Probes one backend forever on the pool's interval, moving its state.
 async fn check_backend(pool: Arc<Pool>, backend: Arc<Backend>, check: HealthCheck) {
-    let protocol = pool.settings().protocol;
+    let connector = pingora::connectors::http::Connector::new(None);
     let slow_start = pool.settings().slow_start;
     let (mut passes, mut fails) = (0u32, 0u32);
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = probe::probe(backend.addr(), protocol, &check).await;
+        let result = probe::probe(&connector, &backend, &check).await;
         match &result {
             Ok(()) => {
                 passes += 1;

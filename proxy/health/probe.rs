@@ -1,21 +1,20 @@
-//! One health probe: `GET path` over HTTP/1.1 (or HTTP/2 prior knowledge for h2c
-//! pools), judged by status, within the check's timeout.
+//! One health probe: `GET path` to a backend through pingora's own connector and the
+//! backend's peer, so the check speaks exactly what requests speak (HTTP/1.1, h2c
+//! prior knowledge, or TLS with the upstream's CA, SNI and client certificate).
 
-use std::net::SocketAddr;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-
-use crate::config::{HealthCheck, Protocol};
+use crate::config::HealthCheck;
+use crate::upstream::Backend;
 
 /// Ok when the backend answered the expected status (any 2xx by default) in time.
 pub async fn probe(
-    addr: SocketAddr,
-    protocol: Protocol,
+    connector: &Connector,
+    backend: &Backend,
     check: &HealthCheck,
 ) -> Result<(), String> {
-    match tokio::time::timeout(check.timeout, request(addr, protocol, &check.path)).await {
+    match tokio::time::timeout(check.timeout, request(connector, backend, &check.path)).await {
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),
         Ok(Err(e)) => Err(e),
         Ok(Ok(status)) => {
@@ -32,38 +31,38 @@ pub async fn probe(
     }
 }
 
-async fn request(addr: SocketAddr, protocol: Protocol, path: &str) -> Result<u16, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
+async fn request(connector: &Connector, backend: &Backend, path: &str) -> Result<u16, String> {
+    // A fresh connection each time: a check must see a replica that stopped
+    // accepting, not a pooled connection that still works.
+    let (mut session, _) = connector
+        .get_http_session(backend.peer())
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let io = TokioIo::new(tcp);
-    let req = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
-        .header(http::header::USER_AGENT, "modelgate-health")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("bad health path {path:?}: {e}"))?;
-    let status = match protocol {
-        Protocol::H2c => {
-            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("h2 handshake: {e}"))?;
-            tokio::spawn(conn);
-            send.send_request(req)
-                .await
-                .map_err(|e| e.to_string())?
-                .status()
-        }
-        _ => {
-            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(conn);
-            send.send_request(req)
-                .await
-                .map_err(|e| e.to_string())?
-                .status()
-        }
-    };
-    Ok(status.as_u16())
+        .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
+    let set = req
+        .insert_header(http::header::HOST, backend.label())
+        .and_then(|_| req.insert_header(http::header::USER_AGENT, "modelgate-health"))
+        .and_then(|_| req.insert_header(http::header::CONNECTION, "close"));
+    set.map_err(|e| e.to_string())?;
+    if session.as_http2().is_some() {
+        req.remove_header(&http::header::CONNECTION);
+    }
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
+    session
+        .finish_request_body()
+        .await
+        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
+    session
+        .read_response_header()
+        .await
+        .map_err(|e| format!("read: {}", e.etype().as_str()))?;
+    let status = session
+        .response_header()
+        .map(|h| h.status.as_u16())
+        .ok_or_else(|| "no response".to_string())?;
+    session.shutdown().await;
+    Ok(status)
 }

@@ -18,9 +18,12 @@ impl Drop for Demo {
 #[test]
 fn demo_prints_curl_lines_that_answer() {
     let http = format!("127.0.0.1:{}", free_port());
+    let https = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(modelgate_bin())
-        .args(["demo", "--http", &http, "--admin", &admin])
+        .args([
+            "demo", "--http", &http, "--https", &https, "--admin", &admin,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -39,6 +42,14 @@ fn demo_prints_curl_lines_that_answer() {
         }
     }
     assert!(curl_lines.len() >= 5, "{curl_lines:?}");
+    assert!(
+        curl_lines
+            .iter()
+            .filter(|l| l.contains("https://") && l.contains("--cacert"))
+            .count()
+            >= 2,
+        "no HTTPS lines: {curl_lines:?}"
+    );
 
     // Ready once the admin endpoint says so.
     let deadline = Instant::now() + PATIENCE;

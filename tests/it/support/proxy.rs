@@ -25,6 +25,7 @@ pub struct TestProxy {
     config: PathBuf,
     log: PathBuf,
     http: SocketAddr,
+    https: SocketAddr,
     admin: SocketAddr,
 }
 
@@ -35,8 +36,8 @@ enum Startup {
 }
 
 impl TestProxy {
-    /// Starts the proxy with `toml` as its config. `{http}` and `{admin}` are
-    /// replaced by `127.0.0.1:<free port>`. Waits until the admin listener
+    /// Starts the proxy with `toml` as its config. `{http}`, `{https}` and `{admin}`
+    /// are replaced by `127.0.0.1:<free port>`. Waits until the admin listener
     /// answers `GET /readyz` with 200 (or, without an `{admin}` placeholder,
     /// until the HTTP listener accepts connections). Retries with fresh ports
     /// if the process exits before becoming ready.
@@ -65,15 +66,19 @@ impl TestProxy {
     }
 
     fn spawn(toml: &str) -> TestProxy {
-        let http_port = free_port();
-        let mut admin_port = free_port();
-        while admin_port == http_port {
-            admin_port = free_port();
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 {
+            let p = free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
         }
-        let http = SocketAddr::from(([127, 0, 0, 1], http_port));
-        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let http = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+        let admin = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+        let https = SocketAddr::from(([127, 0, 0, 1], ports[2]));
         let text = toml
             .replace("{http}", &http.to_string())
+            .replace("{https}", &https.to_string())
             .replace("{admin}", &admin.to_string());
 
         let dir = tempfile::Builder::new()
@@ -106,6 +111,7 @@ impl TestProxy {
             config,
             log,
             http,
+            https,
             admin,
         }
     }
@@ -141,6 +147,11 @@ impl TestProxy {
     /// The proxy's HTTP listener.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+    }
+
+    /// The proxy's HTTPS listener (when the config has `{https}`).
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https
     }
 
     /// The proxy's admin listener.

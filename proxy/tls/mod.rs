@@ -1,0 +1,72 @@
+//! TLS termination: certificates read and checked before use (`cert`), found in a
+//! directory or a list (`source`), picked per handshake by SNI (`resolver`), served
+//! under one listener policy (`policy`), and rotated without restart (`watch`).
+
+pub mod cert;
+pub mod policy;
+pub mod resolver;
+pub mod source;
+pub mod watch;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::Config;
+
+pub use resolver::SniResolver;
+pub use source::CertSet;
+pub use watch::CertWatcher;
+
+/// Counters of certificate rotation, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct TlsStats {
+    /// Times a changed set of certificates was swapped in.
+    pub reloaded: AtomicU64,
+    /// Changed certificate pairs refused (the previous one kept serving).
+    pub rejected: AtomicU64,
+}
+
+/// The HTTPS listener's certificates: loaded, served, and watched for changes.
+pub struct Certs {
+    pub resolver: Arc<SniResolver>,
+    pub watcher: CertWatcher,
+    pub stats: Arc<TlsStats>,
+}
+
+/// Loads and checks every certificate pair of `[tls]` (none when absent). Errors and
+/// warnings read `FILE: tls.certs: CERTFILE: what is wrong; how to fix it`.
+pub fn check(config: &Config) -> Result<Vec<String>, Vec<String>> {
+    load(config).map(|(_, warnings)| warnings)
+}
+
+/// Loads `[tls]` for serving, with the warnings found (see [`check`]).
+pub fn load(config: &Config) -> Result<(Option<Certs>, Vec<String>), Vec<String>> {
+    let Some(tls) = &config.tls else {
+        return Ok((None, Vec::new()));
+    };
+    let file = config.source.display();
+    let prefix = |m: String| format!("{file}: tls.certs: {m}");
+    policy::check_provider().map_err(|e| vec![prefix(e)])?;
+    let (set, warnings) = CertSet::load(&tls.certs, SystemTime::now())
+        .map_err(|errors| errors.into_iter().map(prefix).collect::<Vec<_>>())?;
+    let Some(store) = set.store() else {
+        return Err(vec![prefix("no certificate pair; add at least one".into())]);
+    };
+    let resolver = Arc::new(SniResolver::new(store));
+    let stats = Arc::new(TlsStats::default());
+    let watcher = CertWatcher::new(
+        tls.certs.clone(),
+        set,
+        Arc::clone(&resolver),
+        Arc::clone(&stats),
+    );
+    Ok((
+        Some(Certs {
+            resolver,
+            watcher,
+            stats,
+        }),
+        warnings.into_iter().map(prefix).collect(),
+    ))
+}

@@ -719,6 +719,40 @@ protocol = "https"
 ca = "{dd}/ca.pem"
 sni = "backend.test"
 retries = 0
+
+[[route]]
+name = "checked"
+path = "/checked"
+upstream = "checked"
+
+[upstream.checked]
+backends = ["{backend}"]
+protocol = "https"
+ca = "{dd}/ca.pem"
+sni = "backend.test"
+client_cert = "{dd}/client.crt"
+client_key = "{dd}/client.key"
+
+[upstream.checked.health]
+interval = "200ms"
+timeout = "150ms"
+
+[[route]]
+name = "checked-wrong-ca"
+path = "/checked-wrong-ca"
+upstream = "checked_wrong_ca"
+
+[upstream.checked_wrong_ca]
+backends = ["{backend}"]
+protocol = "https"
+ca = "{dd}/stranger.pem"
+sni = "backend.test"
+client_cert = "{dd}/client.crt"
+client_key = "{dd}/client.key"
+
+[upstream.checked_wrong_ca.health]
+interval = "200ms"
+timeout = "150ms"
 "#
     );
     let proxy = TestProxy::start(&toml).await;
@@ -735,4 +769,57 @@ retries = 0
         let resp = h1().get(proxy.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 502, "{path}");
     }
+    // Health checks speak TLS with the upstream's CA, SNI and client certificate.
+    eventually(
+        "the https backend passes its health check",
+        PATIENCE,
+        || async {
+            h1().get(proxy.url("/checked"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+        },
+    )
+    .await;
+    let state =
+        |v: &serde_json::Value, up: &str| v["upstreams"][up]["backends"][0]["state"].clone();
+    eventually(
+        "the wrong-CA pool has been checked a few times",
+        PATIENCE,
+        || async {
+            let v: serde_json::Value = h1()
+                .get(proxy.admin_url("/upstreams"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            state(&v, "checked") == "up"
+        },
+    )
+    .await;
+    let v: serde_json::Value = h1()
+        .get(proxy.admin_url("/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&v, "checked_wrong_ca"),
+        "unknown",
+        "a backend that fails TLS verification never goes up"
+    );
+    assert_eq!(
+        h1().get(proxy.url("/checked-wrong-ca"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
 }

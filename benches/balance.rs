@@ -98,7 +98,7 @@ fn haproxy(dir: &std::path::Path, port: u16, r: &[ReplicaHandle]) -> Proc {
         .map(|(i, r)| format!("  server r{i} {} maxconn 2\n", r.addr()))
         .collect();
     let cfg = format!(
-        "global\n  maxconn 10000\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout queue 60s\n\
+        "global\n  maxconn 4000\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout queue 60s\n\
          frontend f\n  bind 127.0.0.1:{port}\n  default_backend m\nbackend m\n  balance leastconn\n  http-reuse always\n{servers}"
     );
     let file = write(dir, "haproxy.cfg", &cfg);
@@ -217,7 +217,7 @@ fn main() {
             wait_up(addr).await;
             eprintln!("running {name} for {secs}s at {RATE} req/s ...");
             let o = load(addr, secs, &r[2]).await;
-            rows.push(format!(
+            let row = format!(
                 "| {name} | {:.0} | {:.0} | {:.0} | {}/{} | {:.1}% |",
                 o.p50.as_secs_f64() * 1e3,
                 o.p99.as_secs_f64() * 1e3,
@@ -225,7 +225,9 @@ fn main() {
                 o.errors,
                 o.total,
                 o.slow_share * 100.0
-            ));
+            );
+            eprintln!("{row}");
+            rows.push(row);
             // Let in-flight work drain so the next system starts on idle replicas.
             tokio::time::sleep(Duration::from_secs(2)).await;
         }

@@ -5,7 +5,7 @@
 //! Replicas run at most 2 requests at once (more wait inside the replica, as a
 //! model server's batch slots do); two take 50 ms per request, one 200 ms (4x
 //! slower). Capacity is 2/0.05 + 2/0.05 + 2/0.2 = 90 req/s; the load is an open
-//! loop at 80% of that, and latency is measured from each request's scheduled start,
+//! loop of Poisson arrivals at 80% of that (the same seeded sequence for every proxy), and latency is measured from each request's scheduled start,
 //! so a stalled proxy cannot hide its queueing (no coordinated omission).
 //!
 //! Run with `bash benches/balance_compare.sh` (it builds the release binary and
@@ -134,8 +134,12 @@ async fn load(addr: SocketAddr, secs: u64, slow: &ReplicaHandle) -> Outcome {
     let slow_before = slow.hits();
     let start = Instant::now() + Duration::from_millis(100);
     let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let at = start + Duration::from_secs_f64(i as f64 / RATE);
+    // Poisson arrivals (exponential gaps, fixed seed): real clients come in bursts.
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut offset = 0.0;
+    for _ in 0..n {
+        offset += -(1.0 - rng.f64()).ln() / RATE;
+        let at = start + Duration::from_secs_f64(offset);
         let (c, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
@@ -231,7 +235,7 @@ fn main() {
             // Let in-flight work drain so the next system starts on idle replicas.
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        println!("\n{secs} s at {RATE} req/s (80% of capacity); 3 replicas with 2 slots each, 50/50/200 ms\n");
+        println!("\n{secs} s of Poisson arrivals at {RATE} req/s (80% of capacity); 3 replicas with 2 slots each, 50/50/200 ms\n");
         println!("| proxy | p50 ms | p99 ms | max ms | errors | share to slow replica |");
         println!("|---|---|---|---|---|---|");
         for row in rows {

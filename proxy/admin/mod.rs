@@ -79,6 +79,7 @@ impl Admin {
                             // One FIFO queue per upstream feeds every backend.
                             "queued": queued,
                             "weight": b.weight(),
+                            "latency_ms": f64::from(b.latency_us()) / 1000.0,
                         })
                     })
                     .collect();

@@ -85,6 +85,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// Time spent in the pool's wait queue.
     queue_wait: Duration,
+    /// When the current attempt got its backend.
+    attempt_started: Option<std::time::Instant>,
     /// The current attempt failed on a retryable status (502/503/429); retry it
     /// whatever the method, the backend refused before doing the work.
     status_retry: bool,
@@ -116,6 +118,7 @@ impl ProxyHttp for Gateway {
             reject: None,
             body_bytes: 0,
             queue_wait: Duration::ZERO,
+            attempt_started: None,
             status_retry: false,
         }
     }
@@ -187,6 +190,7 @@ impl ProxyHttp for Gateway {
             Admission::Leased(lease, waited) => {
                 ctx.tried.push(lease.backend().index());
                 ctx.queue_wait += waited;
+                ctx.attempt_started = Some(std::time::Instant::now());
                 let mut peer = Box::new(lease.backend().peer().clone());
                 // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
                 if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
@@ -256,6 +260,9 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let status = upstream_response.status.as_u16();
+        if let Some(started) = ctx.attempt_started {
+            lease.backend().record_latency(started.elapsed());
+        }
         if status < 500 {
             lease.backend().record_success();
         } else {

@@ -43,6 +43,8 @@ pub struct Backend {
     /// `ip:port`, ready for logs and metric labels.
     label: Box<str>,
     inflight: AtomicU32,
+    /// Moving average of time to response headers, in microseconds (0: not measured).
+    latency_us: AtomicU32,
     state: AtomicU8,
     /// Failures (connect errors, 5xx) in a row, for passive ejection.
     consecutive_failures: AtomicU32,
@@ -76,6 +78,7 @@ impl Backend {
             index: index as u32,
             label: addr.to_string().into_boxed_str(),
             inflight: AtomicU32::new(0),
+            latency_us: AtomicU32::new(0),
             state: AtomicU8::new(state as u8),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
@@ -110,6 +113,26 @@ impl Backend {
     /// Requests this proxy has on the backend right now.
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Recent time to response headers (an exponentially weighted average), in
+    /// microseconds; 0 until the first answer.
+    pub fn latency_us(&self) -> u32 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+
+    /// Folds one observed time to response headers into the average (weight 1/8).
+    /// Concurrent updates may lose a sample; the average stays meaningful.
+    #[inline]
+    pub fn record_latency(&self, took: Duration) {
+        let sample = took.as_micros().min(u128::from(u32::MAX)) as u32;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample.max(1)
+        } else {
+            (i64::from(old) + (i64::from(sample) - i64::from(old)) / 8).max(1) as u32
+        };
+        self.latency_us.store(new, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> BackendState {

@@ -18,6 +18,8 @@ use crate::config::{
 
 /// How long an idle upstream connection stays in pingora's keep-alive pool.
 const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Pools larger than this skip the wait-or-run estimate (it scans every backend).
+const WAIT_ESTIMATE_MAX_BACKENDS: usize = 64;
 /// Concurrent streams per h2 / h2c connection (pingora's default is 1).
 const H2_STREAMS: usize = 128;
 
@@ -156,6 +158,12 @@ impl Pool {
     /// Picks a backend not in `tried` and takes an in-flight slot on it, without waiting.
     /// `hash` is the request's key hash for consistent hashing (ignored otherwise).
     pub fn pick(&self, tried: &Tried, hash: u64) -> Pick {
+        self.pick_with(tried, hash, true)
+    }
+
+    /// `pick`, optionally declining a slow free backend when waiting for a faster
+    /// one is expected to be quicker (see `better_to_wait`).
+    fn pick_with(&self, tried: &Tried, hash: u64, may_wait: bool) -> Pick {
         let cap = self.settings.max_inflight;
         let slow_start = self.settings.slow_start;
         // A slot can be taken between the check and the acquire; try again a few times.
@@ -165,6 +173,9 @@ impl Pool {
                 .pick(&self.backends, tried, cap, hash, slow_start)
             {
                 Some(i) => {
+                    if may_wait && self.better_to_wait(&self.backends[i], tried) {
+                        return Pick::AllBusy;
+                    }
                     if let Some(lease) = self.backends[i].try_acquire(cap) {
                         return Pick::Leased(lease);
                     }
@@ -177,6 +188,42 @@ impl Pool {
         } else {
             Pick::NoneHealthy
         }
+    }
+
+    /// With least-outstanding balancing, caps and a queue: is waiting for a slot on
+    /// a faster, full backend expected to finish sooner than running now on
+    /// `chosen`? Slots on full backends free up at `cap / latency` each; the request
+    /// would wait behind everyone already queued. A 4x slower replica then only takes
+    /// work when the queue in front of the fast ones grows long.
+    fn better_to_wait(&self, chosen: &Backend, tried: &Tried) -> bool {
+        let cap = self.settings.max_inflight;
+        let chosen_us = chosen.latency_us();
+        if cap == 0
+            || chosen_us == 0
+            || self.settings.queue.size == 0
+            || self.backends.len() > WAIT_ESTIMATE_MAX_BACKENDS
+            || !matches!(self.selector, Selector::LeastOutstanding)
+        {
+            return false;
+        }
+        let (mut slots_per_us, mut fastest_us) = (0.0f64, u32::MAX);
+        for b in self.backends.iter() {
+            let us = b.latency_us();
+            if us != 0
+                && us < chosen_us
+                && b.inflight() >= cap
+                && b.is_available()
+                && !tried.contains(b.index())
+            {
+                slots_per_us += f64::from(cap) / f64::from(us);
+                fastest_us = fastest_us.min(us);
+            }
+        }
+        if slots_per_us == 0.0 {
+            return false;
+        }
+        let wait_us = (self.queue.len() + 1) as f64 / slots_per_us;
+        wait_us + f64::from(fastest_us) < f64::from(chosen_us)
     }
 
     /// Takes a slot, waiting in the pool's FIFO queue (up to its size and timeout)
@@ -198,7 +245,11 @@ impl Pool {
         }
         let started = Instant::now();
         let Some((id, rx)) = self.queue.push(self.settings.queue.size, tried, hash) else {
-            return Admission::Overloaded;
+            // No room to wait: a slower free backend beats a rejection.
+            return match self.pick_with(tried, hash, false) {
+                Pick::Leased(lease) => Admission::Leased(lease, Duration::ZERO),
+                _ => Admission::Overloaded,
+            };
         };
         let mut guard = Dequeue {
             pool: self,
@@ -491,6 +542,34 @@ mod tests {
         assert!(
             ramping < 0.25,
             "a just-rejoined backend got {ramping} of new requests"
+        );
+    }
+
+    #[test]
+    fn a_much_slower_free_backend_loses_to_a_short_wait_for_a_fast_one() {
+        let mut up = upstream(Duration::ZERO);
+        up.balance = Balance::LeastOutstanding;
+        up.max_inflight = 1;
+        up.queue.size = 10;
+        let pool = Pool::build(&up).unwrap_or_else(|e| panic!("{e}"));
+        let (fast, slow) = (&pool.backends()[0], &pool.backends()[1]);
+        fast.record_latency(Duration::from_millis(50));
+        slow.record_latency(Duration::from_millis(200));
+        let Pick::Leased(busy) = pool.pick(&Tried::default(), 0) else {
+            panic!("the idle fast backend takes the first request");
+        };
+        assert_eq!(busy.backend().index(), 0);
+        // The fast one is full: waiting ~50 ms for it beats 200 ms on the slow one.
+        assert!(matches!(pool.pick(&Tried::default(), 0), Pick::AllBusy));
+        // Without a queue there is nothing to wait in: the slow one takes it.
+        let mut no_queue = up.clone();
+        no_queue.queue.size = 0;
+        let pool = Pool::build(&no_queue).unwrap_or_else(|e| panic!("{e}"));
+        pool.backends()[0].record_latency(Duration::from_millis(50));
+        pool.backends()[1].record_latency(Duration::from_millis(200));
+        let _busy = pool.pick(&Tried::default(), 0);
+        assert!(
+            matches!(pool.pick(&Tried::default(), 0), Pick::Leased(l) if l.backend().index() == 1)
         );
     }
 

@@ -164,7 +164,12 @@ impl Selector {
     }
 }
 
-/// Least in-flight per unit of weight. Small pools are scanned from a random offset
+/// Latency assumed for a backend not measured yet: low, so it is tried soon.
+const UNMEASURED_US: u32 = 1_000;
+
+/// Least in-flight per unit of weight, each request in flight weighed by the
+/// backend's recent latency, so a replica that answers 4x slower gets work only
+/// when the fast ones are 4x as busy. Small pools are scanned from a random offset
 /// (ties go to a random backend); large pools use the power of two random choices.
 fn least_outstanding(backends: &[Arc<Backend>], ok: impl Fn(usize) -> bool) -> Option<usize> {
     let n = backends.len();
@@ -172,10 +177,13 @@ fn least_outstanding(backends: &[Arc<Backend>], ok: impl Fn(usize) -> bool) -> O
         return None;
     }
     // a is less loaded than b: inflight_a / weight_a < inflight_b / weight_b.
+    // Expected wait on a backend: (in flight + this one) x its recent latency, per
+    // unit of weight. a is lighter than b when cost_a / w_a < cost_b / w_b.
+    let cost =
+        |b: &Backend| (u64::from(b.inflight()) + 1) * u64::from(b.latency_us().max(UNMEASURED_US));
     let lighter = |a: usize, b: usize| {
         let (ba, bb) = (&backends[a], &backends[b]);
-        u64::from(ba.inflight()) * u64::from(bb.weight())
-            < u64::from(bb.inflight()) * u64::from(ba.weight())
+        cost(ba) * u64::from(bb.weight()) < cost(bb) * u64::from(ba.weight())
     };
     if n > FULL_SCAN_MAX {
         let mut picks = [usize::MAX; 2];

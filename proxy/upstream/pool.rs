@@ -191,8 +191,8 @@ impl Pool {
     }
 
     /// With least-outstanding balancing, caps and a queue: is waiting for a slot on
-    /// a faster, full backend expected to finish sooner than running now on
-    /// `chosen`? Slots on full backends free up at `cap / latency` each; the request
+    /// a faster, full backend expected to finish in under half the time of running
+    /// now on `chosen`? Slots on full backends free up at `cap / latency` each; the request
     /// would wait behind everyone already queued. A 4x slower replica then only takes
     /// work when the queue in front of the fast ones grows long.
     fn better_to_wait(&self, chosen: &Backend, tried: &Tried) -> bool {
@@ -223,7 +223,9 @@ impl Pool {
             return false;
         }
         let wait_us = (self.queue.len() + 1) as f64 / slots_per_us;
-        wait_us + f64::from(fastest_us) < f64::from(chosen_us)
+        // Only a clear win: the greedy estimate ignores the requests arriving behind
+        // this one, and a queue that grows while a replica idles costs everyone.
+        2.0 * (wait_us + f64::from(fastest_us)) < f64::from(chosen_us)
     }
 
     /// Takes a slot, waiting in the pool's FIFO queue (up to its size and timeout)
@@ -554,19 +556,19 @@ mod tests {
         let pool = Pool::build(&up).unwrap_or_else(|e| panic!("{e}"));
         let (fast, slow) = (&pool.backends()[0], &pool.backends()[1]);
         fast.record_latency(Duration::from_millis(50));
-        slow.record_latency(Duration::from_millis(200));
+        slow.record_latency(Duration::from_millis(400));
         let Pick::Leased(busy) = pool.pick(&Tried::default(), 0) else {
             panic!("the idle fast backend takes the first request");
         };
         assert_eq!(busy.backend().index(), 0);
-        // The fast one is full: waiting ~50 ms for it beats 200 ms on the slow one.
+        // The fast one is full: ~50 ms of waiting + 50 ms of work is well under 400 ms.
         assert!(matches!(pool.pick(&Tried::default(), 0), Pick::AllBusy));
         // Without a queue there is nothing to wait in: the slow one takes it.
         let mut no_queue = up.clone();
         no_queue.queue.size = 0;
         let pool = Pool::build(&no_queue).unwrap_or_else(|e| panic!("{e}"));
         pool.backends()[0].record_latency(Duration::from_millis(50));
-        pool.backends()[1].record_latency(Duration::from_millis(200));
+        pool.backends()[1].record_latency(Duration::from_millis(400));
         let _busy = pool.pick(&Tried::default(), 0);
         assert!(
             matches!(pool.pick(&Tried::default(), 0), Pick::Leased(l) if l.backend().index() == 1)

@@ -1,8 +1,8 @@
 //! The admin listener: liveness and readiness for orchestrators, the upstream view,
 //! the config status and `POST /reload`.
 //!
-//! With `listen.admin_token_file` set, every request must carry
-//! `Authorization: Bearer <token>` (401 otherwise).
+//! With `listen.admin_token_file` set, every request but `/healthz` and `/readyz`
+//! (orchestrator probes) must carry `Authorization: Bearer <token>` (401 otherwise).
 //!
 //! It runs on its own thread, outside pingora's listener shutdown, so it keeps
 //! answering (`/readyz` = 503) while the proxy listeners drain, and a flood of proxy

@@ -160,7 +160,19 @@ impl Admin {
 
     fn upstreams(&self) -> serde_json::Value {
         let snap = self.snapshot.load();
-        let upstreams: serde_json::Map<String, serde_json::Value> = snap
+        let backend = |b: &crate::upstream::Backend, state: &str, queued: usize| {
+            json!({
+                "addr": b.label(),
+                "healthy": b.is_available(),
+                "state": state,
+                "inflight": b.inflight(),
+                // One FIFO queue per upstream feeds every backend.
+                "queued": queued,
+                "weight": b.weight(),
+                "last_check": b.last_check().map(rfc3339),
+            })
+        };
+        let mut upstreams: serde_json::Map<String, serde_json::Value> = snap
             .pools
             .iter()
             .map(|pool| {
@@ -168,17 +180,7 @@ impl Admin {
                 let backends: Vec<_> = pool
                     .backends()
                     .iter()
-                    .map(|b| {
-                        json!({
-                            "addr": b.label(),
-                            "healthy": b.is_available(),
-                            "state": b.state().name(),
-                            "inflight": b.inflight(),
-                            // One FIFO queue per upstream feeds every backend.
-                            "queued": queued,
-                            "weight": b.weight(),
-                        })
-                    })
+                    .map(|b| backend(b, b.state().name(), queued))
                     .collect();
                 (
                     pool.name().to_string(),
@@ -186,6 +188,20 @@ impl Admin {
                 )
             })
             .collect();
+        // Backends a reload removed, still finishing their requests.
+        let draining = self
+            .reloader
+            .as_ref()
+            .map(|r| r.draining())
+            .unwrap_or_default();
+        for (name, b) in draining {
+            let entry = upstreams
+                .entry(name.to_string())
+                .or_insert_with(|| json!({ "queued": 0, "backends": [] }));
+            if let Some(list) = entry["backends"].as_array_mut() {
+                list.push(backend(&b, "draining", 0));
+            }
+        }
         json!({ "generation": snap.generation, "upstreams": upstreams })
     }
 }

@@ -23,6 +23,7 @@ pub use watch::ConfigWatch;
 use crate::config::{self, Config, Listen, Log, Tls};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::CertWatcher;
+use crate::upstream::Backend;
 
 /// What asked for a reload (for logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +167,8 @@ struct State {
     /// Hash of the file content the last attempt read (good or bad), so the file
     /// watch does not retry content it has already seen.
     seen: Option<u64>,
+    /// Backends removed by a reload that still run requests, by upstream name.
+    draining: Vec<(Arc<str>, Arc<Backend>)>,
 }
 
 impl Reloader {
@@ -188,6 +191,7 @@ impl Reloader {
                 },
                 tls: config.tls.clone(),
                 seen,
+                draining: Vec::new(),
             }),
             shared,
         }
@@ -206,6 +210,14 @@ impl Reloader {
     /// What `GET /config` shows.
     pub fn status(&self) -> Status {
         self.lock().status.clone()
+    }
+
+    /// Backends removed by a reload that still finish requests (`draining` on
+    /// `/upstreams`), by upstream name; those done are forgotten.
+    pub fn draining(&self) -> Vec<(Arc<str>, Arc<Backend>)> {
+        let mut state = self.lock();
+        state.draining.retain(|(_, b)| b.inflight() > 0);
+        state.draining.clone()
     }
 
     /// Hash of the file content last read by a reload attempt.
@@ -286,6 +298,19 @@ impl Reloader {
             }
         };
         let next = Snapshot::publish(&self.shared, next);
+        for pool in &live.pools {
+            let successor = next.pool(pool.name());
+            for b in pool.backends() {
+                let kept =
+                    successor.is_some_and(|s| s.backends().iter().any(|n| n.same_replica(b)));
+                if !kept && b.inflight() > 0 {
+                    state
+                        .draining
+                        .push((Arc::clone(pool.name()), Arc::clone(b)));
+                }
+            }
+        }
+        state.draining.retain(|(_, b)| b.inflight() > 0);
         if let (Some(watcher), Some(tls)) = (&self.certs, &config.tls) {
             if state.tls.as_ref() != Some(tls) {
                 watcher.set_source(tls.certs.clone());

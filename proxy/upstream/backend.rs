@@ -54,6 +54,8 @@ pub struct Vitals {
     ejected_until: AtomicU64,
     /// Until when (clock ms) its share ramps up after (re)joining; 0 when not ramping.
     ramp_until: AtomicU64,
+    /// When the last active health check finished (Unix ms); 0 before the first.
+    last_check_unix_ms: AtomicU64,
 }
 
 impl Vitals {
@@ -65,6 +67,7 @@ impl Vitals {
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ramp_until: AtomicU64::new(0),
+            last_check_unix_ms: AtomicU64::new(0),
         })
     }
 }
@@ -257,6 +260,22 @@ impl Backend {
     pub fn ejected_for(&self) -> Duration {
         let until = self.vitals.ejected_until.load(Ordering::Relaxed);
         Duration::from_millis(until.saturating_sub(clock::now_ms()))
+    }
+
+    /// Notes that an active health check just finished.
+    pub(crate) fn record_check(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.vitals.last_check_unix_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// When the last active health check finished, if any.
+    pub fn last_check(&self) -> Option<std::time::SystemTime> {
+        match self.vitals.last_check_unix_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
     }
 
     /// Is an ejection still running?

@@ -9,6 +9,12 @@
 //! names its newest pool (its *owner*): a slot freed in any generation dispatches
 //! through the owner, so requests queued before the reload are served by the new
 //! backends and caps, and a removed backend only finishes what it already runs.
+//!
+//! A request that started before the swap stays on its generation's pool, retries
+//! included (it may retry on a backend the new generation removed; it never lands
+//! on one that is down). Its tried set holds that generation's indices; if a queued
+//! request is handed a slot by the newer pool, the index it records is the newer
+//! pool's, so at worst one of its retries skips or repeats one backend.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -561,6 +567,70 @@ mod tests {
         assert!(
             ramping < 0.25,
             "a just-rejoined backend got {ramping} of new requests"
+        );
+    }
+
+    fn with_backends(mut up: Upstream, addrs: &[&str]) -> Upstream {
+        up.backends = BackendSource::Static(
+            addrs
+                .iter()
+                .map(|a| BackendAddr {
+                    addr: a.parse().unwrap_or_else(|e| panic!("{e}")),
+                    weight: 1,
+                })
+                .collect(),
+        );
+        up
+    }
+
+    #[test]
+    fn the_next_generation_keeps_the_state_of_kept_backends_only() {
+        let first = upstream(Duration::ZERO);
+        let pool = Pool::build(&first).unwrap_or_else(|e| panic!("{e}"));
+        let lease = match pool.pick(&Tried::default(), 0) {
+            Pick::Leased(l) => l,
+            other => panic!("{other:?}"),
+        };
+        let busy = lease.backend().addr();
+        let other = pool
+            .backends()
+            .iter()
+            .find(|b| b.addr() != busy)
+            .map(Arc::clone)
+            .unwrap_or_else(|| panic!("two backends"));
+        other.set_state(BackendState::Down, Duration::ZERO);
+
+        // Next generation: the busy one kept (moved to the end), the down one kept,
+        // a new one added; round robin -> least outstanding, cap 0 -> 1.
+        let mut next_up = with_backends(
+            first.clone(),
+            &["127.0.0.1:3", other.label(), &busy.to_string()],
+        );
+        next_up.balance = Balance::LeastOutstanding;
+        next_up.max_inflight = 1;
+        let next = Pool::build_next(&next_up, Some(&pool)).unwrap_or_else(|e| panic!("{e}"));
+        let by_addr = |a: std::net::SocketAddr| {
+            next.backends()
+                .iter()
+                .find(|b| b.addr() == a)
+                .map(Arc::clone)
+                .unwrap_or_else(|| panic!("{a} missing"))
+        };
+        let kept_busy = by_addr(busy);
+        assert_eq!(kept_busy.inflight(), 1, "in-flight count carried over");
+        assert!(kept_busy.same_replica(lease.backend()));
+        assert_eq!(by_addr(other.addr()).state(), BackendState::Down);
+        assert_eq!(next.settings().max_inflight, 1);
+        // The kept busy backend is at the new cap; the new one takes the next request.
+        match next.pick(&Tried::default(), 0) {
+            Pick::Leased(l) => assert_eq!(l.backend().label(), "127.0.0.1:3"),
+            other => panic!("{other:?}"),
+        }
+        drop(lease);
+        assert_eq!(
+            kept_busy.inflight(),
+            0,
+            "the old lease frees the shared slot"
         );
     }
 

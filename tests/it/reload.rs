@@ -331,18 +331,38 @@ async fn an_sse_stream_survives_a_reload_that_removes_its_backend() {
     let (s, v) = post_reload(&proxy).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(served_by(&proxy).await, "other");
-    let ups = get_json(&proxy, "/upstreams").await;
-    let backends = ups["upstreams"]["pool"]["backends"].as_array().unwrap();
-    assert_eq!(backends.len(), 1, "{ups}");
+    // The removed backend shows as draining while its stream runs.
+    let states = |v: Value| -> Vec<(String, String)> {
+        v["upstreams"]["pool"]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["addr"].as_str().unwrap().to_string(),
+                    b["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
     assert_eq!(
-        backends[0]["addr"].as_str().unwrap(),
-        r[1].addr().to_string()
+        states(get_json(&proxy, "/upstreams").await),
+        vec![
+            (r[1].addr().to_string(), "up".to_string()),
+            (r[0].addr().to_string(), "draining".to_string()),
+        ]
     );
     while let Some(chunk) = stream.next().await {
         text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
     }
     assert_eq!(text.matches("data:").count(), 9, "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    eventually(
+        "the drained backend leaves /upstreams",
+        PATIENCE,
+        || async { states(get_json(&proxy, "/upstreams").await).len() == 1 },
+    )
+    .await;
 }
 
 #[tokio::test]

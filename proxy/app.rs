@@ -113,7 +113,8 @@ impl App {
         };
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            let mut gateway = Gateway::new(Arc::clone(&shared), "http", Arc::clone(&drain.active));
+            let mut gateway = Gateway::new(Arc::clone(&shared), "http", Arc::clone(&drain.active))
+                .closing_when(Arc::clone(&drain.draining));
             if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https)
             {
                 gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
@@ -141,7 +142,8 @@ impl App {
             })?;
             let mut proxy = pingora::proxy::http_proxy_service_with_name(
                 &conf,
-                Gateway::new(Arc::clone(&shared), "https", Arc::clone(&drain.active)),
+                Gateway::new(Arc::clone(&shared), "https", Arc::clone(&drain.active))
+                    .closing_when(Arc::clone(&drain.draining)),
                 "proxy https",
             );
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);

@@ -18,6 +18,7 @@ use crate::admin::{Admin, AdminService};
 use crate::config::Config;
 use crate::gateway::{Gateway, HttpsRedirect};
 use crate::health::HealthService;
+use crate::reload::{ConfigWatch, Reloader, Trigger};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::{self, TlsStats};
 
@@ -41,12 +42,29 @@ pub struct App {
     server: Server,
     drain: Drain,
     tls_stats: Option<Arc<TlsStats>>,
+    reloader: Option<Arc<Reloader>>,
+}
+
+/// How to start.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Graceful upgrade: take the listening sockets over from the running modelgate
+    /// (which is then sent SIGQUIT) instead of binding them.
+    pub upgrade: bool,
+    /// The socket the two processes hand the listeners over on; by default one per
+    /// config file, in the temp directory.
+    pub upgrade_sock: Option<std::path::PathBuf>,
 }
 
 impl App {
     /// Validates everything that can fail before serving (pools, routes, certificates,
     /// listener addresses) and builds the services. Binds nothing that stays bound.
     pub fn build(config: &Config) -> Result<App, StartError> {
+        App::build_with(config, &StartOptions::default())
+    }
+
+    /// [`App::build`] with start options (graceful upgrade).
+    pub fn build_with(config: &Config, opts: &StartOptions) -> Result<App, StartError> {
         let snapshot = Snapshot::build(config);
         let certs = tls::load(config);
         let (snapshot, certs) = match (snapshot, certs) {
@@ -57,7 +75,9 @@ impl App {
                 return Err(StartError(errors));
             }
         };
-        check_bindable(config)?;
+        if !opts.upgrade {
+            check_bindable(config)?;
+        }
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
 
         let threads = match config.listen.workers {
@@ -70,9 +90,19 @@ impl App {
             work_stealing: true,
             grace_period_seconds: Some(grace),
             graceful_shutdown_timeout_seconds: Some(1),
+            upgrade_sock: opts
+                .upgrade_sock
+                .clone()
+                .unwrap_or_else(|| default_upgrade_sock(&config.source))
+                .display()
+                .to_string(),
             ..ServerConf::default()
         };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
+        let opt = pingora::server::configuration::Opt {
+            upgrade: opts.upgrade,
+            ..Default::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
         server.bootstrap();
         let conf = Arc::clone(&server.configuration);
 
@@ -83,7 +113,8 @@ impl App {
         };
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            let mut gateway = Gateway::new(Arc::clone(&shared), "http", Arc::clone(&drain.active));
+            let mut gateway = Gateway::new(Arc::clone(&shared), "http", Arc::clone(&drain.active))
+                .closing_when(Arc::clone(&drain.draining));
             if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https)
             {
                 gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
@@ -101,6 +132,7 @@ impl App {
         }
 
         let mut tls_stats = None;
+        let mut cert_watcher = None;
         if let (Some(addr), Some(certs)) = (config.listen.https, certs) {
             let settings = tls::policy::listener_settings(certs.resolver.clone()).map_err(|e| {
                 StartError(vec![format!(
@@ -110,13 +142,16 @@ impl App {
             })?;
             let mut proxy = pingora::proxy::http_proxy_service_with_name(
                 &conf,
-                Gateway::new(Arc::clone(&shared), "https", Arc::clone(&drain.active)),
+                Gateway::new(Arc::clone(&shared), "https", Arc::clone(&drain.active))
+                    .closing_when(Arc::clone(&drain.draining)),
                 "proxy https",
             );
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);
             proxy_addrs.push(addr);
             server.add_service(proxy);
-            server.add_service(background_service("tls certificate watcher", certs.watcher));
+            let watcher = background_service("tls certificate watcher", certs.watcher);
+            cert_watcher = Some(watcher.task());
+            server.add_service(watcher);
             tls_stats = Some(certs.stats);
         }
 
@@ -125,12 +160,35 @@ impl App {
         health.threads = Some(1);
         server.add_service(health);
 
+        // Only a config read from a file can be reloaded (not the demo's).
+        let reloader = config
+            .source
+            .is_file()
+            .then(|| Arc::new(Reloader::new(config, Arc::clone(&shared), cert_watcher)));
+        if let Some(reloader) = &reloader {
+            let mut watch =
+                background_service("config watch", ConfigWatch::new(Arc::clone(reloader)));
+            watch.threads = Some(1);
+            server.add_service(watch);
+        }
+
         if let Some(addr) = config.listen.admin {
+            let token = match &config.listen.admin_token_file {
+                Some(path) => Some(read_token(path).map_err(|e| {
+                    StartError(vec![format!(
+                        "{}: listen.admin_token_file: {e}",
+                        config.source.display()
+                    )])
+                })?),
+                None => None,
+            };
             let admin = Admin::new(
                 Arc::clone(&shared),
                 proxy_addrs,
                 Arc::clone(&drain.draining),
-            );
+            )
+            .with_reload(reloader.clone(), config.source.clone())
+            .with_token(token);
             let mut svc = background_service("admin", AdminService::new(admin, addr));
             svc.threads = Some(1);
             server.add_service(svc);
@@ -139,6 +197,7 @@ impl App {
             server,
             drain,
             tls_stats,
+            reloader,
         })
     }
 
@@ -150,11 +209,35 @@ impl App {
     /// Serves until SIGINT (immediate exit) or SIGTERM (stop accepting, let in-flight
     /// requests finish for up to `shutdown_grace`, exit as soon as the last is done).
     pub fn run(self) {
-        let watch = SignalWatch { drain: self.drain };
+        let watch = SignalWatch {
+            drain: self.drain,
+            reloader: self.reloader,
+        };
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
     }
+}
+
+/// The admin bearer token: the file's content without surrounding whitespace.
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "{} is empty; put the bearer token in it",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// One upgrade socket per config file, so instances on one host do not collide.
+fn default_upgrade_sock(config: &std::path::Path) -> std::path::PathBuf {
+    let abs = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let hash = xxhash_rust::xxh3::xxh3_64(abs.as_os_str().as_encoded_bytes());
+    std::env::temp_dir().join(format!("modelgate-upgrade-{hash:016x}.sock"))
 }
 
 /// Fails early, with the config key, when a listener address cannot be bound
@@ -229,32 +312,46 @@ impl Drain {
 }
 
 /// pingora's signal handling, plus draining: `/readyz` turns 503 the moment SIGTERM
-/// arrives and the process exits when the last request is done.
+/// arrives and the process exits when the last request is done. `SIGHUP` reloads
+/// the config file (its handler is installed as the server starts, so an early
+/// SIGHUP never kills the process).
 struct SignalWatch {
     drain: Drain,
+    reloader: Option<Arc<Reloader>>,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for SignalWatch {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
+            signal(SignalKind::hangup()),
         ) else {
             log::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = term.recv() => {
-                log::info!("SIGTERM: draining for up to {:?}", self.drain.grace);
-                self.drain.start();
-                ShutdownSignal::GracefulTerminate
-            }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
-            _ = quit.recv() => {
-                self.drain.draining.store(true, Ordering::SeqCst);
-                ShutdownSignal::GracefulUpgrade
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    log::info!("SIGTERM: draining for up to {:?}", self.drain.grace);
+                    self.drain.start();
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = quit.recv() => {
+                    log::info!("SIGQUIT: handing the listeners to the new process, then draining");
+                    self.drain.draining.store(true, Ordering::SeqCst);
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                _ = hup.recv() => match &self.reloader {
+                    Some(reloader) => {
+                        let reloader = Arc::clone(reloader);
+                        let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+                    }
+                    None => log::warn!("SIGHUP: this config was not read from a file; nothing to reload"),
+                },
             }
         }
     }

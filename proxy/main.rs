@@ -34,6 +34,14 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "config/modelgate.toml")]
         config: PathBuf,
+        /// Graceful upgrade: take over the listening sockets of the running modelgate
+        /// (then send it SIGQUIT; it hands them over and drains).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Socket the listeners are handed over on (default: one per config file in
+        /// the temp directory); both processes must use the same.
+        #[arg(long)]
+        upgrade_sock: Option<PathBuf>,
     },
     /// Validate a config file, print a summary (exit 0) or every error (exit 1).
     Check {
@@ -59,7 +67,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run {
+            config,
+            upgrade,
+            upgrade_sock,
+        } => run(
+            &config,
+            &modelgate::app::StartOptions {
+                upgrade,
+                upgrade_sock,
+            },
+        ),
         Command::Check { config } => check(&config),
         Command::Demo { http, https, admin } => {
             match modelgate::demo::run(modelgate::demo::Addrs { http, https, admin }) {
@@ -124,7 +142,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
+fn run(path: &std::path::Path, opts: &modelgate::app::StartOptions) -> ExitCode {
     let (loaded, warnings) = match load(path) {
         Ok(l) => l,
         Err(errors) => {
@@ -140,7 +158,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     report_warnings(&warnings);
-    match App::build(&loaded.config) {
+    match App::build_with(&loaded.config, opts) {
         Ok(app) => {
             log::info!(
                 "modelgate {} serving {}",

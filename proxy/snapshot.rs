@@ -42,11 +42,19 @@ impl Snapshot {
     /// Builds every pool and route of `config`. Fails, listing every problem, on
     /// settings this build cannot serve; `modelgate check` reports the same list.
     pub fn build(config: &Config) -> Result<Snapshot, Vec<String>> {
+        Snapshot::build_next(config, None)
+    }
+
+    /// Builds the generation that follows `prev`: each upstream that `prev` also has
+    /// is built with [`Pool::build_next`] (kept backends keep their state, queued
+    /// requests stay queued). Touches nothing live until [`Snapshot::publish`].
+    pub fn build_next(config: &Config, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
         let mut errors = unsupported(config);
         let mut by_name: HashMap<&str, Arc<Pool>> = HashMap::new();
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for up in &config.upstreams {
-            match Pool::build(up) {
+            let before = prev.and_then(|p| p.pool(&up.name)).map(|p| &**p);
+            match Pool::build_next(up, before) {
                 Ok(pool) => {
                     by_name.insert(up.name.as_str(), Arc::clone(&pool));
                     pools.push(pool);
@@ -77,6 +85,18 @@ impl Snapshot {
             routes,
             pools,
         })
+    }
+
+    /// Makes `next` the live generation in one atomic swap, then points each
+    /// upstream's wait queue at its new pool. Requests already running keep the
+    /// generation they loaded.
+    pub fn publish(shared: &SharedSnapshot, next: Snapshot) -> Arc<Snapshot> {
+        let next = Arc::new(next);
+        shared.store(Arc::clone(&next));
+        for pool in &next.pools {
+            pool.adopt_queue();
+        }
+        next
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {

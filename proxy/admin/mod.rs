@@ -1,4 +1,8 @@
-//! The admin listener: liveness and readiness for orchestrators, and the upstream view.
+//! The admin listener: liveness and readiness for orchestrators, the upstream view,
+//! the config status and `POST /reload`.
+//!
+//! With `listen.admin_token_file` set, every request but `/healthz` and `/readyz`
+//! (orchestrator probes) must carry `Authorization: Bearer <token>` (401 otherwise).
 //!
 //! It runs on its own thread, outside pingora's listener shutdown, so it keeps
 //! answering (`/readyz` = 503) while the proxy listeners drain, and a flood of proxy
@@ -17,6 +21,7 @@ pub use server::AdminService;
 use http::StatusCode;
 use serde_json::json;
 
+use crate::reload::{rfc3339, ReloadOutcome, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
 
 /// Shared state of the admin endpoints.
@@ -26,6 +31,10 @@ pub struct Admin {
     listeners: Vec<SocketAddr>,
     ready: AtomicBool,
     draining: Arc<AtomicBool>,
+    /// None when the config did not come from a file (the demo).
+    reloader: Option<Arc<Reloader>>,
+    file: std::path::PathBuf,
+    token: Option<String>,
 }
 
 impl Admin {
@@ -39,6 +48,95 @@ impl Admin {
             listeners,
             ready: AtomicBool::new(false),
             draining,
+            reloader: None,
+            file: std::path::PathBuf::new(),
+            token: None,
+        }
+    }
+
+    /// Enables `POST /reload` and names the config file on `GET /config`.
+    pub fn with_reload(
+        mut self,
+        reloader: Option<Arc<Reloader>>,
+        file: std::path::PathBuf,
+    ) -> Self {
+        self.reloader = reloader;
+        self.file = file;
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Does this request carry the bearer token (or is none required)?
+    pub fn authorized(&self, authorization: Option<&http::HeaderValue>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(given) = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        // Constant time in the token's length: no timing hint of the prefix matched.
+        given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    fn config_status(&self) -> serde_json::Value {
+        match &self.reloader {
+            Some(r) => {
+                let s = r.status();
+                json!({
+                    "generation": s.generation,
+                    "loaded_at": rfc3339(s.loaded_at),
+                    "file": s.file.display().to_string(),
+                    "last_error": s.last_error,
+                    "last_error_at": s.last_error_at.map(rfc3339),
+                })
+            }
+            None => {
+                let snap = self.snapshot.load();
+                json!({
+                    "generation": snap.generation,
+                    "loaded_at": rfc3339(snap.loaded_at),
+                    "file": self.file.display().to_string(),
+                    "last_error": null,
+                    "last_error_at": null,
+                })
+            }
+        }
+    }
+
+    async fn reload(&self) -> Answer {
+        let Some(reloader) = self.reloader.clone() else {
+            return json_answer(
+                StatusCode::CONFLICT,
+                &json!({ "result": "error", "errors": ["this config was not read from a file; nothing to reload"] }),
+            );
+        };
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
+        match outcome {
+            Ok(ReloadOutcome::Applied { generation, took }) => json_answer(
+                StatusCode::OK,
+                &json!({ "result": "ok", "generation": generation, "took_ms": took.as_secs_f64() * 1000.0 }),
+            ),
+            Ok(ReloadOutcome::Rejected { errors }) => json_answer(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({ "result": "error", "errors": errors }),
+            ),
+            Err(e) => json_answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "result": "error", "errors": [format!("reload task failed: {e}")] }),
+            ),
         }
     }
 
@@ -62,7 +160,20 @@ impl Admin {
 
     fn upstreams(&self) -> serde_json::Value {
         let snap = self.snapshot.load();
-        let upstreams: serde_json::Map<String, serde_json::Value> = snap
+        let backend = |b: &crate::upstream::Backend, state: &str, queued: usize| {
+            json!({
+                "addr": b.label(),
+                "healthy": b.is_available(),
+                "state": state,
+                "inflight": b.inflight(),
+                // One FIFO queue per upstream feeds every backend.
+                "queued": queued,
+                "weight": b.weight(),
+                "latency_ms": f64::from(b.latency_us()) / 1000.0,
+                "last_check": b.last_check().map(rfc3339),
+            })
+        };
+        let mut upstreams: serde_json::Map<String, serde_json::Value> = snap
             .pools
             .iter()
             .map(|pool| {
@@ -70,18 +181,7 @@ impl Admin {
                 let backends: Vec<_> = pool
                     .backends()
                     .iter()
-                    .map(|b| {
-                        json!({
-                            "addr": b.label(),
-                            "healthy": b.is_available(),
-                            "state": b.state().name(),
-                            "inflight": b.inflight(),
-                            // One FIFO queue per upstream feeds every backend.
-                            "queued": queued,
-                            "weight": b.weight(),
-                            "latency_ms": f64::from(b.latency_us()) / 1000.0,
-                        })
-                    })
+                    .map(|b| backend(b, b.state().name(), queued))
                     .collect();
                 (
                     pool.name().to_string(),
@@ -89,6 +189,20 @@ impl Admin {
                 )
             })
             .collect();
+        // Backends a reload removed, still finishing their requests.
+        let draining = self
+            .reloader
+            .as_ref()
+            .map(|r| r.draining())
+            .unwrap_or_default();
+        for (name, b) in draining {
+            let entry = upstreams
+                .entry(name.to_string())
+                .or_insert_with(|| json!({ "queued": 0, "backends": [] }));
+            if let Some(list) = entry["backends"].as_array_mut() {
+                list.push(backend(&b, "draining", 0));
+            }
+        }
         json!({ "generation": snap.generation, "upstreams": upstreams })
     }
 }
@@ -106,6 +220,14 @@ fn text(status: StatusCode, body: &str) -> Answer {
         content_type: "text/plain; charset=utf-8",
         body: body.as_bytes().to_vec(),
     }
+}
+
+/// 401 for a request without the admin bearer token.
+pub(crate) fn unauthorized() -> Answer {
+    json_answer(
+        StatusCode::UNAUTHORIZED,
+        &json!({ "error": "unauthorized" }),
+    )
 }
 
 fn json_answer(status: StatusCode, value: &serde_json::Value) -> Answer {
@@ -131,7 +253,9 @@ impl Admin {
                 }
             }
             ("GET", "/upstreams") => json_answer(StatusCode::OK, &self.upstreams()),
-            (_, "/healthz" | "/readyz" | "/upstreams") => json_answer(
+            ("GET", "/config") => json_answer(StatusCode::OK, &self.config_status()),
+            ("POST", "/reload") => self.reload().await,
+            (_, "/healthz" | "/readyz" | "/upstreams" | "/config" | "/reload") => json_answer(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({ "error": "method_not_allowed" }),
             ),

@@ -34,11 +34,19 @@ impl AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let listener = match tokio::net::TcpListener::bind(self.addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                log::error!("admin: cannot listen on {}: {e}", self.addr);
-                return;
+        // During a graceful upgrade the old process holds the address until it
+        // exits: keep trying.
+        let mut attempts = 0u32;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    if attempts % 50 == 0 {
+                        log::warn!("admin: cannot listen on {} yet: {e}; retrying", self.addr);
+                    }
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             }
         };
         loop {
@@ -54,7 +62,15 @@ impl BackgroundService for AdminService {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let admin = Arc::clone(&admin);
                     async move {
-                        let a = admin.answer(req.method(), req.uri().path()).await;
+                        // Liveness and readiness stay open: orchestrator probes carry no
+                        // token, and they reveal nothing.
+                        let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+                        let auth = req.headers().get(http::header::AUTHORIZATION);
+                        let a = if open || admin.authorized(auth) {
+                            admin.answer(req.method(), req.uri().path()).await
+                        } else {
+                            super::unauthorized()
+                        };
                         let resp = http::Response::builder()
                             .status(a.status)
                             .header(http::header::CONTENT_TYPE, a.content_type)

@@ -9,7 +9,7 @@ mod headers;
 mod redirect;
 mod reject;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ pub struct Gateway {
     redirect: Option<HttpsRedirect>,
     /// Requests in progress on every listener, for draining on shutdown.
     active: Arc<AtomicUsize>,
+    /// Set once the process drains (SIGTERM, or SIGQUIT for a graceful upgrade).
+    draining: Option<Arc<AtomicBool>>,
 }
 
 impl Gateway {
@@ -48,7 +50,16 @@ impl Gateway {
             scheme,
             redirect: None,
             active,
+            draining: None,
         }
+    }
+
+    /// While `flag` is set, HTTP/1.1 responses close their connection, so clients
+    /// stop reusing it before the listener goes away (pingora drops idle
+    /// keep-alive connections when it stops, racing a client's next request).
+    pub fn closing_when(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.draining = Some(flag);
+        self
     }
 
     /// Answers every request with 308 to the same URL on HTTPS (`redirect_http_to_https`).
@@ -289,12 +300,19 @@ impl ProxyHttp for Gateway {
     /// Returns the request id to the client.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header(X_REQUEST_ID, id.clone())?;
+        }
+        if self
+            .draining
+            .as_ref()
+            .is_some_and(|d| d.load(Ordering::Relaxed))
+        {
+            session.set_keepalive(None);
         }
         Ok(())
     }

@@ -22,8 +22,9 @@ use crate::config::HealthCheck;
 use crate::snapshot::SharedSnapshot;
 use crate::upstream::{Backend, BackendState, Pool};
 
-/// How often the supervisor looks for new or removed pools.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+/// How often the supervisor looks for new or removed pools. Short, because a
+/// backend added by a reload gets traffic only after its first passing check.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 
 /// The background service that runs all health checks.
 pub struct HealthService {
@@ -82,6 +83,7 @@ async fn check_backend(pool: Arc<Pool>, backend: Arc<Backend>, check: HealthChec
     loop {
         tick.tick().await;
         let result = probe::probe(&connector, &backend, &check).await;
+        backend.record_check();
         match &result {
             Ok(()) => {
                 passes += 1;

@@ -1,5 +1,12 @@
 //! One replica of a model: its address, weight, live in-flight count, health state
 //! and passive-failure record.
+//!
+//! A `Backend` belongs to one pool of one config generation (its index, peer
+//! settings and pool link are that generation's). What must survive a reload lives
+//! in [`Vitals`], behind an `Arc` that the next generation's `Backend` for the same
+//! upstream and address shares: in-flight count, health state, failure streak,
+//! ejection and slow-start ramp. A request running on the old generation's
+//! `Backend` and one on the new generation's count against the same cap.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -33,15 +40,10 @@ impl BackendState {
     }
 }
 
-/// A replica. Shared by every request that uses it; all mutable state is atomic.
+/// The live state of a replica, carried from one config generation to the next
+/// while the replica stays in its upstream. All atomic.
 #[derive(Debug)]
-pub struct Backend {
-    addr: SocketAddr,
-    weight: u32,
-    /// Position in its pool (for the per-request tried set).
-    index: u32,
-    /// `ip:port`, ready for logs and metric labels.
-    label: Box<str>,
+pub struct Vitals {
     inflight: AtomicU32,
     /// Moving average of time to response headers, in microseconds (0: not measured).
     latency_us: AtomicU32,
@@ -54,6 +56,36 @@ pub struct Backend {
     ejected_until: AtomicU64,
     /// Until when (clock ms) its share ramps up after (re)joining; 0 when not ramping.
     ramp_until: AtomicU64,
+    /// When the last active health check finished (Unix ms); 0 before the first.
+    last_check_unix_ms: AtomicU64,
+}
+
+impl Vitals {
+    pub(crate) fn new(state: BackendState) -> Arc<Vitals> {
+        Arc::new(Vitals {
+            inflight: AtomicU32::new(0),
+            latency_us: AtomicU32::new(0),
+            state: AtomicU8::new(state as u8),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ramp_until: AtomicU64::new(0),
+            last_check_unix_ms: AtomicU64::new(0),
+        })
+    }
+}
+
+/// A replica in one generation's pool. Shared by every request that uses it.
+#[derive(Debug)]
+pub struct Backend {
+    addr: SocketAddr,
+    weight: u32,
+    /// Position in its pool (for the per-request tried set).
+    index: u32,
+    /// `ip:port`, ready for logs and metric labels.
+    label: Box<str>,
+    /// State shared with the same replica in other generations.
+    vitals: Arc<Vitals>,
     /// The pool it belongs to, for handing a freed slot to a queued request.
     pool: Weak<Pool>,
     /// The pool's queue length, so releasing a slot checks for waiters with one load.
@@ -67,7 +99,7 @@ impl Backend {
         addr: SocketAddr,
         weight: u32,
         index: usize,
-        state: BackendState,
+        vitals: Arc<Vitals>,
         pool: (Weak<Pool>, Arc<AtomicUsize>),
         peer: HttpPeer,
     ) -> Self {
@@ -77,13 +109,7 @@ impl Backend {
             weight: weight.max(1),
             index: index as u32,
             label: addr.to_string().into_boxed_str(),
-            inflight: AtomicU32::new(0),
-            latency_us: AtomicU32::new(0),
-            state: AtomicU8::new(state as u8),
-            consecutive_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            ramp_until: AtomicU64::new(0),
+            vitals,
             pool,
             queued,
             peer,
@@ -110,15 +136,25 @@ impl Backend {
         &self.peer
     }
 
+    /// The state this replica shares with its counterparts in other generations.
+    pub fn vitals(&self) -> &Arc<Vitals> {
+        &self.vitals
+    }
+
+    /// Is `other` the same replica (possibly of another generation)?
+    pub fn same_replica(&self, other: &Backend) -> bool {
+        Arc::ptr_eq(&self.vitals, &other.vitals)
+    }
+
     /// Requests this proxy has on the backend right now.
     pub fn inflight(&self) -> u32 {
-        self.inflight.load(Ordering::Relaxed)
+        self.vitals.inflight.load(Ordering::Relaxed)
     }
 
     /// Recent time to response headers (an exponentially weighted average), in
     /// microseconds; 0 until the first answer.
     pub fn latency_us(&self) -> u32 {
-        self.latency_us.load(Ordering::Relaxed)
+        self.vitals.latency_us.load(Ordering::Relaxed)
     }
 
     /// Folds one observed time to response headers into the average (weight 1/8).
@@ -126,17 +162,17 @@ impl Backend {
     #[inline]
     pub fn record_latency(&self, took: Duration) {
         let sample = took.as_micros().min(u128::from(u32::MAX)) as u32;
-        let old = self.latency_us.load(Ordering::Relaxed);
+        let old = self.vitals.latency_us.load(Ordering::Relaxed);
         let new = if old == 0 {
             sample.max(1)
         } else {
             (i64::from(old) + (i64::from(sample) - i64::from(old)) / 8).max(1) as u32
         };
-        self.latency_us.store(new, Ordering::Relaxed);
+        self.vitals.latency_us.store(new, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> BackendState {
-        match self.state.load(Ordering::Relaxed) {
+        match self.vitals.state.load(Ordering::Relaxed) {
             0 => BackendState::Up,
             1 => BackendState::Down,
             _ => BackendState::Unknown,
@@ -146,7 +182,7 @@ impl Backend {
     /// Moves to `state`; returns the previous one. Joining (to Up) starts the slow-start
     /// ramp and lets queued requests at the new capacity.
     pub(crate) fn set_state(&self, state: BackendState, slow_start: Duration) -> BackendState {
-        let prev = self.state.swap(state as u8, Ordering::AcqRel);
+        let prev = self.vitals.state.swap(state as u8, Ordering::AcqRel);
         let prev = match prev {
             0 => BackendState::Up,
             1 => BackendState::Down,
@@ -154,7 +190,7 @@ impl Backend {
         };
         if prev != state && state == BackendState::Up {
             if !slow_start.is_zero() {
-                self.ramp_until.store(
+                self.vitals.ramp_until.store(
                     clock::now_ms() + slow_start.as_millis() as u64,
                     Ordering::Relaxed,
                 );
@@ -169,20 +205,20 @@ impl Backend {
     /// May this backend be given a new request?
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == BackendState::Up as u8
+        self.vitals.state.load(Ordering::Relaxed) == BackendState::Up as u8
     }
 
     /// During slow start, the share (0.1..1) of new requests this backend should get;
     /// `None` once fully in.
     #[inline]
     pub(crate) fn ramp(&self, slow_start: Duration) -> Option<f64> {
-        let until = self.ramp_until.load(Ordering::Relaxed);
+        let until = self.vitals.ramp_until.load(Ordering::Relaxed);
         if until == 0 {
             return None;
         }
         let now = clock::now_ms();
         if now >= until {
-            self.ramp_until.store(0, Ordering::Relaxed);
+            self.vitals.ramp_until.store(0, Ordering::Relaxed);
             return None;
         }
         let total = slow_start.as_millis().max(1) as f64;
@@ -194,9 +230,10 @@ impl Backend {
     #[inline]
     pub(crate) fn try_acquire(self: &Arc<Self>, cap: u32) -> Option<Lease> {
         if cap == 0 {
-            self.inflight.fetch_add(1, Ordering::Relaxed);
+            self.vitals.inflight.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.inflight
+            self.vitals
+                .inflight
                 .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                     (n < cap).then_some(n + 1)
                 })
@@ -208,14 +245,17 @@ impl Backend {
     /// Records an answer that was not a failure; clears the failure streak.
     #[inline]
     pub fn record_success(&self) {
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.vitals.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.vitals.consecutive_failures.store(0, Ordering::Relaxed);
         }
     }
 
     /// Records a connect failure or 5xx; returns the streak length.
     pub fn record_failure(&self) -> u32 {
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+        self.vitals
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1
     }
 
     /// Takes the backend out for `base` doubled per ejection in a row (capped at 32×);
@@ -223,23 +263,47 @@ impl Backend {
     /// ejection starts its streak over.
     pub(crate) fn eject(&self, base: Duration) -> Duration {
         let now = clock::now_ms();
-        let last_until = self.ejected_until.load(Ordering::Relaxed);
+        let last_until = self.vitals.ejected_until.load(Ordering::Relaxed);
         if last_until != 0 && now > last_until + 5 * base.as_millis() as u64 {
-            self.ejections.store(0, Ordering::Relaxed);
+            self.vitals.ejections.store(0, Ordering::Relaxed);
         }
-        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(5);
+        let n = self.vitals.ejections.fetch_add(1, Ordering::Relaxed).min(5);
         let dur = base * (1u32 << n);
-        self.ejected_until
+        self.vitals
+            .ejected_until
             .store(now + dur.as_millis() as u64, Ordering::Relaxed);
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.state
+        self.vitals.consecutive_failures.store(0, Ordering::Relaxed);
+        self.vitals
+            .state
             .store(BackendState::Down as u8, Ordering::Release);
         dur
     }
 
+    /// How long the running ejection still lasts (zero when none).
+    pub fn ejected_for(&self) -> Duration {
+        let until = self.vitals.ejected_until.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(clock::now_ms()))
+    }
+
+    /// Notes that an active health check just finished.
+    pub(crate) fn record_check(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.vitals.last_check_unix_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// When the last active health check finished, if any.
+    pub fn last_check(&self) -> Option<std::time::SystemTime> {
+        match self.vitals.last_check_unix_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
     /// Is an ejection still running?
     pub fn is_ejected(&self) -> bool {
-        let until = self.ejected_until.load(Ordering::Relaxed);
+        let until = self.vitals.ejected_until.load(Ordering::Relaxed);
         until != 0 && clock::now_ms() < until
     }
 }
@@ -258,7 +322,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.0.vitals.inflight.fetch_sub(1, Ordering::SeqCst);
         if self.0.queued.load(Ordering::SeqCst) > 0 {
             if let Some(pool) = self.0.pool.upgrade() {
                 pool.dispatch();

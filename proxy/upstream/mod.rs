@@ -8,6 +8,6 @@ mod pool;
 mod queue;
 mod select;
 
-pub use backend::{Backend, BackendState, Lease};
+pub use backend::{Backend, BackendState, Lease, Vitals};
 pub use pool::{Admission, Pick, Pool, PoolSettings};
 pub use select::{Selector, Tried, MAX_ATTEMPTS};

@@ -1,5 +1,20 @@
 //! A pool of replicas of one model: the backends, how to choose among them, their
 //! in-flight caps and wait queue, the retry budget, and how to reach them.
+//!
+//! A pool is one generation of one upstream and is immutable once built. A reload
+//! builds the next generation with [`Pool::build_next`]: settings, selector and peers
+//! are new (so changed caps, balance, timeouts, retries and health apply at once),
+//! while each backend kept (same address) shares its [`Vitals`] with its
+//! predecessor, and the FIFO wait queue itself is handed over. The queue always
+//! names its newest pool (its *owner*): a slot freed in any generation dispatches
+//! through the owner, so requests queued before the reload are served by the new
+//! backends and caps, and a removed backend only finishes what it already runs.
+//!
+//! A request that started before the swap stays on its generation's pool, retries
+//! included (it may retry on a backend the new generation removed; it never lands
+//! on one that is down). Its tried set holds that generation's indices; if a queued
+//! request is handed a slot by the newer pool, the index it records is the newer
+//! pool's, so at worst one of its retries skips or repeats one backend.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -8,7 +23,7 @@ use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{CertKey, WrappedX509};
 
-use super::backend::{Backend, BackendState, Lease};
+use super::backend::{Backend, BackendState, Lease, Vitals};
 use super::budget::Budget;
 use super::queue::WaitQueue;
 use super::select::{Selector, Tried};
@@ -44,7 +59,8 @@ pub struct Pool {
     backends: Box<[Arc<Backend>]>,
     selector: Selector,
     settings: PoolSettings,
-    queue: WaitQueue,
+    /// Shared with the other generations of this upstream.
+    queue: Arc<WaitQueue>,
     budget: Budget,
 }
 
@@ -76,6 +92,14 @@ impl Pool {
     /// Builds a pool from a validated upstream. Fails only for features this build
     /// cannot serve yet, with a message for the operator.
     pub fn build(up: &Upstream) -> Result<Arc<Pool>, String> {
+        Pool::build_next(up, None)
+    }
+
+    /// Builds the next generation of upstream `up` after `prev` (same name): kept
+    /// backends share their vitals with `prev`'s, the wait queue is shared. The
+    /// queue keeps dispatching through `prev` until [`Pool::adopt_queue`] is called
+    /// on the published pool, so a build that is thrown away changes nothing.
+    pub fn build_next(up: &Upstream, prev: Option<&Pool>) -> Result<Arc<Pool>, String> {
         let addrs = match &up.backends {
             BackendSource::Static(list) => list.clone(),
             BackendSource::Dns { .. } => {
@@ -95,18 +119,33 @@ impl Pool {
         } else {
             BackendState::Up
         };
-        let queue = WaitQueue::new();
+        let vitals: Vec<Arc<Vitals>> = addrs
+            .iter()
+            .map(|b| {
+                let kept = prev.and_then(|p| p.backends.iter().find(|o| o.addr() == b.addr));
+                match kept {
+                    Some(old) => Arc::clone(old.vitals()),
+                    None => Vitals::new(initial),
+                }
+            })
+            .collect();
+        let fresh = prev.is_none();
+        let queue = prev.map_or_else(|| Arc::new(WaitQueue::new()), |p| Arc::clone(&p.queue));
         let queued = queue.len_handle();
         Ok(Arc::new_cyclic(|me: &Weak<Pool>| {
+            if fresh {
+                queue.set_owner(me.clone());
+            }
             let backends: Box<[Arc<Backend>]> = addrs
                 .iter()
+                .zip(vitals)
                 .enumerate()
-                .map(|(i, b)| {
+                .map(|(i, (b, vitals))| {
                     Arc::new(Backend::new(
                         b.addr,
                         b.weight,
                         i,
-                        initial,
+                        vitals,
                         (me.clone(), Arc::clone(&queued)),
                         peer_for(b.addr, up, tls.as_ref()),
                     ))
@@ -153,6 +192,44 @@ impl Pool {
     /// Requests waiting for a slot.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Makes this pool the one that serves the upstream's wait queue (called once it
+    /// is published), and hands it any slot its new caps or backends free up.
+    pub fn adopt_queue(self: &Arc<Self>) {
+        self.queue.set_owner(Arc::downgrade(self));
+        if self.settings.health.is_none() {
+            // Active checks were switched off: nothing would probe a down or unknown
+            // backend back in. Without checks a backend is up unless ejected.
+            for b in self.backends.iter() {
+                if b.state() == BackendState::Up {
+                    continue;
+                }
+                if b.is_ejected() {
+                    self.return_after_ejection(b, b.ejected_for());
+                } else {
+                    b.set_state(BackendState::Up, self.settings.slow_start);
+                }
+            }
+        }
+        self.dispatch();
+    }
+
+    /// Brings an ejected backend back when its ejection ends (pools without checks).
+    fn return_after_ejection(&self, backend: &Arc<Backend>, dur: Duration) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = Arc::clone(backend);
+        let slow_start = self.settings.slow_start;
+        let name = Arc::clone(&self.name);
+        rt.spawn(async move {
+            tokio::time::sleep(dur).await;
+            if me.state() == BackendState::Down {
+                log::info!("upstream {name}: {} back after ejection", me.label());
+                me.set_state(BackendState::Up, slow_start);
+            }
+        });
     }
 
     /// Picks a backend not in `tried` and takes an in-flight slot on it, without waiting.
@@ -279,6 +356,14 @@ impl Pool {
         if self.queue.len() == 0 {
             return;
         }
+        // The queue outlives generations: its newest pool serves it.
+        match self.queue.owner().upgrade() {
+            Some(owner) if !std::ptr::eq(Arc::as_ptr(&owner), self) => owner.dispatch_own(),
+            _ => self.dispatch_own(),
+        }
+    }
+
+    fn dispatch_own(&self) {
         // Leases are never dropped under the lock: dropping one dispatches again.
         let mut spare: Vec<Lease> = Vec::new();
         {
@@ -337,7 +422,7 @@ impl Pool {
 
     /// Passive health: a connect failure or 5xx from `backend`. Ejects it after
     /// `eject.consecutive` in a row, unless it is the pool's last available backend.
-    pub fn record_failure(&self, backend: &Backend) {
+    pub fn record_failure(&self, backend: &Arc<Backend>) {
         let Some(eject) = self.settings.eject else {
             return;
         };
@@ -347,7 +432,7 @@ impl Pool {
         let others_up = self
             .backends
             .iter()
-            .any(|b| b.index() != backend.index() && b.is_available());
+            .any(|b| !b.same_replica(backend) && b.is_available());
         if !others_up {
             log::warn!(
                 "upstream {}: not ejecting {} after {} failures: it is the last available backend",
@@ -367,16 +452,7 @@ impl Pool {
         );
         if self.settings.health.is_none() {
             // Nothing else will bring it back: return it when the time is up.
-            let me = Arc::clone(&self.backends[backend.index()]);
-            let slow_start = self.settings.slow_start;
-            let name = Arc::clone(&self.name);
-            tokio::spawn(async move {
-                tokio::time::sleep(dur).await;
-                if me.state() == BackendState::Down {
-                    log::info!("upstream {name}: {} back after ejection", me.label());
-                    me.set_state(BackendState::Up, slow_start);
-                }
-            });
+            self.return_after_ejection(backend, dur);
         }
     }
 }
@@ -544,6 +620,70 @@ mod tests {
         assert!(
             ramping < 0.25,
             "a just-rejoined backend got {ramping} of new requests"
+        );
+    }
+
+    fn with_backends(mut up: Upstream, addrs: &[&str]) -> Upstream {
+        up.backends = BackendSource::Static(
+            addrs
+                .iter()
+                .map(|a| BackendAddr {
+                    addr: a.parse().unwrap_or_else(|e| panic!("{e}")),
+                    weight: 1,
+                })
+                .collect(),
+        );
+        up
+    }
+
+    #[test]
+    fn the_next_generation_keeps_the_state_of_kept_backends_only() {
+        let first = upstream(Duration::ZERO);
+        let pool = Pool::build(&first).unwrap_or_else(|e| panic!("{e}"));
+        let lease = match pool.pick(&Tried::default(), 0) {
+            Pick::Leased(l) => l,
+            other => panic!("{other:?}"),
+        };
+        let busy = lease.backend().addr();
+        let other = pool
+            .backends()
+            .iter()
+            .find(|b| b.addr() != busy)
+            .map(Arc::clone)
+            .unwrap_or_else(|| panic!("two backends"));
+        other.set_state(BackendState::Down, Duration::ZERO);
+
+        // Next generation: the busy one kept (moved to the end), the down one kept,
+        // a new one added; round robin -> least outstanding, cap 0 -> 1.
+        let mut next_up = with_backends(
+            first.clone(),
+            &["127.0.0.1:3", other.label(), &busy.to_string()],
+        );
+        next_up.balance = Balance::LeastOutstanding;
+        next_up.max_inflight = 1;
+        let next = Pool::build_next(&next_up, Some(&pool)).unwrap_or_else(|e| panic!("{e}"));
+        let by_addr = |a: std::net::SocketAddr| {
+            next.backends()
+                .iter()
+                .find(|b| b.addr() == a)
+                .map(Arc::clone)
+                .unwrap_or_else(|| panic!("{a} missing"))
+        };
+        let kept_busy = by_addr(busy);
+        assert_eq!(kept_busy.inflight(), 1, "in-flight count carried over");
+        assert!(kept_busy.same_replica(lease.backend()));
+        assert_eq!(by_addr(other.addr()).state(), BackendState::Down);
+        assert_eq!(next.settings().max_inflight, 1);
+        // The kept busy backend is at the new cap; the new one takes the next request.
+        match next.pick(&Tried::default(), 0) {
+            Pick::Leased(l) => assert_eq!(l.backend().label(), "127.0.0.1:3"),
+            other => panic!("{other:?}"),
+        }
+        drop(lease);
+        assert_eq!(
+            kept_busy.inflight(),
+            0,
+            "the old lease frees the shared slot"
         );
     }
 

@@ -6,11 +6,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::oneshot;
 
 use super::backend::Lease;
+use super::pool::Pool;
 use super::select::Tried;
 
 /// One waiting request.
@@ -33,6 +34,8 @@ pub(crate) struct WaitQueue {
     /// Shared with the pool's backends; equals `list.len()` outside the lock.
     len: Arc<AtomicUsize>,
     inner: Mutex<Waiters>,
+    /// The newest pool of the upstream, which hands out slots to the waiters.
+    owner: Mutex<Weak<Pool>>,
 }
 
 impl WaitQueue {
@@ -40,7 +43,17 @@ impl WaitQueue {
         WaitQueue {
             len: Arc::new(AtomicUsize::new(0)),
             inner: Mutex::new(Waiters::default()),
+            owner: Mutex::new(Weak::new()),
         }
+    }
+
+    /// The pool that serves this queue (slow path only: someone is waiting).
+    pub fn owner(&self) -> Weak<Pool> {
+        self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_owner(&self, pool: Weak<Pool>) {
+        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = pool;
     }
 
     pub fn len_handle(&self) -> Arc<AtomicUsize> {

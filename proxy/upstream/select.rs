@@ -166,21 +166,37 @@ impl Selector {
 
 /// Latency assumed for a backend not measured yet: low, so it is tried soon.
 const UNMEASURED_US: u32 = 1_000;
+/// One pick in this many ignores latency, so every replica keeps being measured
+/// (a replica that was slow once is not shunned forever).
+const EXPLORE_ONE_IN: u8 = 16;
+
+/// Latency class: replicas within 2x of each other count as equally fast (ties go
+/// to a random one); each doubling doubles the weight of a request in flight.
+#[inline]
+fn latency_class(b: &Backend) -> u32 {
+    b.latency_us().max(UNMEASURED_US).ilog2()
+}
 
 /// Least in-flight per unit of weight, each request in flight weighed by the
-/// backend's recent latency, so a replica that answers 4x slower gets work only
-/// when the fast ones are 4x as busy. Small pools are scanned from a random offset
+/// backend's recent latency class, so a replica that answers 4x slower gets work
+/// only when the fast ones are 4x as busy. Small pools are scanned from a random offset
 /// (ties go to a random backend); large pools use the power of two random choices.
 fn least_outstanding(backends: &[Arc<Backend>], ok: impl Fn(usize) -> bool) -> Option<usize> {
     let n = backends.len();
     if n == 0 {
         return None;
     }
-    // a is less loaded than b: inflight_a / weight_a < inflight_b / weight_b.
-    // Expected wait on a backend: (in flight + this one) x its recent latency, per
+    // Expected wait on a backend: (in flight + this one) x its latency class, per
     // unit of weight. a is lighter than b when cost_a / w_a < cost_b / w_b.
-    let cost =
-        |b: &Backend| (u64::from(b.inflight()) + 1) * u64::from(b.latency_us().max(UNMEASURED_US));
+    let by_latency = fastrand::u8(..EXPLORE_ONE_IN) != 0;
+    let cost = |b: &Backend| {
+        let queue = u64::from(b.inflight()) + 1;
+        if by_latency {
+            queue << latency_class(b).min(31)
+        } else {
+            queue
+        }
+    };
     let lighter = |a: usize, b: usize| {
         let (ba, bb) = (&backends[a], &backends[b]);
         cost(ba) * u64::from(bb.weight()) < cost(bb) * u64::from(ba.weight())

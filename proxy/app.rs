@@ -15,9 +15,11 @@ use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{Admin, AdminService};
-use crate::config::Config;
+use crate::config::{AccessLog as AccessLogTarget, Config};
 use crate::gateway::{Gateway, HttpsRedirect};
 use crate::health::HealthService;
+use crate::metrics::access::AccessLog;
+use crate::metrics::Metrics;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::{self, TlsStats};
 
@@ -41,6 +43,7 @@ pub struct App {
     server: Server,
     drain: Drain,
     tls_stats: Option<Arc<TlsStats>>,
+    metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -58,6 +61,21 @@ impl App {
             }
         };
         check_bindable(config)?;
+        let metrics = Metrics::new(prometheus::Registry::new())
+            .map_err(|e| StartError(vec![format!("metrics: {e}")]))?;
+        metrics.set_generation(snapshot.generation);
+        let access_log = match &config.log.access {
+            AccessLogTarget::Off => None,
+            AccessLogTarget::Stderr => Some(AccessLog::start(None, Arc::clone(&metrics))),
+            AccessLogTarget::File(path) => Some(AccessLog::start(Some(path), Arc::clone(&metrics))),
+        }
+        .transpose()
+        .map_err(|e| {
+            StartError(vec![format!(
+                "{}: log.access: cannot open the access log: {e}",
+                config.source.display()
+            )])
+        })?;
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
 
         let threads = match config.listen.workers {
@@ -83,7 +101,13 @@ impl App {
         };
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            let mut gateway = Gateway::new(Arc::clone(&shared), "http", Arc::clone(&drain.active));
+            let mut gateway = Gateway::new(
+                Arc::clone(&shared),
+                "http",
+                Arc::clone(&drain.active),
+                Arc::clone(&metrics),
+                access_log.clone(),
+            );
             if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https)
             {
                 gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
@@ -110,7 +134,13 @@ impl App {
             })?;
             let mut proxy = pingora::proxy::http_proxy_service_with_name(
                 &conf,
-                Gateway::new(Arc::clone(&shared), "https", Arc::clone(&drain.active)),
+                Gateway::new(
+                    Arc::clone(&shared),
+                    "https",
+                    Arc::clone(&drain.active),
+                    Arc::clone(&metrics),
+                    access_log.clone(),
+                ),
                 "proxy https",
             );
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);
@@ -130,6 +160,7 @@ impl App {
                 Arc::clone(&shared),
                 proxy_addrs,
                 Arc::clone(&drain.draining),
+                Arc::clone(&metrics),
             );
             let mut svc = background_service("admin", AdminService::new(admin, addr));
             svc.threads = Some(1);
@@ -139,7 +170,13 @@ impl App {
             server,
             drain,
             tls_stats,
+            metrics,
         })
+    }
+
+    /// Every metric of this server (the reloader records reloads here).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Certificate rotation counters, when HTTPS is served.

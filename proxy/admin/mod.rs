@@ -1,4 +1,5 @@
-//! The admin listener: liveness and readiness for orchestrators, and the upstream view.
+//! The admin listener: liveness and readiness for orchestrators, the upstream view,
+//! Prometheus metrics and a status page.
 //!
 //! It runs on its own thread, outside pingora's listener shutdown, so it keeps
 //! answering (`/readyz` = 503) while the proxy listeners drain, and a flood of proxy
@@ -17,7 +18,11 @@ pub use server::AdminService;
 use http::StatusCode;
 use serde_json::json;
 
+use crate::metrics::{BackendState, Metrics, PoolState};
 use crate::snapshot::SharedSnapshot;
+
+/// The status page: self-contained, it polls `/upstreams` and renders it.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Shared state of the admin endpoints.
 pub struct Admin {
@@ -26,6 +31,7 @@ pub struct Admin {
     listeners: Vec<SocketAddr>,
     ready: AtomicBool,
     draining: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
@@ -33,12 +39,14 @@ impl Admin {
         snapshot: SharedSnapshot,
         listeners: Vec<SocketAddr>,
         draining: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Admin {
             snapshot,
             listeners,
             ready: AtomicBool::new(false),
             draining,
+            metrics,
         }
     }
 
@@ -60,13 +68,39 @@ impl Admin {
         true
     }
 
+    /// The exposition, with the pool gauges read from the live snapshot now.
+    fn metrics(&self) -> Vec<u8> {
+        let snap = self.snapshot.load();
+        self.metrics.set_generation(snap.generation);
+        let pools: Vec<PoolState<'_>> = snap
+            .pools
+            .iter()
+            .map(|pool| PoolState {
+                upstream: pool.name(),
+                queued: pool.queued(),
+                backends: pool
+                    .backends()
+                    .iter()
+                    .map(|b| BackendState {
+                        addr: b.label(),
+                        up: b.is_available(),
+                        inflight: b.inflight(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        self.metrics.render(&pools)
+    }
+
     fn upstreams(&self) -> serde_json::Value {
         let snap = self.snapshot.load();
+        let totals = self.metrics.upstream_totals();
         let upstreams: serde_json::Map<String, serde_json::Value> = snap
             .pools
             .iter()
             .map(|pool| {
                 let queued = pool.queued();
+                let (requests, errors) = totals.get(&**pool.name()).copied().unwrap_or_default();
                 let backends: Vec<_> = pool
                     .backends()
                     .iter()
@@ -84,7 +118,12 @@ impl Admin {
                     .collect();
                 (
                     pool.name().to_string(),
-                    json!({ "queued": queued, "backends": backends }),
+                    json!({
+                        "queued": queued,
+                        "requests": requests,
+                        "errors": errors,
+                        "backends": backends,
+                    }),
                 )
             })
             .collect();
@@ -130,7 +169,17 @@ impl Admin {
                 }
             }
             ("GET", "/upstreams") => json_answer(StatusCode::OK, &self.upstreams()),
-            (_, "/healthz" | "/readyz" | "/upstreams") => json_answer(
+            ("GET", "/metrics") => Answer {
+                status: StatusCode::OK,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: self.metrics(),
+            },
+            ("GET", "/") => Answer {
+                status: StatusCode::OK,
+                content_type: "text/html; charset=utf-8",
+                body: STATUS_PAGE.as_bytes().to_vec(),
+            },
+            (_, "/healthz" | "/readyz" | "/upstreams" | "/metrics" | "/") => json_answer(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({ "error": "method_not_allowed" }),
             ),

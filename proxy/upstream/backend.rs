@@ -41,7 +41,7 @@ pub struct Backend {
     /// Position in its pool (for the per-request tried set).
     index: u32,
     /// `ip:port`, ready for logs and metric labels.
-    label: Box<str>,
+    label: Arc<str>,
     inflight: AtomicU32,
     state: AtomicU8,
     /// Failures (connect errors, 5xx) in a row, for passive ejection.
@@ -74,7 +74,7 @@ impl Backend {
             addr,
             weight: weight.max(1),
             index: index as u32,
-            label: addr.to_string().into_boxed_str(),
+            label: addr.to_string().into(),
             inflight: AtomicU32::new(0),
             state: AtomicU8::new(state as u8),
             consecutive_failures: AtomicU32::new(0),
@@ -100,6 +100,11 @@ impl Backend {
     }
 
     pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The label, shared (for access log lines written on another thread).
+    pub fn label_shared(&self) -> &Arc<str> {
         &self.label
     }
 

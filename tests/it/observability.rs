@@ -239,6 +239,32 @@ queue = {{ size = 0, timeout = "1s" }}
         "a request path leaked into a label"
     );
     promtool_check(&text);
+    dashboard_metrics_exist(&text);
+}
+
+/// Every metric the Grafana dashboard queries is one the proxy exposes.
+fn dashboard_metrics_exist(text: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana/modelgate.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("modelgate_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                    "the dashboard queries {name}, which is not exposed"
+                );
+                names += 1;
+            }
+        }
+    }
+    assert!(names >= 10, "the dashboard queries too little: {names}");
 }
 
 #[tokio::test]
@@ -337,4 +363,109 @@ async fn the_access_log_has_one_json_line_per_request() {
     .await;
     assert_eq!(lines()[1]["reject"], "bad_gateway");
     assert_eq!(lines()[1]["status"], 502);
+}
+
+/// The status page as headless Chromium renders it after its scripts ran.
+fn rendered(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("chromium (Debian package chromium) must be installed");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The rendered `<tr>` of backend `addr`, if any.
+fn backend_row(dom: &str, addr: std::net::SocketAddr) -> Option<String> {
+    let at = dom.find(&format!("data-addr=\"{addr}\""))?;
+    let end = dom[at..].find("</tr>")? + at;
+    Some(dom[at..end].to_string())
+}
+
+#[tokio::test]
+async fn the_status_page_shows_backends_and_a_replica_going_down() {
+    let r = spawn_replicas(&["a", "b"], Duration::ZERO).await;
+    let proxy = TestProxy::start(&pool_config(
+        &backend_list(&[&r[0], &r[1]]),
+        "[upstream.pool.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\nhealthy_after = 1\nunhealthy_after = 1\n",
+    ))
+    .await;
+    let state = |addr: std::net::SocketAddr| {
+        let proxy = &proxy;
+        async move {
+            let v: Value = h1()
+                .get(proxy.admin_url("/upstreams"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["upstreams"]["pool"]["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["addr"] == addr.to_string())
+                .map(|b| b["state"].as_str().unwrap().to_string())
+        }
+    };
+    eventually("both backends up", PATIENCE, || async {
+        state(r[0].addr()).await.as_deref() == Some("up")
+            && state(r[1].addr()).await.as_deref() == Some("up")
+    })
+    .await;
+    let page = h1().get(proxy.admin_url("/")).send().await.unwrap();
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    for external in ["src=\"http", "href=\"http", "@import", "url("] {
+        assert!(!html.contains(external), "external asset: {external}");
+    }
+
+    let url = proxy.admin_url("/");
+    let dom = tokio::task::spawn_blocking(move || rendered(&url))
+        .await
+        .unwrap();
+    for b in &r {
+        let row =
+            backend_row(&dom, b.addr()).unwrap_or_else(|| panic!("{} not shown:\n{dom}", b.addr()));
+        assert!(row.contains("data-state=\"up\""), "{row}");
+    }
+    assert!(dom.contains("upstream pool"), "{dom}");
+
+    r[1].set_health_status(500);
+    eventually("b down", PATIENCE, || async {
+        state(r[1].addr()).await.as_deref() == Some("down")
+    })
+    .await;
+    let url = proxy.admin_url("/");
+    let dom = tokio::task::spawn_blocking(move || rendered(&url))
+        .await
+        .unwrap();
+    let row = backend_row(&dom, r[1].addr()).unwrap();
+    assert!(
+        row.contains("data-state=\"down\"") && row.contains(">down<"),
+        "{row}"
+    );
+    let row = backend_row(&dom, r[0].addr()).unwrap();
+    assert!(row.contains("data-state=\"up\""), "{row}");
 }

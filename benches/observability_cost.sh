@@ -26,7 +26,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  git worktree remove --force "$work/base-src" 2>/dev/null || true
+  [ -d "$work/base-src" ] && git worktree remove --force "$work/base-src"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -34,9 +34,15 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "building base ($BASE) and this tree, release..."
-git worktree add --detach -q "$work/base-src" "$BASE"
-(cd "$work/base-src" && cargo build -q --release --bin modelgate)
-cp "$target/release/modelgate" "$work/modelgate-base"
+cached="$target/observability-cost/modelgate-$BASE"
+if [ ! -x "$cached" ]; then
+  git worktree add --detach -q "$work/base-src" "$BASE"
+  (cd "$work/base-src" && cargo build -q --release --bin modelgate)
+  git worktree remove --force "$work/base-src"
+  mkdir -p "$(dirname "$cached")"
+  cp "$target/release/modelgate" "$cached"
+fi
+cp "$cached" "$work/modelgate-base"
 cargo build -q --release --bin modelgate
 cp "$target/release/modelgate" "$work/modelgate-head"
 

@@ -15,9 +15,11 @@ use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{Admin, AdminService};
-use crate::config::Config;
+use crate::config::{AccessLog as AccessLogTarget, Config};
 use crate::gateway::{Gateway, HttpsRedirect};
 use crate::health::HealthService;
+use crate::metrics::access::AccessLog;
+use crate::metrics::Metrics;
 use crate::reload::{ConfigWatch, Reloader, Trigger};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::{self, TlsStats};
@@ -43,6 +45,7 @@ pub struct App {
     drain: Drain,
     tls_stats: Option<Arc<TlsStats>>,
     reloader: Option<Arc<Reloader>>,
+    metrics: Arc<Metrics>,
 }
 
 /// How to start.
@@ -78,6 +81,21 @@ impl App {
         if !opts.upgrade {
             check_bindable(config)?;
         }
+        let metrics = Metrics::new(prometheus::Registry::new())
+            .map_err(|e| StartError(vec![format!("metrics: {e}")]))?;
+        metrics.set_generation(snapshot.generation);
+        let access_log = match &config.log.access {
+            AccessLogTarget::Off => None,
+            AccessLogTarget::Stderr => Some(AccessLog::start(None, Arc::clone(&metrics))),
+            AccessLogTarget::File(path) => Some(AccessLog::start(Some(path), Arc::clone(&metrics))),
+        }
+        .transpose()
+        .map_err(|e| {
+            StartError(vec![format!(
+                "{}: log.access: cannot open the access log: {e}",
+                config.source.display()
+            )])
+        })?;
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
 
         let threads = match config.listen.workers {
@@ -113,8 +131,14 @@ impl App {
         };
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            let mut gateway = Gateway::new(Arc::clone(&shared), "http", Arc::clone(&drain.active))
-                .closing_when(Arc::clone(&drain.draining));
+            let mut gateway = Gateway::new(
+                Arc::clone(&shared),
+                "http",
+                Arc::clone(&drain.active),
+                Arc::clone(&metrics),
+                access_log.clone(),
+            )
+            .closing_when(Arc::clone(&drain.draining));
             if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https)
             {
                 gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
@@ -142,8 +166,14 @@ impl App {
             })?;
             let mut proxy = pingora::proxy::http_proxy_service_with_name(
                 &conf,
-                Gateway::new(Arc::clone(&shared), "https", Arc::clone(&drain.active))
-                    .closing_when(Arc::clone(&drain.draining)),
+                Gateway::new(
+                    Arc::clone(&shared),
+                    "https",
+                    Arc::clone(&drain.active),
+                    Arc::clone(&metrics),
+                    access_log.clone(),
+                )
+                .closing_when(Arc::clone(&drain.draining)),
                 "proxy https",
             );
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);
@@ -161,10 +191,14 @@ impl App {
         server.add_service(health);
 
         // Only a config read from a file can be reloaded (not the demo's).
-        let reloader = config
-            .source
-            .is_file()
-            .then(|| Arc::new(Reloader::new(config, Arc::clone(&shared), cert_watcher)));
+        let reloader = config.source.is_file().then(|| {
+            Arc::new(Reloader::new(
+                config,
+                Arc::clone(&shared),
+                cert_watcher,
+                Arc::clone(&metrics),
+            ))
+        });
         if let Some(reloader) = &reloader {
             let mut watch =
                 background_service("config watch", ConfigWatch::new(Arc::clone(reloader)));
@@ -186,6 +220,7 @@ impl App {
                 Arc::clone(&shared),
                 proxy_addrs,
                 Arc::clone(&drain.draining),
+                Arc::clone(&metrics),
             )
             .with_reload(reloader.clone(), config.source.clone())
             .with_token(token);
@@ -198,7 +233,13 @@ impl App {
             drain,
             tls_stats,
             reloader,
+            metrics,
         })
+    }
+
+    /// Every metric of this server (the reloader records reloads here).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Certificate rotation counters, when HTTPS is served.

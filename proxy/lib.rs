@@ -12,6 +12,7 @@ pub mod demo;
 pub mod gateway;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;

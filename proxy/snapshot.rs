@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::metrics::RouteMetrics;
 use crate::routing::RouteTable;
 use crate::upstream::Pool;
 
@@ -21,6 +22,9 @@ pub struct RouteEntry {
     /// Largest request body accepted, in bytes.
     pub max_body: Option<u64>,
     pub pool: Arc<Pool>,
+    /// Metric handles of this route, resolved by its first request (the same series
+    /// in every generation).
+    pub metrics: OnceLock<RouteMetrics>,
 }
 
 /// A complete, consistent view of routes and upstreams for one config generation.
@@ -73,6 +77,7 @@ impl Snapshot {
                 strip_prefix: r.strip_prefix,
                 max_body: r.max_body,
                 pool: Arc::clone(pool),
+                metrics: OnceLock::new(),
             };
             routes.insert(r.host.as_ref(), &r.path, Arc::new(entry));
         }

@@ -3,6 +3,7 @@
 //!
 //! With `listen.admin_token_file` set, every request but `/healthz` and `/readyz`
 //! (orchestrator probes) must carry `Authorization: Bearer <token>` (401 otherwise).
+//! Prometheus metrics and a status page.
 //!
 //! It runs on its own thread, outside pingora's listener shutdown, so it keeps
 //! answering (`/readyz` = 503) while the proxy listeners drain, and a flood of proxy
@@ -21,8 +22,12 @@ pub use server::AdminService;
 use http::StatusCode;
 use serde_json::json;
 
+use crate::metrics::{BackendState, Metrics, PoolState};
 use crate::reload::{rfc3339, ReloadOutcome, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
+
+/// The status page: self-contained, it polls `/upstreams` and renders it.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Shared state of the admin endpoints.
 pub struct Admin {
@@ -35,6 +40,7 @@ pub struct Admin {
     reloader: Option<Arc<Reloader>>,
     file: std::path::PathBuf,
     token: Option<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
@@ -42,12 +48,14 @@ impl Admin {
         snapshot: SharedSnapshot,
         listeners: Vec<SocketAddr>,
         draining: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Admin {
             snapshot,
             listeners,
             ready: AtomicBool::new(false),
             draining,
+            metrics,
             reloader: None,
             file: std::path::PathBuf::new(),
             token: None,
@@ -158,6 +166,30 @@ impl Admin {
         true
     }
 
+    /// The exposition, with the pool gauges read from the live snapshot now.
+    fn metrics(&self) -> Vec<u8> {
+        let snap = self.snapshot.load();
+        self.metrics.set_generation(snap.generation);
+        let pools: Vec<PoolState<'_>> = snap
+            .pools
+            .iter()
+            .map(|pool| PoolState {
+                upstream: pool.name(),
+                queued: pool.queued(),
+                backends: pool
+                    .backends()
+                    .iter()
+                    .map(|b| BackendState {
+                        addr: b.label(),
+                        up: b.is_available(),
+                        inflight: b.inflight(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        self.metrics.render(&pools)
+    }
+
     fn upstreams(&self) -> serde_json::Value {
         let snap = self.snapshot.load();
         let backend = |b: &crate::upstream::Backend, state: &str, queued: usize| {
@@ -173,11 +205,13 @@ impl Admin {
                 "last_check": b.last_check().map(rfc3339),
             })
         };
+        let totals = self.metrics.upstream_totals();
         let mut upstreams: serde_json::Map<String, serde_json::Value> = snap
             .pools
             .iter()
             .map(|pool| {
                 let queued = pool.queued();
+                let (requests, errors) = totals.get(&**pool.name()).copied().unwrap_or_default();
                 let backends: Vec<_> = pool
                     .backends()
                     .iter()
@@ -185,7 +219,12 @@ impl Admin {
                     .collect();
                 (
                     pool.name().to_string(),
-                    json!({ "queued": queued, "backends": backends }),
+                    json!({
+                        "queued": queued,
+                        "requests": requests,
+                        "errors": errors,
+                        "backends": backends,
+                    }),
                 )
             })
             .collect();
@@ -255,7 +294,21 @@ impl Admin {
             ("GET", "/upstreams") => json_answer(StatusCode::OK, &self.upstreams()),
             ("GET", "/config") => json_answer(StatusCode::OK, &self.config_status()),
             ("POST", "/reload") => self.reload().await,
-            (_, "/healthz" | "/readyz" | "/upstreams" | "/config" | "/reload") => json_answer(
+
+            ("GET", "/metrics") => Answer {
+                status: StatusCode::OK,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: self.metrics(),
+            },
+            ("GET", "/") => Answer {
+                status: StatusCode::OK,
+                content_type: "text/html; charset=utf-8",
+                body: STATUS_PAGE.as_bytes().to_vec(),
+            },
+            (
+                _,
+                "/healthz" | "/readyz" | "/upstreams" | "/config" | "/reload" | "/metrics" | "/",
+            ) => json_answer(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({ "error": "method_not_allowed" }),
             ),

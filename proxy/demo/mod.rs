@@ -81,6 +81,9 @@ Try these (each answer names the replica that served it):
   curl -s http://{http}/nothing-here          # 404 no_route
   curl -s http://{admin}/upstreams             # backends, in-flight counts
   curl -s http://{admin}/readyz
+  curl -s http://{admin}/metrics               # Prometheus metrics
+
+Status page: open http://{admin}/ in a browser. Access log: one JSON line per request on stderr.
 
 (HTTPS uses a certificate for localhost signed by a CA made for this run: {ca})
 

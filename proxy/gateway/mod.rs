@@ -11,7 +11,7 @@ mod reject;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::HeaderValue;
@@ -24,6 +24,8 @@ use pingora::{ErrorSource, ErrorType};
 pub use redirect::HttpsRedirect;
 pub use reject::Reject;
 
+use crate::metrics::access::{AccessLog, Entry};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
 use crate::upstream::{Admission, Lease, Tried};
@@ -41,16 +43,27 @@ pub struct Gateway {
     active: Arc<AtomicUsize>,
     /// Set once the process drains (SIGTERM, or SIGQUIT for a graceful upgrade).
     draining: Option<Arc<AtomicBool>>,
+    metrics: Arc<Metrics>,
+    /// `None` when `[log] access = "off"`.
+    access_log: Option<AccessLog>,
 }
 
 impl Gateway {
-    pub fn new(snapshot: SharedSnapshot, scheme: &'static str, active: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        snapshot: SharedSnapshot,
+        scheme: &'static str,
+        active: Arc<AtomicUsize>,
+        metrics: Arc<Metrics>,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         Gateway {
             snapshot,
             scheme,
             redirect: None,
             active,
             draining: None,
+            metrics,
+            access_log,
         }
     }
 
@@ -101,6 +114,10 @@ pub struct RequestCtx {
     /// The current attempt failed on a retryable status (502/503/429); retry it
     /// whatever the method, the backend refused before doing the work.
     status_retry: bool,
+    /// When the request arrived.
+    start: Instant,
+    /// Arrival to the (last attempt's) response headers.
+    first_byte: Option<Duration>,
 }
 
 impl RequestCtx {
@@ -131,6 +148,8 @@ impl ProxyHttp for Gateway {
             queue_wait: Duration::ZERO,
             attempt_started: None,
             status_retry: false,
+            start: Instant::now(),
+            first_byte: None,
         }
     }
 
@@ -270,6 +289,7 @@ impl ProxyHttp for Gateway {
         let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) else {
             return Ok(());
         };
+        ctx.first_byte = Some(ctx.start.elapsed());
         let status = upstream_response.status.as_u16();
         if let Some(started) = ctx.attempt_started {
             lease.backend().record_latency(started.elapsed());
@@ -376,6 +396,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let reject = ctx.reject.or_else(|| classify(e));
+        ctx.reject = reject;
         let code = match reject {
             Some(r) if session.response_written().is_none() => {
                 if let Err(err) = r.send(session, ctx.request_id.as_ref()).await {
@@ -402,6 +423,75 @@ impl ProxyHttp for Gateway {
     ) -> bool {
         true
     }
+
+    /// Runs once for every request, however it ended: records its metrics and
+    /// queues its access log line. Doing nothing would leave both blind.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let total = ctx.start.elapsed();
+        let aborted = e.is_some_and(client_went_away);
+        // 499 (as nginx): the client left before any answer reached it.
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        let retries = ctx.tried.len().saturating_sub(1) as u32;
+        let m: &RouteMetrics = match &ctx.route {
+            Some(route) => route
+                .metrics
+                .get_or_init(|| self.metrics.route(&route.name, route.pool.name())),
+            None => self.metrics.unrouted(),
+        };
+        m.request(status, ctx.route.is_some().then_some(total.as_secs_f64()));
+        let up = m.upstream();
+        if let Some(r) = ctx.reject {
+            up.rejected(r.reason());
+        }
+        if !ctx.tried.is_empty() {
+            up.queue_wait(ctx.queue_wait.as_secs_f64());
+            up.retries(u64::from(retries));
+        }
+        if let Some(t) = ctx.first_byte {
+            up.first_byte(t.as_secs_f64());
+        }
+        if aborted {
+            up.client_abort();
+        }
+
+        let Some(log) = &self.access_log else {
+            return;
+        };
+        let req = session.req_header();
+        log.record(Entry {
+            time: SystemTime::now(),
+            request_id: ctx.request_id.clone(),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            method: req.method.clone(),
+            host: req.headers.get(http::header::HOST).cloned(),
+            uri: req.uri.clone(),
+            route: ctx.route.as_ref().map(|r| Arc::clone(&r.name)),
+            upstream: ctx.route.as_ref().map(|r| Arc::clone(r.pool.name())),
+            backend: ctx
+                .lease
+                .as_ref()
+                .map(|l| Arc::clone(l.backend().label_shared())),
+            status,
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            queue_wait: ctx.queue_wait,
+            ttfb: ctx.first_byte,
+            total,
+            retries,
+            reject: ctx.reject.map(Reject::reason),
+        });
+    }
+}
+
+/// The client hung up (while queued, or before the answer was complete).
+fn client_went_away(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
 }
 
 impl Gateway {

@@ -10,7 +10,7 @@
 //! errors are logged and kept for `GET /config`.
 //!
 //! [`Reloader::reload`] is the single entry point of every trigger and returns a
-//! [`ReloadOutcome`]: the place to count `modelgate_config_reloads_total{result}`.
+//! [`ReloadOutcome`], also counted in `modelgate_config_reloads_total{result}`.
 
 mod watch;
 
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use watch::ConfigWatch;
 
 use crate::config::{self, Config, Listen, Log, Tls};
+use crate::metrics::Metrics;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::CertWatcher;
 use crate::upstream::Backend;
@@ -157,6 +158,8 @@ pub struct Reloader {
     shared: SharedSnapshot,
     fixed: Fixed,
     certs: Option<Arc<CertWatcher>>,
+    /// Counts reloads and shows the generation serving.
+    metrics: Arc<Metrics>,
     state: Mutex<State>,
 }
 
@@ -174,13 +177,19 @@ struct State {
 impl Reloader {
     /// A reloader for the file `config` was loaded from, now served by `shared`.
     /// `certs` is the HTTPS listener's certificate watcher, if any.
-    pub fn new(config: &Config, shared: SharedSnapshot, certs: Option<Arc<CertWatcher>>) -> Self {
+    pub fn new(
+        config: &Config,
+        shared: SharedSnapshot,
+        certs: Option<Arc<CertWatcher>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let live = shared.load();
         let seen = std::fs::read(&config.source).ok().map(|b| content_hash(&b));
         Reloader {
             path: config.source.clone(),
             fixed: Fixed::of(config),
             certs,
+            metrics,
             state: Mutex::new(State {
                 status: Status {
                     file: config.source.clone(),
@@ -255,7 +264,10 @@ impl Reloader {
             }
         };
         drop(state);
-        // Metrics hook: count `outcome.result()` here.
+        match &outcome {
+            ReloadOutcome::Applied { generation, .. } => self.metrics.reload(true, *generation),
+            ReloadOutcome::Rejected { .. } => self.metrics.reload(false, 0),
+        }
         outcome
     }
 

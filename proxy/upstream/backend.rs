@@ -83,7 +83,7 @@ pub struct Backend {
     /// Position in its pool (for the per-request tried set).
     index: u32,
     /// `ip:port`, ready for logs and metric labels.
-    label: Box<str>,
+    label: Arc<str>,
     /// State shared with the same replica in other generations.
     vitals: Arc<Vitals>,
     /// The pool it belongs to, for handing a freed slot to a queued request.
@@ -108,7 +108,7 @@ impl Backend {
             addr,
             weight: weight.max(1),
             index: index as u32,
-            label: addr.to_string().into_boxed_str(),
+            label: addr.to_string().into(),
             vitals,
             pool,
             queued,
@@ -129,6 +129,11 @@ impl Backend {
     }
 
     pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The label, shared (for access log lines written on another thread).
+    pub fn label_shared(&self) -> &Arc<str> {
         &self.label
     }
 

@@ -9,6 +9,7 @@ mod config_files;
 mod demo;
 mod failures;
 mod grpc;
+mod observability;
 mod reload;
 mod replica;
 mod routing;

@@ -1,0 +1,211 @@
+//! The access log: one JSON line per request, written by a thread of its own.
+//!
+//! The request path only moves an [`Entry`] (owned, cheap-to-clone fields) into a
+//! bounded channel; formatting and I/O happen on the writer thread. When the writer
+//! falls behind, lines are dropped and counted (`modelgate_access_log_dropped_total`)
+//! rather than slowing requests down.
+
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Method, Uri};
+
+use super::Metrics;
+
+/// Lines that may wait for the writer before new ones are dropped.
+const BACKLOG: usize = 16 * 1024;
+
+/// One request, as the access log records it.
+pub struct Entry {
+    pub time: SystemTime,
+    pub request_id: Option<HeaderValue>,
+    pub client: Option<SocketAddr>,
+    pub method: Method,
+    pub host: Option<HeaderValue>,
+    pub uri: Uri,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub queue_wait: Duration,
+    pub ttfb: Option<Duration>,
+    pub total: Duration,
+    pub retries: u32,
+    pub reject: Option<&'static str>,
+}
+
+/// The sending side, shared by every worker thread.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<Entry>,
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread on stderr or on `file` (appended, created if missing).
+    pub fn start(file: Option<&Path>, metrics: Arc<Metrics>) -> std::io::Result<AccessLog> {
+        let out: Box<dyn Write + Send> = match file {
+            None => Box::new(std::io::stderr()),
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(BACKLOG);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out))?;
+        Ok(AccessLog { tx, metrics })
+    }
+
+    /// Queues one line; never blocks.
+    pub fn record(&self, entry: Entry) {
+        match self.tx.try_send(entry) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.access_log_dropped()
+            }
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<Entry>, out: Box<dyn Write + Send>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    let mut line = Vec::with_capacity(512);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(entry) = next {
+            line.clear();
+            format(&entry, &mut line);
+            if out.write_all(&line).is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        // Flush whenever the backlog is empty: lines appear promptly when idle and
+        // in large writes under load.
+        if out.flush().is_err() {
+            return;
+        }
+    }
+}
+
+fn str_of(v: &Option<HeaderValue>) -> Option<&str> {
+    v.as_ref().and_then(|v| v.to_str().ok())
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e6
+}
+
+/// Writes `entry` as one JSON object and a newline.
+pub fn format(entry: &Entry, out: &mut Vec<u8>) {
+    let path = entry
+        .uri
+        .path_and_query()
+        .map_or_else(|| entry.uri.path(), |p| p.as_str());
+    let host = str_of(&entry.host).or_else(|| entry.uri.host());
+    let line = serde_json::json!({
+        "time": rfc3339(entry.time),
+        "request_id": str_of(&entry.request_id),
+        "client": entry.client.map(|c| c.to_string()),
+        "method": entry.method.as_str(),
+        "host": host,
+        "path": path,
+        "route": entry.route.as_deref(),
+        "upstream": entry.upstream.as_deref(),
+        "backend": entry.backend.as_deref(),
+        "status": entry.status,
+        "bytes_in": entry.bytes_in,
+        "bytes_out": entry.bytes_out,
+        "queue_wait": secs(entry.queue_wait),
+        "ttfb": entry.ttfb.map(secs),
+        "total": secs(entry.total),
+        "retries": entry.retries,
+        "reject": entry.reject,
+    });
+    if serde_json::to_writer(&mut *out, &line).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// `2026-11-22T03:52:42.123Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_rfc3339_utc() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_232_762_123);
+        assert_eq!(rfc3339(t), "2026-11-21T03:46:02.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_line_is_one_json_object_with_every_field() {
+        let entry = Entry {
+            time: UNIX_EPOCH,
+            request_id: Some(HeaderValue::from_static("abc")),
+            client: Some(SocketAddr::from(([10, 0, 0, 1], 5555))),
+            method: Method::POST,
+            host: Some(HeaderValue::from_static("api.example.com")),
+            uri: Uri::from_static("/v1/chat?x=%221"),
+            route: Some("chat".into()),
+            upstream: Some("llm".into()),
+            backend: Some("127.0.0.1:9001".into()),
+            status: 200,
+            bytes_in: 12,
+            bytes_out: 345,
+            queue_wait: Duration::from_millis(5),
+            ttfb: Some(Duration::from_millis(250)),
+            total: Duration::from_secs(2),
+            retries: 1,
+            reject: None,
+        };
+        let mut out = Vec::new();
+        format(&entry, &mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["path"], "/v1/chat?x=%221");
+        assert_eq!(v["client"], "10.0.0.1:5555");
+        assert_eq!(v["host"], "api.example.com");
+        assert_eq!(v["backend"], "127.0.0.1:9001");
+        assert_eq!(v["ttfb"], 0.25);
+        assert_eq!(v["retries"], 1);
+        assert_eq!(v["reject"], serde_json::Value::Null);
+    }
+}

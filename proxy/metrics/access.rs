@@ -106,34 +106,71 @@ fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e6
 }
 
-/// Writes `entry` as one JSON object and a newline.
+/// Writes `entry` as one JSON object and a newline, straight into `out`: strings go
+/// through serde_json's escaper, numbers through `write!`, no intermediate tree.
 pub fn format(entry: &Entry, out: &mut Vec<u8>) {
+    use std::io::Write as _;
     let path = entry
         .uri
         .path_and_query()
         .map_or_else(|| entry.uri.path(), |p| p.as_str());
     let host = str_of(&entry.host).or_else(|| entry.uri.host());
-    let line = serde_json::json!({
-        "time": rfc3339(entry.time),
-        "request_id": str_of(&entry.request_id),
-        "client": entry.client.map(|c| c.to_string()),
-        "method": entry.method.as_str(),
-        "host": host,
-        "path": path,
-        "route": entry.route.as_deref(),
-        "upstream": entry.upstream.as_deref(),
-        "backend": entry.backend.as_deref(),
-        "status": entry.status,
-        "bytes_in": entry.bytes_in,
-        "bytes_out": entry.bytes_out,
-        "queue_wait": secs(entry.queue_wait),
-        "ttfb": entry.ttfb.map(secs),
-        "total": secs(entry.total),
-        "retries": entry.retries,
-        "reject": entry.reject,
-    });
-    if serde_json::to_writer(&mut *out, &line).is_ok() {
-        out.push(b'\n');
+    // Writing into a Vec cannot fail.
+    let _ = (|| -> std::io::Result<()> {
+        out.extend_from_slice(b"{\"time\":");
+        json_str(out, Some(&rfc3339(entry.time)));
+        out.extend_from_slice(b",\"request_id\":");
+        json_str(out, str_of(&entry.request_id));
+        out.extend_from_slice(b",\"client\":");
+        match entry.client {
+            Some(c) => write!(out, "\"{c}\"")?,
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, Some(entry.method.as_str()));
+        out.extend_from_slice(b",\"host\":");
+        json_str(out, host);
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, Some(path));
+        out.extend_from_slice(b",\"route\":");
+        json_str(out, entry.route.as_deref());
+        out.extend_from_slice(b",\"upstream\":");
+        json_str(out, entry.upstream.as_deref());
+        out.extend_from_slice(b",\"backend\":");
+        json_str(out, entry.backend.as_deref());
+        write!(
+            out,
+            ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"queue_wait\":{},\"ttfb\":",
+            entry.status,
+            entry.bytes_in,
+            entry.bytes_out,
+            secs(entry.queue_wait)
+        )?;
+        match entry.ttfb {
+            Some(t) => write!(out, "{}", secs(t))?,
+            None => out.extend_from_slice(b"null"),
+        }
+        write!(
+            out,
+            ",\"total\":{},\"retries\":{},\"reject\":",
+            secs(entry.total),
+            entry.retries
+        )?;
+        json_str(out, entry.reject);
+        out.extend_from_slice(b"}\n");
+        Ok(())
+    })();
+}
+
+/// A JSON string (escaped) or `null`.
+fn json_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            if serde_json::to_writer(&mut *out, s).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        }
+        None => out.extend_from_slice(b"null"),
     }
 }
 
@@ -178,7 +215,8 @@ mod tests {
     fn a_line_is_one_json_object_with_every_field() {
         let entry = Entry {
             time: UNIX_EPOCH,
-            request_id: Some(HeaderValue::from_static("abc")),
+            // Client-controlled text must stay one valid JSON string.
+            request_id: Some(HeaderValue::from_static("a\"b\\c")),
             client: Some(SocketAddr::from(([10, 0, 0, 1], 5555))),
             method: Method::POST,
             host: Some(HeaderValue::from_static("api.example.com")),
@@ -201,6 +239,7 @@ mod tests {
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["path"], "/v1/chat?x=%221");
+        assert_eq!(v["request_id"], "a\"b\\c");
         assert_eq!(v["client"], "10.0.0.1:5555");
         assert_eq!(v["host"], "api.example.com");
         assert_eq!(v["backend"], "127.0.0.1:9001");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Throughput cost of metrics and of the access log, measured with wrk in one run.
 #
-#   base       the build before metrics existed (BASE, default: merge-base with main)
+#   base       the build before metrics existed (BASE, default: the parent of the commit adding proxy/metrics/)
 #   metrics    this build, [log] access = "off"          (metrics only)
 #   access     this build, [log] access = a file         (metrics + access log)
 #
@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-10}
 CONNS=${CONNS:-32}
-BASE=${BASE:-$(git merge-base HEAD main)}
+# Default base: the commit just before proxy/metrics/ was added.
+BASE=${BASE:-$(git rev-parse "$(git log --diff-filter=A --format=%H -- proxy/metrics/mod.rs | tail -1)^")}
 export PATH="$PATH:/usr/sbin"
 need=()
 command -v nginx >/dev/null || need+=(nginx)

@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;
+pub mod timefmt;
 pub mod tls;
 pub mod upstream;

@@ -23,8 +23,9 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::metrics::{BackendState, Metrics, PoolState};
-use crate::reload::{rfc3339, ReloadOutcome, Reloader, Trigger};
+use crate::reload::{ReloadOutcome, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
+use crate::timefmt::rfc3339;
 
 /// The status page: self-contained, it polls `/upstreams` and renders it.
 const STATUS_PAGE: &str = include_str!("status.html");

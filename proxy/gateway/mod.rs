@@ -399,6 +399,9 @@ impl ProxyHttp for Gateway {
         ctx.reject = reject;
         let code = match reject {
             Some(r) if session.response_written().is_none() => {
+                // The connection is closed after an error answer (its request body
+                // may be half read): say so, so clients do not reuse it and fail.
+                session.set_keepalive(None);
                 if let Err(err) = r.send(session, ctx.request_id.as_ref()).await {
                     log::debug!("could not send {} to client: {err}", r.status());
                 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
 
@@ -118,7 +118,7 @@ pub fn format(entry: &Entry, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail.
     let _ = (|| -> std::io::Result<()> {
         out.extend_from_slice(b"{\"time\":");
-        json_str(out, Some(&rfc3339(entry.time)));
+        json_str(out, Some(&crate::timefmt::rfc3339_millis(entry.time)));
         out.extend_from_slice(b",\"request_id\":");
         json_str(out, str_of(&entry.request_id));
         out.extend_from_slice(b",\"client\":");
@@ -174,42 +174,10 @@ fn json_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// `2026-11-22T03:52:42.123Z`.
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_rfc3339_utc() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_232_762_123);
-        assert_eq!(rfc3339(t), "2026-11-21T03:46:02.123Z");
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
-    }
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn a_line_is_one_json_object_with_every_field() {

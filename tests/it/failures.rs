@@ -48,6 +48,14 @@ async fn all_backends_dead_is_502_bad_gateway() {
         let (s, v) = status_and_body(client.get(proxy.url("/x")).send().await.unwrap()).await;
         assert_eq!((s, v), (502, json!({"error": "bad_gateway"})));
     }
+    // The proxy closes the connection after an error answer and says so, so a
+    // pooling client never sends its next request into a closed socket.
+    let client = h1();
+    for _ in 0..5 {
+        let resp = client.get(proxy.url("/x")).send().await.unwrap();
+        assert_eq!(resp.headers()["connection"], "close");
+        assert_eq!(resp.status(), 502);
+    }
 }
 
 #[tokio::test]

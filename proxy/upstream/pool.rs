@@ -697,10 +697,9 @@ mod tests {
         let (fast, slow) = (&pool.backends()[0], &pool.backends()[1]);
         fast.record_latency(Duration::from_millis(50));
         slow.record_latency(Duration::from_millis(400));
-        let Pick::Leased(busy) = pool.pick(&Tried::default(), 0) else {
-            panic!("the idle fast backend takes the first request");
-        };
-        assert_eq!(busy.backend().index(), 0);
+        let _busy = fast
+            .try_acquire(1)
+            .unwrap_or_else(|| panic!("the fast backend is free"));
         // The fast one is full: ~50 ms of waiting + 50 ms of work is well under 400 ms.
         assert!(matches!(pool.pick(&Tried::default(), 0), Pick::AllBusy));
         // Without a queue there is nothing to wait in: the slow one takes it.
@@ -709,7 +708,9 @@ mod tests {
         let pool = Pool::build(&no_queue).unwrap_or_else(|e| panic!("{e}"));
         pool.backends()[0].record_latency(Duration::from_millis(50));
         pool.backends()[1].record_latency(Duration::from_millis(400));
-        let _busy = pool.pick(&Tried::default(), 0);
+        let _busy = pool.backends()[0]
+            .try_acquire(1)
+            .unwrap_or_else(|| panic!("the fast backend is free"));
         assert!(
             matches!(pool.pick(&Tried::default(), 0), Pick::Leased(l) if l.backend().index() == 1)
         );

@@ -71,7 +71,12 @@ impl App {
         let snapshot = Snapshot::build(config);
         let certs = tls::load(config);
         let (snapshot, certs) = match (snapshot, certs) {
-            (Ok(s), Ok((c, _warnings))) => (s, c),
+            (Ok(s), Ok((c, warnings))) => {
+                for w in &warnings {
+                    log::warn!("{w}");
+                }
+                (s, c)
+            }
             (s, c) => {
                 let mut errors = s.err().unwrap_or_default();
                 errors.extend(c.err().unwrap_or_default());

@@ -91,8 +91,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads and fully validates a file: syntax, keys, values, then everything the
-/// server would build from it (pools, certificates). Returns the config and its warnings.
+/// Loads and fully validates a file for `check`: syntax, keys, values, then everything
+/// the server would build from it (pools, certificates). Returns the config and its warnings.
 fn load(path: &std::path::Path) -> Result<(config::Loaded, Vec<String>), Vec<String>> {
     let loaded =
         config::load(path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
@@ -128,35 +128,21 @@ fn check(path: &std::path::Path) -> ExitCode {
             print!("{}", config::summary(&loaded.config));
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!(
-                "{}: {} error(s); nothing was changed",
-                path.display(),
-                errors.len()
-            );
-            ExitCode::FAILURE
-        }
+        Err(errors) => report_errors(path, &errors, "nothing was changed"),
     }
 }
 
+/// Serves `path`. The config file is validated here; pools, routes and certificates
+/// are validated once, by `App::build_with`, which reports them the same way.
 fn run(path: &std::path::Path, opts: &modelgate::app::StartOptions) -> ExitCode {
-    let (loaded, warnings) = match load(path) {
+    let loaded = match config::load(path) {
         Ok(l) => l,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!(
-                "{}: {} error(s); not starting",
-                path.display(),
-                errors.len()
-            );
-            return ExitCode::FAILURE;
+        Err(e) => {
+            let errors: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+            return report_errors(path, &errors, "not starting");
         }
     };
+    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
     report_warnings(&warnings);
     match App::build_with(&loaded.config, opts) {
         Ok(app) => {
@@ -168,9 +154,15 @@ fn run(path: &std::path::Path, opts: &modelgate::app::StartOptions) -> ExitCode 
             app.run();
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprint!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => report_errors(path, &e.0, "not starting"),
     }
+}
+
+/// Prints every error, then a count and what happened, and fails.
+fn report_errors(path: &std::path::Path, errors: &[String], outcome: &str) -> ExitCode {
+    for e in errors {
+        eprintln!("{e}");
+    }
+    eprintln!("{}: {} error(s); {outcome}", path.display(), errors.len());
+    ExitCode::FAILURE
 }

@@ -1,45 +1,22 @@
 //! Backend selection cost per policy for pools of 3, 100 and 1,000 backends,
 //! including taking and releasing the in-flight slot.
 
-use std::time::Duration;
-
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use modelgate::config::{
-    BackendAddr, BackendSource, Balance, Protocol, Queue, RequestKey, Upstream, UpstreamTls,
-};
+use modelgate::config::{BackendAddr, BackendSource, Balance, Upstream};
 use modelgate::upstream::{Pick, Pool, Tried};
 
 fn upstream(n: usize, balance: Balance) -> Upstream {
+    let backends = (0..n)
+        .map(|i| BackendAddr {
+            addr: format!("10.0.{}.{}:8000", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+            weight: 1 + (i % 3) as u32,
+        })
+        .collect();
     Upstream {
-        name: "bench".into(),
-        backends: BackendSource::Static(
-            (0..n)
-                .map(|i| BackendAddr {
-                    addr: format!("10.0.{}.{}:8000", i / 250, i % 250 + 1)
-                        .parse()
-                        .unwrap_or_else(|e| panic!("{e}")),
-                    weight: 1 + (i % 3) as u32,
-                })
-                .collect(),
-        ),
-        protocol: Protocol::Http1,
         balance,
-        hash_key: RequestKey::ClientAddr,
-        max_inflight: 0,
-        queue: Queue {
-            size: 0,
-            timeout: Duration::from_secs(1),
-        },
-        retries: 1,
-        retry_non_idempotent: false,
-        retry_budget: Default::default(),
-        connect_timeout: Duration::from_secs(1),
-        first_byte_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(1),
-        eject: None,
-        slow_start: Duration::ZERO,
-        health: None,
-        tls: UpstreamTls::default(),
+        ..Upstream::with_defaults("bench", BackendSource::Static(backends))
     }
 }
 

@@ -31,6 +31,32 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_HEALTHY_AFTER: u32 = 2;
 pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
 
+impl Upstream {
+    /// An upstream of `backends` with every other setting at its default, as a file
+    /// that names only `backends` gets it.
+    pub fn with_defaults(name: &str, backends: BackendSource) -> Upstream {
+        Upstream {
+            name: name.to_string(),
+            backends,
+            protocol: Protocol::Http1,
+            balance: Balance::LeastOutstanding,
+            hash_key: RequestKey::ClientAddr,
+            max_inflight: 0,
+            queue: DEFAULT_QUEUE,
+            retries: DEFAULT_RETRIES,
+            retry_non_idempotent: false,
+            retry_budget: RetryBudget::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            eject: None,
+            slow_start: Duration::ZERO,
+            health: None,
+            tls: UpstreamTls::default(),
+        }
+    }
+}
+
 const BACKENDS_EXAMPLE: &str = "backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]";
 const BACKEND_NAME_HINT: &str =
     "use an IP address, or `discover = { dns = \"HOST:PORT\" }` for names";

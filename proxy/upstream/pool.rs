@@ -563,38 +563,24 @@ fn peer_for(addr: std::net::SocketAddr, up: &Upstream, tls: Option<&UpstreamTlsF
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendAddr, RetryBudget, UpstreamTls};
+    use crate::config::BackendAddr;
 
     fn upstream(slow_start: Duration) -> Upstream {
+        let backends = ["127.0.0.1:1", "127.0.0.1:2"]
+            .iter()
+            .map(|a| BackendAddr {
+                addr: a.parse().unwrap_or_else(|e| panic!("{e}")),
+                weight: 1,
+            })
+            .collect();
         Upstream {
-            name: "t".into(),
-            backends: BackendSource::Static(
-                ["127.0.0.1:1", "127.0.0.1:2"]
-                    .iter()
-                    .map(|a| BackendAddr {
-                        addr: a.parse().unwrap_or_else(|e| panic!("{e}")),
-                        weight: 1,
-                    })
-                    .collect(),
-            ),
-            protocol: Protocol::Http1,
             balance: Balance::RoundRobin,
-            hash_key: RequestKey::ClientAddr,
-            max_inflight: 0,
             queue: Queue {
                 size: 0,
                 timeout: Duration::from_secs(1),
             },
-            retries: 1,
-            retry_non_idempotent: false,
-            retry_budget: RetryBudget::default(),
-            connect_timeout: Duration::from_secs(1),
-            first_byte_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            eject: None,
             slow_start,
-            health: None,
-            tls: UpstreamTls::default(),
+            ..Upstream::with_defaults("t", BackendSource::Static(backends))
         }
     }
 

@@ -110,7 +110,7 @@ pub struct RequestCtx {
     /// Time spent in the pool's wait queue.
     queue_wait: Duration,
     /// When the current attempt got its backend.
-    attempt_started: Option<std::time::Instant>,
+    attempt_started: Option<Instant>,
     /// The current attempt failed on a retryable status (502/503/429); retry it
     /// whatever the method, the backend refused before doing the work.
     status_retry: bool,
@@ -220,7 +220,7 @@ impl ProxyHttp for Gateway {
             Admission::Leased(lease, waited) => {
                 ctx.tried.push(lease.backend().index());
                 ctx.queue_wait += waited;
-                ctx.attempt_started = Some(std::time::Instant::now());
+                ctx.attempt_started = Some(Instant::now());
                 let mut peer = Box::new(lease.backend().peer().clone());
                 // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
                 if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
@@ -289,10 +289,14 @@ impl ProxyHttp for Gateway {
         let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) else {
             return Ok(());
         };
-        ctx.first_byte = Some(ctx.start.elapsed());
+        // One clock read serves both the request's TTFB and the backend's latency.
+        let now = Instant::now();
+        ctx.first_byte = Some(now.saturating_duration_since(ctx.start));
         let status = upstream_response.status.as_u16();
         if let Some(started) = ctx.attempt_started {
-            lease.backend().record_latency(started.elapsed());
+            lease
+                .backend()
+                .record_latency(now.saturating_duration_since(started));
         }
         if status < 500 {
             lease.backend().record_success();

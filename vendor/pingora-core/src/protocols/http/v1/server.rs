@@ -102,6 +102,10 @@ pub struct HttpSession {
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
+    /// The whole request head must arrive within this (modelgate: slowloris).
+    header_read_timeout: Option<Duration>,
+    /// Count `header_read_timeout` from the start of `read_request`, not its first byte.
+    header_timer_from_start: bool,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -187,6 +191,8 @@ impl HttpSession {
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
+            header_read_timeout: None,
+            header_timer_from_start: false,
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -304,6 +310,14 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        let header_timeout = self.header_read_timeout;
+        let head_started =
+            |from: tokio::time::Instant| header_timeout.map(|t| (from + t, t));
+        let mut head_deadline = if self.header_timer_from_start || already_read != 0 {
+            head_started(tokio::time::Instant::now())
+        } else {
+            None
+        };
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -323,10 +337,29 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
             } else {
-                return Ok(None);
+                let read = self.read_request_buf(&mut buf, already_read);
+                let read = match head_deadline {
+                    Some((deadline, t)) => match tokio::time::timeout_at(deadline, read).await {
+                        Ok(read) => read?,
+                        Err(_) => {
+                            return Error::e_explain(
+                                ReadTimedout,
+                                format!("request header not complete within {t:?}"),
+                            )
+                        }
+                    },
+                    None => read.await?,
+                };
+                match read {
+                    Some(n) => {
+                        already_read += n;
+                        if head_deadline.is_none() {
+                            head_deadline = head_started(tokio::time::Instant::now());
+                        }
+                    }
+                    None => return Ok(None),
+                }
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -1326,6 +1359,14 @@ impl HttpSession {
         } else {
             self.set_keepalive(keepalive);
         }
+    }
+
+    /// The whole request head must arrive within `timeout`: counted from the start of
+    /// [`Self::read_request`] when `from_start` (a new connection), else from the
+    /// request's first byte (a reused one, whose idle wait is the keep-alive timeout).
+    pub fn set_header_read_timeout(&mut self, timeout: Option<Duration>, from_start: bool) {
+        self.header_read_timeout = timeout;
+        self.header_timer_from_start = from_start;
     }
 
     /// Sets the downstream read timeout. This will trigger if we're unable

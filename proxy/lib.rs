@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod gateway;
 pub mod health;
 pub mod logging;

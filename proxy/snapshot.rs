@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::edge::RouteEdge;
 use crate::metrics::RouteMetrics;
 use crate::routing::RouteTable;
 use crate::upstream::Pool;
@@ -22,6 +23,8 @@ pub struct RouteEntry {
     /// Largest request body accepted, in bytes.
     pub max_body: Option<u64>,
     pub pool: Arc<Pool>,
+    /// Authentication and rate limit of the route.
+    pub edge: RouteEdge,
     /// Metric handles of this route, resolved by its first request (the same series
     /// in every generation).
     pub metrics: OnceLock<RouteMetrics>,
@@ -35,6 +38,8 @@ pub struct Snapshot {
     pub routes: RouteTable<Arc<RouteEntry>>,
     /// Pools by upstream name, in config order.
     pub pools: Vec<Arc<Pool>>,
+    /// Route names and edges of the routes with auth or a rate limit.
+    edges: Vec<(Arc<str>, RouteEdge)>,
 }
 
 /// The live snapshot, shared by the proxy, the admin listener and the reloader.
@@ -53,7 +58,7 @@ impl Snapshot {
     /// is built with [`Pool::build_next`] (kept backends keep their state, queued
     /// requests stay queued). Touches nothing live until [`Snapshot::publish`].
     pub fn build_next(config: &Config, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
-        let mut errors = unsupported(config);
+        let mut errors = Vec::new();
         let mut by_name: HashMap<&str, Arc<Pool>> = HashMap::new();
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for up in &config.upstreams {
@@ -67,16 +72,30 @@ impl Snapshot {
             }
         }
         let mut routes = RouteTable::default();
-        for r in &config.routes {
+        let mut edges = Vec::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let prev_edge = prev.and_then(|p| p.edge(&r.name));
+            let edge = match RouteEdge::build(r, prev_edge) {
+                Ok(edge) => edge,
+                Err(e) => {
+                    errors.push(format!("{}: route[{i}].{e}", config.source.display()));
+                    continue;
+                }
+            };
             let Some(pool) = by_name.get(r.upstream.as_str()) else {
                 continue; // validation guarantees it exists; a failed pool is already reported
             };
+            let name: Arc<str> = r.name.as_str().into();
+            if !edge.is_empty() {
+                edges.push((Arc::clone(&name), edge.clone()));
+            }
             let entry = RouteEntry {
-                name: r.name.as_str().into(),
+                name,
                 prefix: r.path.as_str().into(),
                 strip_prefix: r.strip_prefix,
                 max_body: r.max_body,
                 pool: Arc::clone(pool),
+                edge,
                 metrics: OnceLock::new(),
             };
             routes.insert(r.host.as_ref(), &r.path, Arc::new(entry));
@@ -89,6 +108,7 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             routes,
             pools,
+            edges,
         })
     }
 
@@ -107,24 +127,22 @@ impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &**p.name() == name)
     }
-}
 
-/// Settings that validate but that this build does not serve yet: refusing them is
-/// better than silently ignoring a limit or an auth rule the operator relies on.
-fn unsupported(config: &Config) -> Vec<String> {
-    let mut errors = Vec::new();
-    let file = config.source.display();
-    for (i, r) in config.routes.iter().enumerate() {
-        if r.rate_limit.is_some() {
-            errors.push(format!(
-                "{file}: route[{i}].rate_limit: rate limiting is not available in this build; remove it"
-            ));
-        }
-        if r.auth.is_some() {
-            errors.push(format!(
-                "{file}: route[{i}].auth: authentication is not available in this build; remove it"
-            ));
-        }
+    /// The auth and rate limit of the route named `name`, if it has either.
+    pub fn edge(&self, name: &str) -> Option<&RouteEdge> {
+        self.edges
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, e)| e)
     }
-    errors
+
+    /// Route names with their auth and rate limit (routes with neither are left out).
+    pub fn named_edges(&self) -> impl Iterator<Item = (&str, &RouteEdge)> {
+        self.edges.iter().map(|(n, e)| (&**n, e))
+    }
+
+    /// Every route's auth and rate limit (routes with neither are left out).
+    pub fn edges(&self) -> impl Iterator<Item = &RouteEdge> {
+        self.edges.iter().map(|(_, e)| e)
+    }
 }

@@ -392,7 +392,7 @@ impl<'s> Ctx<'s> {
 }
 
 /// HTTP header name characters (RFC 9110 `tchar`).
-fn is_header_char(b: u8) -> bool {
+pub(crate) fn is_header_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

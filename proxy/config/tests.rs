@@ -140,12 +140,16 @@ fn full_example() {
         Some(RateLimit {
             requests_per_second: 50.0,
             burst: 100,
-            key: RequestKey::Header("x-api-key".into())
+            key: RateKey::Header("x-api-key".into()),
+            max_keys: DEFAULT_MAX_KEYS,
         })
     );
     assert_eq!(
         vision.auth,
-        Some(Auth::ApiKeysFile("config/keys.txt".into()))
+        Some(Auth {
+            method: AuthMethod::ApiKeysFile("config/keys.txt".into()),
+            strip_credentials: false,
+        })
     );
     assert_eq!(chat.host, Some(HostMatch::Wildcard(".example.com".into())));
     assert_eq!(chat.max_body, None);
@@ -155,10 +159,22 @@ fn full_example() {
         Some(RateLimit {
             requests_per_second: 2.5,
             burst: 3,
-            key: RequestKey::ClientAddr
+            key: RateKey::ClientAddr,
+            max_keys: DEFAULT_MAX_KEYS,
         })
     );
-    assert_eq!(chat.auth, Some(Auth::JwtSecretEnv("JWT_SECRET".into())));
+    assert_eq!(
+        chat.auth,
+        Some(Auth {
+            method: AuthMethod::Jwt(Jwt {
+                key: JwtKey::SecretEnv("JWT_SECRET".into()),
+                issuer: None,
+                audience: None,
+                leeway: std::time::Duration::from_secs(30),
+            }),
+            strip_credentials: false,
+        })
+    );
 
     // File order, not alphabetical.
     let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
@@ -414,7 +430,7 @@ fn broken_files() {
                 "config/modelgate.toml:8:8: route[0].host: expected a host name such as \"api.example.com\" or \"*.example.com\", found \"*.a.*.com\"; `*` is only allowed as the whole first label, as in \"*.example.com\"",
                 "config/modelgate.toml:10:12: route[0].upstream: upstream \"gone\" is not defined; defined upstreams: m",
                 "config/modelgate.toml:11:38: route[0].rate_limit.requests_per_second: expected a number greater than 0, found 0; e.g. requests_per_second = 50 or 0.5",
-                "config/modelgate.toml:11:47: route[0].rate_limit.key: expected \"ip\" or \"header:NAME\", found \"cookie\"; e.g. \"header:x-api-key\"; NAME must be a valid HTTP header name",
+                "config/modelgate.toml:11:47: route[0].rate_limit.key: expected \"ip\", \"header:NAME\" or \"consumer\", found \"cookie\"; e.g. \"header:x-api-key\"; NAME must be a valid HTTP header name",
                 "config/modelgate.toml:12:31: route[0].auth.jwt.secret_env: expected an environment variable name such as \"JWT_SECRET\", found \"1X\"",
                 "config/modelgate.toml:16:12: upstream.m.protocol: expected one of \"http1\", \"h2c\", \"https\", found \"http2\"; did you mean \"http1\"?",
                 "config/modelgate.toml:18:11: upstream.m.retries: expected a whole number from 0 to 10, found 11; it counts other backends tried after the first; 0 disables retries",

@@ -36,11 +36,8 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// Largest request head (URI plus header names and values) accepted, like Envoy's
-/// 60 KiB default; larger heads get 431.
-pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
-
-/// Size of the request head as counted against [`MAX_REQUEST_HEADER_BYTES`].
+/// Size of the request head (URI plus header names and values), as counted against
+/// `listen.max_header_bytes` (default 64 KiB, like Envoy's 60 KiB; larger heads get 431).
 pub fn header_bytes(req: &RequestHeader) -> usize {
     let uri = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
     req.headers

@@ -24,6 +24,9 @@ use pingora::{ErrorSource, ErrorType};
 pub use redirect::HttpsRedirect;
 pub use reject::Reject;
 
+use crate::config::{ConnLimits, RateKey};
+use crate::edge::credentials::X_API_KEY;
+use crate::edge::Consumer;
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routing::request_host;
@@ -46,6 +49,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// `None` when `[log] access = "off"`.
     access_log: Option<AccessLog>,
+    /// Request-head limits and keep-alive of `[listen]`.
+    limits: ConnLimits,
 }
 
 impl Gateway {
@@ -64,7 +69,14 @@ impl Gateway {
             draining: None,
             metrics,
             access_log,
+            limits: crate::config::DEFAULT_LIMITS,
         }
+    }
+
+    /// Applies the `[listen]` limits: header count and size (431), keep-alive timeout.
+    pub fn with_limits(mut self, limits: ConnLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// While `flag` is set, HTTP/1.1 responses close their connection, so clients
@@ -114,6 +126,8 @@ pub struct RequestCtx {
     /// The current attempt failed on a retryable status (502/503/429); retry it
     /// whatever the method, the backend refused before doing the work.
     status_retry: bool,
+    /// The authenticated client, on routes with `auth`.
+    consumer: Option<Consumer>,
     /// When the request arrived.
     start: Instant,
     /// Arrival to the (last attempt's) response headers.
@@ -127,6 +141,12 @@ impl RequestCtx {
 
     pub fn backend_label(&self) -> Option<&str> {
         self.lease.as_ref().map(|l| l.backend().label())
+    }
+
+    /// Who sent the request (API key name or JWT `sub`), once the route's `auth`
+    /// accepted it; `None` on routes without auth.
+    pub fn consumer(&self) -> Option<&Consumer> {
+        self.consumer.as_ref()
     }
 }
 
@@ -148,6 +168,7 @@ impl ProxyHttp for Gateway {
             queue_wait: Duration::ZERO,
             attempt_started: None,
             status_retry: false,
+            consumer: None,
             start: Instant::now(),
             first_byte: None,
         }
@@ -166,8 +187,20 @@ impl ProxyHttp for Gateway {
             redirect.send(session, ctx.request_id.as_ref()).await?;
             return Ok(true);
         }
-        if headers::header_bytes(session.req_header()) > headers::MAX_REQUEST_HEADER_BYTES {
+        if headers::header_bytes(session.req_header()) > self.limits.max_header_bytes
+            || session.req_header().headers.len() > self.limits.max_header_count
+        {
             return self.reject(session, ctx, Reject::HeadersTooLarge).await;
+        }
+        // pingora keeps an HTTP/1.1 connection idle for the next request forever (or
+        // as long as the client's `Keep-Alive: timeout=` asks) unless told otherwise.
+        let idle = self.limits.keepalive_timeout.as_secs().max(1);
+        let downstream = session.as_downstream_mut();
+        if downstream
+            .get_keepalive()
+            .is_some_and(|t| t == 0 || t > idle)
+        {
+            downstream.set_keepalive(Some(idle));
         }
 
         let route = {
@@ -187,6 +220,10 @@ impl ProxyHttp for Gateway {
                 ctx.route = Some(route);
                 return self.reject(session, ctx, Reject::TooLarge).await;
             }
+        }
+        if let Some(r) = self.edge_check(session, ctx, &route) {
+            ctx.route = Some(route);
+            return self.reject(session, ctx, r).await;
         }
         if let Some(key) = &route.pool.settings().hash_key {
             ctx.hash = headers::hash_key(session, key);
@@ -254,6 +291,15 @@ impl ProxyHttp for Gateway {
         if let Some(route) = &ctx.route {
             if route.strip_prefix {
                 headers::strip_prefix(upstream, &route.prefix)?;
+            }
+            if route
+                .edge
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.config.strip_credentials)
+            {
+                upstream.remove_header(&http::header::AUTHORIZATION);
+                upstream.remove_header(X_API_KEY);
             }
         }
         Ok(())
@@ -480,6 +526,7 @@ impl ProxyHttp for Gateway {
                 .lease
                 .as_ref()
                 .map(|l| Arc::clone(l.backend().label_shared())),
+            consumer: ctx.consumer.as_ref().map(|c| Arc::clone(c.shared())),
             status,
             bytes_in: session.body_bytes_read() as u64,
             bytes_out: session.body_bytes_sent() as u64,
@@ -502,6 +549,48 @@ fn client_went_away(e: &Error) -> bool {
 }
 
 impl Gateway {
+    /// The route's rate limit and auth. A limit by IP or header runs first, so
+    /// guessing credentials is rate limited too; a limit by consumer runs once the
+    /// consumer is known. Returns the answer when the request may not go on.
+    fn edge_check(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        route: &RouteEntry,
+    ) -> Option<Reject> {
+        let edge = &route.edge;
+        let req = session.req_header();
+        let limit = |consumer: Option<&Consumer>| {
+            let l = edge.rate_limit.as_ref()?;
+            let client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            l.check(client, &req.headers, consumer)
+                .err()
+                .map(Reject::RateLimited)
+        };
+        let by_consumer = edge
+            .rate_limit
+            .as_ref()
+            .is_some_and(|l| l.key == RateKey::Consumer);
+        if !by_consumer {
+            if let Some(r) = limit(None) {
+                return Some(r);
+            }
+        }
+        if let Some(auth) = &edge.auth {
+            match auth.check.check(&req.headers) {
+                Ok(consumer) => ctx.consumer = consumer,
+                Err(_) => return Some(Reject::Unauthorized),
+            }
+        }
+        if by_consumer {
+            return limit(ctx.consumer.as_ref());
+        }
+        None
+    }
+
     async fn reject(&self, session: &mut Session, ctx: &mut RequestCtx, r: Reject) -> Result<bool> {
         ctx.reject = Some(r);
         r.send(session, ctx.request_id.as_ref()).await?;

@@ -258,6 +258,11 @@ impl Metrics {
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
+    /// The registry every metric is on (for collectors registered by other modules).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// One access log line could not be queued.
     pub fn access_log_dropped(&self) {
         self.access_log_dropped.inc();

@@ -129,6 +129,11 @@ impl Fixed {
             b.workers.to_string(),
         );
         diff(
+            "listen (connection and header limits)",
+            format!("{:?}", a.limits),
+            format!("{:?}", b.limits),
+        );
+        diff(
             "log.access",
             format!("{:?}", self.log.access),
             format!("{:?}", next.log.access),

@@ -42,9 +42,14 @@ impl TestProxy {
     /// until the HTTP listener accepts connections). Retries with fresh ports
     /// if the process exits before becoming ready.
     pub async fn start(toml: &str) -> TestProxy {
+        Self::start_with_env(toml, &[]).await
+    }
+
+    /// [`TestProxy::start`] with extra environment variables for the process.
+    pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> TestProxy {
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut proxy = Self::spawn(toml);
+            let mut proxy = Self::spawn(toml, env);
             match proxy.wait_ready(toml.contains("{admin}")).await {
                 Startup::Ready => return proxy,
                 Startup::Exited(status) => {
@@ -65,7 +70,7 @@ impl TestProxy {
         panic!("modelgate failed to start after {START_ATTEMPTS} attempts\n{failures}");
     }
 
-    fn spawn(toml: &str) -> TestProxy {
+    fn spawn(toml: &str, env: &[(&str, &str)]) -> TestProxy {
         let mut ports: Vec<u16> = Vec::new();
         while ports.len() < 3 {
             let p = free_port();
@@ -102,6 +107,7 @@ impl TestProxy {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(env.iter().copied());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", modelgate_bin().display()));

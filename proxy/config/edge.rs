@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-use super::reader::{is_header_char, Ctx, Field, TableReader};
+use super::reader::{header_key, Ctx, Field, TableReader};
 use super::types::{Auth, AuthMethod, ConnLimits, Jwt, JwtKey, RateKey, RateLimit};
 
 /// Default of `rate_limit.max_keys`: about 5 MB of limiter state per route.
@@ -134,11 +134,7 @@ fn rate_key(cx: &mut Ctx<'_>, f: &Field<'_, '_>, has_auth: bool) -> Option<RateK
     let valid = match f.value.get_ref() {
         DeValue::String(s) if s.as_ref() == "ip" => Some(RateKey::ClientAddr),
         DeValue::String(s) if s.as_ref() == "consumer" => Some(RateKey::Consumer),
-        DeValue::String(s) => s
-            .strip_prefix("header:")
-            .map(str::trim)
-            .filter(|n| !n.is_empty() && n.bytes().all(is_header_char))
-            .map(|n| RateKey::Header(n.to_ascii_lowercase())),
+        DeValue::String(s) => header_key(s).map(RateKey::Header),
         _ => None,
     };
     match valid {

@@ -73,22 +73,6 @@ async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> r
     req.send().await.unwrap()
 }
 
-async fn metric(proxy: &TestProxy, needle: &str) -> f64 {
-    let text = h1()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn api_keys_by_bearer_or_header_with_consumer_in_the_log_and_no_secret_anywhere() {
     let replica = Replica::builder("r").spawn().await.unwrap();
@@ -144,7 +128,7 @@ async fn api_keys_by_bearer_or_header_with_consumer_in_the_log_and_no_secret_any
         "refused requests never reach the replica"
     );
     assert_eq!(
-        metric(
+        metric_value(
             &proxy,
             "modelgate_rejected_total{reason=\"unauthorized\",upstream=\"pool\"}"
         )
@@ -597,7 +581,7 @@ async fn rate_limit_by_ip_answers_429_with_retry_after() {
     }
     assert_eq!(replica.hits(), 3);
     assert_eq!(
-        metric(
+        metric_value(
             &proxy,
             "modelgate_rejected_total{reason=\"rate_limited\",upstream=\"pool\"}"
         )
@@ -605,7 +589,7 @@ async fn rate_limit_by_ip_answers_429_with_retry_after() {
         4.0
     );
     assert_eq!(
-        metric(&proxy, "modelgate_rate_limit_keys{route=\"api\"}").await,
+        metric_value(&proxy, "modelgate_rate_limit_keys{route=\"api\"}").await,
         1.0
     );
 }
@@ -717,23 +701,17 @@ async fn distinct_keys_stay_bounded(total: usize) {
     // Watch the key count through the flood, not only at the end.
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
-        let (done, admin) = (Arc::clone(&done), proxy.admin_url("/metrics"));
-        tokio::spawn(async move {
+        let done = Arc::clone(&done);
+        let proxy = &proxy;
+        async move {
             let mut peak = 0.0f64;
             while !done.load(Ordering::SeqCst) {
-                let text = h1().get(&admin).send().await.unwrap().text().await.unwrap();
-                if let Some(v) = text
-                    .lines()
-                    .find(|l| l.starts_with("modelgate_rate_limit_keys{route=\"api\"}"))
-                    .and_then(|l| l.rsplit(' ').next())
-                    .and_then(|v| v.parse::<f64>().ok())
-                {
-                    peak = peak.max(v);
-                }
+                peak =
+                    peak.max(metric_value(proxy, "modelgate_rate_limit_keys{route=\"api\"}").await);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             peak
-        })
+        }
     };
     let workers = 8;
     let mut tasks = Vec::new();
@@ -754,13 +732,16 @@ async fn distinct_keys_stay_bounded(total: usize) {
             ok
         }));
     }
-    let mut passed = 0;
-    for t in tasks {
-        passed += t.await.unwrap();
-    }
-    done.store(true, Ordering::SeqCst);
-    let peak = sampler.await.unwrap();
-    let keys = metric(&proxy, "modelgate_rate_limit_keys{route=\"api\"}").await;
+    let flood = async {
+        let mut passed = 0;
+        for t in tasks {
+            passed += t.await.unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        passed
+    };
+    let (passed, peak) = tokio::join!(flood, sampler);
+    let keys = metric_value(&proxy, "modelgate_rate_limit_keys{route=\"api\"}").await;
     assert!(
         peak <= 1000.0 && keys <= 1000.0,
         "{peak} / {keys} keys tracked"
@@ -772,7 +753,7 @@ async fn distinct_keys_stay_bounded(total: usize) {
     assert!(known == 200 || known == 429);
     // Idle keys go: the count falls back once the flood stops.
     eventually("idle keys are evicted", PATIENCE, || async {
-        metric(&proxy, "modelgate_rate_limit_keys{route=\"api\"}").await < 10.0
+        metric_value(&proxy, "modelgate_rate_limit_keys{route=\"api\"}").await < 10.0
     })
     .await;
     let rss = proxy.rss_kib();

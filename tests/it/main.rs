@@ -9,6 +9,7 @@ mod config_files;
 mod demo;
 mod edge;
 mod failures;
+mod framing;
 mod grpc;
 mod observability;
 mod reload;

@@ -48,22 +48,6 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-async fn metric(proxy: &TestProxy, needle: &str) -> f64 {
-    let text = h1()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn hundreds_of_slowloris_connections_do_not_stop_normal_requests_and_are_closed() {
     let (proxy, replica) = proxy("header_read_timeout = \"3s\"").await;
@@ -123,7 +107,7 @@ async fn hundreds_of_slowloris_connections_do_not_stop_normal_requests_and_are_c
         "closed before the deadline"
     );
     eventually("open connections fall back", PATIENCE, || async {
-        metric(&proxy, "modelgate_connections_open").await <= 2.0
+        metric_value(&proxy, "modelgate_connections_open").await <= 2.0
     })
     .await;
 }
@@ -202,7 +186,7 @@ async fn connection_caps_close_new_connections_at_once_per_ip_and_in_total() {
     let mut other = connect_from([127, 0, 0, 4], addr).await;
     assert!(closed_within(&mut other, Duration::from_secs(5)).await);
     assert_eq!(
-        metric(
+        metric_value(
             &proxy,
             "modelgate_connections_refused_total{reason=\"max_connections_per_ip\"}"
         )
@@ -210,14 +194,17 @@ async fn connection_caps_close_new_connections_at_once_per_ip_and_in_total() {
         1.0
     );
     assert_eq!(
-        metric(
+        metric_value(
             &proxy,
             "modelgate_connections_refused_total{reason=\"max_connections\"}"
         )
         .await,
         1.0
     );
-    assert_eq!(metric(&proxy, "modelgate_connections_open").await, 12.0);
+    assert_eq!(
+        metric_value(&proxy, "modelgate_connections_open").await,
+        12.0
+    );
     // The held connections are still served; closing some makes room again.
     assert!(served(&mut held[0]).await);
     held.truncate(8);

@@ -4,6 +4,7 @@
 
 mod proxy;
 pub mod tls;
+pub mod tools;
 mod ws;
 
 use std::future::Future;

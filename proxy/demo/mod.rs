@@ -6,6 +6,7 @@
 //! works as printed.
 
 pub mod cert;
+pub mod openai;
 pub mod replica;
 
 use std::net::SocketAddr;

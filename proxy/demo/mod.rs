@@ -149,11 +149,14 @@ fn print_banner(
         r#"
 The proxy caps each replica at max_inflight = {SLOTS} and queues {QUEUE} more requests;
 past that it answers 503 overloaded at once instead of piling work on the replicas.
-Paste these lines (each answer names the replica that served it):
+Paste these lines (each answer names the replica that served it, in its body or in
+the x-replica header):
 
   curl -s http://{admin}/upstreams        # replica-b is "unknown" or "down" until its weights load
   curl -s http://{http}/v1/predict -d '{{"input":"hello"}}'
   curl -sN 'http://{http}/v1/stream?tokens=10'        # tokens streamed as server-sent events
+  curl -s http://{http}/v1/models                     # OpenAI API, as vLLM serves it
+  curl -sN http://{http}/v1/chat/completions -H 'content-type: application/json' -d '{{"model":"demo","stream":true,"max_tokens":8,"messages":[{{"role":"user","content":"hello"}}]}}'
   curl -s --cacert {ca} https://{host}/v1/predict -d '{{"input":"over https"}}'
   curl -sN --http2 --cacert {ca} 'https://{host}/v1/stream?tokens=5'
   for i in $(seq {BURST}); do echo "$(curl -s -w ' %{{http_code}} in %{{time_total}}s' http://{http}/v1/predict -d {burst_body})" & done; wait

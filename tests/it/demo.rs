@@ -55,6 +55,10 @@ fn demo_prints_lines_that_work() {
     assert!(printed("/v1/predict") >= 3, "{commands:?}");
     assert!(printed("/v1/stream") >= 2, "{commands:?}");
     assert!(
+        printed("\"stream\":true") == 1 && printed("/v1/models") == 1,
+        "{commands:?}"
+    );
+    assert!(
         printed("https://") >= 2 && printed("--cacert") >= 2,
         "{commands:?}"
     );
@@ -92,6 +96,14 @@ fn demo_prints_lines_that_work() {
         assert!(ok, "{cmd} failed: {out}");
         if cmd.starts_with("for i in") {
             check_burst(&out);
+        } else if cmd.contains("/v1/chat/completions") {
+            assert!(out.contains("chat.completion.chunk"), "{cmd}: {out}");
+            assert!(out.trim_end().ends_with("data: [DONE]"), "{cmd}: {out}");
+        } else if cmd.contains("/v1/models") {
+            assert!(
+                out.contains(r#""object":"list""#) && out.contains(r#""id":"demo""#),
+                "{out}"
+            );
         } else if cmd.contains("/v1/stream") {
             assert!(out.contains("data: [DONE]"), "{cmd}: {out}");
             assert!(out.contains("\"replica\":\"replica-"), "{cmd}: {out}");

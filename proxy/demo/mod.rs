@@ -4,6 +4,7 @@
 //! lines that work.
 
 pub mod cert;
+pub mod openai;
 pub mod replica;
 
 use std::net::SocketAddr;

@@ -115,14 +115,7 @@ queue = {{ size = 0, timeout = "1s" }}
     ))
     .await;
     let text = scrape(&proxy).await;
-    let upstreams: Value = h1()
-        .get(proxy.admin_url("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let upstreams: Value = proxy.admin_json("/upstreams").await;
     assert_eq!(
         sample(&text, "modelgate_config_generation"),
         upstreams["generation"].as_f64()
@@ -410,14 +403,7 @@ async fn the_status_page_shows_backends_and_a_replica_going_down() {
     let state = |addr: std::net::SocketAddr| {
         let proxy = &proxy;
         async move {
-            let v: Value = h1()
-                .get(proxy.admin_url("/upstreams"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = proxy.admin_json("/upstreams").await;
             v["upstreams"]["pool"]["backends"]
                 .as_array()
                 .unwrap()

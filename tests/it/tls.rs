@@ -789,26 +789,12 @@ timeout = "150ms"
         "the wrong-CA pool has been checked a few times",
         PATIENCE,
         || async {
-            let v: serde_json::Value = h1()
-                .get(proxy.admin_url("/upstreams"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: serde_json::Value = proxy.admin_json("/upstreams").await;
             state(&v, "checked") == "up"
         },
     )
     .await;
-    let v: serde_json::Value = h1()
-        .get(proxy.admin_url("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = proxy.admin_json("/upstreams").await;
     assert_eq!(
         state(&v, "checked_wrong_ca"),
         "unknown",

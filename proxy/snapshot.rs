@@ -8,9 +8,10 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Api, Config, HostMatch};
 use crate::edge::RouteEdge;
 use crate::metrics::RouteMetrics;
+use crate::openai::{RouteApi, RouteGroup};
 use crate::routing::RouteTable;
 use crate::upstream::Pool;
 
@@ -25,6 +26,8 @@ pub struct RouteEntry {
     pub pool: Arc<Pool>,
     /// Authentication and rate limit of the route.
     pub edge: RouteEdge,
+    /// OpenAI handling: error shape, usage in streams, keep-alives.
+    pub api: RouteApi,
     /// Metric handles of this route, resolved by its first request (the same series
     /// in every generation).
     pub metrics: OnceLock<RouteMetrics>,
@@ -35,7 +38,8 @@ pub struct RouteEntry {
 pub struct Snapshot {
     pub generation: u64,
     pub loaded_at: SystemTime,
-    pub routes: RouteTable<Arc<RouteEntry>>,
+    /// Routes by host and path; routes sharing both are told apart by model.
+    pub routes: RouteTable<Arc<RouteGroup>>,
     /// Pools by upstream name, in config order.
     pub pools: Vec<Arc<Pool>>,
     /// Route names and edges of the routes with auth or a rate limit.
@@ -59,6 +63,7 @@ impl Snapshot {
     /// requests stay queued). Touches nothing live until [`Snapshot::publish`].
     pub fn build_next(config: &Config, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
         let mut errors = Vec::new();
+        crate::openai::unsupported(config, &mut errors);
         let mut by_name: HashMap<&str, Arc<Pool>> = HashMap::new();
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for up in &config.upstreams {
@@ -71,7 +76,9 @@ impl Snapshot {
                 Err(e) => errors.push(e),
             }
         }
-        let mut routes = RouteTable::default();
+        // Routes sharing a host and path form one group, in file order.
+        let mut groups: Vec<((Option<&HostMatch>, &str), RouteGroup)> = Vec::new();
+        let mut group_of: HashMap<(Option<&HostMatch>, &str), usize> = HashMap::new();
         let mut edges = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
             let prev_edge = prev.and_then(|p| p.edge(&r.name));
@@ -96,9 +103,25 @@ impl Snapshot {
                 max_body: r.max_body,
                 pool: Arc::clone(pool),
                 edge,
+                api: RouteApi {
+                    openai: r.openai.api == Api::OpenAi,
+                    stream_usage: r.openai.stream_usage,
+                    sse_keepalive: r.openai.sse_keepalive,
+                },
                 metrics: OnceLock::new(),
             };
-            routes.insert(r.host.as_ref(), &r.path, Arc::new(entry));
+            let key = (r.host.as_ref(), r.path.as_str());
+            let at = *group_of.entry(key).or_insert_with(|| {
+                groups.push((key, RouteGroup::default()));
+                groups.len() - 1
+            });
+            groups[at]
+                .1
+                .add(Arc::new(entry), &r.openai.models, &r.openai.model_prefixes);
+        }
+        let mut routes = RouteTable::default();
+        for ((host, path), group) in groups {
+            routes.insert(host, path, Arc::new(group));
         }
         if !errors.is_empty() {
             return Err(errors);

@@ -8,6 +8,7 @@
 mod edge;
 mod error;
 mod load;
+mod openai;
 mod reader;
 mod route;
 mod summary;

@@ -12,6 +12,7 @@ mod failures;
 mod framing;
 mod grpc;
 mod observability;
+mod openai;
 mod reload;
 mod replica;
 mod routing;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -35,12 +35,24 @@ pub struct Snapshot {
     pub routes: RouteTable<Arc<RouteEntry>>,
     /// Pools by upstream name, in config order.
     pub pools: Vec<Arc<Pool>>,
+    /// The config this generation was built from (discovery rebuilds pools from it).
+    pub config: Arc<Config>,
 }
 
 /// The live snapshot, shared by the proxy, the admin listener and the reloader.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Held by whoever builds a snapshot from the live one and publishes it (a reload,
+/// a discovery update), so neither publishes over a change it did not see.
+static PUBLISHING: Mutex<()> = Mutex::new(());
+
+/// Waits for, then holds, the right to publish a snapshot built from the live one.
+pub fn publishing() -> MutexGuard<'static, ()> {
+    // The guarded value is `()`: a poisoned lock is as good as any.
+    PUBLISHING.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl Snapshot {
     /// Builds every pool and route of `config`. Fails, listing every problem, on
@@ -66,29 +78,51 @@ impl Snapshot {
                 Err(e) => errors.push(e),
             }
         }
-        let mut routes = RouteTable::default();
-        for r in &config.routes {
-            let Some(pool) = by_name.get(r.upstream.as_str()) else {
-                continue; // validation guarantees it exists; a failed pool is already reported
-            };
-            let entry = RouteEntry {
-                name: r.name.as_str().into(),
-                prefix: r.path.as_str().into(),
-                strip_prefix: r.strip_prefix,
-                max_body: r.max_body,
-                pool: Arc::clone(pool),
-                metrics: OnceLock::new(),
-            };
-            routes.insert(r.host.as_ref(), &r.path, Arc::new(entry));
-        }
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(Snapshot {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
             loaded_at: SystemTime::now(),
-            routes,
+            routes: route_table(config, &by_name),
             pools,
+            config: Arc::new(config.clone()),
+        })
+    }
+
+    /// This generation with upstream `name`'s names now resolving to `resolved`
+    /// ([`Pool::rediscovered`]); every other pool is shared as is, and the generation
+    /// number stays (the config did not change). Publish it with [`Snapshot::publish`].
+    pub fn rediscovered(
+        &self,
+        name: &str,
+        resolved: Vec<crate::config::BackendAddr>,
+    ) -> Result<Snapshot, String> {
+        let up = self
+            .config
+            .upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .ok_or_else(|| format!("upstream {name} is gone"))?;
+        let mut by_name: HashMap<&str, Arc<Pool>> = HashMap::new();
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for pool in &self.pools {
+            let pool = if &**pool.name() == name {
+                pool.rediscovered(up, resolved.clone())?
+            } else {
+                Arc::clone(pool)
+            };
+            pools.push(pool);
+        }
+        for (up, pool) in self.config.upstreams.iter().zip(&pools) {
+            by_name.insert(up.name.as_str(), Arc::clone(pool));
+        }
+        Ok(Snapshot {
+            generation: self.generation,
+            loaded_at: self.loaded_at,
+            routes: route_table(&self.config, &by_name),
+            pools,
+            config: Arc::clone(&self.config),
         })
     }
 
@@ -107,6 +141,26 @@ impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &**p.name() == name)
     }
+}
+
+/// The routes of `config`, each pointing at its upstream's pool.
+fn route_table(config: &Config, by_name: &HashMap<&str, Arc<Pool>>) -> RouteTable<Arc<RouteEntry>> {
+    let mut routes = RouteTable::default();
+    for r in &config.routes {
+        let Some(pool) = by_name.get(r.upstream.as_str()) else {
+            continue; // validation guarantees it exists; a failed pool is already reported
+        };
+        let entry = RouteEntry {
+            name: r.name.as_str().into(),
+            prefix: r.path.as_str().into(),
+            strip_prefix: r.strip_prefix,
+            max_body: r.max_body,
+            pool: Arc::clone(pool),
+            metrics: OnceLock::new(),
+        };
+        routes.insert(r.host.as_ref(), &r.path, Arc::new(entry));
+    }
+    routes
 }
 
 /// Settings that validate but that this build does not serve yet: refusing them is

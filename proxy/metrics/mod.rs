@@ -56,6 +56,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     generation: IntGauge,
     access_log_dropped: IntCounter,
+    discovery_errors: IntCounterVec,
     /// Handles for requests that matched no route (`route=""`, `upstream=""`).
     unrouted: OnceLock<Arc<RouteMetrics>>,
 }
@@ -193,6 +194,12 @@ impl Metrics {
                 "Requests whose client went away before the answer was complete.",
                 &["upstream"],
             )?,
+            discovery_errors: counter_vec(
+                r,
+                "modelgate_discovery_errors_total",
+                "DNS lookups of an upstream's names that failed or came back empty (the last known backends stay).",
+                &["upstream"],
+            )?,
             reloads,
             generation,
             access_log_dropped,
@@ -250,6 +257,12 @@ impl Metrics {
         if ok {
             self.set_generation(generation);
         }
+    }
+
+    /// Counts a failed or empty DNS lookup for `upstream` (a background task, not the
+    /// request path).
+    pub fn discovery_error(&self, upstream: &str) {
+        self.discovery_errors.with_label_values(&[upstream]).inc();
     }
 
     /// The generation now serving.

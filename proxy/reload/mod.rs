@@ -239,6 +239,7 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let started = Instant::now();
         let mut state = self.lock();
+        let publishing = crate::snapshot::publishing();
         let outcome = match self.try_reload(&mut state) {
             Ok(generation) => {
                 let took = started.elapsed();
@@ -263,6 +264,7 @@ impl Reloader {
                 ReloadOutcome::Rejected { errors }
             }
         };
+        drop(publishing);
         drop(state);
         match &outcome {
             ReloadOutcome::Applied { generation, .. } => self.metrics.reload(true, *generation),

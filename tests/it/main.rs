@@ -7,6 +7,8 @@ mod admission;
 mod balance;
 mod config_files;
 mod demo;
+mod deploy;
+mod discovery;
 mod failures;
 mod grpc;
 mod observability;

@@ -2,6 +2,7 @@
 //! proxy-under-test harness ([`TestProxy`]) and a WebSocket echo server.
 #![allow(dead_code, unused_imports)]
 
+pub mod dns;
 mod proxy;
 pub mod tls;
 mod ws;

@@ -12,6 +12,7 @@ mod discovery;
 mod failures;
 mod grpc;
 mod observability;
+mod openai;
 mod reload;
 mod replica;
 mod routing;

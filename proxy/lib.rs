@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod openai;
 pub mod probe;
 pub mod reload;
 pub mod routing;

@@ -284,6 +284,7 @@ mod tests {
             healthy_after: 2,
             unhealthy_after: 3,
             expect_status: None,
+            models: false,
         });
         up
     }

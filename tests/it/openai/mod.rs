@@ -2,6 +2,7 @@
 //! token accounting from streams.
 
 mod mock;
+mod routing;
 
 use serde_json::{json, Value};
 

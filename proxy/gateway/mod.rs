@@ -19,7 +19,7 @@ use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{ErrorSource, ErrorType};
+use pingora::{ErrorSource, ErrorType, RetryType};
 
 pub use redirect::HttpsRedirect;
 pub use reject::Reject;
@@ -114,6 +114,9 @@ pub struct RequestCtx {
     /// The current attempt failed on a retryable status (502/503/429); retry it
     /// whatever the method, the backend refused before doing the work.
     status_retry: bool,
+    /// The current attempt broke on a reused connection before any answer: send it
+    /// again to the same backend, on another connection, without counting a retry.
+    resend: bool,
     /// When the request arrived.
     start: Instant,
     /// Arrival to the (last attempt's) response headers.
@@ -148,6 +151,7 @@ impl ProxyHttp for Gateway {
             queue_wait: Duration::ZERO,
             attempt_started: None,
             status_retry: false,
+            resend: false,
             start: Instant::now(),
             first_byte: None,
         }
@@ -168,6 +172,11 @@ impl ProxyHttp for Gateway {
         }
         if headers::header_bytes(session.req_header()) > headers::MAX_REQUEST_HEADER_BYTES {
             return self.reject(session, ctx, Reject::HeadersTooLarge).await;
+        }
+        // Route and forward on the normalised path only.
+        if headers::normalize_target(session.req_header_mut()).is_err() {
+            session.set_keepalive(None);
+            return self.reject(session, ctx, Reject::BadRequest).await;
         }
 
         let route = {
@@ -210,6 +219,11 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
+        if std::mem::take(&mut ctx.resend) {
+            if let Some(lease) = &ctx.lease {
+                return Ok(peer_for(lease, session));
+            }
+        }
         // Free the previous attempt's slot before queueing for the next one.
         ctx.lease = None;
         match route
@@ -221,11 +235,7 @@ impl ProxyHttp for Gateway {
                 ctx.tried.push(lease.backend().index());
                 ctx.queue_wait += waited;
                 ctx.attempt_started = Some(Instant::now());
-                let mut peer = Box::new(lease.backend().peer().clone());
-                // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
-                if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
-                    peer.options.alpn = ALPN::H1;
-                }
+                let peer = peer_for(&lease, session);
                 ctx.lease = Some(lease);
                 Ok(peer)
             }
@@ -243,7 +253,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Adds the forwarding headers and applies `strip_prefix`.
+    /// Adds the forwarding headers, applies `strip_prefix` and, for HTTP/1
+    /// replicas, sends origin-form with a Host and one Cookie field.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -255,6 +266,10 @@ impl ProxyHttp for Gateway {
             if route.strip_prefix {
                 headers::strip_prefix(upstream, &route.prefix)?;
             }
+        }
+        if upstream.version != http::Version::HTTP_2 {
+            let backend = ctx.lease.as_ref().map(|l| l.backend());
+            headers::for_http1(upstream, backend.map_or("", |b| headers::backend_host(b)))?;
         }
         Ok(())
     }
@@ -367,17 +382,27 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         if std::mem::take(&mut ctx.status_retry) {
             return e; // decided in upstream_response_filter
+        }
+        let replayable_body =
+            !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        // A pooled connection that broke before any answer was most likely closed by
+        // the replica while idle (keep-alive timeout, restart), not a failure of the
+        // replica: send the request again to it, whatever the method, and count no
+        // retry. A failure on a new connection is not resent.
+        if client_reused && e.retry == RetryType::ReusedOnly && replayable_body {
+            ctx.resend = true;
+            e.set_retry(true);
+            return e;
         }
         let broken = !matches!(
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         ) && e.esource() == &ErrorSource::Upstream;
-        let replayable = !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none()
+        let replayable = replayable_body
             && (session.req_header().method.is_idempotent()
                 || ctx
                     .route
@@ -521,6 +546,16 @@ impl Gateway {
             .as_ref()
             .is_some_and(|r| r.pool.may_retry(&ctx.tried))
     }
+}
+
+/// The peer for an attempt on `lease`'s backend.
+fn peer_for(lease: &Lease, session: &Session) -> Box<HttpPeer> {
+    let mut peer = Box::new(lease.backend().peer().clone());
+    // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
+    if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
+        peer.options.alpn = ALPN::H1;
+    }
+    peer
 }
 
 /// Resolves when the client of a waiting request disconnects: an HTTP/2 stream

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod proxy;
+pub mod raw;
 pub mod tls;
 mod ws;
 

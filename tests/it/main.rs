@@ -10,6 +10,7 @@ mod demo;
 mod failures;
 mod grpc;
 mod observability;
+mod openai;
 mod reload;
 mod replica;
 mod routing;

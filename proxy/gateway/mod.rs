@@ -5,7 +5,7 @@
 //! the route (and through it the pool) out of the current snapshot once and keeps it
 //! in the request context, so a reload mid-request changes nothing for it.
 
-mod headers;
+pub mod headers;
 mod redirect;
 mod reject;
 

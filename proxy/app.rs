@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -46,6 +46,7 @@ pub struct App {
     tls_stats: Option<Arc<TlsStats>>,
     reloader: Option<Arc<Reloader>>,
     metrics: Arc<Metrics>,
+    snapshot: SharedSnapshot,
 }
 
 /// How to start.
@@ -131,6 +132,7 @@ impl App {
 
         let drain = Drain {
             draining: Arc::new(AtomicBool::new(false)),
+            terminating: Arc::new(AtomicBool::new(false)),
             active: Arc::new(AtomicUsize::new(0)),
             grace: config.listen.shutdown_grace,
         };
@@ -239,12 +241,18 @@ impl App {
             tls_stats,
             reloader,
             metrics,
+            snapshot: shared,
         })
     }
 
     /// Every metric of this server (the reloader records reloads here).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The live config generation (routes and pools), as the proxy sees it.
+    pub fn snapshot(&self) -> &SharedSnapshot {
+        &self.snapshot
     }
 
     /// Certificate rotation counters, when HTTPS is served.
@@ -319,40 +327,46 @@ fn check_bindable(config: &Config) -> Result<(), StartError> {
 #[derive(Clone)]
 struct Drain {
     draining: Arc<AtomicBool>,
+    /// Set on SIGTERM only: a graceful upgrade (SIGQUIT) keeps the old process for the
+    /// whole grace period, as pingora's upgrade expects.
+    terminating: Arc<AtomicBool>,
     active: Arc<AtomicUsize>,
     grace: Duration,
 }
 
 impl Drain {
-    /// Flips `/readyz` to 503 and, on a thread of its own, ends the process as soon
-    /// as no request is in progress. pingora itself would sleep out the whole grace
-    /// period; it still stops the listeners and, at the end of the grace period,
-    /// cuts whatever is left.
+    /// How often [`Drain::idle`] looks at the count of requests in progress.
+    const POLL: Duration = Duration::from_millis(50);
+
+    /// Flips `/readyz` to 503 and marks the stop as a terminate, so [`Drain::idle`]
+    /// ends pingora's grace period as soon as no request is in progress.
     fn start(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        let active = Arc::clone(&self.active);
-        let deadline = Instant::now() + self.grace;
-        let spawned = std::thread::Builder::new()
-            .name("drain".into())
-            .spawn(move || {
-                // Idle twice in a row, 50 ms apart: a connection accepted just before the
-                // listeners closed has had time to start its request.
-                let mut idle_polls = 0;
-                while Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                    idle_polls = if active.load(Ordering::Acquire) == 0 {
-                        idle_polls + 1
-                    } else {
-                        0
-                    };
-                    if idle_polls >= 2 {
-                        log::info!("drained: no request in progress; exiting");
-                        std::process::exit(0);
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            log::warn!("cannot start the drain watcher ({e}); waiting out the grace period");
+        self.terminating.store(true, Ordering::SeqCst);
+    }
+
+    /// Resolves when a terminate is under way and no request is in progress; never
+    /// during an upgrade or before SIGTERM. pingora awaits it beside the grace period
+    /// (the `drained` hook of our pingora patch), then stops its runtimes and `run`
+    /// returns to `main`.
+    async fn idle(&self) {
+        if !self.terminating.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        // Idle twice in a row, one poll apart: a connection accepted just before the
+        // listeners closed has had time to start its request.
+        let mut idle_polls = 0;
+        loop {
+            tokio::time::sleep(Self::POLL).await;
+            idle_polls = if self.active.load(Ordering::Acquire) == 0 {
+                idle_polls + 1
+            } else {
+                0
+            };
+            if idle_polls >= 2 {
+                log::info!("drained: no request in progress; exiting");
+                return;
+            }
         }
     }
 }
@@ -400,5 +414,9 @@ impl ShutdownSignalWatch for SignalWatch {
                 },
             }
         }
+    }
+
+    async fn drained(&self) {
+        self.drain.idle().await
     }
 }

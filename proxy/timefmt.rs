@@ -1,41 +1,29 @@
-//! RFC 3339 timestamps in UTC, for the access log and the admin API, without a
-//! date-time dependency.
+//! RFC 3339 timestamps in UTC, for the access log and the admin API.
 
 use std::time::SystemTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+const SECONDS: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+const MILLIS: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
 /// `2026-11-22T03:57:00Z` (whole seconds).
 pub fn rfc3339(t: SystemTime) -> String {
-    format_utc(t, false)
+    format_utc(t, SECONDS)
 }
 
 /// `2026-11-22T03:52:42.123Z` (milliseconds).
 pub fn rfc3339_millis(t: SystemTime) -> String {
-    format_utc(t, true)
+    format_utc(t, MILLIS)
 }
 
-fn format_utc(t: SystemTime, millis: bool) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    if millis {
-        format!(
-            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-            d.subsec_millis()
-        )
-    } else {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
-    }
+fn format_utc(t: SystemTime, format: &[BorrowedFormatItem<'_>]) -> String {
+    // Formatting a complete UTC date-time into a String cannot fail; an empty string is
+    // the harmless answer if it ever did.
+    OffsetDateTime::from(t).format(format).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -531,7 +531,8 @@ impl<'a, 'i> TableReader<'a, 'i> {
     }
 }
 
-/// The candidate closest to `word` (case-insensitive edit distance), if it is close enough to be
+/// The candidate closest to `word` (case-insensitive optimal-string-alignment distance:
+/// insertions, deletions, substitutions and adjacent swaps), if it is close enough to be
 /// a likely typo.
 pub(crate) fn suggest<'c>(
     word: &str,
@@ -545,37 +546,10 @@ pub(crate) fn suggest<'c>(
         _ => 3,
     };
     candidates
-        .map(|c| (edit_distance(&word, &c.to_ascii_lowercase()), c))
+        .map(|c| (strsim::osa_distance(&word, &c.to_ascii_lowercase()), c))
         .filter(|&(d, _)| d <= limit)
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
-}
-
-/// Optimal-string-alignment distance: insertions, deletions, substitutions and adjacent swaps.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let width = b.len() + 1;
-    let mut d = vec![0usize; (a.len() + 1) * width];
-    for i in 0..=a.len() {
-        for j in 0..=b.len() {
-            d[i * width + j] = if i == 0 {
-                j
-            } else if j == 0 {
-                i
-            } else {
-                let cost = usize::from(a[i - 1] != b[j - 1]);
-                let mut best = (d[(i - 1) * width + j] + 1)
-                    .min(d[i * width + j - 1] + 1)
-                    .min(d[(i - 1) * width + j - 1] + cost);
-                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                    best = best.min(d[(i - 2) * width + j - 2] + 1);
-                }
-                best
-            };
-        }
-    }
-    d[a.len() * width + b.len()]
 }
 
 #[cfg(test)]
@@ -584,8 +558,11 @@ mod tests {
 
     #[test]
     fn distance_and_suggestions() {
-        assert_eq!(edit_distance("max_inflite", "max_inflight"), 3);
-        assert_eq!(edit_distance("rteries", "retries"), 1);
+        assert_eq!(
+            suggest("max_inflite", ["max_inflight"].into_iter()),
+            Some("max_inflight")
+        );
+        assert_eq!(suggest("rteries", ["retries"].into_iter()), Some("retries"));
         assert_eq!(
             suggest("upstreams", ["upstream", "route"].into_iter()),
             Some("upstream")

@@ -5,6 +5,9 @@
 //! in the integration tests, so it counts hits and in-flight requests, lets its
 //! health, latency and failure mode be changed at run time, and can be killed
 //! abruptly with [`ReplicaHandle::shutdown`] to simulate a dying model server.
+//!
+//! It also speaks the OpenAI API like a vLLM server (see `openai.rs`): streamed
+//! and whole chat completions with usage, `/v1/models` and vLLM's `/metrics` gauges.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -29,10 +32,13 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 use xxhash_rust::xxh3::Xxh3;
 
+use super::openai;
+
 const DEFAULT_TOKEN_INTERVAL: Duration = Duration::from_millis(50);
 const DEFAULT_TOKENS: u64 = 8;
+const DEFAULT_PREFILL_PER_TOKEN: Duration = Duration::from_micros(200);
 const OUTPUT_PREFIX: usize = 64;
-const WORDS: &[&str] = &[
+pub(super) const WORDS: &[&str] = &[
     "the",
     "gate",
     "routes",
@@ -65,6 +71,8 @@ impl Replica {
             health_status: 200,
             fail: None,
             concurrency: None,
+            models: vec!["demo".to_owned()],
+            prefill_per_token: DEFAULT_PREFILL_PER_TOKEN,
         }
     }
 }
@@ -79,6 +87,8 @@ pub struct ReplicaBuilder {
     health_status: u16,
     fail: Option<u16>,
     concurrency: Option<usize>,
+    models: Vec<String>,
+    prefill_per_token: Duration,
 }
 
 impl ReplicaBuilder {
@@ -86,6 +96,20 @@ impl ReplicaBuilder {
     /// replica, as a model server with `n` slots does (default: unlimited).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = Some(n.max(1));
+        self
+    }
+
+    /// Model names served on the OpenAI endpoints and listed by `/v1/models`
+    /// (default `["demo"]`); a request for any other model gets vLLM's 404.
+    pub fn models<S: Into<String>>(mut self, models: impl IntoIterator<Item = S>) -> Self {
+        self.models = models.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Prefill time per prompt token not in the prefix cache (default 200µs): the
+    /// time to first token is `delay` plus this times the uncached prompt tokens.
+    pub fn prefill_per_token(mut self, d: Duration) -> Self {
+        self.prefill_per_token = d;
         self
     }
 
@@ -137,7 +161,10 @@ impl ReplicaBuilder {
             fail: AtomicU16::new(self.fail.unwrap_or(0)),
             slots: self
                 .concurrency
-                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+                .map(|n| (n, Arc::new(tokio::sync::Semaphore::new(n)))),
+            waiting: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            openai: openai::State::new(self.models, self.prefill_per_token),
             shutdown,
         });
         tokio::spawn(accept_loop(listener, Arc::clone(&inner)));
@@ -208,6 +235,23 @@ impl ReplicaHandle {
         self.inner.fail.store(code.unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// Replaces the models served (as a replica reloading other weights would).
+    pub fn set_models<S: Into<String>>(&self, models: impl IntoIterator<Item = S>) {
+        self.inner
+            .openai
+            .set_models(models.into_iter().map(Into::into).collect());
+    }
+
+    /// The JSON body of the last OpenAI completion request received.
+    pub fn last_openai_request(&self) -> Option<serde_json::Value> {
+        self.inner.openai.last_request()
+    }
+
+    /// Requests waiting for a slot and requests holding one, as `/metrics` reports.
+    pub fn slot_counts(&self) -> (u64, u64) {
+        self.inner.slot_counts()
+    }
+
     /// Kills the replica: stops accepting and drops every open connection at
     /// once, including those mid-request. Idempotent.
     pub fn shutdown(&self) {
@@ -215,7 +259,7 @@ impl ReplicaHandle {
     }
 }
 
-struct Inner {
+pub(super) struct Inner {
     name: String,
     addr: SocketAddr,
     token_interval: Duration,
@@ -227,22 +271,84 @@ struct Inner {
     delay_nanos: AtomicU64,
     /// 0 means "not failing".
     fail: AtomicU16,
-    /// Service slots when the replica's concurrency is limited.
-    slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Service slots (count, semaphore) when the replica's concurrency is limited.
+    slots: Option<(usize, Arc<tokio::sync::Semaphore>)>,
+    /// Requests waiting for a slot, and holding one (vLLM's waiting/running).
+    waiting: AtomicU64,
+    running: AtomicU64,
+    pub(super) openai: openai::State,
     shutdown: watch::Sender<bool>,
+}
+
+/// One of the replica's service slots, held while a request is being worked on.
+pub(super) struct Slot {
+    inner: Arc<Inner>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inner.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Inner {
     /// The service time of one request, spent in one of the replica's slots.
-    async fn work(&self) {
-        let _slot = match &self.slots {
-            Some(s) => Arc::clone(s).acquire_owned().await.ok(),
-            None => None,
-        };
+    async fn work(self: &Arc<Self>) {
+        let _slot = self.slot().await;
         tokio::time::sleep(self.delay()).await;
     }
 
-    fn delay(&self) -> Duration {
+    /// Waits for a free slot (counted as waiting meanwhile) and takes it.
+    pub(super) async fn slot(self: &Arc<Self>) -> Slot {
+        /// Counts the request as waiting until dropped (also if its client leaves).
+        struct Waiting<'a>(&'a AtomicU64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting(&self.waiting);
+        let permit = match &self.slots {
+            Some((_, s)) => Arc::clone(s).acquire_owned().await.ok(),
+            None => None,
+        };
+        self.running.fetch_add(1, Ordering::SeqCst);
+        drop(waiting);
+        Slot {
+            inner: Arc::clone(self),
+            _permit: permit,
+        }
+    }
+
+    /// (waiting, running) right now.
+    pub(super) fn slot_counts(&self) -> (u64, u64) {
+        (
+            self.waiting.load(Ordering::SeqCst),
+            self.running.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The number of slots, when limited.
+    pub(super) fn slot_limit(&self) -> Option<usize> {
+        self.slots.as_ref().map(|(n, _)| *n)
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn token_interval(&self) -> Duration {
+        self.token_interval
+    }
+
+    /// Adds the `x-replica` header naming this replica.
+    pub(super) fn name_response(&self, resp: Response<RespBody>) -> Response<RespBody> {
+        add_replica_header(self, resp)
+    }
+
+    pub(super) fn delay(&self) -> Duration {
         Duration::from_nanos(self.delay_nanos.load(Ordering::SeqCst))
     }
 
@@ -337,7 +443,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<RespBody>
     }
 
     let path = req.uri().path();
-    if req.method() == Method::POST && path == "/v1/predict" {
+    if let Some(endpoint) = openai::Endpoint::of(req.method(), path) {
+        openai::serve(&inner, endpoint, req, guard).await
+    } else if req.method() == Method::POST && path == "/v1/predict" {
         inner.work().await;
         match digest(req.into_body()).await {
             Ok(d) => {
@@ -506,7 +614,7 @@ async fn digest(mut body: Incoming) -> Result<Digest, hyper::Error> {
 }
 
 /// Keeps a request counted as in flight while alive.
-struct InflightGuard(Arc<Inner>);
+pub(super) struct InflightGuard(Arc<Inner>);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
@@ -516,13 +624,13 @@ impl Drop for InflightGuard {
 
 /// Response body that releases the in-flight guard once the body has been
 /// fully produced, or when the connection drops it.
-struct InflightBody {
+pub(super) struct InflightBody {
     inner: BoxBody<Bytes, Infallible>,
     guard: Option<InflightGuard>,
 }
 
 impl InflightBody {
-    fn new(inner: BoxBody<Bytes, Infallible>, guard: Option<InflightGuard>) -> Self {
+    pub(super) fn new(inner: BoxBody<Bytes, Infallible>, guard: Option<InflightGuard>) -> Self {
         Self { inner, guard }
     }
 }

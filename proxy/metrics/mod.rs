@@ -28,8 +28,9 @@ const CODES: [u16; 20] = [
 ];
 
 /// Reject reasons with a cached counter handle (the `reason` label values).
-const REASONS: [&str; 9] = [
+const REASONS: [&str; 10] = [
     "no_route",
+    "model_not_found",
     "no_healthy_backend",
     "overloaded",
     "queue_timeout",

@@ -18,6 +18,10 @@ use pingora::upstreams::peer::HttpPeer;
 use super::clock;
 use super::pool::Pool;
 
+/// Answers needed before a replica's speed counts (one long request is not a
+/// trend); their lower median starts the running median.
+const FIRST_SAMPLES: usize = 4;
+
 /// Whether a backend may receive new requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -45,8 +49,15 @@ impl BackendState {
 #[derive(Debug)]
 pub struct Vitals {
     inflight: AtomicU32,
-    /// Moving average of time to response headers, in microseconds (0: not measured).
+    /// Sum of the start times (clock µs) of the requests in flight: with the count it
+    /// gives their total age without a list.
+    started_sum_us: AtomicU64,
+    /// Running median of the time per request, in microseconds (0: fewer than
+    /// `FIRST_SAMPLES` answers so far).
     latency_us: AtomicU32,
+    /// The first `FIRST_SAMPLES` samples, whose median starts the running one.
+    first: [AtomicU32; FIRST_SAMPLES],
+    recorded: AtomicU32,
     state: AtomicU8,
     /// Failures (connect errors, 5xx) in a row, for passive ejection.
     consecutive_failures: AtomicU32,
@@ -64,7 +75,10 @@ impl Vitals {
     pub(crate) fn new(state: BackendState) -> Arc<Vitals> {
         Arc::new(Vitals {
             inflight: AtomicU32::new(0),
+            started_sum_us: AtomicU64::new(0),
             latency_us: AtomicU32::new(0),
+            first: Default::default(),
+            recorded: AtomicU32::new(0),
             state: AtomicU8::new(state as u8),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
@@ -156,24 +170,69 @@ impl Backend {
         self.vitals.inflight.load(Ordering::Relaxed)
     }
 
-    /// Recent time to response headers (an exponentially weighted average), in
-    /// microseconds; 0 until the first answer.
+    /// Requests in flight and their total age at clock time `now_us` (µs), read
+    /// consistently without a lock: the start-time sum is read on both sides of
+    /// the count, and a change in between means a slot was taken or freed
+    /// meanwhile, so the read is repeated (after three misses the age is left out).
+    #[inline]
+    pub(crate) fn work(&self, now_us: u64) -> (u32, u64) {
+        let v = &self.vitals;
+        for _ in 0..3 {
+            let before = v.started_sum_us.load(Ordering::Acquire);
+            let n = v.inflight.load(Ordering::Acquire);
+            if v.started_sum_us.load(Ordering::Acquire) == before {
+                return (n, (u64::from(n) * now_us).saturating_sub(before));
+            }
+        }
+        (self.inflight(), 0)
+    }
+
+    /// Typical time per request (a running median), in microseconds; 0 until a
+    /// few answers came back.
     pub fn latency_us(&self) -> u32 {
         self.vitals.latency_us.load(Ordering::Relaxed)
     }
 
-    /// Folds one observed time to response headers into the average (weight 1/8).
-    /// Concurrent updates may lose a sample; the average stays meaningful.
+    /// Folds one time per request into the running median.
+    ///
+    /// The median starts as the lower median of the first `FIRST_SAMPLES`, then
+    /// moves 1/16 of itself toward each sample, up or down whatever the sample's
+    /// size (Ma, Muthukrishnan and Sandler, "Frugal Streaming for Estimating
+    /// Quantiles", 2013): the one long request in ten that a mixed workload sends a
+    /// replica does not make it look slow, while a replica that really slows down
+    /// is seen within a few dozen answers. Lock-free; concurrent updates may lose a step.
     #[inline]
     pub fn record_latency(&self, took: Duration) {
-        let sample = took.as_micros().min(u128::from(u32::MAX)) as u32;
-        let old = self.vitals.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample.max(1)
+        let v = &self.vitals;
+        let sample = took.as_micros().clamp(1, u128::from(u32::MAX)) as u32;
+        let n = v.recorded.load(Ordering::Relaxed) as usize;
+        if n < FIRST_SAMPLES {
+            let n = v.recorded.fetch_add(1, Ordering::Relaxed) as usize;
+            if let Some(slot) = v.first.get(n) {
+                slot.store(sample, Ordering::Relaxed);
+            }
+            if n + 1 == FIRST_SAMPLES {
+                let mut first = [0u32; FIRST_SAMPLES];
+                for (f, s) in first.iter_mut().zip(&v.first) {
+                    *f = s.load(Ordering::Relaxed);
+                }
+                first.sort_unstable();
+                v.latency_us
+                    .store(first[(FIRST_SAMPLES - 1) / 2].max(1), Ordering::Relaxed);
+            }
+            return;
+        }
+        let old = v.latency_us.load(Ordering::Relaxed);
+        if old == 0 {
+            return; // the first samples are still being folded in
+        }
+        let step = (old / 16).max(1);
+        let new = if sample > old {
+            old.saturating_add(step.min(sample - old))
         } else {
-            (i64::from(old) + (i64::from(sample) - i64::from(old)) / 8).max(1) as u32
+            (old - step.min(old - sample)).max(1)
         };
-        self.vitals.latency_us.store(new, Ordering::Relaxed);
+        v.latency_us.store(new, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> BackendState {
@@ -234,17 +293,31 @@ impl Backend {
     /// Takes an in-flight slot if fewer than `cap` are taken (`cap == 0`: no limit).
     #[inline]
     pub(crate) fn try_acquire(self: &Arc<Self>, cap: u32) -> Option<Lease> {
-        if cap == 0 {
-            self.vitals.inflight.fetch_add(1, Ordering::Relaxed);
+        let v = &self.vitals;
+        let started_us = clock::now_us();
+        // The start time goes in before the count (and out after it), so a pick that
+        // reads between the two sees the in-flight work younger, never older.
+        v.started_sum_us.fetch_add(started_us, Ordering::Release);
+        let ahead = if cap == 0 {
+            v.inflight.fetch_add(1, Ordering::Release)
         } else {
-            self.vitals
+            match v
                 .inflight
                 .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                     (n < cap).then_some(n + 1)
-                })
-                .ok()?;
-        }
-        Some(Lease(Arc::clone(self)))
+                }) {
+                Ok(n) => n,
+                Err(_) => {
+                    v.started_sum_us.fetch_sub(started_us, Ordering::Release);
+                    return None;
+                }
+            }
+        };
+        Some(Lease {
+            backend: Arc::clone(self),
+            started_us,
+            ahead,
+        })
     }
 
     /// Records an answer that was not a failure; clears the failure streak.
@@ -317,19 +390,40 @@ impl Backend {
 /// straight to the oldest queued request), so the count stays right on every exit
 /// path: success, error, client abort, retry elsewhere.
 #[derive(Debug)]
-pub struct Lease(Arc<Backend>);
+pub struct Lease {
+    backend: Arc<Backend>,
+    /// When the slot was taken (clock µs), to take it back out of the age sum.
+    started_us: u64,
+    /// Requests the backend was already running when this one was sent.
+    ahead: u32,
+}
 
 impl Lease {
     pub fn backend(&self) -> &Arc<Backend> {
-        &self.0
+        &self.backend
+    }
+
+    /// Records this request's time to response headers, `took`, as a sample of
+    /// the backend's time per request: divided by the requests it ran at once
+    /// (this one and those already running when it was sent). On a replica that
+    /// serves one at a time that removes the time spent queued inside it, so a
+    /// busy replica does not look slow for being busy (its load is counted
+    /// already); on one that batches it understates every replica alike, which
+    /// keeps them comparable.
+    #[inline]
+    pub fn record_latency(&self, took: Duration) {
+        self.backend.record_latency(took / (self.ahead + 1));
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.vitals.inflight.fetch_sub(1, Ordering::SeqCst);
-        if self.0.queued.load(Ordering::SeqCst) > 0 {
-            if let Some(pool) = self.0.pool.upgrade() {
+        let v = &self.backend.vitals;
+        v.inflight.fetch_sub(1, Ordering::SeqCst);
+        v.started_sum_us
+            .fetch_sub(self.started_us, Ordering::Release);
+        if self.backend.queued.load(Ordering::SeqCst) > 0 {
+            if let Some(pool) = self.backend.pool.upgrade() {
                 pool.dispatch();
             }
         }

@@ -2,6 +2,8 @@
 //! selection policies, passive ejection and the retry budget.
 
 mod backend;
+#[cfg(test)]
+mod balance_tests;
 mod budget;
 mod clock;
 mod pool;

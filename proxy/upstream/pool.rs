@@ -681,8 +681,10 @@ mod tests {
         up.queue.size = 10;
         let pool = Pool::build(&up).unwrap_or_else(|e| panic!("{e}"));
         let (fast, slow) = (&pool.backends()[0], &pool.backends()[1]);
-        fast.record_latency(Duration::from_millis(50));
-        slow.record_latency(Duration::from_millis(400));
+        for _ in 0..8 {
+            fast.record_latency(Duration::from_millis(50));
+            slow.record_latency(Duration::from_millis(400));
+        }
         let _busy = fast
             .try_acquire(1)
             .unwrap_or_else(|| panic!("the fast backend is free"));
@@ -692,8 +694,10 @@ mod tests {
         let mut no_queue = up.clone();
         no_queue.queue.size = 0;
         let pool = Pool::build(&no_queue).unwrap_or_else(|e| panic!("{e}"));
-        pool.backends()[0].record_latency(Duration::from_millis(50));
-        pool.backends()[1].record_latency(Duration::from_millis(400));
+        for _ in 0..8 {
+            pool.backends()[0].record_latency(Duration::from_millis(50));
+            pool.backends()[1].record_latency(Duration::from_millis(400));
+        }
         let _busy = pool.backends()[0]
             .try_acquire(1)
             .unwrap_or_else(|| panic!("the fast backend is free"));

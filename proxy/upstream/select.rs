@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::Backend;
+use super::clock;
 
 /// Most attempts one request can make (the first plus `retries`, which is at most 10).
 pub const MAX_ATTEMPTS: usize = 12;
@@ -164,69 +165,130 @@ impl Selector {
     }
 }
 
-/// Latency assumed for a backend not measured yet: low, so it is tried soon.
-const UNMEASURED_US: u32 = 1_000;
-/// One pick in this many ignores latency, so every replica keeps being measured
+/// Smallest expected time per request (µs): below it, differences between replicas
+/// are loopback jitter, not speed.
+const MIN_REQUEST_US: u64 = 1_000;
+/// One pick in this many ignores speed, so every replica keeps being measured
 /// (a replica that was slow once is not shunned forever).
 const EXPLORE_ONE_IN: u8 = 16;
 
-/// Latency class: replicas within 2x of each other count as equally fast (ties go
-/// to a random one); each doubling doubles the weight of a request in flight.
-#[inline]
-fn latency_class(b: &Backend) -> u32 {
-    b.latency_us().max(UNMEASURED_US).ilog2()
+/// The expected wait of a new request on one backend, in µs per unit of weight,
+/// as a fraction `work / weight` (compared by cross-multiplication).
+#[derive(Clone, Copy)]
+struct Wait {
+    work: u64,
+    age: u64,
+    weight: u64,
 }
 
-/// Least in-flight per unit of weight, each request in flight weighed by the
-/// backend's recent latency class, so a replica that answers 4x slower gets work
-/// only when the fast ones are 4x as busy. Small pools are scanned from a random offset
-/// (ties go to a random backend); large pools use the power of two random choices.
+impl Wait {
+    /// The expected wait of a new request on `b`: each request it runs and the new
+    /// one cost the replica's time per request, `per_request_us`; between equal
+    /// costs, the one whose running requests are younger in total is shorter (a
+    /// request that has run long is the likelier to run on, and on a replica that
+    /// serves one at a time everything sent there waits for it).
+    #[inline]
+    fn of(b: &Backend, per_request_us: u64, now_us: u64) -> Wait {
+        let (inflight, age_us) = b.work(now_us);
+        Wait {
+            work: per_request_us.saturating_mul(u64::from(inflight) + 1),
+            age: age_us,
+            weight: u64::from(b.weight()),
+        }
+    }
+
+    #[inline]
+    fn shorter_than(self, other: Wait) -> bool {
+        let (w, ow) = (u128::from(self.weight), u128::from(other.weight));
+        let (mine, theirs) = (u128::from(self.work) * ow, u128::from(other.work) * w);
+        mine < theirs || (mine == theirs && u128::from(self.age) * ow < u128::from(other.age) * w)
+    }
+}
+
+/// Time per request charged to a backend whose typical time is `us` (0: not
+/// measured yet) in a set whose fastest measured one takes `fastest_us` (0: none
+/// is): only what it takes beyond twice the fastest counts, and never less than
+/// the fastest. Replicas within 3x of the fastest are charged the same, so neither
+/// noise between equal replicas nor a mixed workload's uneven luck outweighs a
+/// request in flight; a replica 4x slower is charged 2x, 10x slower 8x.
+/// Unmeasured counts as fastest, so it is tried soon.
+#[inline]
+fn per_request_us(us: u32, fastest_us: u64, explore: bool) -> u64 {
+    let floor = fastest_us.max(MIN_REQUEST_US);
+    if explore {
+        floor
+    } else {
+        u64::from(us).saturating_sub(2 * fastest_us).max(floor)
+    }
+}
+
+/// Least outstanding work: the backend on which a new request is expected to be
+/// answered soonest, per unit of weight (see [`Wait::of`] and [`per_request_us`];
+/// the formula is in the README). Small
+/// pools are scanned whole (ties go to a random backend); large pools use the power
+/// of two random choices (Mitzenmacher, "The Power of Two Choices in Randomized
+/// Load Balancing", 2001).
 fn least_outstanding(backends: &[Arc<Backend>], ok: impl Fn(usize) -> bool) -> Option<usize> {
     let n = backends.len();
     if n == 0 {
         return None;
     }
-    // Expected wait on a backend: (in flight + this one) x its latency class, per
-    // unit of weight. a is lighter than b when cost_a / w_a < cost_b / w_b.
-    let by_latency = fastrand::u8(..EXPLORE_ONE_IN) != 0;
-    let cost = |b: &Backend| {
-        let queue = u64::from(b.inflight()) + 1;
-        if by_latency {
-            queue << latency_class(b).min(31)
-        } else {
-            queue
-        }
-    };
-    let lighter = |a: usize, b: usize| {
-        let (ba, bb) = (&backends[a], &backends[b]);
-        cost(ba) * u64::from(bb.weight()) < cost(bb) * u64::from(ba.weight())
-    };
+    let explore = fastrand::u8(..EXPLORE_ONE_IN) == 0;
+    let now_us = clock::now_us();
+    let mut cand = [0u32; FULL_SCAN_MAX];
+    let mut found = 0;
     if n > FULL_SCAN_MAX {
-        let mut picks = [usize::MAX; 2];
-        let mut found = 0;
         for _ in 0..8 {
             let i = fastrand::usize(..n);
-            if picks[0] != i && ok(i) {
-                picks[found] = i;
+            if (found == 0 || cand[0] as usize != i) && ok(i) {
+                cand[found] = i as u32;
                 found += 1;
                 if found == 2 {
                     break;
                 }
             }
         }
-        if found == 2 {
-            let [a, b] = picks;
-            return Some(if lighter(b, a) { b } else { a });
-        }
-        // Sampling kept missing: most backends are out; fall back to a full scan.
+        // Sampling kept missing (most backends are out): fall back to a full scan.
     }
-    let start = fastrand::usize(..n);
-    let mut best: Option<usize> = None;
-    for k in 0..n {
-        let i = (start + k) % n;
-        if ok(i) && best.is_none_or(|b| lighter(i, b)) {
-            best = Some(i);
+    if found < 2 {
+        found = 0;
+        let mut seen = 0;
+        let start = fastrand::usize(..n);
+        for k in 0..n {
+            let i = (start + k) % n;
+            if ok(i) {
+                seen += 1;
+                if found == FULL_SCAN_MAX {
+                    // Beyond the scan size, keep a uniform sample of the candidates.
+                    let j = fastrand::usize(..seen);
+                    if j < FULL_SCAN_MAX {
+                        cand[j] = i as u32;
+                    }
+                    continue;
+                }
+                cand[found] = i as u32;
+                found += 1;
+            }
         }
     }
-    best
+    let cand = &cand[..found];
+    let fastest_us = cand
+        .iter()
+        .map(|&i| u64::from(backends[i as usize].latency_us()))
+        .filter(|&us| us != 0)
+        .min()
+        .unwrap_or(0);
+    let mut best: Option<(usize, Wait)> = None;
+    for &i in cand {
+        let b = &backends[i as usize];
+        let wait = Wait::of(
+            b,
+            per_request_us(b.latency_us(), fastest_us, explore),
+            now_us,
+        );
+        if best.is_none_or(|(_, w)| wait.shorter_than(w)) {
+            best = Some((i as usize, wait));
+        }
+    }
+    best.map(|(i, _)| i)
 }

@@ -5,22 +5,12 @@
 use std::time::{Duration, Instant};
 
 use modelgate::demo::replica::{Replica, ReplicaHandle};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::support::*;
 
-async fn upstreams(proxy: &TestProxy) -> Value {
-    h1().get(proxy.admin_url("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn queued(proxy: &TestProxy) -> u64 {
-    upstreams(proxy).await["upstreams"]["pool"]["queued"]
+    proxy.admin_json("/upstreams").await["upstreams"]["pool"]["queued"]
         .as_u64()
         .unwrap()
 }
@@ -191,7 +181,7 @@ async fn health_checks_take_a_failing_replica_out_and_bring_it_back() {
     .await;
     let client = h1();
     eventually("both replicas pass their first check", PATIENCE, || async {
-        upstreams(&proxy).await["upstreams"]["pool"]["backends"]
+        proxy.admin_json("/upstreams").await["upstreams"]["pool"]["backends"]
             .as_array()
             .unwrap()
             .iter()
@@ -202,7 +192,7 @@ async fn health_checks_take_a_failing_replica_out_and_bring_it_back() {
     // interval 300 ms × unhealthy_after 2: out within a second (allow slack for a loaded machine).
     let marked = Instant::now();
     eventually("b is marked down", PATIENCE, || async {
-        upstreams(&proxy).await["upstreams"]["pool"]["backends"][1]["state"] == "down"
+        proxy.admin_json("/upstreams").await["upstreams"]["pool"]["backends"][1]["state"] == "down"
     })
     .await;
     eprintln!("b was marked down after {:?}", marked.elapsed());

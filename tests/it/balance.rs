@@ -98,3 +98,118 @@ async fn consistent_hash_keeps_a_key_on_one_replica() {
         "30 keys spread over replicas: {owners:?}"
     );
 }
+
+/// `"ip:port", ...` for mock model servers.
+fn models(list: &[&Model]) -> String {
+    list.iter()
+        .map(|m| format!("\"{}\"", m.addr()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Requests the proxy has in flight on all backends, from `/upstreams`.
+async fn proxy_inflight(proxy: &TestProxy) -> u64 {
+    let v: Value = h1()
+        .get(proxy.admin_url("/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["upstreams"]["pool"]["backends"]
+        .as_array()
+        .map_or(0, |b| b.iter().filter_map(|b| b["inflight"].as_u64()).sum())
+}
+
+async fn served_by(client: &reqwest::Client, url: String) -> String {
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    v["replica"].as_str().unwrap().to_string()
+}
+
+/// The setup users describe: replicas that serve one request at a time. One
+/// request runs for 1.5 s; short requests sent meanwhile, one after another,
+/// must all go elsewhere (nginx `least_conn` sends none to the busy replica).
+#[tokio::test]
+async fn short_requests_never_queue_behind_a_long_one() {
+    let a = Model::builder("a").spawn().await;
+    let b = Model::builder("b").spawn().await;
+    let proxy = TestProxy::start(&pool_config(&models(&[&a, &b]), "")).await;
+    let client = h1();
+    for round in 0..8 {
+        // A slot is freed just after its answer is sent: start each round clean.
+        eventually("the last round's slots are free", PATIENCE, || async {
+            proxy_inflight(&proxy).await == 0
+        })
+        .await;
+        let (c, url) = (client.clone(), proxy.url("/long?ms=1500"));
+        let long = tokio::spawn(async move { served_by(&c, url).await });
+        eventually("the long request reaches a replica", PATIENCE, || async {
+            a.inflight() + b.inflight() == 1
+        })
+        .await;
+        let busy = if a.inflight() == 1 { "a" } else { "b" };
+        for k in 0..10 {
+            let got = served_by(&client, proxy.url("/short?ms=5")).await;
+            assert_ne!(
+                got, busy,
+                "round {round}: short request {k} queued behind the long one"
+            );
+        }
+        assert_eq!(long.await.unwrap(), busy);
+    }
+}
+
+/// Relatives: three single-request replicas, one busy with a long request,
+/// shorts sent two at a time; and a replica whose running request has run long
+/// loses a tie against one whose request just started.
+#[tokio::test]
+async fn concurrent_short_requests_spread_over_the_free_replicas() {
+    let m: Vec<Model> =
+        futures_util::future::join_all(["a", "b", "c"].map(|n| Model::builder(n).spawn())).await;
+    let proxy = TestProxy::start(&pool_config(&models(&[&m[0], &m[1], &m[2]]), "")).await;
+    let client = h2();
+    let (c, url) = (client.clone(), proxy.url("/long?ms=3000"));
+    let long = tokio::spawn(async move { served_by(&c, url).await });
+    eventually("the long request reaches a replica", PATIENCE, || async {
+        m.iter().map(Model::inflight).sum::<u64>() == 1
+    })
+    .await;
+    let busy = m
+        .iter()
+        .find(|r| r.inflight() == 1)
+        .unwrap()
+        .name()
+        .to_string();
+    for k in 0..6 {
+        eventually("only the long request holds a slot", PATIENCE, || async {
+            proxy_inflight(&proxy).await == 1
+        })
+        .await;
+        let (x, y) = tokio::join!(
+            served_by(&client, proxy.url("/short?ms=20")),
+            served_by(&client, proxy.url("/short?ms=20"))
+        );
+        assert!(x != busy && y != busy, "pair {k}: {x}, {y} (busy: {busy})");
+    }
+    // With one fresh request on each free replica, a third short one ties on
+    // count with the long one's replica and goes to a younger one. (A finished
+    // request's slot is freed just after its answer is sent: wait for it.)
+    eventually("only the long request holds a slot", PATIENCE, || async {
+        proxy_inflight(&proxy).await == 1
+    })
+    .await;
+    let (x, y, z) = tokio::join!(
+        served_by(&client, proxy.url("/short?ms=300")),
+        served_by(&client, proxy.url("/short?ms=300")),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            served_by(&client, proxy.url("/short?ms=5")).await
+        }
+    );
+    assert!(x != busy && y != busy && x != y, "{x}, {y} (busy: {busy})");
+    assert_ne!(z, busy, "the third short one queued behind the long one");
+    assert_eq!(long.await.unwrap(), busy);
+}

@@ -166,14 +166,7 @@ async fn oversized_headers_get_431() {
 
 /// In-flight counts as the admin endpoint reports them, per backend address.
 async fn proxy_inflight(proxy: &TestProxy) -> Vec<u64> {
-    let v: Value = h1()
-        .get(proxy.admin_url("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = proxy.admin_json("/upstreams").await;
     v["upstreams"]["pool"]["backends"]
         .as_array()
         .unwrap()

@@ -11,6 +11,7 @@ mod failures;
 mod grpc;
 mod memory;
 mod observability;
+mod openai;
 mod reload;
 mod replica;
 mod routing;

@@ -43,18 +43,8 @@ async fn post_reload(proxy: &TestProxy) -> (u16, Value) {
     status_and_body(h1().post(proxy.admin_url("/reload")).send().await.unwrap()).await
 }
 
-async fn get_json(proxy: &TestProxy, path: &str) -> Value {
-    h1().get(proxy.admin_url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn generation(proxy: &TestProxy) -> u64 {
-    get_json(proxy, "/config").await["generation"]
+    proxy.admin_json("/config").await["generation"]
         .as_u64()
         .unwrap()
 }
@@ -199,7 +189,7 @@ async fn reloads_under_load_fail_nothing(how: How) {
             "{how:?}: {n} reloads, generations {first}..{last}"
         );
     }
-    assert!(get_json(&proxy, "/config").await["last_error"].is_null());
+    assert!(proxy.admin_json("/config").await["last_error"].is_null());
 }
 
 #[tokio::test]
@@ -249,7 +239,7 @@ async fn a_broken_file_keeps_the_old_config_serving_and_shows_the_error() {
     );
     // The file watch sees it too, and also changes nothing.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let config = get_json(&proxy, "/config").await;
+    let config = proxy.admin_json("/config").await;
     assert_eq!(config["generation"].as_u64(), Some(before), "{config}");
     assert_eq!(config["file"].as_str(), Some(file.as_str()));
     assert!(config["loaded_at"].as_str().unwrap().ends_with('Z'));
@@ -274,7 +264,7 @@ async fn a_broken_file_keeps_the_old_config_serving_and_shows_the_error() {
     assert_eq!(s, 200, "{v}");
     assert!(v["generation"].as_u64().unwrap() > before);
     assert_eq!(served_by(&proxy).await, "new");
-    assert!(get_json(&proxy, "/config").await["last_error"].is_null());
+    assert!(proxy.admin_json("/config").await["last_error"].is_null());
     let (ok, failed, why) = load.finish().await;
     assert_eq!(failed, 0, "{why:?}");
     assert!(ok > 0);
@@ -298,7 +288,7 @@ async fn a_listener_change_is_refused_with_the_restart_message() {
     assert!(msg.contains("--upgrade"), "{msg}");
     assert_eq!(generation(&proxy).await, before);
     assert_eq!(served_by(&proxy).await, "only");
-    let config = get_json(&proxy, "/config").await;
+    let config = proxy.admin_json("/config").await;
     assert!(config["last_error"][0]
         .as_str()
         .unwrap()
@@ -346,7 +336,7 @@ async fn an_sse_stream_survives_a_reload_that_removes_its_backend() {
             .collect()
     };
     assert_eq!(
-        states(get_json(&proxy, "/upstreams").await),
+        states(proxy.admin_json("/upstreams").await),
         vec![
             (r[1].addr().to_string(), "up".to_string()),
             (r[0].addr().to_string(), "draining".to_string()),
@@ -360,7 +350,7 @@ async fn an_sse_stream_survives_a_reload_that_removes_its_backend() {
     eventually(
         "the drained backend leaves /upstreams",
         PATIENCE,
-        || async { states(get_json(&proxy, "/upstreams").await).len() == 1 },
+        || async { states(proxy.admin_json("/upstreams").await).len() == 1 },
     )
     .await;
 }
@@ -439,14 +429,14 @@ async fn health_state_survives_a_reload() {
         (down.addr().to_string(), "down".to_string()),
     ];
     eventually("both up", PATIENCE, || async {
-        states(get_json(&proxy, "/upstreams").await)
+        states(proxy.admin_json("/upstreams").await)
             .iter()
             .all(|(_, s)| s == "up")
     })
     .await;
     down.set_health_status(503);
     eventually("one backend up, one down", PATIENCE, || async {
-        states(get_json(&proxy, "/upstreams").await) == want
+        states(proxy.admin_json("/upstreams").await) == want
     })
     .await;
     // Slow checks after the reload: any state the new generation shows is carried over.
@@ -470,7 +460,7 @@ async fn health_state_survives_a_reload() {
     for _ in 0..10 {
         assert_eq!(served_by(&proxy).await, "up");
     }
-    let after = get_json(&proxy, "/upstreams").await;
+    let after = proxy.admin_json("/upstreams").await;
     assert_eq!(after["generation"].as_u64(), v["generation"].as_u64());
     assert_eq!(states(after), want);
 }
@@ -487,7 +477,7 @@ async fn queued_requests_survive_a_reload_and_use_the_new_caps() {
         .map(|i| tokio::spawn(h1().get(proxy.url(&format!("/q/{i}"))).send()))
         .collect();
     eventually("three requests queued", PATIENCE, || async {
-        get_json(&proxy, "/upstreams").await["upstreams"]["pool"]["queued"] == 3
+        proxy.admin_json("/upstreams").await["upstreams"]["pool"]["queued"] == 3
     })
     .await;
     std::fs::write(

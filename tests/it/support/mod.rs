@@ -2,13 +2,16 @@
 //! proxy-under-test harness ([`TestProxy`]) and a WebSocket echo server.
 #![allow(dead_code, unused_imports)]
 
+mod model;
 mod proxy;
 pub mod tls;
+pub mod tools;
 mod ws;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use model::{Model, Reports, VLLM_METRICS};
 pub use proxy::{check, check_file, modelgate_bin, TestProxy};
 pub use ws::ws_echo_server;
 

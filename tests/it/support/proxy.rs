@@ -169,6 +169,19 @@ impl TestProxy {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The JSON answer of an admin endpoint (`/upstreams`, `/config`), with no token.
+    /// Panics, naming the path, when the endpoint does not answer JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let resp = super::h1()
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on the admin listener: {e}"));
+        resp.json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on the admin listener: not JSON: {e}"))
+    }
+
     /// Process id of the proxy.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -142,9 +142,16 @@ pub enum ShutdownSignal {
 /// Watcher of a shutdown signal, e.g., [UnixShutdownSignalWatch] for Unix-like
 /// platforms.
 #[async_trait]
-pub trait ShutdownSignalWatch {
+pub trait ShutdownSignalWatch: Sync {
     /// Returns the desired shutdown type once one has been requested.
     async fn recv(&self) -> ShutdownSignal;
+
+    /// Resolves once a graceful shutdown has nothing left to wait for (for example the
+    /// last request in progress finished), which ends the grace period early. The
+    /// default never resolves: the whole grace period is waited out.
+    async fn drained(&self) {
+        std::future::pending::<()>().await
+    }
 }
 
 /// A Unix shutdown watcher that awaits for Unix signals.
@@ -237,7 +244,7 @@ impl Server {
     }
 
     #[cfg(unix)]
-    async fn main_loop(&self, run_args: RunArgs) -> ShutdownType {
+    async fn main_loop(&self, run_args: &RunArgs) -> ShutdownType {
         // waiting for exit signal
 
         self.execution_phase_watch
@@ -325,7 +332,7 @@ impl Server {
     }
 
     #[cfg(windows)]
-    async fn main_loop(&self, _run_args: RunArgs) -> ShutdownType {
+    async fn main_loop(&self, _run_args: &RunArgs) -> ShutdownType {
         // waiting for exit signal
 
         self.execution_phase_watch
@@ -787,11 +794,11 @@ impl Server {
         #[cfg(unix)]
         let shutdown_type = server_runtime
             .get_handle()
-            .block_on(self.main_loop(run_args));
+            .block_on(self.main_loop(&run_args));
         #[cfg(windows)]
         let shutdown_type = server_runtime
             .get_handle()
-            .block_on(self.main_loop(run_args));
+            .block_on(self.main_loop(&run_args));
 
         self.execution_phase_watch
             .send(ExecutionPhase::ShutdownStarted)
@@ -808,8 +815,19 @@ impl Server {
                 .grace_period_seconds
                 .unwrap_or(EXIT_TIMEOUT);
             info!("Graceful shutdown: grace period {}s starts", exit_timeout);
+            #[cfg(unix)]
+            server_runtime.get_handle().block_on(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(exit_timeout)) => {
+                        info!("Graceful shutdown: grace period ends");
+                    }
+                    _ = run_args.shutdown_signal.drained() => {
+                        info!("Graceful shutdown: drained before the grace period ended");
+                    }
+                }
+            });
+            #[cfg(windows)]
             thread::sleep(Duration::from_secs(exit_timeout));
-            info!("Graceful shutdown: grace period ends");
         }
 
         // Give tokio runtimes time to exit

@@ -1,0 +1,282 @@
+//! A mock model server on `127.0.0.1:0` that behaves like the ones users run: a
+//! fixed number of request slots (one, like a Flask dev server; more wait inside
+//! it, first come first served), a per-request work time (`?ms=N`, else the
+//! default), an optional capacity knee (beyond `knee` requests at once each one
+//! slows down in proportion), and engine load reports: a Prometheus `/metrics`
+//! page with vLLM-style gauges and an ORCA `endpoint-load-metrics` header.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// How a [`Model`] reports its load.
+#[derive(Clone, Default)]
+pub struct Reports {
+    /// The `/metrics` body; `{waiting}` and `{running}` are replaced by the live
+    /// numbers (requests queued inside the replica and being worked on).
+    pub metrics: Option<String>,
+    /// Answer every request with an `endpoint-load-metrics` header in this format
+    /// when the request asks for it (`TEXT` or `JSON`).
+    pub orca: bool,
+}
+
+/// A vLLM-style `/metrics` page (two models, so gauges must be summed).
+pub const VLLM_METRICS: &str = "# HELP vllm:num_requests_waiting Requests waiting.\n\
+# TYPE vllm:num_requests_waiting gauge\n\
+vllm:num_requests_waiting{model_name=\"a\"} {waiting}\n\
+vllm:num_requests_waiting{model_name=\"b\"} 0\n\
+# HELP vllm:num_requests_running Requests running.\n\
+# TYPE vllm:num_requests_running gauge\n\
+vllm:num_requests_running{model_name=\"a\"} {running}\n\
+vllm:num_requests_running{model_name=\"b\"} 0\n\
+# HELP vllm:kv_cache_usage_perc KV cache usage.\n\
+# TYPE vllm:kv_cache_usage_perc gauge\n\
+vllm:kv_cache_usage_perc{model_name=\"a\"} 0.25\n";
+
+/// Builder for a [`Model`].
+pub struct ModelBuilder {
+    name: String,
+    slots: usize,
+    work: Duration,
+    knee: Option<usize>,
+    reports: Reports,
+}
+
+impl ModelBuilder {
+    /// Requests worked on at once; more wait inside the replica.
+    pub fn slots(mut self, n: usize) -> Self {
+        self.slots = n.max(1);
+        self
+    }
+
+    /// Work time of a request without `?ms=`.
+    pub fn work(mut self, d: Duration) -> Self {
+        self.work = d;
+        self
+    }
+
+    /// Beyond `n` requests at once, each takes `work x running / n`.
+    pub fn knee(mut self, n: usize) -> Self {
+        self.knee = Some(n.max(1));
+        self
+    }
+
+    pub fn reports(mut self, r: Reports) -> Self {
+        self.reports = r;
+        self
+    }
+
+    pub async fn spawn(self) -> Model {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inner = Arc::new(Inner {
+            name: self.name,
+            work: self.work,
+            knee: self.knee,
+            slots: Semaphore::new(self.slots),
+            reports: Mutex::new(self.reports),
+            hits: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            external_waiting: AtomicU64::new(0),
+            metrics_scrapes: AtomicU64::new(0),
+            last_orca_request: Mutex::new(None),
+        });
+        let task = tokio::spawn(serve(listener, Arc::clone(&inner)));
+        Model {
+            addr,
+            inner,
+            task: Arc::new(AbortOnDrop(task)),
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Inner {
+    name: String,
+    work: Duration,
+    knee: Option<usize>,
+    slots: Semaphore,
+    reports: Mutex<Reports>,
+    hits: AtomicU64,
+    waiting: AtomicU64,
+    running: AtomicU64,
+    /// Queue from clients that do not go through the proxy (shows in /metrics only).
+    external_waiting: AtomicU64,
+    metrics_scrapes: AtomicU64,
+    /// The `endpoint-load-metrics-format` of the last request that sent one.
+    last_orca_request: Mutex<Option<String>>,
+}
+
+/// A running mock model server; stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Model {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    task: Arc<AbortOnDrop>,
+}
+
+impl Model {
+    pub fn builder(name: &str) -> ModelBuilder {
+        ModelBuilder {
+            name: name.to_string(),
+            slots: 1,
+            work: Duration::from_millis(10),
+            knee: None,
+            reports: Reports::default(),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Inference requests received.
+    pub fn hits(&self) -> u64 {
+        self.inner.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests inside the replica (waiting or running).
+    pub fn inflight(&self) -> u64 {
+        self.inner.waiting.load(Ordering::SeqCst) + self.inner.running.load(Ordering::SeqCst)
+    }
+
+    pub fn metrics_scrapes(&self) -> u64 {
+        self.inner.metrics_scrapes.load(Ordering::SeqCst)
+    }
+
+    /// The format asked for in the last `endpoint-load-metrics-format` request header.
+    pub fn last_orca_request(&self) -> Option<String> {
+        self.inner.last_orca_request.lock().unwrap().clone()
+    }
+
+    /// Adds queued requests that only the replica's own reports show.
+    pub fn set_external_waiting(&self, n: u64) {
+        self.inner.external_waiting.store(n, Ordering::SeqCst);
+    }
+
+    pub fn set_reports(&self, r: Reports) {
+        *self.inner.reports.lock().unwrap() = r;
+    }
+}
+
+async fn serve(listener: TcpListener, inner: Arc<Inner>) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let inner = Arc::clone(&inner);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let inner = Arc::clone(&inner);
+                async move { Ok::<_, Infallible>(handle(inner, req).await) }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn text(status: u16, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/health" => return text(200, "ok".into()),
+        "/metrics" => {
+            inner.metrics_scrapes.fetch_add(1, Ordering::SeqCst);
+            let page = inner.reports.lock().unwrap().metrics.clone();
+            return match page {
+                Some(p) => text(200, fill(&inner, &p)),
+                None => text(404, "no metrics".into()),
+            };
+        }
+        _ => {}
+    }
+    inner.hits.fetch_add(1, Ordering::SeqCst);
+    let orca = req
+        .headers()
+        .get("endpoint-load-metrics-format")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if orca.is_some() {
+        *inner.last_orca_request.lock().unwrap() = orca.clone();
+    }
+    let work = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+        .and_then(|ms| ms.parse().ok())
+        .map_or(inner.work, Duration::from_millis);
+    inner.waiting.fetch_add(1, Ordering::SeqCst);
+    let permit = inner.slots.acquire().await.unwrap();
+    inner.waiting.fetch_sub(1, Ordering::SeqCst);
+    let running = inner.running.fetch_add(1, Ordering::SeqCst) + 1;
+    let took = match inner.knee {
+        Some(knee) if running as usize > knee => work * running as u32 / knee as u32,
+        _ => work,
+    };
+    tokio::time::sleep(took).await;
+    let mut resp = text(200, format!("{{\"replica\":\"{}\"}}", inner.name));
+    let reported = inner.reports.lock().unwrap().orca;
+    if let (true, Some(format)) = (reported, orca) {
+        let (waiting, running) = load(&inner);
+        let value = if format.eq_ignore_ascii_case("JSON") {
+            format!(
+                "JSON {{\"named_metrics\":{{\"num_requests_waiting\":{waiting},\"num_requests_running\":{running}}}}}"
+            )
+        } else {
+            format!(
+                "TEXT named_metrics.num_requests_waiting={waiting}, named_metrics.num_requests_running={running}"
+            )
+        };
+        resp.headers_mut()
+            .insert("endpoint-load-metrics", value.parse().unwrap());
+    }
+    inner.running.fetch_sub(1, Ordering::SeqCst);
+    drop(permit);
+    resp
+}
+
+/// (waiting, running) as the replica would report them.
+fn load(inner: &Inner) -> (u64, u64) {
+    (
+        inner.waiting.load(Ordering::SeqCst) + inner.external_waiting.load(Ordering::SeqCst),
+        inner.running.load(Ordering::SeqCst),
+    )
+}
+
+fn fill(inner: &Inner, page: &str) -> String {
+    let (waiting, running) = load(inner);
+    page.replace("{waiting}", &waiting.to_string())
+        .replace("{running}", &running.to_string())
+}

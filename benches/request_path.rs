@@ -54,6 +54,10 @@ fn entry() -> Entry {
         total: Duration::from_millis(12),
         retries: 0,
         reject: None,
+        model: Some(Arc::from("llama-3-8b")),
+        ttft: Some(Duration::from_micros(850)),
+        prompt_tokens: Some(42),
+        completion_tokens: Some(311),
     }
 }
 

@@ -5,7 +5,7 @@
 //! the route (and through it the pool) out of the current snapshot once and keeps it
 //! in the request context, so a reload mid-request changes nothing for it.
 
-mod headers;
+pub mod headers;
 mod redirect;
 mod reject;
 
@@ -26,6 +26,7 @@ pub use reject::Reject;
 
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::openai::tokens::{Kind, TokenMeter, TokenSink};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
@@ -112,6 +113,10 @@ pub struct RequestCtx {
     pre: Option<PreRead>,
     /// The current attempt has not sent `pre.replay` yet.
     replay_pending: bool,
+    /// The body's `model`, for the access log.
+    model: Option<Arc<str>>,
+    /// Token accounting of an OpenAI answer.
+    tokens: Option<TokenMeter>,
     /// Time spent in the pool's wait queue.
     queue_wait: Duration,
     /// When the current attempt got its backend.
@@ -155,6 +160,8 @@ impl ProxyHttp for Gateway {
             openai: false,
             pre: None,
             replay_pending: false,
+            model: None,
+            tokens: None,
             queue_wait: Duration::ZERO,
             attempt_started: None,
             status_retry: false,
@@ -369,13 +376,30 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Returns the request id to the client.
+    /// Returns the request id to the client, and starts token accounting on a
+    /// successful OpenAI answer (a stream, or JSON).
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.route.as_ref().is_some_and(|r| r.api.openai) && upstream_response.status.is_success()
+        {
+            let kind = match upstream_response.headers.get(http::header::CONTENT_TYPE) {
+                Some(ct) if ct.as_bytes().starts_with(b"text/event-stream") => Some(Kind::Stream),
+                Some(ct) if ct.as_bytes().starts_with(b"application/json") => Some(Kind::Json),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let strip = ctx.pre.as_ref().is_some_and(|p| p.rewritten_len.is_some());
+                if strip && kind == Kind::Stream {
+                    // The usage event is cut out, so the length changes.
+                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                }
+                ctx.tokens = Some(TokenMeter::new(kind, strip));
+            }
+        }
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header(X_REQUEST_ID, id.clone())?;
         }
@@ -478,6 +502,27 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Scans OpenAI answers for tokens and usage as they pass (see `openai::tokens`).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(meter), Some(route)) = (ctx.tokens.as_mut(), &ctx.route) {
+            let m = route
+                .metrics
+                .get_or_init(|| self.metrics.route(&route.name, route.pool.name()));
+            meter.scan(
+                body,
+                Instant::now(),
+                &mut Gaps(&m.tokens().inter_token_latency),
+            );
+        }
+        Ok(None)
+    }
+
     /// Retries are expected under failure; keep pingora's per-retry warning quiet.
     fn suppress_proxy_warn_log(
         &self,
@@ -520,6 +565,25 @@ impl ProxyHttp for Gateway {
         if aborted {
             up.client_abort();
         }
+        let ttft = ctx
+            .tokens
+            .as_ref()
+            .and_then(|t| t.first_token)
+            .map(|t| t.saturating_duration_since(ctx.start));
+        let usage = ctx.tokens.as_ref().and_then(|t| t.usage);
+        let completion = ctx.tokens.as_ref().map(TokenMeter::completion_tokens);
+        if ctx.tokens.is_some() {
+            let t = m.tokens();
+            if let Some(ttft) = ttft {
+                t.time_to_first_token.observe(ttft.as_secs_f64());
+            }
+            if let Some(u) = usage {
+                t.prompt.inc_by(u.prompt_tokens);
+            }
+            if let Some(n) = completion {
+                t.completion.inc_by(n);
+            }
+        }
 
         let Some(log) = &self.access_log else {
             return;
@@ -546,7 +610,20 @@ impl ProxyHttp for Gateway {
             total,
             retries,
             reject: ctx.reject.map(Reject::reason),
+            model: ctx.model.clone(),
+            ttft,
+            prompt_tokens: usage.map(|u| u.prompt_tokens),
+            completion_tokens: completion,
         });
+    }
+}
+
+/// Observes inter-token gaps into the route's histogram.
+struct Gaps<'a>(&'a prometheus::Histogram);
+
+impl TokenSink for Gaps<'_> {
+    fn inter_token(&mut self, gap: Duration) {
+        self.0.observe(gap.as_secs_f64());
     }
 }
 
@@ -582,12 +659,11 @@ impl Gateway {
             model: true,
             stream: group.wants_stream(),
         };
-        let read =
-            openai::read_fields(session, want, limit, |model| group.by_model(model).cloned())
-                .await?;
+        let read = openai::read_fields(session, want, limit, |model| group.by_model(model)).await?;
         Ok(match read {
-            Ok((Some(route), read)) => {
+            Ok((Some((route, model)), read)) => {
                 ctx.pre = Some(PreRead::new(session, read, &route.api));
+                ctx.model = model;
                 Ok(route)
             }
             Ok((None, _)) => Err(Reject::ModelNotFound),

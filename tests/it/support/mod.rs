@@ -5,6 +5,7 @@
 pub mod dns;
 mod model;
 mod proxy;
+pub mod raw;
 pub mod tls;
 pub mod tools;
 mod ws;

@@ -9,6 +9,7 @@ mod config_files;
 mod demo;
 mod failures;
 mod grpc;
+mod logs;
 mod observability;
 mod openai;
 mod reload;

@@ -53,6 +53,8 @@ impl Upstream {
             slow_start: Duration::ZERO,
             health: None,
             tls: UpstreamTls::default(),
+            hold: None,
+            wake: None,
         }
     }
 }
@@ -180,6 +182,8 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         None => Some(None),
     };
     let tls = read_upstream_tls(cx, &mut t, protocol);
+    let hold = super::openai::read_hold(cx, &mut t);
+    let wake = super::openai::read_wake(cx, &mut t);
     t.finish(cx);
     Some(Upstream {
         name: String::new(),
@@ -199,6 +203,8 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         slow_start: slow_start?,
         health: health?,
         tls: tls?,
+        hold: hold?,
+        wake: wake?,
     })
 }
 
@@ -465,6 +471,7 @@ fn read_health(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<HealthCheck> {
             );
         }
     }
+    let models = t.take("models").map_or(Some(false), |f| cx.bool(&f));
     t.finish(cx);
     Some(HealthCheck {
         path: path?,
@@ -473,6 +480,7 @@ fn read_health(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<HealthCheck> {
         healthy_after: healthy_after?,
         unhealthy_after: unhealthy_after?,
         expect_status: expect_status?,
+        models: models?,
     })
 }
 

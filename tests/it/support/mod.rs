@@ -4,6 +4,7 @@
 
 mod model;
 mod proxy;
+pub mod raw;
 pub mod tls;
 pub mod tools;
 mod ws;

@@ -5,6 +5,7 @@
 //! the route (and through it the pool) out of the current snapshot once and keeps it
 //! in the request context, so a reload mid-request changes nothing for it.
 
+pub mod failures;
 pub mod headers;
 mod redirect;
 mod reject;
@@ -48,6 +49,32 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// `None` when `[log] access = "off"`.
     access_log: Option<AccessLog>,
+}
+
+/// Logs a failed attempt on the request's current backend (see [`failures`]).
+fn log_failure(
+    ctx: &RequestCtx,
+    reason: failures::Reason,
+    detail: &dyn std::fmt::Display,
+    retrying: bool,
+) {
+    let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) else {
+        return;
+    };
+    let request_id = ctx
+        .request_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    failures::record(&failures::Failure {
+        request_id,
+        route: &route.name,
+        upstream: route.pool.name(),
+        backend: lease.backend().label(),
+        reason,
+        detail,
+        retrying,
+    });
 }
 
 impl Gateway {
@@ -366,6 +393,12 @@ impl ProxyHttp for Gateway {
         if refused && !session.as_ref().retry_buffer_truncated() && route.pool.may_retry(&ctx.tried)
         {
             ctx.status_retry = true;
+            log_failure(
+                ctx,
+                failures::Reason::Status(status),
+                &format_args!("answered {status}"),
+                true,
+            );
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
                 "backend refused; retrying elsewhere",
@@ -426,6 +459,7 @@ impl ProxyHttp for Gateway {
             route.pool.record_failure(lease.backend());
         }
         e.set_retry(self.may_retry(ctx));
+        log_failure(ctx, failures::Reason::of_connect(&e), &e, e.retry());
         e
     }
 
@@ -471,6 +505,10 @@ impl ProxyHttp for Gateway {
             }
         }
         e.set_retry(broken && replayable && self.may_retry(ctx));
+        // Only the backend's failures: a client that went away is not one.
+        if e.esource() == &ErrorSource::Upstream {
+            log_failure(ctx, failures::Reason::of_proxy(&e), &e, e.retry());
+        }
         e
     }
 
@@ -500,6 +538,13 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Every backend failure is logged by [`failures`] (one WARN line per kind per
+    /// window, then a count) and every request in the access log, so pingora's own
+    /// ERROR line per failed request would only repeat them, one line each.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
     }
 
     /// Scans OpenAI answers for tokens and usage as they pass (see `openai::tokens`).

@@ -11,6 +11,7 @@ mod deploy;
 mod discovery;
 mod failures;
 mod grpc;
+mod logs;
 mod memory;
 mod observability;
 mod openai;

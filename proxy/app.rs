@@ -213,6 +213,13 @@ impl App {
         health.threads = Some(1);
         server.add_service(health);
 
+        let mut discovery = background_service(
+            "dns discovery",
+            crate::discovery::DiscoveryService::new(Arc::clone(&shared), Arc::clone(&metrics)),
+        );
+        discovery.threads = Some(1);
+        server.add_service(discovery);
+
         // Only a config read from a file can be reloaded (not the demo's).
         let reloader = config.source.is_file().then(|| {
             Arc::new(Reloader::new(

@@ -246,11 +246,16 @@ fn full_example() {
     let ch = c.upstream("chat").unwrap();
     assert_eq!(
         ch.backends,
-        BackendSource::Dns {
-            name: "chat.models.svc.cluster.local:8000".into(),
+        BackendSource::Dns(Discovery {
+            names: vec![NamedBackend {
+                host: "chat.models.svc.cluster.local".into(),
+                port: 8000,
+                weight: 1,
+            }],
+            fixed: Vec::new(),
             every: Duration::from_secs(5),
             resolver: Some(addr("10.0.0.10:53")),
-        }
+        })
     );
     assert_eq!(ch.protocol, Protocol::H2c);
     // Defaults.
@@ -383,10 +388,10 @@ fn broken_files() {
             MINIMAL.replace("[\"127.0.0.1:9001\"]", "[]"),
             vec!["config/modelgate.toml:10:12: upstream.chat.backends: the list is empty; add at least one \"ip:port\", e.g. backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]"],
         ),
-        // Host name as a backend.
+        // A host name without its port.
         (
-            MINIMAL.replace("\"127.0.0.1:9001\"", "\"chat.local:9001\""),
-            vec!["config/modelgate.toml:10:13: upstream.chat.backends[0]: \"chat.local:9001\" uses a host name; use an IP address, or `discover = { dns = \"HOST:PORT\" }` for names"],
+            MINIMAL.replace("\"127.0.0.1:9001\"", "\"chat.local\""),
+            vec!["config/modelgate.toml:10:13: upstream.chat.backends[0]: \"chat.local\" has no port; write it as \"host:port\", e.g. \"vision:8000\" or \"10.0.0.5:8000\""],
         ),
         // Weight 0, and a duplicate backend.
         (

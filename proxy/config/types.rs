@@ -276,13 +276,37 @@ pub struct Upstream {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackendSource {
+    /// Every backend listed by IP address.
     Static(Vec<BackendAddr>),
-    Dns {
-        /// `host:port` to resolve.
-        name: String,
-        every: Duration,
-        resolver: Option<SocketAddr>,
-    },
+    /// Some backends are host names (`backends`) or come from `discover`.
+    Dns(Discovery),
+}
+
+/// Backends found by name: every A/AAAA record of each name is a backend, looked up
+/// again every `every`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Discovery {
+    pub names: Vec<NamedBackend>,
+    /// Backends listed by IP address beside the names.
+    pub fixed: Vec<BackendAddr>,
+    pub every: Duration,
+    /// The DNS server asked (`ip:port`); `None` for the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+}
+
+/// `host:port` in `backends` or `discover.dns`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedBackend {
+    pub host: String,
+    pub port: u16,
+    /// The weight of each address the name resolves to.
+    pub weight: u32,
+}
+
+impl std::fmt::Display for NamedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -5,7 +5,8 @@
 //! the route (and through it the pool) out of the current snapshot once and keeps it
 //! in the request context, so a reload mid-request changes nothing for it.
 
-mod headers;
+pub mod failures;
+pub mod headers;
 mod redirect;
 mod reject;
 
@@ -19,7 +20,7 @@ use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{ErrorSource, ErrorType};
+use pingora::{ErrorSource, ErrorType, RetryType};
 
 pub use redirect::HttpsRedirect;
 pub use reject::Reject;
@@ -29,6 +30,7 @@ use crate::edge::credentials::X_API_KEY;
 use crate::edge::Consumer;
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::openai::tokens::{Kind, TokenMeter, TokenSink};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
@@ -52,6 +54,32 @@ pub struct Gateway {
     access_log: Option<AccessLog>,
     /// Request-head limits and keep-alive of `[listen]`.
     limits: ConnLimits,
+}
+
+/// Logs a failed attempt on the request's current backend (see [`failures`]).
+fn log_failure(
+    ctx: &RequestCtx,
+    reason: failures::Reason,
+    detail: &dyn std::fmt::Display,
+    retrying: bool,
+) {
+    let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) else {
+        return;
+    };
+    let request_id = ctx
+        .request_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    failures::record(&failures::Failure {
+        request_id,
+        route: &route.name,
+        upstream: route.pool.name(),
+        backend: lease.backend().label(),
+        reason,
+        detail,
+        retrying,
+    });
 }
 
 impl Gateway {
@@ -124,6 +152,10 @@ pub struct RequestCtx {
     pre: Option<PreRead>,
     /// The current attempt has not sent `pre.replay` yet.
     replay_pending: bool,
+    /// The body's `model`, for the access log.
+    model: Option<Arc<str>>,
+    /// Token accounting of an OpenAI answer.
+    tokens: Option<TokenMeter>,
     /// Time spent in the pool's wait queue.
     queue_wait: Duration,
     /// When the current attempt got its backend.
@@ -133,6 +165,9 @@ pub struct RequestCtx {
     status_retry: bool,
     /// The authenticated client, on routes with `auth`.
     consumer: Option<Consumer>,
+    /// The current attempt broke on a reused connection before any answer: send it
+    /// again to the same backend, on another connection, without counting a retry.
+    resend: bool,
     /// When the request arrived.
     start: Instant,
     /// Arrival to the (last attempt's) response headers.
@@ -172,10 +207,13 @@ impl ProxyHttp for Gateway {
             openai: false,
             pre: None,
             replay_pending: false,
+            model: None,
+            tokens: None,
             queue_wait: Duration::ZERO,
             attempt_started: None,
             status_retry: false,
             consumer: None,
+            resend: false,
             start: Instant::now(),
             first_byte: None,
         }
@@ -214,6 +252,11 @@ impl ProxyHttp for Gateway {
             .is_some_and(|t| t == 0 || t > idle)
         {
             downstream.set_keepalive(Some(idle));
+        }
+        // Route and forward on the normalised path only.
+        if headers::normalize_target(session.req_header_mut()).is_err() {
+            session.set_keepalive(None);
+            return self.reject(session, ctx, Reject::BadRequest).await;
         }
 
         let picked = {
@@ -276,9 +319,14 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
+        ctx.replay_pending = ctx.pre.as_ref().is_some_and(|p| p.replay.is_some());
+        if std::mem::take(&mut ctx.resend) {
+            if let Some(lease) = &ctx.lease {
+                return Ok(peer_for(lease, session));
+            }
+        }
         // Free the previous attempt's slot before queueing for the next one.
         ctx.lease = None;
-        ctx.replay_pending = ctx.pre.as_ref().is_some_and(|p| p.replay.is_some());
         match route
             .pool
             .admit(&ctx.tried, ctx.hash, client_gone(session))
@@ -288,11 +336,7 @@ impl ProxyHttp for Gateway {
                 ctx.tried.push(lease.backend().index());
                 ctx.queue_wait += waited;
                 ctx.attempt_started = Some(Instant::now());
-                let mut peer = Box::new(lease.backend().peer().clone());
-                // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
-                if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
-                    peer.options.alpn = ALPN::H1;
-                }
+                let peer = peer_for(&lease, session);
                 ctx.lease = Some(lease);
                 Ok(peer)
             }
@@ -310,7 +354,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Adds the forwarding headers and applies `strip_prefix`.
+    /// Adds the forwarding headers, applies `strip_prefix` and, for HTTP/1
+    /// replicas, sends origin-form with a Host and one Cookie field.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -331,6 +376,10 @@ impl ProxyHttp for Gateway {
                 upstream.remove_header(&http::header::AUTHORIZATION);
                 upstream.remove_header(X_API_KEY);
             }
+        }
+        if upstream.version != http::Version::HTTP_2 {
+            let backend = ctx.lease.as_ref().map(|l| l.backend());
+            headers::for_http1(upstream, backend.map_or("", |b| headers::backend_host(b)))?;
         }
         if let Some(len) = ctx.pre.as_ref().and_then(|p| p.rewritten_len) {
             if upstream.headers.contains_key(http::header::CONTENT_LENGTH) {
@@ -394,6 +443,12 @@ impl ProxyHttp for Gateway {
         if refused && !session.as_ref().retry_buffer_truncated() && route.pool.may_retry(&ctx.tried)
         {
             ctx.status_retry = true;
+            log_failure(
+                ctx,
+                failures::Reason::Status(status),
+                &format_args!("answered {status}"),
+                true,
+            );
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
                 "backend refused; retrying elsewhere",
@@ -404,13 +459,30 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Returns the request id to the client.
+    /// Returns the request id to the client, and starts token accounting on a
+    /// successful OpenAI answer (a stream, or JSON).
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.route.as_ref().is_some_and(|r| r.api.openai) && upstream_response.status.is_success()
+        {
+            let kind = match upstream_response.headers.get(http::header::CONTENT_TYPE) {
+                Some(ct) if ct.as_bytes().starts_with(b"text/event-stream") => Some(Kind::Stream),
+                Some(ct) if ct.as_bytes().starts_with(b"application/json") => Some(Kind::Json),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let strip = ctx.pre.as_ref().is_some_and(|p| p.rewritten_len.is_some());
+                if strip && kind == Kind::Stream {
+                    // The usage event is cut out, so the length changes.
+                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                }
+                ctx.tokens = Some(TokenMeter::new(kind, strip));
+            }
+        }
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header(X_REQUEST_ID, id.clone())?;
         }
@@ -437,6 +509,7 @@ impl ProxyHttp for Gateway {
             route.pool.record_failure(lease.backend());
         }
         e.set_retry(self.may_retry(ctx));
+        log_failure(ctx, failures::Reason::of_connect(&e), &e, e.retry());
         e
     }
 
@@ -450,17 +523,27 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         if std::mem::take(&mut ctx.status_retry) {
             return e; // decided in upstream_response_filter
+        }
+        let replayable_body =
+            !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        // A pooled connection that broke before any answer was most likely closed by
+        // the replica while idle (keep-alive timeout, restart), not a failure of the
+        // replica: send the request again to it, whatever the method, and count no
+        // retry. A failure on a new connection is not resent.
+        if client_reused && e.retry == RetryType::ReusedOnly && replayable_body {
+            ctx.resend = true;
+            e.set_retry(true);
+            return e;
         }
         let broken = !matches!(
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         ) && e.esource() == &ErrorSource::Upstream;
-        let replayable = !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none()
+        let replayable = replayable_body
             && (session.req_header().method.is_idempotent()
                 || ctx
                     .route
@@ -472,6 +555,10 @@ impl ProxyHttp for Gateway {
             }
         }
         e.set_retry(broken && replayable && self.may_retry(ctx));
+        // Only the backend's failures: a client that went away is not one.
+        if e.esource() == &ErrorSource::Upstream {
+            log_failure(ctx, failures::Reason::of_proxy(&e), &e, e.retry());
+        }
         e
     }
 
@@ -501,6 +588,34 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Every backend failure is logged by [`failures`] (one WARN line per kind per
+    /// window, then a count) and every request in the access log, so pingora's own
+    /// ERROR line per failed request would only repeat them, one line each.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
+    }
+
+    /// Scans OpenAI answers for tokens and usage as they pass (see `openai::tokens`).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(meter), Some(route)) = (ctx.tokens.as_mut(), &ctx.route) {
+            let m = route
+                .metrics
+                .get_or_init(|| self.metrics.route(&route.name, route.pool.name()));
+            meter.scan(
+                body,
+                Instant::now(),
+                &mut Gaps(&m.tokens().inter_token_latency),
+            );
+        }
+        Ok(None)
     }
 
     /// Retries are expected under failure; keep pingora's per-retry warning quiet.
@@ -545,6 +660,25 @@ impl ProxyHttp for Gateway {
         if aborted {
             up.client_abort();
         }
+        let ttft = ctx
+            .tokens
+            .as_ref()
+            .and_then(|t| t.first_token)
+            .map(|t| t.saturating_duration_since(ctx.start));
+        let usage = ctx.tokens.as_ref().and_then(|t| t.usage);
+        let completion = ctx.tokens.as_ref().map(TokenMeter::completion_tokens);
+        if ctx.tokens.is_some() {
+            let t = m.tokens();
+            if let Some(ttft) = ttft {
+                t.time_to_first_token.observe(ttft.as_secs_f64());
+            }
+            if let Some(u) = usage {
+                t.prompt.inc_by(u.prompt_tokens);
+            }
+            if let Some(n) = completion {
+                t.completion.inc_by(n);
+            }
+        }
 
         let Some(log) = &self.access_log else {
             return;
@@ -572,6 +706,10 @@ impl ProxyHttp for Gateway {
             total,
             retries,
             reject: ctx.reject.map(Reject::reason),
+            model: ctx.model.clone(),
+            ttft,
+            prompt_tokens: usage.map(|u| u.prompt_tokens),
+            completion_tokens: completion,
         });
     }
 }
@@ -582,6 +720,15 @@ fn missing_host(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11
         && req.uri.authority().is_none()
         && !req.headers.contains_key(http::header::HOST)
+}
+
+/// Observes inter-token gaps into the route's histogram.
+struct Gaps<'a>(&'a prometheus::Histogram);
+
+impl TokenSink for Gaps<'_> {
+    fn inter_token(&mut self, gap: Duration) {
+        self.0.observe(gap.as_secs_f64());
+    }
 }
 
 /// The client hung up (while queued, or before the answer was complete).
@@ -658,12 +805,11 @@ impl Gateway {
             model: true,
             stream: group.wants_stream(),
         };
-        let read =
-            openai::read_fields(session, want, limit, |model| group.by_model(model).cloned())
-                .await?;
+        let read = openai::read_fields(session, want, limit, |model| group.by_model(model)).await?;
         Ok(match read {
-            Ok((Some(route), read)) => {
+            Ok((Some((route, model)), read)) => {
                 ctx.pre = Some(PreRead::new(session, read, &route.api));
+                ctx.model = model;
                 Ok(route)
             }
             Ok((None, _)) => Err(Reject::ModelNotFound),
@@ -685,6 +831,16 @@ impl Gateway {
             .as_ref()
             .is_some_and(|r| r.pool.may_retry(&ctx.tried))
     }
+}
+
+/// The peer for an attempt on `lease`'s backend.
+fn peer_for(lease: &Lease, session: &Session) -> Box<HttpPeer> {
+    let mut peer = Box::new(lease.backend().peer().clone());
+    // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
+    if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
+        peer.options.alpn = ALPN::H1;
+    }
+    peer
 }
 
 /// Resolves when the client of a waiting request disconnects: an HTTP/2 stream

@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod route;
+pub mod tokens;
 
 use std::time::Duration;
 
@@ -108,12 +109,6 @@ pub fn unsupported(config: &crate::config::Config, errors: &mut Vec<String>) {
         ));
     };
     for (i, r) in config.routes.iter().enumerate() {
-        if r.openai.stream_usage {
-            refuse(
-                format!("route[{i}].stream_usage"),
-                "forcing usage in streams",
-            );
-        }
         if r.openai.sse_keepalive.is_some() {
             refuse(
                 format!("route[{i}].sse_keepalive"),

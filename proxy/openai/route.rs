@@ -17,7 +17,7 @@ pub const DEFAULT_READ_LIMIT: u64 = 32 * 1024 * 1024;
 pub struct RouteGroup {
     /// The route that names no model: it takes every request no model route takes.
     plain: Option<Arc<RouteEntry>>,
-    by_name: FastMap<Box<str>, Arc<RouteEntry>>,
+    by_name: FastMap<Arc<str>, Arc<RouteEntry>>,
     /// Longest prefix first.
     by_prefix: Vec<(Box<str>, Arc<RouteEntry>)>,
     /// Some route of the group has `api = "openai"`.
@@ -77,17 +77,22 @@ impl RouteGroup {
         }
     }
 
-    /// The route serving `model`; the plain route when no model route takes it.
-    pub fn by_model(&self, model: Option<&str>) -> Option<&Arc<RouteEntry>> {
-        let named = model.and_then(|m| {
-            self.by_name.get(m).or_else(|| {
-                self.by_prefix
-                    .iter()
-                    .find(|(p, _)| m.starts_with(&**p))
-                    .map(|(_, r)| r)
-            })
-        });
-        named.or(self.plain.as_ref())
+    /// The route serving `model` (the plain route when no model route takes it), and
+    /// the model's name to log (shared with the table for exact names).
+    pub fn by_model(&self, model: Option<&str>) -> Option<(Arc<RouteEntry>, Option<Arc<str>>)> {
+        let Some(m) = model else {
+            return self.plain.as_ref().map(|r| (Arc::clone(r), None));
+        };
+        if let Some((name, r)) = self.by_name.get_key_value(m) {
+            return Some((Arc::clone(r), Some(Arc::clone(name))));
+        }
+        let r = self
+            .by_prefix
+            .iter()
+            .find(|(p, _)| m.starts_with(&**p))
+            .map(|(_, r)| r)
+            .or(self.plain.as_ref())?;
+        Some((Arc::clone(r), Some(Arc::from(m))))
     }
 
     pub fn routes_by_model(&self) -> bool {

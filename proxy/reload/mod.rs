@@ -244,6 +244,7 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let started = Instant::now();
         let mut state = self.lock();
+        let publishing = crate::snapshot::publishing();
         let outcome = match self.try_reload(&mut state) {
             Ok(generation) => {
                 let took = started.elapsed();
@@ -268,6 +269,7 @@ impl Reloader {
                 ReloadOutcome::Rejected { errors }
             }
         };
+        drop(publishing);
         drop(state);
         match &outcome {
             ReloadOutcome::Applied { generation, .. } => self.metrics.reload(true, *generation),

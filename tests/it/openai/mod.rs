@@ -3,6 +3,7 @@
 
 mod mock;
 mod routing;
+mod tokens;
 
 use serde_json::{json, Value};
 

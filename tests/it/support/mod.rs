@@ -2,8 +2,10 @@
 //! proxy-under-test harness ([`TestProxy`]) and a WebSocket echo server.
 #![allow(dead_code, unused_imports)]
 
+pub mod dns;
 mod model;
 mod proxy;
+pub mod raw;
 pub mod tls;
 pub mod tools;
 mod ws;

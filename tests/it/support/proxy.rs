@@ -12,9 +12,12 @@ use super::{free_port, PATIENCE, POLL_INTERVAL};
 
 const START_ATTEMPTS: usize = 3;
 
-/// Path of the `modelgate` binary built by cargo for these tests.
+/// Path of the `modelgate` binary built by cargo for these tests, or `MODELGATE_BIN`
+/// (to compare against another build, e.g. in the ignored measurement tests).
 pub fn modelgate_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_modelgate"))
+    std::env::var_os("MODELGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_modelgate")))
 }
 
 /// A running `modelgate run` process with its config and log in a temp dir.

@@ -287,8 +287,9 @@ where
         }
         // try to read h2 preface
         else if h2c && !custom {
-            let mut buf = [0u8; H2_PREFACE.len()];
-            let peek = stream.try_peek(&mut buf);
+            // Decide as soon as the bytes can no longer be the preface: a complete
+            // request shorter than it (`GET / HTTP/1.0` + CRLF CRLF) must not wait.
+            let peek = stream.try_peek_prefix(H2_PREFACE);
             // A client that sends nothing must not hold the connection forever.
             let peek = match self.server_options().and_then(|o| o.header_read_timeout) {
                 Some(t) => match pingora_timeout::timeout(t, peek).await {
@@ -308,9 +309,9 @@ where
                 })
                 .ok()?;
             // not all streams support peeking
-            if peeked {
+            if let Some(is_preface) = peeked {
                 // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = buf == H2_PREFACE;
+                h2c = is_preface;
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {

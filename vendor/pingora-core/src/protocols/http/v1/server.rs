@@ -215,9 +215,9 @@ impl HttpSession {
         }
     }
 
-    async fn read_request_buf(
+    async fn read_request_buf<B: BufMut + Unpin>(
         &mut self,
-        buf: &mut BytesMut,
+        buf: &mut B,
         already_read: usize,
     ) -> Result<Option<usize>> {
         let read_result = {
@@ -302,13 +302,30 @@ impl HttpSession {
         // below tries to parse first when we already have pipelined bytes —
         // a pipelined prefix can contain a complete request header, in which
         // case we must NOT issue another stream read (which would block).
-        let mut buf = self
+        let (mut buf, mut skip_next_read) = match self
             .pipelined_prefix
             .take()
             .filter(|prefix| !prefix.is_empty())
-            .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
+        {
+            Some(prefix) => (prefix, true),
+            None => {
+                // modelgate patch: wait for the request's first byte before allocating
+                // the header buffer, so an idle keep-alive connection holds none. The
+                // rest of the request is then read from the L4 (or TLS) buffer.
+                let mut first = [0u8; 1];
+                if self
+                    .read_request_buf(&mut &mut first[..], 0)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(None);
+                }
+                let mut buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+                buf.put_u8(first[0]);
+                (buf, false)
+            }
+        };
         let mut already_read = buf.len();
-        let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         let header_timeout = self.header_read_timeout;
         let head_started =
@@ -519,6 +536,21 @@ impl HttpSession {
 
         // Reject an ambiguous authority before anything routes on it.
         validate_request_authority(req_header)?;
+
+        // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, or with a Host
+        // that is not a valid authority (empty is allowed).
+        match req_header.headers.get(http::header::HOST) {
+            None if req_header.version >= http::Version::HTTP_11 => {
+                return Error::e_explain(InvalidHTTPHeader, "HTTP/1.1 request without Host");
+            }
+            Some(host)
+                if !host.is_empty()
+                    && http::uri::Authority::try_from(host.as_bytes()).is_err() =>
+            {
+                return Error::e_explain(InvalidHTTPHeader, "invalid Host header");
+            }
+            _ => {}
+        }
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
@@ -873,6 +905,18 @@ impl HttpSession {
             && (self.request_header.is_none() || !self.is_body_done())
         {
             debug!("set connection close before downstream finish");
+            self.set_keepalive(None);
+        }
+
+        // RFC 9112 §6.1: no Transfer-Encoding to a client older than HTTP/1.1, which
+        // cannot decode chunks; a body of unknown length then ends with the connection.
+        if self
+            .request_header
+            .as_ref()
+            .is_some_and(|r| r.version < http::Version::HTTP_11)
+            && header.headers.contains_key(TRANSFER_ENCODING)
+        {
+            header.remove_header(&TRANSFER_ENCODING);
             self.set_keepalive(None);
         }
 
@@ -1807,6 +1851,15 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     if let Some(captures) = REQUEST_LINE_REGEX.captures(buf) {
         // return if nothing matches: not a request line at all
         let uri = captures.name("uri")?;
+        // RFC 9112 §3.2: whitespace or a control byte inside the target makes the
+        // request-line invalid; never autocorrect it (the result may bypass filters).
+        if uri
+            .as_bytes()
+            .iter()
+            .any(|b| *b == b' ' || b.is_ascii_control())
+        {
+            return None;
+        }
 
         let escaped_uri = percent_encode(uri.as_bytes(), URI_ESC_CHARSET);
 

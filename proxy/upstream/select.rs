@@ -166,8 +166,8 @@ impl Selector {
 }
 
 /// Smallest expected time per request (µs): below it, differences between replicas
-/// are loopback jitter, not speed.
-const MIN_REQUEST_US: u64 = 1_000;
+/// are scheduling jitter on a busy host, not speed (model replicas take far longer).
+const MIN_REQUEST_US: u64 = 50_000;
 /// One pick in this many ignores speed, so every replica keeps being measured
 /// (a replica that was slow once is not shunned forever).
 const EXPLORE_ONE_IN: u8 = 16;

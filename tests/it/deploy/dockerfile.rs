@@ -196,8 +196,16 @@ fn build_stage_builds_what_ci_builds_from_files_that_exist() {
 
     // The context is complete and the lockfile current: what `cargo build --locked`
     // checks before compiling, from the copied files only.
+    // Only this platform's packages: the lockfile also lists crates for other targets,
+    // which a build here never downloads, so --offline cannot resolve them.
+    let rustc = Command::new("rustc").arg("-vV").output().unwrap();
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host triple");
     let out = Command::new(env!("CARGO"))
         .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", &host])
         .current_dir(context.path())
         .output()
         .unwrap();

@@ -67,7 +67,8 @@ async fn idle_keepalive_connections_cost_a_few_kib_each() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let baseline = proxy.rss_kib();
 
-    let conns = idle_connections(proxy.http_addr(), CONNS).await;
+    // Held open (not dropped) until the end of the test.
+    let _conns = idle_connections(proxy.http_addr(), CONNS).await;
     let held = proxy.rss_kib();
     let per_conn = held.saturating_sub(baseline) / CONNS as u64;
     assert!(

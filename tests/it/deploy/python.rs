@@ -33,6 +33,10 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 /// or pip exists on this machine at all (the caller skips, loudly). Any other failure,
 /// such as PyPI not answering, panics: the test must not pass without checking.
 pub fn python() -> Result<PathBuf, String> {
+    // Tests run on threads of one process: one installs, the others wait for it
+    // (the temp directory below is named by process id).
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let system = PathBuf::from("python3");
     if imports(&system) {
         return Ok(system);

@@ -121,6 +121,17 @@ impl Gateway {
         self.redirect = Some(redirect);
         self
     }
+
+    /// See [`crate::routing::RouteTable::params_change_route`].
+    fn params_change_route(&self, req: &RequestHeader) -> bool {
+        let path = req.uri.path();
+        path.contains(';')
+            && self
+                .snapshot
+                .load()
+                .routes
+                .params_change_route(&request_host(req), path)
+    }
 }
 
 /// Counts a request as in progress until its context is dropped.
@@ -230,6 +241,7 @@ impl ProxyHttp for Gateway {
             .req_header_mut()
             .insert_header(X_REQUEST_ID, request_id.clone())?;
         ctx.request_id = Some(request_id);
+        headers::absolute_form_to_host(session.req_header_mut())?;
         if let Some(redirect) = self.redirect {
             redirect.send(session, ctx.request_id.as_ref()).await?;
             return Ok(true);
@@ -254,7 +266,9 @@ impl ProxyHttp for Gateway {
             downstream.set_keepalive(Some(idle));
         }
         // Route and forward on the normalised path only.
-        if headers::normalize_target(session.req_header_mut()).is_err() {
+        if headers::normalize_target(session.req_header_mut()).is_err()
+            || self.params_change_route(session.req_header())
+        {
             session.set_keepalive(None);
             return self.reject(session, ctx, Reject::BadRequest).await;
         }

@@ -152,6 +152,17 @@ pub struct Upstream {
     pub slow_start: Duration,
     pub health: Option<HealthCheck>,
     pub tls: UpstreamTls,
+    /// `[upstream.NAME.load]`: the replicas' own load reports.
+    pub load: Option<LoadReports>,
+}
+
+/// `[upstream.NAME.load]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadReports {
+    /// Ask for and read ORCA `endpoint-load-metrics` response headers.
+    pub orca: bool,
+    /// How often a replica reports; a report older than three of these is ignored.
+    pub every: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -28,7 +28,7 @@ use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
-use crate::upstream::{Admission, Lease, Tried};
+use crate::upstream::{parse_orca, Admission, Lease, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER};
 
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
@@ -255,6 +255,9 @@ impl ProxyHttp for Gateway {
             if route.strip_prefix {
                 headers::strip_prefix(upstream, &route.prefix)?;
             }
+            if route.pool.settings().orca {
+                upstream.insert_header(ORCA_FORMAT_HEADER, "TEXT")?;
+            }
         }
         Ok(())
     }
@@ -300,6 +303,20 @@ impl ProxyHttp for Gateway {
             lease.backend().record_success();
         } else {
             route.pool.record_failure(lease.backend());
+        }
+        if route.pool.settings().orca {
+            // The report is for the proxy, not the client. A replica that sends
+            // garbage keeps serving; the failure is counted.
+            if let Some(value) = upstream_response.remove_header(ORCA_HEADER) {
+                match parse_orca(value.as_bytes()) {
+                    Some(report) => lease.backend().record_report(&report),
+                    None => route
+                        .metrics
+                        .get_or_init(|| self.metrics.route(&route.name, route.pool.name()))
+                        .upstream()
+                        .load_report_error(),
+                }
+            }
         }
         let refused = matches!(status, 502 | 503)
             || (status == 429

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::Lease;
-use super::pool::{Pick, Pool};
+use super::balancer::Pick;
+use super::pool::Pool;
 use super::select::Tried;
 use crate::config::{BackendAddr, BackendSource, Upstream};
 
@@ -56,7 +57,7 @@ fn take(pool: &Pool, policy: Policy) -> Lease {
                 .map(|k| (start + k) % b.len())
                 .min_by_key(|&i| b[i].inflight())
                 .unwrap_or(0);
-            b[i].try_acquire(0)
+            b[i].try_acquire(0, pool.store().queue())
                 .unwrap_or_else(|| panic!("uncapped acquire"))
         }
     }
@@ -227,7 +228,7 @@ async fn a_just_started_request_outweighs_latency_noise_between_equal_replicas()
         // Equally fast in truth; measured 40 and 75 ms apart by noise.
         measured(a, Duration::from_millis(40));
         measured(b, Duration::from_millis(75));
-        let _running = a.try_acquire(0);
+        let _running = a.try_acquire(0, pool.store().queue());
         match pool.pick(&Tried::default(), 0) {
             Pick::Leased(l) => assert_eq!(l.backend().index(), 1, "seed {seed}"),
             other => panic!("{other:?}"),
@@ -244,9 +245,9 @@ async fn between_equal_counts_the_replica_running_younger_work_wins() {
         measured(a, SHORT);
         measured(b, SHORT);
         // a runs one request that has run for 400 ms (8x the usual), b a fresh one.
-        let _old = a.try_acquire(0);
+        let _old = a.try_acquire(0, pool.store().queue());
         tokio::time::advance(Duration::from_millis(400)).await;
-        let _young = b.try_acquire(0);
+        let _young = b.try_acquire(0, pool.store().queue());
         tokio::time::advance(Duration::from_millis(5)).await;
         match pool.pick(&Tried::default(), 0) {
             Pick::Leased(l) => assert_eq!(l.backend().index(), 1, "seed {seed}"),

@@ -1,13 +1,12 @@
 # modelgate: one static-ish binary on a slim Debian base.
 #   docker build -t modelgate .
 #   docker run -p 8080:8080 -v $PWD/config:/etc/modelgate modelgate
+# No system packages needed: pingora's gzip uses the pure-Rust zlib-rs (vendor/README.md).
 FROM rust:1-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY proxy ./proxy
+COPY vendor ./vendor
 COPY benches ./benches
 COPY tests ./tests
 COPY config ./config

@@ -46,6 +46,7 @@ pub struct App {
     tls_stats: Option<Arc<TlsStats>>,
     reloader: Option<Arc<Reloader>>,
     metrics: Arc<Metrics>,
+    snapshot: SharedSnapshot,
 }
 
 /// How to start.
@@ -240,12 +241,18 @@ impl App {
             tls_stats,
             reloader,
             metrics,
+            snapshot: shared,
         })
     }
 
     /// Every metric of this server (the reloader records reloads here).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The live config generation (routes and pools), as the proxy sees it.
+    pub fn snapshot(&self) -> &SharedSnapshot {
+        &self.snapshot
     }
 
     /// Certificate rotation counters, when HTTPS is served.

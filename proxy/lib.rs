@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod openai;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;

@@ -63,7 +63,35 @@ enum Command {
     },
 }
 
+/// mimalloc keeps emptied pages for a second and gives them back to the OS only on
+/// later allocator activity, so the memory of thousands of connections that closed
+/// stayed resident in an idle proxy. With `MIMALLOC_PURGE_DELAY=0` pages go back as
+/// they empty. mimalloc reads its options before `main` runs, so the process
+/// re-executes itself once with the variable set; an operator's own value is kept.
+fn return_freed_memory_promptly() {
+    use std::os::unix::process::CommandExt;
+    const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+    if std::env::var_os(PURGE_DELAY).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let err = std::process::Command::new(&exe)
+        .arg0(arg0)
+        .args(args)
+        .env(PURGE_DELAY, "0")
+        .exec();
+    eprintln!(
+        "warning: cannot re-execute {} with {PURGE_DELAY}=0 ({err}); freed memory returns to the OS later",
+        exe.display()
+    );
+}
+
 fn main() -> ExitCode {
+    return_freed_memory_promptly();
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match cli.command {

@@ -8,8 +8,9 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Api, Config, HostMatch};
 use crate::metrics::RouteMetrics;
+use crate::openai::{RouteApi, RouteGroup};
 use crate::routing::RouteTable;
 use crate::upstream::Pool;
 
@@ -22,6 +23,8 @@ pub struct RouteEntry {
     /// Largest request body accepted, in bytes.
     pub max_body: Option<u64>,
     pub pool: Arc<Pool>,
+    /// OpenAI handling: error shape, usage in streams, keep-alives.
+    pub api: RouteApi,
     /// Metric handles of this route, resolved by its first request (the same series
     /// in every generation).
     pub metrics: OnceLock<RouteMetrics>,
@@ -32,7 +35,8 @@ pub struct RouteEntry {
 pub struct Snapshot {
     pub generation: u64,
     pub loaded_at: SystemTime,
-    pub routes: RouteTable<Arc<RouteEntry>>,
+    /// Routes by host and path; routes sharing both are told apart by model.
+    pub routes: RouteTable<Arc<RouteGroup>>,
     /// Pools by upstream name, in config order.
     pub pools: Vec<Arc<Pool>>,
 }
@@ -66,7 +70,9 @@ impl Snapshot {
                 Err(e) => errors.push(e),
             }
         }
-        let mut routes = RouteTable::default();
+        // Routes sharing a host and path form one group, in file order.
+        let mut groups: Vec<((Option<&HostMatch>, &str), RouteGroup)> = Vec::new();
+        let mut group_of: HashMap<(Option<&HostMatch>, &str), usize> = HashMap::new();
         for r in &config.routes {
             let Some(pool) = by_name.get(r.upstream.as_str()) else {
                 continue; // validation guarantees it exists; a failed pool is already reported
@@ -77,9 +83,25 @@ impl Snapshot {
                 strip_prefix: r.strip_prefix,
                 max_body: r.max_body,
                 pool: Arc::clone(pool),
+                api: RouteApi {
+                    openai: r.openai.api == Api::OpenAi,
+                    stream_usage: r.openai.stream_usage,
+                    sse_keepalive: r.openai.sse_keepalive,
+                },
                 metrics: OnceLock::new(),
             };
-            routes.insert(r.host.as_ref(), &r.path, Arc::new(entry));
+            let key = (r.host.as_ref(), r.path.as_str());
+            let at = *group_of.entry(key).or_insert_with(|| {
+                groups.push((key, RouteGroup::default()));
+                groups.len() - 1
+            });
+            groups[at]
+                .1
+                .add(Arc::new(entry), &r.openai.models, &r.openai.model_prefixes);
+        }
+        let mut routes = RouteTable::default();
+        for ((host, path), group) in groups {
+            routes.insert(host, path, Arc::new(group));
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -126,5 +148,6 @@ fn unsupported(config: &Config) -> Vec<String> {
             ));
         }
     }
+    crate::openai::unsupported(config, &mut errors);
     errors
 }

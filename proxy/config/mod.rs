@@ -7,6 +7,7 @@
 
 mod error;
 mod load;
+mod openai;
 mod reader;
 mod route;
 mod summary;

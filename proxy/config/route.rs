@@ -59,11 +59,16 @@ pub(crate) fn read_all(
     (routes, seen.upstreams)
 }
 
+/// Host, path, model name or prefix, and `true` for a prefix.
+type ModelKey = (Option<HostMatch>, String, String, bool);
+
 /// What earlier routes used, to catch duplicates: values map to `(route[i], line)`.
 #[derive(Default)]
 struct Seen {
     names: HashMap<String, (String, usize)>,
     matches: HashMap<(Option<HostMatch>, String), (String, usize)>,
+    /// Model names and prefixes per host and path.
+    models: HashMap<ModelKey, (String, usize)>,
     upstreams: HashSet<String>,
 }
 
@@ -117,6 +122,8 @@ fn read_one(
         Some(f) => read_host(cx, &f).map(Some),
         None => Some(None),
     };
+    // Routes sharing a host and path may differ in the models they match.
+    let (openai, model_keys) = super::openai::read_route(cx, t);
     let path = t
         .require(
             cx,
@@ -125,7 +132,17 @@ fn read_one(
         )
         .and_then(|f| {
             let path = cx.http_path(&f, "/v1/chat")?;
-            if let Some(host) = &host {
+            if let (Some(host), true) = (&host, model_keys.present) {
+                let names = model_keys.names.iter().map(|m| (m, false));
+                let prefixes = model_keys.prefixes.iter().map(|m| (m, true));
+                for (name, prefix) in names.chain(prefixes) {
+                    let key = if prefix { "model_prefix" } else { "model" };
+                    let what = format!("{key} {name:?} under path {path:?}");
+                    let fix = "each model goes to one route per host and path; remove it from one";
+                    let k = (host.clone(), path.clone(), name.clone(), prefix);
+                    first_use(cx, &mut seen.models, k, t, &f, &what, fix);
+                }
+            } else if let Some(host) = &host {
                 let what = match host {
                     Some(HostMatch::Exact(h)) => format!("path {path:?} with host {h:?}"),
                     Some(HostMatch::Wildcard(h)) => format!("path {path:?} with host \"*{h}\""),
@@ -198,6 +215,7 @@ fn read_one(
         max_body: max_body?,
         rate_limit: rate_limit?,
         auth: auth?,
+        openai: openai?,
     })
 }
 

@@ -214,6 +214,7 @@ fn full_example() {
             healthy_after: 2,
             unhealthy_after: 3,
             expect_status: Some(204),
+            models: false,
         })
     );
     assert_eq!(

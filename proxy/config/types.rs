@@ -96,6 +96,56 @@ pub struct Route {
     pub max_body: Option<u64>,
     pub rate_limit: Option<RateLimit>,
     pub auth: Option<Auth>,
+    /// Model routing and OpenAI API handling.
+    pub openai: RouteOpenAi,
+}
+
+/// The OpenAI-facing keys of a route.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteOpenAi {
+    /// `model`: exact names matched against the JSON body's `model`.
+    pub models: Vec<String>,
+    /// `model_prefix`: name prefixes matched when no exact name does (longest wins).
+    pub model_prefixes: Vec<String>,
+    pub api: Api,
+    /// Ask streams for their usage chunk and hide it from clients that did not.
+    pub stream_usage: bool,
+    /// A queued stream gets its headers and `: keep-alive` comments this often.
+    pub sse_keepalive: Option<Duration>,
+}
+
+impl RouteOpenAi {
+    /// True when the route matches on the body's `model`.
+    pub fn routes_by_model(&self) -> bool {
+        !self.models.is_empty() || !self.model_prefixes.is_empty()
+    }
+}
+
+/// `api`: what the clients of a route speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Api {
+    /// Any HTTP; errors in modelgate's own shape.
+    #[default]
+    Plain,
+    /// The OpenAI HTTP API: OpenAI-shaped errors, `GET /v1/models`, token accounting.
+    OpenAi,
+}
+
+impl Api {
+    /// The spelling used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Plain => "plain",
+            Api::OpenAi => "openai",
+        }
+    }
+}
+
+/// `wake = { url, method }`: called once per cold period of an upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wake {
+    pub url: http::Uri,
+    pub method: http::Method,
 }
 
 /// How a route matches the request host (always stored lower-case, without port).
@@ -152,6 +202,9 @@ pub struct Upstream {
     pub slow_start: Duration,
     pub health: Option<HealthCheck>,
     pub tls: UpstreamTls,
+    /// Requests wait this long for a first ready replica instead of 503 at once.
+    pub hold: Option<Duration>,
+    pub wake: Option<Wake>,
     /// `[upstream.NAME.load]`: the replicas' own load reports.
     pub load: Option<LoadReports>,
 }
@@ -269,6 +322,8 @@ pub struct HealthCheck {
     pub unhealthy_after: u32,
     /// Expected status; `None` means any 2xx.
     pub expect_status: Option<u16>,
+    /// Also poll each replica's `/v1/models`.
+    pub models: bool,
 }
 
 /// Settings for `protocol = "https"` upstreams.

@@ -55,6 +55,8 @@ impl Upstream {
             health: None,
             tls: UpstreamTls::default(),
             load: None,
+            hold: None,
+            wake: None,
         }
     }
 }
@@ -186,6 +188,8 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         None => Some(None),
     };
     let tls = read_upstream_tls(cx, &mut t, protocol);
+    let hold = super::openai::read_hold(cx, &mut t);
+    let wake = super::openai::read_wake(cx, &mut t);
     t.finish(cx);
     Some(Upstream {
         name: String::new(),
@@ -206,6 +210,8 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         health: health?,
         tls: tls?,
         load: load?,
+        hold: hold?,
+        wake: wake?,
     })
 }
 
@@ -472,6 +478,7 @@ fn read_health(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<HealthCheck> {
             );
         }
     }
+    let models = t.take("models").map_or(Some(false), |f| cx.bool(&f));
     t.finish(cx);
     Some(HealthCheck {
         path: path?,
@@ -480,6 +487,7 @@ fn read_health(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<HealthCheck> {
         healthy_after: healthy_after?,
         unhealthy_after: unhealthy_after?,
         expect_status: expect_status?,
+        models: models?,
     })
 }
 

@@ -5,7 +5,7 @@
 //! the route (and through it the pool) out of the current snapshot once and keeps it
 //! in the request context, so a reload mid-request changes nothing for it.
 
-mod headers;
+pub mod headers;
 mod redirect;
 mod reject;
 
@@ -26,6 +26,8 @@ pub use reject::Reject;
 
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::openai::tokens::{Kind, TokenMeter, TokenSink};
+use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
 use crate::upstream::{parse_orca, Admission, Lease, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER};
@@ -105,8 +107,16 @@ pub struct RequestCtx {
     request_id: Option<HeaderValue>,
     /// Set when the proxy decided the answer itself.
     reject: Option<Reject>,
-    /// Request body bytes seen so far (for `max_body` without Content-Length).
-    body_bytes: u64,
+    /// The proxy's own answers take OpenAI's error shape (`api = "openai"`).
+    openai: bool,
+    /// The body read in `request_filter` to route on its `model`.
+    pre: Option<PreRead>,
+    /// The current attempt has not sent `pre.replay` yet.
+    replay_pending: bool,
+    /// The body's `model`, for the access log.
+    model: Option<Arc<str>>,
+    /// Token accounting of an OpenAI answer.
+    tokens: Option<TokenMeter>,
     /// Time spent in the pool's wait queue.
     queue_wait: Duration,
     /// When the current attempt got its backend.
@@ -144,7 +154,11 @@ impl ProxyHttp for Gateway {
             hash: 0,
             request_id: None,
             reject: None,
-            body_bytes: 0,
+            openai: false,
+            pre: None,
+            replay_pending: false,
+            model: None,
+            tokens: None,
             queue_wait: Duration::ZERO,
             attempt_started: None,
             status_retry: false,
@@ -153,9 +167,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Assigns the request id and resolves the route. Answers 308 (on a redirecting
-    /// listener), 431 (headers too large), 404 (no route) and 413 (declared body too
-    /// large) here; otherwise returns false to proxy on.
+    /// Assigns the request id and resolves the route, reading the body's `model`
+    /// first where routes differ by model. Answers 308 (on a redirecting listener), 431
+    /// (headers too large), 404 (no route, or no route for the model), 400 (a body to
+    /// route on that is not a JSON object) and 413 (body too large) here; otherwise
+    /// returns false to proxy on.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request_id = headers::request_id(session.req_header());
         session
@@ -170,20 +186,36 @@ impl ProxyHttp for Gateway {
             return self.reject(session, ctx, Reject::HeadersTooLarge).await;
         }
 
-        let route = {
+        let picked = {
             let req = session.req_header();
             let host = request_host(req);
             let snapshot = self.snapshot.load();
-            snapshot.routes.resolve(&host, req.uri.path()).cloned()
+            snapshot
+                .routes
+                .resolve(&host, req.uri.path())
+                .map(|group| {
+                    ctx.openai = group.openai();
+                    let content_type = req.headers.get(http::header::CONTENT_TYPE);
+                    match group.pick(&req.method, content_type.map(|v| v.as_bytes())) {
+                        Pick::Route(r) => Ok(Arc::clone(r)),
+                        Pick::ByModel => Err(Some(Arc::clone(group))),
+                        Pick::None => Err(None),
+                    }
+                })
+                .unwrap_or(Err(None))
         };
-        let Some(route) = route else {
-            return self.reject(session, ctx, Reject::NoRoute).await;
+        let route = match picked {
+            Ok(route) => route,
+            Err(Some(group)) => match self.route_by_model(session, ctx, &group).await? {
+                Ok(route) => route,
+                Err(r) => return self.reject(session, ctx, r).await,
+            },
+            Err(None) => return self.reject(session, ctx, Reject::NoRoute).await,
         };
-        if let (Some(max), Some(len)) = (
-            route.max_body,
-            headers::content_length(session.req_header()),
-        ) {
-            if len > max {
+        ctx.openai = route.api.openai;
+        let declared = headers::content_length(session.req_header());
+        if let Some(max) = route.max_body {
+            if declared.unwrap_or(0) > max || session.body_bytes_read() as u64 > max {
                 ctx.route = Some(route);
                 return self.reject(session, ctx, Reject::TooLarge).await;
             }
@@ -212,6 +244,7 @@ impl ProxyHttp for Gateway {
         };
         // Free the previous attempt's slot before queueing for the next one.
         ctx.lease = None;
+        ctx.replay_pending = ctx.pre.as_ref().is_some_and(|p| p.replay.is_some());
         match route
             .pool
             .admit(&ctx.tried, ctx.hash, client_gone(session))
@@ -259,23 +292,32 @@ impl ProxyHttp for Gateway {
                 upstream.insert_header(ORCA_FORMAT_HEADER, "TEXT")?;
             }
         }
+        if let Some(len) = ctx.pre.as_ref().and_then(|p| p.rewritten_len) {
+            if upstream.headers.contains_key(http::header::CONTENT_LENGTH) {
+                upstream.insert_header(http::header::CONTENT_LENGTH, len)?;
+            }
+        }
         Ok(())
     }
 
-    /// Counts streamed request bytes against the route's `max_body`.
+    /// Counts request bytes read from the client against the route's `max_body`, and
+    /// replays a body read in `request_filter` that pingora's retry buffer did not keep
+    /// (or that was rewritten) at the start of each attempt.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(chunk), Some(max)) =
-            (body.as_ref(), ctx.route.as_ref().and_then(|r| r.max_body))
-        {
-            ctx.body_bytes += chunk.len() as u64;
-            if ctx.body_bytes > max {
+        if let Some(max) = ctx.route.as_ref().and_then(|r| r.max_body) {
+            if session.body_bytes_read() as u64 > max {
                 return self.fail(ctx, Reject::TooLarge);
+            }
+        }
+        if std::mem::take(&mut ctx.replay_pending) {
+            if let Some(pre) = &ctx.pre {
+                *body = pre.replay_with(body.take());
             }
         }
         Ok(())
@@ -336,13 +378,30 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Returns the request id to the client.
+    /// Returns the request id to the client, and starts token accounting on a
+    /// successful OpenAI answer (a stream, or JSON).
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.route.as_ref().is_some_and(|r| r.api.openai) && upstream_response.status.is_success()
+        {
+            let kind = match upstream_response.headers.get(http::header::CONTENT_TYPE) {
+                Some(ct) if ct.as_bytes().starts_with(b"text/event-stream") => Some(Kind::Stream),
+                Some(ct) if ct.as_bytes().starts_with(b"application/json") => Some(Kind::Json),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let strip = ctx.pre.as_ref().is_some_and(|p| p.rewritten_len.is_some());
+                if strip && kind == Kind::Stream {
+                    // The usage event is cut out, so the length changes.
+                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                }
+                ctx.tokens = Some(TokenMeter::new(kind, strip));
+            }
+        }
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header(X_REQUEST_ID, id.clone())?;
         }
@@ -421,7 +480,7 @@ impl ProxyHttp for Gateway {
                 // The connection is closed after an error answer (its request body
                 // may be half read): say so, so clients do not reuse it and fail.
                 session.set_keepalive(None);
-                if let Err(err) = r.send(session, ctx.request_id.as_ref()).await {
+                if let Err(err) = r.send(session, ctx.request_id.as_ref(), ctx.openai).await {
                     log::debug!("could not send {} to client: {err}", r.status());
                 }
                 r.status()
@@ -433,6 +492,27 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Scans OpenAI answers for tokens and usage as they pass (see `openai::tokens`).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(meter), Some(route)) = (ctx.tokens.as_mut(), &ctx.route) {
+            let m = route
+                .metrics
+                .get_or_init(|| self.metrics.route(&route.name, route.pool.name()));
+            meter.scan(
+                body,
+                Instant::now(),
+                &mut Gaps(&m.tokens().inter_token_latency),
+            );
+        }
+        Ok(None)
     }
 
     /// Retries are expected under failure; keep pingora's per-retry warning quiet.
@@ -477,6 +557,25 @@ impl ProxyHttp for Gateway {
         if aborted {
             up.client_abort();
         }
+        let ttft = ctx
+            .tokens
+            .as_ref()
+            .and_then(|t| t.first_token)
+            .map(|t| t.saturating_duration_since(ctx.start));
+        let usage = ctx.tokens.as_ref().and_then(|t| t.usage);
+        let completion = ctx.tokens.as_ref().map(TokenMeter::completion_tokens);
+        if ctx.tokens.is_some() {
+            let t = m.tokens();
+            if let Some(ttft) = ttft {
+                t.time_to_first_token.observe(ttft.as_secs_f64());
+            }
+            if let Some(u) = usage {
+                t.prompt.inc_by(u.prompt_tokens);
+            }
+            if let Some(n) = completion {
+                t.completion.inc_by(n);
+            }
+        }
 
         let Some(log) = &self.access_log else {
             return;
@@ -503,7 +602,20 @@ impl ProxyHttp for Gateway {
             total,
             retries,
             reject: ctx.reject.map(Reject::reason),
+            model: ctx.model.clone(),
+            ttft,
+            prompt_tokens: usage.map(|u| u.prompt_tokens),
+            completion_tokens: completion,
         });
+    }
+}
+
+/// Observes inter-token gaps into the route's histogram.
+struct Gaps<'a>(&'a prometheus::Histogram);
+
+impl TokenSink for Gaps<'_> {
+    fn inter_token(&mut self, gap: Duration) {
+        self.0.observe(gap.as_secs_f64());
     }
 }
 
@@ -519,8 +631,37 @@ fn client_went_away(e: &Error) -> bool {
 impl Gateway {
     async fn reject(&self, session: &mut Session, ctx: &mut RequestCtx, r: Reject) -> Result<bool> {
         ctx.reject = Some(r);
-        r.send(session, ctx.request_id.as_ref()).await?;
+        r.send(session, ctx.request_id.as_ref(), ctx.openai).await?;
         Ok(true)
+    }
+
+    /// Reads as much of the body as it takes to know its `model` (and, for
+    /// `stream_usage`, whether it streams), and picks the group's route for it.
+    async fn route_by_model(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        group: &RouteGroup,
+    ) -> Result<std::result::Result<Arc<RouteEntry>, Reject>> {
+        let limit = group.read_limit();
+        if headers::content_length(session.req_header()).is_some_and(|n| n > limit) {
+            return Ok(Err(Reject::TooLarge));
+        }
+        let want = Want {
+            model: true,
+            stream: group.wants_stream(),
+        };
+        let read = openai::read_fields(session, want, limit, |model| group.by_model(model)).await?;
+        Ok(match read {
+            Ok((Some((route, model)), read)) => {
+                ctx.pre = Some(PreRead::new(session, read, &route.api));
+                ctx.model = model;
+                Ok(route)
+            }
+            Ok((None, _)) => Err(Reject::ModelNotFound),
+            Err(BodyError::TooLarge) => Err(Reject::TooLarge),
+            Err(BodyError::Invalid) => Err(Reject::BadRequest),
+        })
     }
 
     fn fail<T>(&self, ctx: &mut RequestCtx, r: Reject) -> Result<T> {

@@ -1,5 +1,7 @@
 //! The answers modelgate gives itself, instead of a backend's: status, JSON body and
-//! headers of SPEC.md, built from static data so rejecting costs no formatting.
+//! headers of SPEC.md, built from static data so rejecting costs no formatting. On
+//! routes with `api = "openai"` the body takes OpenAI's error shape
+//! (`{"error":{"message","type","param","code"}}`), `code` being the same reason.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -9,6 +11,8 @@ use pingora::proxy::Session;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
     NoRoute,
+    /// The body's `model` matches no route of its host and path (404).
+    ModelNotFound,
     NoHealthyBackend,
     Overloaded,
     QueueTimeout,
@@ -22,7 +26,7 @@ pub enum Reject {
 impl Reject {
     pub fn status(self) -> u16 {
         match self {
-            Reject::NoRoute => 404,
+            Reject::NoRoute | Reject::ModelNotFound => 404,
             Reject::NoHealthyBackend | Reject::Overloaded | Reject::QueueTimeout => 503,
             Reject::TooLarge => 413,
             Reject::HeadersTooLarge => 431,
@@ -36,6 +40,7 @@ impl Reject {
     pub fn reason(self) -> &'static str {
         match self {
             Reject::NoRoute => "no_route",
+            Reject::ModelNotFound => "model_not_found",
             Reject::NoHealthyBackend => "no_healthy_backend",
             Reject::Overloaded => "overloaded",
             Reject::QueueTimeout => "queue_timeout",
@@ -50,6 +55,7 @@ impl Reject {
     fn body(self) -> &'static [u8] {
         match self {
             Reject::NoRoute => br#"{"error":"no_route"}"#,
+            Reject::ModelNotFound => br#"{"error":"model_not_found"}"#,
             Reject::NoHealthyBackend => br#"{"error":"no_healthy_backend"}"#,
             Reject::Overloaded => br#"{"error":"overloaded"}"#,
             Reject::QueueTimeout => br#"{"error":"queue_timeout"}"#,
@@ -58,6 +64,38 @@ impl Reject {
             Reject::BadGateway => br#"{"error":"bad_gateway"}"#,
             Reject::GatewayTimeout => br#"{"error":"gateway_timeout"}"#,
             Reject::BadRequest => br#"{"error":"bad_request"}"#,
+        }
+    }
+
+    /// The same answer in OpenAI's error shape.
+    fn openai_body(self) -> &'static [u8] {
+        macro_rules! openai {
+            ($message:literal, $type:literal, $param:literal, $code:literal) => {
+                concat!(
+                    r#"{"error":{"message":""#,
+                    $message,
+                    r#"","type":""#,
+                    $type,
+                    r#"","param":"#,
+                    $param,
+                    r#","code":""#,
+                    $code,
+                    r#""}}"#
+                )
+                .as_bytes()
+            };
+        }
+        match self {
+            Reject::NoRoute => openai!("No route serves this request.", "invalid_request_error", "null", "no_route"),
+            Reject::ModelNotFound => openai!("The model does not exist or is not served here; GET /v1/models lists the models served.", "invalid_request_error", r#""model""#, "model_not_found"),
+            Reject::NoHealthyBackend => openai!("No replica of this model is available; retry later.", "server_error", "null", "no_healthy_backend"),
+            Reject::Overloaded => openai!("Every replica of this model is busy and the queue is full; retry later.", "server_error", "null", "overloaded"),
+            Reject::QueueTimeout => openai!("The request waited too long for a free replica; retry later.", "server_error", "null", "queue_timeout"),
+            Reject::TooLarge => openai!("The request body is larger than this route accepts.", "invalid_request_error", "null", "too_large"),
+            Reject::HeadersTooLarge => openai!("The request headers are too large.", "invalid_request_error", "null", "headers_too_large"),
+            Reject::BadGateway => openai!("The model server failed before answering.", "server_error", "null", "bad_gateway"),
+            Reject::GatewayTimeout => openai!("The model server did not answer in time.", "server_error", "null", "gateway_timeout"),
+            Reject::BadRequest => openai!("The request body must be a JSON object with a string model field.", "invalid_request_error", "null", "bad_request"),
         }
     }
 
@@ -70,9 +108,21 @@ impl Reject {
         }
     }
 
-    /// The full response header, ready to write.
-    pub fn header(self, request_id: Option<&http::HeaderValue>) -> pingora::Result<ResponseHeader> {
-        let body = self.body();
+    fn body_for(self, openai: bool) -> &'static [u8] {
+        if openai {
+            self.openai_body()
+        } else {
+            self.body()
+        }
+    }
+
+    /// The full response header, ready to write (`openai`: for the OpenAI-shaped body).
+    pub fn header(
+        self,
+        request_id: Option<&http::HeaderValue>,
+        openai: bool,
+    ) -> pingora::Result<ResponseHeader> {
+        let body = self.body_for(openai);
         let mut h = ResponseHeader::build(self.status(), Some(5))?;
         h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -86,18 +136,53 @@ impl Reject {
         Ok(h)
     }
 
-    /// Writes this answer as the whole response.
+    /// Writes this answer as the whole response, in OpenAI's shape when `openai`.
     pub async fn send(
         self,
         session: &mut Session,
         request_id: Option<&http::HeaderValue>,
+        openai: bool,
     ) -> pingora::Result<()> {
-        let header = self.header(request_id)?;
+        let header = self.header(request_id, openai)?;
         session
             .write_response_header(Box::new(header), false)
             .await?;
         session
-            .write_response_body(Some(Bytes::from_static(self.body())), true)
+            .write_response_body(Some(Bytes::from_static(self.body_for(openai))), true)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_openai_body_is_an_openai_error() {
+        use Reject::*;
+        for r in [
+            NoRoute,
+            ModelNotFound,
+            NoHealthyBackend,
+            Overloaded,
+            QueueTimeout,
+            TooLarge,
+            HeadersTooLarge,
+            BadGateway,
+            GatewayTimeout,
+            BadRequest,
+        ] {
+            let v: serde_json::Value = serde_json::from_slice(r.openai_body()).unwrap();
+            assert_eq!(v["error"]["code"], r.reason());
+            assert!(v["error"]["message"].is_string());
+            let kind = if r.status() >= 500 {
+                "server_error"
+            } else {
+                "invalid_request_error"
+            };
+            assert_eq!(v["error"]["type"], kind);
+            let plain: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+            assert_eq!(plain["error"], r.reason());
+        }
     }
 }

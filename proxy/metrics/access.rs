@@ -38,6 +38,11 @@ pub struct Entry {
     pub total: Duration,
     pub retries: u32,
     pub reject: Option<&'static str>,
+    /// OpenAI requests: the body's `model`, time to first token and usage.
+    pub model: Option<Arc<str>>,
+    pub ttft: Option<Duration>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
 }
 
 /// The sending side, shared by every worker thread.
@@ -157,6 +162,23 @@ pub fn format(entry: &Entry, out: &mut Vec<u8>) {
             entry.retries
         )?;
         json_str(out, entry.reject);
+        out.extend_from_slice(b",\"model\":");
+        json_str(out, entry.model.as_deref());
+        out.extend_from_slice(b",\"ttft\":");
+        match entry.ttft {
+            Some(t) => write!(out, "{}", secs(t))?,
+            None => out.extend_from_slice(b"null"),
+        }
+        for (key, n) in [
+            (&b",\"prompt_tokens\":"[..], entry.prompt_tokens),
+            (&b",\"completion_tokens\":"[..], entry.completion_tokens),
+        ] {
+            out.extend_from_slice(key);
+            match n {
+                Some(n) => write!(out, "{n}")?,
+                None => out.extend_from_slice(b"null"),
+            }
+        }
         out.extend_from_slice(b"}\n");
         Ok(())
     })();
@@ -200,6 +222,10 @@ mod tests {
             total: Duration::from_secs(2),
             retries: 1,
             reject: None,
+            model: Some("llama-3-8b".into()),
+            ttft: Some(Duration::from_millis(120)),
+            prompt_tokens: Some(12),
+            completion_tokens: None,
         };
         let mut out = Vec::new();
         format(&entry, &mut out);
@@ -214,5 +240,9 @@ mod tests {
         assert_eq!(v["ttfb"], 0.25);
         assert_eq!(v["retries"], 1);
         assert_eq!(v["reject"], serde_json::Value::Null);
+        assert_eq!(v["model"], "llama-3-8b");
+        assert_eq!(v["ttft"], 0.12);
+        assert_eq!(v["prompt_tokens"], 12);
+        assert_eq!(v["completion_tokens"], serde_json::Value::Null);
     }
 }

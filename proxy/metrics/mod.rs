@@ -21,6 +21,11 @@ pub const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Inter-token latency buckets: 1 ms to 5 s.
+pub const TOKEN_GAP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 /// Status codes with a cached counter handle; any other code takes a label lookup.
 const CODES: [u16; 20] = [
     200, 201, 204, 206, 301, 302, 304, 308, 400, 401, 403, 404, 413, 429, 431, 499, 500, 502, 503,
@@ -28,8 +33,9 @@ const CODES: [u16; 20] = [
 ];
 
 /// Reject reasons with a cached counter handle (the `reason` label values).
-const REASONS: [&str; 9] = [
+const REASONS: [&str; 10] = [
     "no_route",
+    "model_not_found",
     "no_healthy_backend",
     "overloaded",
     "queue_timeout",
@@ -60,6 +66,9 @@ pub struct Metrics {
     reloads: IntCounterVec,
     generation: IntGauge,
     access_log_dropped: IntCounter,
+    time_to_first_token: HistogramVec,
+    inter_token_latency: HistogramVec,
+    tokens: IntCounterVec,
     /// Handles for requests that matched no route (`route=""`, `upstream=""`).
     unrouted: OnceLock<Arc<RouteMetrics>>,
 }
@@ -238,6 +247,30 @@ impl Metrics {
                 "KV cache in use (0..1), as the backend last reported.",
                 &["upstream", "backend"],
             )?,
+            time_to_first_token: histogram_vec(
+                r,
+                "modelgate_time_to_first_token_seconds",
+                "Time from the request's arrival to the first generated token of its answer.",
+                &["route", "upstream"],
+            )?,
+            inter_token_latency: {
+                let v = HistogramVec::new(
+                    HistogramOpts::new(
+                        "modelgate_inter_token_latency_seconds",
+                        "Time between successive generated tokens of streamed answers.",
+                    )
+                    .buckets(TOKEN_GAP_BUCKETS.to_vec()),
+                    &["route", "upstream"],
+                )?;
+                r.register(Box::new(v.clone()))?;
+                v
+            },
+            tokens: counter_vec(
+                r,
+                "modelgate_tokens_total",
+                "Tokens of answered requests as the model server counted them, by kind (prompt or completion).",
+                &["route", "upstream", "kind"],
+            )?,
             reloads,
             generation,
             access_log_dropped,
@@ -250,6 +283,18 @@ impl Metrics {
     /// generation; the same names give back the same series.
     pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
         RouteMetrics {
+            tokens: TokenMetrics {
+                time_to_first_token: self
+                    .time_to_first_token
+                    .with_label_values(&[route, upstream]),
+                inter_token_latency: self
+                    .inter_token_latency
+                    .with_label_values(&[route, upstream]),
+                prompt: self.tokens.with_label_values(&[route, upstream, "prompt"]),
+                completion: self
+                    .tokens
+                    .with_label_values(&[route, upstream, "completion"]),
+            },
             duration: self.duration.with_label_values(&[route, upstream]),
             requests: self.requests.clone(),
             route: route.into(),
@@ -271,6 +316,12 @@ impl Metrics {
     pub fn unrouted(&self) -> &RouteMetrics {
         self.unrouted.get_or_init(|| {
             Arc::new(RouteMetrics {
+                tokens: TokenMetrics {
+                    time_to_first_token: self.time_to_first_token.with_label_values(&["", ""]),
+                    inter_token_latency: self.inter_token_latency.with_label_values(&["", ""]),
+                    prompt: self.tokens.with_label_values(&["", "", "prompt"]),
+                    completion: self.tokens.with_label_values(&["", "", "completion"]),
+                },
                 duration: self.duration.with_label_values(&["", ""]),
                 requests: self.requests.clone(),
                 route: "".into(),
@@ -399,6 +450,15 @@ pub struct RouteMetrics {
     codes: [OnceLock<IntCounter>; CODES.len()],
     duration: Histogram,
     upstream: UpstreamMetrics,
+    tokens: TokenMetrics,
+}
+
+/// Token accounting handles of one route (OpenAI answers).
+pub struct TokenMetrics {
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub prompt: IntCounter,
+    pub completion: IntCounter,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -433,6 +493,10 @@ impl RouteMetrics {
 
     pub fn upstream(&self) -> &UpstreamMetrics {
         &self.upstream
+    }
+
+    pub fn tokens(&self) -> &TokenMetrics {
+        &self.tokens
     }
 }
 

@@ -9,6 +9,7 @@ mod config_files;
 mod demo;
 mod failures;
 mod grpc;
+mod memory;
 mod observability;
 mod openai;
 mod reload;

@@ -2,13 +2,13 @@
 //! traffic, a valid exposition, one JSON line per request, a page a browser renders.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::{
-    backend_list, eventually, free_port, h1, pool_config, spawn_replicas, TestProxy, PATIENCE,
+    backend_list, eventually, free_port, h1, pool_config, spawn_replicas, tools, TestProxy,
+    PATIENCE,
 };
 
 const N: usize = 5;
@@ -47,11 +47,11 @@ fn promtool_check(text: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("metrics.txt");
     std::fs::write(&file, text).unwrap();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("promtool check metrics < {}", file.display()))
+    let out = tools::command(tools::PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
         .output()
-        .expect("promtool (Debian package prometheus) must be installed");
+        .expect("running promtool");
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -361,7 +361,7 @@ async fn the_access_log_has_one_json_line_per_request() {
 /// The status page as headless Chromium renders it after its scripts ran.
 fn rendered(url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
+    let out = tools::command(tools::CHROMIUM)
         .args([
             "--headless",
             "--no-sandbox",
@@ -376,7 +376,7 @@ fn rendered(url: &str) -> String {
         .arg("--dump-dom")
         .arg(url)
         .output()
-        .expect("chromium (Debian package chromium) must be installed");
+        .expect("running chromium");
     assert!(
         out.status.success(),
         "chromium failed: {}",

@@ -181,7 +181,12 @@ async fn reloads_under_load_fail_nothing(how: How) {
         failed, 0,
         "{how:?}: failed requests during reloads: {why:?}"
     );
-    assert!(ok > 200, "{how:?}: only {ok} requests went through");
+    // The load must really overlap the reloads; how many requests that is depends on
+    // the machine, so ask for as many as there were reloads, not for a speed.
+    assert!(
+        ok >= u64::from(n),
+        "{how:?}: only {ok} requests went through during {n} reloads"
+    );
     assert!(last > first, "{how:?}: no reload happened");
     if !matches!(how, How::Watch) {
         assert!(
@@ -589,7 +594,9 @@ async fn a_graceful_binary_upgrade_fails_no_request() {
     assert!(still_new, "the new process exited: {new_log}");
     assert_eq!(after.ok(), Some(200), "new process log: {new_log}");
     assert_eq!(failed, 0, "{why:?}\nnew process log: {new_log}");
-    assert!(ok > 100);
+    // The clients ran across the handover; how many requests that is depends on the
+    // machine's speed, which this test does not measure.
+    assert!(ok > 0, "no request went through during the upgrade");
 }
 
 /// A config with `routes` routes over 10 upstreams of `backends`, plus `/new` if `with_new`.

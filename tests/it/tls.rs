@@ -183,7 +183,7 @@ protocol = "h2c"
 
 /// Runs `openssl s_client` against the proxy; (handshake succeeded, output).
 fn s_client(addr: SocketAddr, args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl")
+    let out = crate::support::tools::command(crate::support::tools::OPENSSL)
         .args([
             "s_client",
             "-connect",
@@ -194,7 +194,7 @@ fn s_client(addr: SocketAddr, args: &[&str]) -> (bool, String) {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("running openssl s_client (apt-get install openssl)");
+        .expect("running openssl s_client");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)

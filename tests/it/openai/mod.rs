@@ -2,6 +2,8 @@
 //! token accounting from streams.
 
 mod mock;
+mod routing;
+mod tokens;
 
 use serde_json::{json, Value};
 

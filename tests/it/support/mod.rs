@@ -5,6 +5,7 @@
 mod model;
 mod proxy;
 pub mod tls;
+pub mod tools;
 mod ws;
 
 use std::future::Future;

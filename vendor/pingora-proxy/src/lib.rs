@@ -1592,7 +1592,10 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        // modelgate patch: the request's state lives in its own allocation, made once
+        // the request has arrived; inline, its size would be held by every idle
+        // keep-alive connection waiting in `handle_new_request` above.
+        Box::pin(self.process_request(session, ctx)).await
     }
 
     async fn http_cleanup(&self) {

@@ -482,8 +482,10 @@ where
 
         let buffer = session.as_ref().get_retry_buffer();
 
-        // retry, send buffer if it exists or body empty
-        if buffer.is_some() || session.as_mut().is_body_empty() {
+        // retry, send buffer if it exists or body empty; also when request_filter
+        // already read the whole body and the retry buffer could not keep it, so
+        // request_body_filter gets one call in which to replay it (modelgate patch)
+        if buffer.is_some() || session.as_mut().is_body_empty() || downstream_state.is_done() {
             let send_permit = tx
                 .reserve()
                 .await

@@ -537,6 +537,12 @@ where
                 write_timeout,
             )
             .await?;
+        } else if downstream_state.is_done() && !session.as_mut().is_body_empty() {
+            // request_filter already read the whole body and the retry buffer could
+            // not keep it: give request_body_filter one call in which to replay it
+            // (modelgate patch)
+            self.send_body_to2(session, None, true, client_body, ctx, write_timeout)
+                .await?;
         }
 
         let mut response_state = ResponseStateMachine::new();

@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_matches_peer(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -470,6 +470,25 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// Whether a pooled `stream` is connected to `peer`.
+///
+/// modelgate patch: compares the peer address recorded when the connection was made
+/// (`l4::connect` stores it in the socket digest) instead of asking the kernel with
+/// getpeername(2) on every reuse, one syscall per proxied request. A stream with no
+/// recorded address, or one reached through a proxy, is still checked with getpeername.
+#[cfg(unix)]
+fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    let digest = stream.get_socket_digest();
+    let recorded = digest
+        .as_ref()
+        .and_then(|d| d.peer_addr.get())
+        .and_then(|a| a.as_ref());
+    match recorded {
+        Some(addr) if peer.get_proxy().is_none() => addr == peer.address(),
+        _ => peer.matches_fd(stream.id()),
+    }
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {

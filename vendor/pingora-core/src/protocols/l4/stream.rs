@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use log::{debug, error};
 
+use bytes::{Buf, BytesMut};
 use pingora_error::{ErrorType::*, OrErr, Result};
 #[cfg(target_os = "linux")]
 use std::io::IoSliceMut;
@@ -27,11 +28,12 @@ use std::os::unix::io::AsRawFd;
 use std::os::windows::io::AsRawSocket;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::ready;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -418,57 +420,103 @@ impl L4BufferSettings {
     }
 }
 
-/// The L4 buffers in front of a [`RawStreamWrapper`]: a read buffer over a write
-/// buffer, the same layering as tokio's [`BufStream`](tokio::io::BufStream).
+/// The L4 buffers in front of a [`RawStreamWrapper`]: a read buffer and a write
+/// buffer, as tokio's [`BufStream`](tokio::io::BufStream).
 ///
-/// A zero read capacity leaves the read buffer out, because [`BufReader`] panics on
-/// a zero capacity. Reads then go straight to the raw stream, as they did through
-/// an empty `BufReader`. [`BufWriter`] accepts a zero capacity and writes straight
-/// through.
+/// modelgate patch: each buffer holds memory only while it holds data, so an idle
+/// keep-alive connection costs none (tokio's `BufReader` and `BufWriter` keep 64 KiB
+/// and 1460 bytes per connection for its whole life). The read buffer is allocated
+/// (uninitialised, not zeroed) when a read smaller than `read_capacity` needs filling
+/// and freed when drained or when the read would block; the write buffer is allocated
+/// by the first small write and freed when flushed. Reads and writes at least the
+/// buffer's size, and all of them when it is 0, go straight to the raw stream, and
+/// writes are buffered and flushed exactly as by `BufWriter`.
 #[derive(Debug)]
-enum BufferedStream {
-    UnbufferedRead(BufWriter<RawStreamWrapper>),
-    BufferedRead(BufReader<BufWriter<RawStreamWrapper>>),
+struct BufferedStream {
+    raw: RawStreamWrapper,
+    read_buf: BytesMut,
+    read_capacity: usize,
+    write_buf: Vec<u8>,
+    /// Bytes at the front of `write_buf` already written to `raw`.
+    written: usize,
+    write_capacity: usize,
 }
 
 impl BufferedStream {
     fn with_capacity(read: usize, write: usize, stream: RawStreamWrapper) -> Self {
-        let writer = BufWriter::with_capacity(write, stream);
-        if read == 0 {
-            BufferedStream::UnbufferedRead(writer)
-        } else {
-            BufferedStream::BufferedRead(BufReader::with_capacity(read, writer))
-        }
-    }
-
-    fn writer(&self) -> &BufWriter<RawStreamWrapper> {
-        match self {
-            BufferedStream::UnbufferedRead(writer) => writer,
-            BufferedStream::BufferedRead(reader) => reader.get_ref(),
-        }
-    }
-
-    fn writer_mut(&mut self) -> &mut BufWriter<RawStreamWrapper> {
-        match self {
-            BufferedStream::UnbufferedRead(writer) => writer,
-            BufferedStream::BufferedRead(reader) => reader.get_mut(),
+        BufferedStream {
+            raw: stream,
+            read_buf: BytesMut::new(),
+            read_capacity: read,
+            write_buf: Vec::new(),
+            written: 0,
+            write_capacity: write,
         }
     }
 
     fn get_ref(&self) -> &RawStreamWrapper {
-        self.writer().get_ref()
+        &self.raw
     }
 
     fn get_mut(&mut self) -> &mut RawStreamWrapper {
-        self.writer_mut().get_mut()
+        &mut self.raw
     }
 
     /// Return the raw stream. Anything left in either buffer is lost.
     fn into_inner(self) -> RawStreamWrapper {
-        match self {
-            BufferedStream::UnbufferedRead(writer) => writer.into_inner(),
-            BufferedStream::BufferedRead(reader) => reader.into_inner().into_inner(),
+        self.raw
+    }
+
+    /// Fills the (empty) read buffer with one read of the raw stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.read_buf.reserve(self.read_capacity);
+        let spare = self.read_buf.spare_capacity_mut();
+        let mut read_buf = ReadBuf::uninit(spare);
+        let start = read_buf.filled().as_ptr();
+        let result = Pin::new(&mut self.raw).poll_read(cx, &mut read_buf);
+        if let Poll::Ready(Ok(())) = result {
+            assert_eq!(
+                start,
+                read_buf.filled().as_ptr(),
+                "reader swapped the buffer"
+            );
+            let n = read_buf.filled().len();
+            // SAFETY: the reader initialised `n` bytes of the spare capacity, from its start.
+            unsafe { self.read_buf.set_len(n) };
         }
+        if self.read_buf.is_empty() {
+            // Pending (idle), error or end of stream: hold no memory meanwhile.
+            self.read_buf = BytesMut::new();
+        }
+        result
+    }
+
+    /// Writes out the write buffer (as `BufWriter::flush_buf`) and frees it.
+    fn poll_flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut ret = Ok(());
+        while self.written < self.write_buf.len() {
+            match ready!(Pin::new(&mut self.raw).poll_write(cx, &self.write_buf[self.written..])) {
+                Ok(0) => {
+                    ret = Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write the buffered data",
+                    ));
+                    break;
+                }
+                Ok(n) => self.written += n,
+                Err(e) => {
+                    ret = Err(e);
+                    break;
+                }
+            }
+        }
+        if self.written == self.write_buf.len() {
+            self.write_buf = Vec::new();
+        } else if self.written > 0 {
+            self.write_buf.drain(..self.written);
+        }
+        self.written = 0;
+        Poll::Ready(ret)
     }
 }
 
@@ -478,30 +526,52 @@ impl AsyncRead for BufferedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut *self {
-            BufferedStream::UnbufferedRead(writer) => Pin::new(writer).poll_read(cx, buf),
-            BufferedStream::BufferedRead(reader) => Pin::new(reader).poll_read(cx, buf),
+        let this = &mut *self;
+        if this.read_buf.is_empty() {
+            if buf.remaining() >= this.read_capacity {
+                return Pin::new(&mut this.raw).poll_read(cx, buf);
+            }
+            ready!(this.poll_fill(cx))?;
         }
+        let n = buf.remaining().min(this.read_buf.len());
+        buf.put_slice(&this.read_buf[..n]);
+        if n == this.read_buf.len() {
+            this.read_buf = BytesMut::new();
+        } else {
+            this.read_buf.advance(n);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
-// `BufReader` only forwards writes to the `BufWriter` under it, so write to the `BufWriter`
-// directly.
 impl AsyncWrite for BufferedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.writer_mut()).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.write_buf.len() + buf.len() > this.write_capacity {
+            ready!(this.poll_flush_buf(cx))?;
+        }
+        if buf.len() >= this.write_capacity {
+            return Pin::new(&mut this.raw).poll_write(cx, buf);
+        }
+        if this.write_buf.capacity() == 0 {
+            this.write_buf.reserve_exact(this.write_capacity);
+        }
+        this.write_buf.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        Pin::new(self.writer_mut()).poll_flush(cx)
+        ready!(self.poll_flush_buf(cx))?;
+        Pin::new(&mut self.raw).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        Pin::new(self.writer_mut()).poll_shutdown(cx)
+        ready!(self.poll_flush_buf(cx))?;
+        Pin::new(&mut self.raw).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -509,11 +579,25 @@ impl AsyncWrite for BufferedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.writer_mut()).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let total = bufs.iter().fold(0usize, |n, b| n.saturating_add(b.len()));
+        if this.write_buf.len() + total > this.write_capacity {
+            ready!(this.poll_flush_buf(cx))?;
+        }
+        if total >= this.write_capacity {
+            return Pin::new(&mut this.raw).poll_write_vectored(cx, bufs);
+        }
+        if this.write_buf.capacity() == 0 {
+            this.write_buf.reserve_exact(this.write_capacity);
+        }
+        for b in bufs {
+            this.write_buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.writer().is_write_vectored()
+        true
     }
 }
 

@@ -209,9 +209,9 @@ impl HttpSession {
         }
     }
 
-    async fn read_request_buf(
+    async fn read_request_buf<B: BufMut + Unpin>(
         &mut self,
-        buf: &mut BytesMut,
+        buf: &mut B,
         already_read: usize,
     ) -> Result<Option<usize>> {
         let read_result = {
@@ -296,13 +296,30 @@ impl HttpSession {
         // below tries to parse first when we already have pipelined bytes —
         // a pipelined prefix can contain a complete request header, in which
         // case we must NOT issue another stream read (which would block).
-        let mut buf = self
+        let (mut buf, mut skip_next_read) = match self
             .pipelined_prefix
             .take()
             .filter(|prefix| !prefix.is_empty())
-            .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
+        {
+            Some(prefix) => (prefix, true),
+            None => {
+                // modelgate patch: wait for the request's first byte before allocating
+                // the header buffer, so an idle keep-alive connection holds none. The
+                // rest of the request is then read from the L4 (or TLS) buffer.
+                let mut first = [0u8; 1];
+                if self
+                    .read_request_buf(&mut &mut first[..], 0)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(None);
+                }
+                let mut buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+                buf.put_u8(first[0]);
+                (buf, false)
+            }
+        };
         let mut already_read = buf.len();
-        let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         loop {
             if already_read > MAX_HEADER_SIZE {

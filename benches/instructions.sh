@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: a CPU cost that does not move
+# with the machine's load, for measuring one change at a time.
+#
+#   bash benches/instructions.sh [BINARY]      # REQUESTS=4000 CONNS=16; default target/release/modelgate
+#
+# modelgate (workers = 1, access log off) runs under `valgrind --tool=callgrind` in
+# front of one nginx backend answering "ok\n"; after a warm-up the counters are zeroed,
+# h2load sends REQUESTS HTTP/1.1 keep-alive requests (CONNS connections), and the
+# instructions of the whole process (all threads) are divided by REQUESTS. Prints
+# "instructions/request N" and, with TOP=1, the costliest functions (inclusive).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUESTS=${REQUESTS:-4000}
+CONNS=${CONNS:-16}
+BIN=${1:-target/release/modelgate}
+export PATH="$PATH:/usr/sbin"
+for tool in valgrind:valgrind nginx:nginx h2load:nghttp2-client; do
+  command -v "${tool%%:*}" >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+  }
+done
+[ -x "$BIN" ] || cargo build --release --quiet --bin modelgate
+T=$(mktemp -d -t modelgate-instr.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$T"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACK=$(free_port); MG=$(free_port)
+cat >"$T/backend.conf" <<EOF
+worker_processes 1; daemon off; pid $T/backend.pid; error_log $T/backend.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $T; proxy_temp_path $T; fastcgi_temp_path $T; uwsgi_temp_path $T; scgi_temp_path $T;
+  server { listen 127.0.0.1:$BACK; location / { return 200 "ok\n"; } } }
+EOF
+cat >"$T/modelgate.toml" <<EOF
+[listen]
+http = "127.0.0.1:$MG"
+workers = 1
+shutdown_grace = "1s"
+[log]
+access = "off"
+[[route]]
+name = "all"
+path = "/"
+upstream = "b"
+[upstream.b]
+backends = ["127.0.0.1:$BACK"]
+balance = "round_robin"
+max_inflight = 0
+EOF
+nginx -c "$T/backend.conf" -p "$T" & PIDS+=($!)
+RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$T/cg.out" \
+  "$BIN" run -c "$T/modelgate.toml" 2>"$T/valgrind.log" & PIDS+=($!)
+VG=$!
+for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$MG/" && break; sleep 0.2; done
+h2load --h1 -t1 -c"$CONNS" -n $((CONNS * 50)) "http://127.0.0.1:$MG/" >/dev/null 2>&1 # warm-up
+callgrind_control --zero "$VG" >/dev/null
+out=$(h2load --h1 -t1 -c"$CONNS" -n "$REQUESTS" "http://127.0.0.1:$MG/" 2>&1)
+ok=$(awk '/^requests:/ {print $8}' <<<"$out")
+callgrind_control --dump "$VG" >/dev/null
+sleep 1
+dump=$(ls -t "$T"/cg.out.* 2>/dev/null | head -1)
+[ -n "$dump" ] || { echo "no callgrind dump" >&2; cat "$T/valgrind.log" >&2; exit 1; }
+total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+[ "$ok" = "$REQUESTS" ] || echo "warning: $ok of $REQUESTS requests succeeded" >&2
+echo "instructions/request $((total / ok))"
+if [ "${TOP:-0}" = 1 ]; then
+  callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | sed -n '/file:function/,$p' | head -60
+fi

@@ -1,0 +1,140 @@
+//! Token accounting on OpenAI answers: time to first token, inter-token latency and
+//! usage from streams (usage asked for by the proxy and hidden from the client with
+//! `stream_usage`) and from whole JSON answers; metrics and access log fields.
+
+use std::time::Duration;
+
+use modelgate::demo::replica::Replica;
+use serde_json::{json, Value};
+
+use super::{chat, sse_events};
+use crate::support::*;
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+async fn accounts(client: reqwest::Client) {
+    let r = Replica::builder("a")
+        .models(["llama-3-8b"])
+        .token_interval(Duration::from_millis(20))
+        .spawn()
+        .await
+        .unwrap();
+    let proxy = TestProxy::start(&format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "chat"
+path = "/v1"
+model = "llama-3-8b"
+api = "openai"
+stream_usage = true
+upstream = "llm"
+
+[upstream.llm]
+backends = ["{}"]
+"#,
+        r.addr()
+    ))
+    .await;
+    let url = proxy.url("/v1/chat/completions");
+
+    // A stream that did not ask for usage: the replica is asked, the client sees none.
+    let mut body = chat("llama-3-8b", "one two three four", true);
+    body["max_tokens"] = json!(6);
+    let resp = client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = sse_events(&resp.text().await.unwrap());
+    assert_eq!(
+        events.len(),
+        9,
+        "role, 6 tokens, finish, [DONE]: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.contains("\"usage\"")),
+        "{events:?}"
+    );
+    let sent = r.last_openai_request().unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+
+    // A stream that asked for usage keeps it.
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = client.post(&url).json(&body).send().await.unwrap();
+    let events = sse_events(&resp.text().await.unwrap());
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 6);
+
+    // A whole JSON answer.
+    let mut whole = chat("llama-3-8b", "five six", false);
+    whole["max_tokens"] = json!(3);
+    let resp = client.post(&url).json(&whole).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(r.last_openai_request().unwrap()["stream_options"].is_null());
+
+    let text = client
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = r#"{kind="prompt",route="chat",upstream="llm"}"#;
+    assert_eq!(
+        sample(&text, &format!("modelgate_tokens_total{labels}")),
+        Some(10.0),
+        "{text}"
+    );
+    let labels = r#"{kind="completion",route="chat",upstream="llm"}"#;
+    assert_eq!(
+        sample(&text, &format!("modelgate_tokens_total{labels}")),
+        Some(15.0),
+        "{text}"
+    );
+    let labels = r#"{route="chat",upstream="llm"}"#;
+    assert_eq!(
+        sample(
+            &text,
+            &format!("modelgate_time_to_first_token_seconds_count{labels}")
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("modelgate_inter_token_latency_seconds_count{labels}")
+        ),
+        Some(10.0),
+        "{text}"
+    );
+
+    eventually("access log lines", PATIENCE, || async {
+        proxy.logs().matches("\"model\":\"llama-3-8b\"").count() == 3
+    })
+    .await;
+    let logs = proxy.logs();
+    let line: Value = logs
+        .lines()
+        .find(|l| l.contains("\"model\":\"llama-3-8b\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    assert_eq!(line["prompt_tokens"], 4);
+    assert_eq!(line["completion_tokens"], 6);
+    assert!(line["ttft"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn streams_and_answers_are_accounted_http1() {
+    accounts(h1()).await;
+}
+
+#[tokio::test]
+async fn streams_and_answers_are_accounted_h2c() {
+    accounts(h2()).await;
+}

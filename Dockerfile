@@ -1,28 +1,45 @@
-# modelgate: one static-ish binary on a slim Debian base.
+# modelgate: a release build on the Rust image, run as a non-root user on slim Debian.
+#
 #   docker build -t modelgate .
-#   docker run -p 8080:8080 -v $PWD/config:/etc/modelgate modelgate
-# No system packages needed: pingora's gzip uses the pure-Rust zlib-rs (vendor/README.md).
+#   docker run --rm -p 8080:8080 --network models modelgate
+#
+# The image's config is config/container.toml (/etc/modelgate/modelgate.toml): HTTP on
+# 0.0.0.0:8080, replicas found by the name `model` on the container network, admin on
+# loopback. Mount your own over it (-v $PWD/my.toml:/etc/modelgate/modelgate.toml:ro).
+# The same image serves as a demo model replica:
+#   docker run --rm modelgate demo --replica-only --listen 0.0.0.0:8000
+
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# pingora-core is vendored with a pure-Rust zlib (vendor/README.md): no cmake, only the
+# C compiler the Rust image already has. The benches and tests are copied because the
+# manifest names them.
 COPY Cargo.toml Cargo.lock clippy.toml ./
-COPY proxy ./proxy
 COPY vendor ./vendor
+COPY proxy ./proxy
 COPY benches ./benches
 COPY tests ./tests
-COPY config ./config
-RUN cargo build --release --locked --bin modelgate \
- && strip target/release/modelgate
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin modelgate \
+ && strip -o /modelgate target/release/modelgate
 
 FROM debian:bookworm-slim
+# ca-certificates: upstreams with protocol = "https" and no `ca` are verified against them.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home modelgate
-COPY --from=build /src/target/release/modelgate /usr/local/bin/modelgate
-COPY config/modelgate.toml /etc/modelgate/modelgate.toml
-USER 10001
-EXPOSE 8080
-# SIGTERM drains: give the container at least shutdown_grace to stop (docker stop -t 35).
+ && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin modelgate
+COPY --from=build /modelgate /usr/local/bin/modelgate
+COPY config/container.toml /etc/modelgate/modelgate.toml
+USER 10001:10001
+# Every listener of config/container.toml: HTTP, and admin (loopback inside the image;
+# published only with a config that binds it elsewhere and sets admin_token_file).
+EXPOSE 8080 9901
+# SIGTERM drains: /readyz turns 503, listeners close, running requests get
+# listen.shutdown_grace (7s in container.toml) and the process exits as soon as the last
+# one is done, inside docker stop's default 10 s. A longer grace needs `docker stop -t`
+# / `stop_grace_period` / `terminationGracePeriodSeconds` above it.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/modelgate"]
 CMD ["run", "-c", "/etc/modelgate/modelgate.toml"]

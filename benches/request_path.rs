@@ -46,6 +46,7 @@ fn entry() -> Entry {
         route: Some(Arc::from("chat")),
         upstream: Some(Arc::from("llama")),
         backend: Some(Arc::from("10.0.0.7:8000")),
+        consumer: None,
         status: 200,
         bytes_in: 187,
         bytes_out: 1432,

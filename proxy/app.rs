@@ -15,7 +15,10 @@ use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{Admin, AdminService};
-use crate::config::{AccessLog as AccessLogTarget, Config};
+use crate::config::{AccessLog as AccessLogTarget, Config, ConnLimits};
+use crate::edge::conn::{ConnectionLimits, Gate};
+use crate::edge::metrics::EdgeCollector;
+use crate::edge::EdgeService;
 use crate::gateway::{Gateway, HttpsRedirect};
 use crate::health::HealthService;
 use crate::metrics::access::AccessLog;
@@ -136,6 +139,10 @@ impl App {
             active: Arc::new(AtomicUsize::new(0)),
             grace: config.listen.shutdown_grace,
         };
+        let conns = ConnectionLimits::new(&config.listen.limits);
+        EdgeCollector::new(Arc::clone(&shared), Arc::clone(&conns))
+            .and_then(|c| metrics.registry().register(Box::new(c)))
+            .map_err(|e| StartError(vec![format!("metrics: {e}")]))?;
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
             let mut gateway = Gateway::new(
@@ -145,18 +152,18 @@ impl App {
                 Arc::clone(&metrics),
                 access_log.clone(),
             )
-            .closing_when(Arc::clone(&drain.draining));
+            .closing_when(Arc::clone(&drain.draining))
+            .with_limits(config.listen.limits);
             if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https)
             {
                 gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
             }
             let mut proxy =
                 pingora::proxy::http_proxy_service_with_name(&conf, gateway, "proxy http");
-            let mut opts = HttpServerOptions::default();
-            opts.h2c = true;
             if let Some(app) = proxy.app_logic_mut() {
-                app.server_options = Some(opts);
+                app.server_options = Some(server_options(&config.listen.limits, true));
             }
+            proxy.set_connection_gate(Arc::new(Gate(Arc::clone(&conns))));
             proxy.add_tcp(&addr.to_string());
             proxy_addrs.push(addr);
             server.add_service(proxy);
@@ -180,9 +187,14 @@ impl App {
                     Arc::clone(&metrics),
                     access_log.clone(),
                 )
-                .closing_when(Arc::clone(&drain.draining)),
+                .closing_when(Arc::clone(&drain.draining))
+                .with_limits(config.listen.limits),
                 "proxy https",
             );
+            if let Some(app) = proxy.app_logic_mut() {
+                app.server_options = Some(server_options(&config.listen.limits, false));
+            }
+            proxy.set_connection_gate(Arc::new(Gate(Arc::clone(&conns))));
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);
             proxy_addrs.push(addr);
             server.add_service(proxy);
@@ -192,10 +204,21 @@ impl App {
             tls_stats = Some(certs.stats);
         }
 
+        let mut edge = background_service("edge", EdgeService::new(Arc::clone(&shared)));
+        edge.threads = Some(1);
+        server.add_service(edge);
+
         let mut health =
             background_service("health checks", HealthService::new(Arc::clone(&shared)));
         health.threads = Some(1);
         server.add_service(health);
+
+        let mut discovery = background_service(
+            "dns discovery",
+            crate::discovery::DiscoveryService::new(Arc::clone(&shared), Arc::clone(&metrics)),
+        );
+        discovery.threads = Some(1);
+        server.add_service(discovery);
 
         // Only a config read from a file can be reloaded (not the demo's).
         let reloader = config.source.is_file().then(|| {
@@ -271,6 +294,17 @@ impl App {
             shutdown_signal: Box::new(watch),
         });
     }
+}
+
+/// pingora's options for a proxy listener: h2c on plain HTTP, the request-head
+/// deadline, and HTTP/2 connections closed after `keepalive_timeout` idle
+/// (pingora's default is never).
+fn server_options(limits: &ConnLimits, h2c: bool) -> HttpServerOptions {
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = h2c;
+    opts.h2_idle_timeout = Some(limits.keepalive_timeout);
+    opts.header_read_timeout = Some(limits.header_read_timeout);
+    opts
 }
 
 /// The admin bearer token: the file's content without surrounding whitespace.

@@ -15,15 +15,39 @@ pub fn init(format: LogFormat) {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if format == LogFormat::Json {
         builder.format(|buf, record| {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "ts": buf.timestamp_millis().to_string(),
                 "level": record.level().as_str(),
                 "target": record.target(),
                 "msg": record.args().to_string(),
             });
+            if let Some(fields) = line.as_object_mut() {
+                let _ = record.key_values().visit(&mut Fields(fields));
+            }
             writeln!(buf, "{line}")
         });
     }
     // A second init (tests, demo) keeps the first logger.
     let _ = builder.try_init();
+}
+
+/// Copies a record's key-value pairs (request id, route, backend, ...) into the JSON
+/// line as fields of their own: numbers stay numbers.
+struct Fields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        let v = match (value.to_u64(), value.to_i64(), value.to_f64()) {
+            (Some(n), _, _) => serde_json::Value::from(n),
+            (_, Some(n), _) => serde_json::Value::from(n),
+            (_, _, Some(x)) => serde_json::Value::from(x),
+            _ => serde_json::Value::from(value.to_string()),
+        };
+        self.0.insert(key.as_str().to_owned(), v);
+        Ok(())
+    }
 }

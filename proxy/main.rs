@@ -60,6 +60,25 @@ enum Command {
         /// Admin listener.
         #[arg(long, default_value = modelgate::demo::ADMIN_ADDR)]
         admin: std::net::SocketAddr,
+        /// Serve one demo model replica on --listen and nothing else (no proxy), so the
+        /// modelgate image can also stand in for a model server.
+        #[arg(long, requires = "listen")]
+        replica_only: bool,
+        /// Where the replica listens, with --replica-only (e.g. 0.0.0.0:8000).
+        #[arg(long, requires = "replica_only")]
+        listen: Option<std::net::SocketAddr>,
+        /// The replica's name in its answers, with --replica-only.
+        #[arg(long, env = "HOSTNAME", default_value = "replica")]
+        name: String,
+    },
+    /// GET a URL; exit 0 on a 2xx answer, 1 otherwise (container health checks,
+    /// e.g. `modelgate probe http://127.0.0.1:9901/readyz`).
+    Probe {
+        /// A plain http:// URL.
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
     },
 }
 
@@ -107,8 +126,32 @@ fn main() -> ExitCode {
             },
         ),
         Command::Check { config } => check(&config),
-        Command::Demo { http, https, admin } => {
-            match modelgate::demo::run(modelgate::demo::Addrs { http, https, admin }) {
+        Command::Probe { url, timeout } => {
+            match modelgate::probe::probe(&url, std::time::Duration::from_secs(timeout)) {
+                Ok(code) if (200..300).contains(&code) => ExitCode::SUCCESS,
+                Ok(code) => {
+                    eprintln!("{url}: answered {code}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo {
+            http,
+            https,
+            admin,
+            listen,
+            name,
+            ..
+        } => {
+            let result = match listen {
+                Some(listen) => modelgate::demo::run_replica(listen, &name),
+                None => modelgate::demo::run(modelgate::demo::Addrs { http, https, admin }),
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprint!("{e}");

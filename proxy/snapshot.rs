@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
 use crate::config::{Api, Config, HostMatch};
+use crate::edge::RouteEdge;
 use crate::metrics::RouteMetrics;
 use crate::openai::{RouteApi, RouteGroup};
 use crate::routing::RouteTable;
@@ -23,6 +24,8 @@ pub struct RouteEntry {
     /// Largest request body accepted, in bytes.
     pub max_body: Option<u64>,
     pub pool: Arc<Pool>,
+    /// Authentication and rate limit of the route.
+    pub edge: RouteEdge,
     /// OpenAI handling: error shape, usage in streams, keep-alives.
     pub api: RouteApi,
     /// Metric handles of this route, resolved by its first request (the same series
@@ -39,12 +42,26 @@ pub struct Snapshot {
     pub routes: RouteTable<Arc<RouteGroup>>,
     /// Pools by upstream name, in config order.
     pub pools: Vec<Arc<Pool>>,
+    /// Each route's name and edge (auth, rate limit), in config order.
+    edges: Vec<(Arc<str>, RouteEdge)>,
+    /// The config this generation was built from (discovery rebuilds pools from it).
+    pub config: Arc<Config>,
 }
 
 /// The live snapshot, shared by the proxy, the admin listener and the reloader.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Held by whoever builds a snapshot from the live one and publishes it (a reload,
+/// a discovery update), so neither publishes over a change it did not see.
+static PUBLISHING: Mutex<()> = Mutex::new(());
+
+/// Waits for, then holds, the right to publish a snapshot built from the live one.
+pub fn publishing() -> MutexGuard<'static, ()> {
+    // The guarded value is `()`: a poisoned lock is as good as any.
+    PUBLISHING.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl Snapshot {
     /// Builds every pool and route of `config`. Fails, listing every problem, on
@@ -57,7 +74,8 @@ impl Snapshot {
     /// is built with [`Pool::build_next`] (kept backends keep their state, queued
     /// requests stay queued). Touches nothing live until [`Snapshot::publish`].
     pub fn build_next(config: &Config, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
-        let mut errors = unsupported(config);
+        let mut errors = Vec::new();
+        crate::openai::unsupported(config, &mut errors);
         let mut by_name: HashMap<&str, Arc<Pool>> = HashMap::new();
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for up in &config.upstreams {
@@ -70,38 +88,13 @@ impl Snapshot {
                 Err(e) => errors.push(e),
             }
         }
-        // Routes sharing a host and path form one group, in file order.
-        let mut groups: Vec<((Option<&HostMatch>, &str), RouteGroup)> = Vec::new();
-        let mut group_of: HashMap<(Option<&HostMatch>, &str), usize> = HashMap::new();
-        for r in &config.routes {
-            let Some(pool) = by_name.get(r.upstream.as_str()) else {
-                continue; // validation guarantees it exists; a failed pool is already reported
-            };
-            let entry = RouteEntry {
-                name: r.name.as_str().into(),
-                prefix: r.path.as_str().into(),
-                strip_prefix: r.strip_prefix,
-                max_body: r.max_body,
-                pool: Arc::clone(pool),
-                api: RouteApi {
-                    openai: r.openai.api == Api::OpenAi,
-                    stream_usage: r.openai.stream_usage,
-                    sse_keepalive: r.openai.sse_keepalive,
-                },
-                metrics: OnceLock::new(),
-            };
-            let key = (r.host.as_ref(), r.path.as_str());
-            let at = *group_of.entry(key).or_insert_with(|| {
-                groups.push((key, RouteGroup::default()));
-                groups.len() - 1
-            });
-            groups[at]
-                .1
-                .add(Arc::new(entry), &r.openai.models, &r.openai.model_prefixes);
-        }
-        let mut routes = RouteTable::default();
-        for ((host, path), group) in groups {
-            routes.insert(host, path, Arc::new(group));
+        let mut edges = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let prev_edge = prev.and_then(|p| p.edge(&r.name));
+            match RouteEdge::build(r, prev_edge) {
+                Ok(edge) => edges.push((Arc::from(r.name.as_str()), edge)),
+                Err(e) => errors.push(format!("{}: route[{i}].{e}", config.source.display())),
+            }
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -109,8 +102,47 @@ impl Snapshot {
         Ok(Snapshot {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
             loaded_at: SystemTime::now(),
-            routes,
+            routes: route_table(config, &by_name, &edges),
             pools,
+            edges,
+            config: Arc::new(config.clone()),
+        })
+    }
+
+    /// This generation with upstream `name`'s names now resolving to `resolved`
+    /// ([`Pool::rediscovered`]); every other pool is shared as is, and the generation
+    /// number stays (the config did not change). Publish it with [`Snapshot::publish`].
+    pub fn rediscovered(
+        &self,
+        name: &str,
+        resolved: Vec<crate::config::BackendAddr>,
+    ) -> Result<Snapshot, String> {
+        let up = self
+            .config
+            .upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .ok_or_else(|| format!("upstream {name} is gone"))?;
+        let mut by_name: HashMap<&str, Arc<Pool>> = HashMap::new();
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for pool in &self.pools {
+            let pool = if &**pool.name() == name {
+                pool.rediscovered(up, resolved.clone())?
+            } else {
+                Arc::clone(pool)
+            };
+            pools.push(pool);
+        }
+        for (up, pool) in self.config.upstreams.iter().zip(&pools) {
+            by_name.insert(up.name.as_str(), Arc::clone(pool));
+        }
+        Ok(Snapshot {
+            generation: self.generation,
+            loaded_at: self.loaded_at,
+            routes: route_table(&self.config, &by_name, &self.edges),
+            pools,
+            edges: self.edges.clone(),
+            config: Arc::clone(&self.config),
         })
     }
 
@@ -129,25 +161,69 @@ impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &**p.name() == name)
     }
+
+    /// The auth and rate limit of the route named `name`.
+    pub fn edge(&self, name: &str) -> Option<&RouteEdge> {
+        self.edges
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, e)| e)
+    }
+
+    /// Route names with their auth and rate limit (routes with neither are left out).
+    pub fn named_edges(&self) -> impl Iterator<Item = (&str, &RouteEdge)> {
+        self.edges
+            .iter()
+            .filter(|(_, e)| !e.is_empty())
+            .map(|(n, e)| (&**n, e))
+    }
+
+    /// Every route's auth and rate limit (routes with neither are left out).
+    pub fn edges(&self) -> impl Iterator<Item = &RouteEdge> {
+        self.named_edges().map(|(_, e)| e)
+    }
 }
 
-/// Settings that validate but that this build does not serve yet: refusing them is
-/// better than silently ignoring a limit or an auth rule the operator relies on.
-fn unsupported(config: &Config) -> Vec<String> {
-    let mut errors = Vec::new();
-    let file = config.source.display();
-    for (i, r) in config.routes.iter().enumerate() {
-        if r.rate_limit.is_some() {
-            errors.push(format!(
-                "{file}: route[{i}].rate_limit: rate limiting is not available in this build; remove it"
-            ));
-        }
-        if r.auth.is_some() {
-            errors.push(format!(
-                "{file}: route[{i}].auth: authentication is not available in this build; remove it"
-            ));
-        }
+/// The routes of `config`, each pointing at its upstream's pool; routes sharing a
+/// host and path form one group, in file order.
+/// `edges` holds each route's edge, in config order.
+fn route_table(
+    config: &Config,
+    by_name: &HashMap<&str, Arc<Pool>>,
+    edges: &[(Arc<str>, RouteEdge)],
+) -> RouteTable<Arc<RouteGroup>> {
+    let mut groups: Vec<((Option<&HostMatch>, &str), RouteGroup)> = Vec::new();
+    let mut group_of: HashMap<(Option<&HostMatch>, &str), usize> = HashMap::new();
+    for (r, (_, edge)) in config.routes.iter().zip(edges) {
+        let Some(pool) = by_name.get(r.upstream.as_str()) else {
+            continue; // validation guarantees it exists; a failed pool is already reported
+        };
+        let entry = RouteEntry {
+            name: r.name.as_str().into(),
+            prefix: r.path.as_str().into(),
+            strip_prefix: r.strip_prefix,
+            max_body: r.max_body,
+            pool: Arc::clone(pool),
+            edge: edge.clone(),
+            api: RouteApi {
+                openai: r.openai.api == Api::OpenAi,
+                stream_usage: r.openai.stream_usage,
+                sse_keepalive: r.openai.sse_keepalive,
+            },
+            metrics: OnceLock::new(),
+        };
+        let key = (r.host.as_ref(), r.path.as_str());
+        let at = *group_of.entry(key).or_insert_with(|| {
+            groups.push((key, RouteGroup::default()));
+            groups.len() - 1
+        });
+        groups[at]
+            .1
+            .add(Arc::new(entry), &r.openai.models, &r.openai.model_prefixes);
     }
-    crate::openai::unsupported(config, &mut errors);
-    errors
+    let mut routes = RouteTable::default();
+    for ((host, path), group) in groups {
+        routes.insert(host, path, Arc::new(group));
+    }
+    routes
 }

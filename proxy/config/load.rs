@@ -147,6 +147,7 @@ fn read_listen(
     let workers = t.take("workers").map_or(Some(0), |f| {
         cx.uint(&f, 0, 1024, "use 0 for one per CPU core")
     });
+    let limits = super::edge::read_limits(cx, &mut t);
 
     if http_f.is_none() && https_f.is_none() {
         cx.error(
@@ -202,6 +203,7 @@ fn read_listen(
         redirect_http_to_https: redirect,
         shutdown_grace: shutdown_grace?,
         workers: workers?,
+        limits: limits?,
     })
 }
 

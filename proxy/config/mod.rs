@@ -5,6 +5,7 @@
 //! the TOML tree, `units` parses durations and sizes, `error` is the error type, and `summary`
 //! renders a config for `modelgate check`.
 
+mod edge;
 mod error;
 mod load;
 mod openai;
@@ -21,6 +22,7 @@ mod tests;
 use std::path::Path;
 use std::time::Duration;
 
+pub use edge::{DEFAULT_LIMITS, DEFAULT_MAX_KEYS};
 pub use error::{ConfigError, ConfigErrors};
 pub use summary::summary;
 pub use types::*;

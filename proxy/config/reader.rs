@@ -335,11 +335,7 @@ impl<'s> Ctx<'s> {
     pub fn request_key(&mut self, f: &Field<'_, '_>) -> Option<RequestKey> {
         let valid = match f.value.get_ref() {
             DeValue::String(s) if s.as_ref() == "ip" => Some(RequestKey::ClientAddr),
-            DeValue::String(s) => s
-                .strip_prefix("header:")
-                .map(str::trim)
-                .filter(|n| !n.is_empty() && n.bytes().all(is_header_char))
-                .map(|n| RequestKey::Header(n.to_ascii_lowercase())),
+            DeValue::String(s) => header_key(s).map(RequestKey::Header),
             _ => None,
         };
         if valid.is_none() {
@@ -392,6 +388,14 @@ impl<'s> Ctx<'s> {
 }
 
 /// HTTP header name characters (RFC 9110 `tchar`).
+/// The lower-case header name of a `"header:NAME"` key, if NAME is a valid header name.
+pub(crate) fn header_key(s: &str) -> Option<String> {
+    s.strip_prefix("header:")
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.bytes().all(is_header_char))
+        .map(str::to_ascii_lowercase)
+}
+
 fn is_header_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

@@ -3,8 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::edge;
 use super::reader::{suggest, Ctx, Field, TableReader};
-use super::types::{Auth, HostMatch, RateLimit, RequestKey, Route};
+use super::types::{HostMatch, Route};
 
 const ROUTE_EXAMPLE: &str =
     "[[route]] with name = \"chat\", path = \"/v1/chat\", upstream = \"NAME\"";
@@ -198,12 +199,13 @@ fn read_one(
         }),
         None => Some(None),
     };
-    let rate_limit = match t.take("rate_limit") {
-        Some(f) => read_rate_limit(cx, &f).map(Some),
+    let auth_f = t.take("auth");
+    let auth = match &auth_f {
+        Some(f) => edge::read_auth(cx, f).map(Some),
         None => Some(None),
     };
-    let auth = match t.take("auth") {
-        Some(f) => read_auth(cx, &f).map(Some),
+    let rate_limit = match t.take("rate_limit") {
+        Some(f) => edge::read_rate_limit(cx, &f, auth_f.is_some()).map(Some),
         None => Some(None),
     };
     Some(Route {
@@ -245,107 +247,4 @@ fn read_host(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<HostMatch> {
     };
     cx.expected(f, EXPECTED, hint);
     None
-}
-
-/// `rate_limit = { requests_per_second = 50, burst = 100, key = "ip" }`.
-fn read_rate_limit(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<RateLimit> {
-    let mut t = cx.table(f, "{ requests_per_second = 50, burst = 100, key = \"ip\" }")?;
-    let rps = t
-        .require(cx, "requests_per_second", "requests_per_second = 50")
-        .and_then(|f| cx.positive_number(&f, "e.g. requests_per_second = 50 or 0.5"));
-    let burst = match t.take("burst") {
-        Some(f) => cx.uint(
-            &f,
-            1,
-            i128::from(u32::MAX),
-            "the most requests allowed at once, e.g. 100",
-        ),
-        // Default: one second's worth of requests. The cast saturates.
-        None => rps.map(|r| r.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),
-    };
-    let key = t
-        .take("key")
-        .map_or(Some(RequestKey::ClientAddr), |f| cx.request_key(&f));
-    t.finish(cx);
-    Some(RateLimit {
-        requests_per_second: rps?,
-        burst: burst?,
-        key: key?,
-    })
-}
-
-/// `auth = { api_keys_file = "keys.txt" }` or `{ jwt = { secret_env = "VAR" } }` or
-/// `{ jwt = { public_key = "key.pem" } }`.
-fn read_auth(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Auth> {
-    const EXAMPLE: &str =
-        "{ api_keys_file = \"keys.txt\" } or { jwt = { secret_env = \"JWT_SECRET\" } }";
-    let mut t = cx.table(f, EXAMPLE)?;
-    let keys_f = t.take("api_keys_file");
-    let jwt_f = t.take("jwt");
-    let keys = keys_f
-        .as_ref()
-        .and_then(|f| cx.path(f, "keys.txt").map(Auth::ApiKeysFile));
-    let jwt = jwt_f.as_ref().and_then(|f| read_jwt(cx, f));
-    let auth = match (&keys_f, &jwt_f) {
-        (Some(_), None) => keys,
-        (None, Some(_)) => jwt,
-        (Some(_), Some(f)) => {
-            cx.error(
-                &f.span(),
-                &f.path,
-                "use either api_keys_file or jwt, not both; remove one of them",
-            );
-            None
-        }
-        (None, None) => {
-            cx.error(&t.span(), t.path(), format!("is empty; write {EXAMPLE}"));
-            None
-        }
-    };
-    t.finish(cx);
-    auth
-}
-
-/// `jwt = { secret_env = "VAR" }` or `{ public_key = "file.pem" }`.
-fn read_jwt(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Auth> {
-    const EXAMPLE: &str = "{ secret_env = \"JWT_SECRET\" } or { public_key = \"jwt.pem\" }";
-    let mut t = cx.table(f, EXAMPLE)?;
-    let env_f = t.take("secret_env");
-    let key_f = t.take("public_key");
-    let env = env_f.as_ref().and_then(|f| {
-        let expected = "an environment variable name such as \"JWT_SECRET\"";
-        let name = cx.nonempty(f, expected)?;
-        let valid = !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            cx.expected(f, expected, "");
-            return None;
-        }
-        Some(Auth::JwtSecretEnv(name.to_string()))
-    });
-    let key = key_f
-        .as_ref()
-        .and_then(|f| cx.path(f, "jwt.pem").map(Auth::JwtPublicKey));
-    let jwt = match (&env_f, &key_f) {
-        (Some(_), None) => env,
-        (None, Some(_)) => key,
-        (Some(_), Some(f)) => {
-            cx.error(
-                &f.span(),
-                &f.path,
-                "use either secret_env or public_key, not both; remove one of them",
-            );
-            None
-        }
-        (None, None) => {
-            cx.error(
-                &t.span(),
-                t.path(),
-                format!("is empty; write jwt = {EXAMPLE}"),
-            );
-            None
-        }
-    };
-    t.finish(cx);
-    jwt
 }

@@ -63,8 +63,18 @@ pub fn summary(cfg: &Config) -> String {
                 .map(|b| format!("{} (weight {})", b.addr, b.weight))
                 .collect::<Vec<_>>()
                 .join(", "),
-            BackendSource::Dns { name, every, .. } => {
-                format!("dns {name} every {}", duration(*every))
+            BackendSource::Dns(d) => {
+                let mut parts: Vec<String> = d.names.iter().map(|n| format!("dns {n}")).collect();
+                parts.extend(
+                    d.fixed
+                        .iter()
+                        .map(|b| format!("{} (weight {})", b.addr, b.weight)),
+                );
+                format!(
+                    "{} (names resolved every {}, not now)",
+                    parts.join(", "),
+                    duration(d.every)
+                )
             }
         };
         let _ = writeln!(

@@ -140,12 +140,16 @@ fn full_example() {
         Some(RateLimit {
             requests_per_second: 50.0,
             burst: 100,
-            key: RequestKey::Header("x-api-key".into())
+            key: RateKey::Header("x-api-key".into()),
+            max_keys: DEFAULT_MAX_KEYS,
         })
     );
     assert_eq!(
         vision.auth,
-        Some(Auth::ApiKeysFile("config/keys.txt".into()))
+        Some(Auth {
+            method: AuthMethod::ApiKeysFile("config/keys.txt".into()),
+            strip_credentials: false,
+        })
     );
     assert_eq!(chat.host, Some(HostMatch::Wildcard(".example.com".into())));
     assert_eq!(chat.max_body, None);
@@ -155,10 +159,22 @@ fn full_example() {
         Some(RateLimit {
             requests_per_second: 2.5,
             burst: 3,
-            key: RequestKey::ClientAddr
+            key: RateKey::ClientAddr,
+            max_keys: DEFAULT_MAX_KEYS,
         })
     );
-    assert_eq!(chat.auth, Some(Auth::JwtSecretEnv("JWT_SECRET".into())));
+    assert_eq!(
+        chat.auth,
+        Some(Auth {
+            method: AuthMethod::Jwt(Jwt {
+                key: JwtKey::SecretEnv("JWT_SECRET".into()),
+                issuer: None,
+                audience: None,
+                leeway: std::time::Duration::from_secs(30),
+            }),
+            strip_credentials: false,
+        })
+    );
 
     // File order, not alphabetical.
     let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
@@ -230,11 +246,16 @@ fn full_example() {
     let ch = c.upstream("chat").unwrap();
     assert_eq!(
         ch.backends,
-        BackendSource::Dns {
-            name: "chat.models.svc.cluster.local:8000".into(),
+        BackendSource::Dns(Discovery {
+            names: vec![NamedBackend {
+                host: "chat.models.svc.cluster.local".into(),
+                port: 8000,
+                weight: 1,
+            }],
+            fixed: Vec::new(),
             every: Duration::from_secs(5),
             resolver: Some(addr("10.0.0.10:53")),
-        }
+        })
     );
     assert_eq!(ch.protocol, Protocol::H2c);
     // Defaults.
@@ -367,10 +388,10 @@ fn broken_files() {
             MINIMAL.replace("[\"127.0.0.1:9001\"]", "[]"),
             vec!["config/modelgate.toml:10:12: upstream.chat.backends: the list is empty; add at least one \"ip:port\", e.g. backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]"],
         ),
-        // Host name as a backend.
+        // A host name without its port.
         (
-            MINIMAL.replace("\"127.0.0.1:9001\"", "\"chat.local:9001\""),
-            vec!["config/modelgate.toml:10:13: upstream.chat.backends[0]: \"chat.local:9001\" uses a host name; use an IP address, or `discover = { dns = \"HOST:PORT\" }` for names"],
+            MINIMAL.replace("\"127.0.0.1:9001\"", "\"chat.local\""),
+            vec!["config/modelgate.toml:10:13: upstream.chat.backends[0]: \"chat.local\" has no port; write it as \"host:port\", e.g. \"vision:8000\" or \"10.0.0.5:8000\""],
         ),
         // Weight 0, and a duplicate backend.
         (
@@ -415,7 +436,7 @@ fn broken_files() {
                 "config/modelgate.toml:8:8: route[0].host: expected a host name such as \"api.example.com\" or \"*.example.com\", found \"*.a.*.com\"; `*` is only allowed as the whole first label, as in \"*.example.com\"",
                 "config/modelgate.toml:10:12: route[0].upstream: upstream \"gone\" is not defined; defined upstreams: m",
                 "config/modelgate.toml:11:38: route[0].rate_limit.requests_per_second: expected a number greater than 0, found 0; e.g. requests_per_second = 50 or 0.5",
-                "config/modelgate.toml:11:47: route[0].rate_limit.key: expected \"ip\" or \"header:NAME\", found \"cookie\"; e.g. \"header:x-api-key\"; NAME must be a valid HTTP header name",
+                "config/modelgate.toml:11:47: route[0].rate_limit.key: expected \"ip\", \"header:NAME\" or \"consumer\", found \"cookie\"; e.g. \"header:x-api-key\"; NAME must be a valid HTTP header name",
                 "config/modelgate.toml:12:31: route[0].auth.jwt.secret_env: expected an environment variable name such as \"JWT_SECRET\", found \"1X\"",
                 "config/modelgate.toml:16:12: upstream.m.protocol: expected one of \"http1\", \"h2c\", \"https\", found \"http2\"; did you mean \"http1\"?",
                 "config/modelgate.toml:18:11: upstream.m.retries: expected a whole number from 0 to 10, found 11; it counts other backends tried after the first; 0 disables retries",

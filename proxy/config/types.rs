@@ -44,6 +44,26 @@ pub struct Listen {
     pub shutdown_grace: Duration,
     /// Threads serving requests; 0 means one per core.
     pub workers: usize,
+    /// Connection and request-head limits on the proxy listeners.
+    pub limits: ConnLimits,
+}
+
+/// `[listen]` limits that protect the proxy from too many or too slow clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Open client connections across the proxy listeners; 0 = unlimited.
+    pub max_connections: usize,
+    /// Open client connections from one IP address; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// A request head must arrive whole within this long (of the connection's start,
+    /// or of its first byte on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// An idle kept-alive connection is closed after this long.
+    pub keepalive_timeout: Duration,
+    /// Most request header fields accepted (431 beyond).
+    pub max_header_count: usize,
+    /// Largest request head accepted, in bytes (431 beyond).
+    pub max_header_bytes: usize,
 }
 
 /// `[log]`.
@@ -157,11 +177,26 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
+/// `rate_limit = { requests_per_second, burst, key, max_keys }`: GCRA per key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimit {
     pub requests_per_second: f64,
+    /// Requests allowed at once on top of the steady rate (the bucket size).
     pub burst: u32,
-    pub key: RequestKey,
+    pub key: RateKey,
+    /// Most keys tracked at once; keys beyond it share one bucket until idle keys are evicted.
+    pub max_keys: usize,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The client's IP address.
+    ClientAddr,
+    /// A request header (lower-case name); requests without it share one bucket.
+    Header(String),
+    /// The authenticated consumer (API key name or JWT `sub`); needs `auth` on the route.
+    Consumer,
 }
 
 /// A per-request key: the client address or a request header (lower-case name).
@@ -171,11 +206,43 @@ pub enum RequestKey {
     Header(String),
 }
 
+/// `auth = { ... }` on a route.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Auth {
+pub struct Auth {
+    pub method: AuthMethod,
+    /// Remove `Authorization` and `X-API-Key` before the request goes to a replica.
+    pub strip_credentials: bool,
+}
+
+/// How a route checks credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthMethod {
+    /// A file of API keys (`KEY` or `NAME:KEY` per line), re-read when it changes.
     ApiKeysFile(PathBuf),
-    JwtSecretEnv(String),
-    JwtPublicKey(PathBuf),
+    Jwt(Jwt),
+}
+
+/// `jwt = { ... }`: signed tokens in `Authorization: Bearer`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Jwt {
+    pub key: JwtKey,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim (one of the token's audiences), when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+/// Where the key that verifies JWT signatures comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwtKey {
+    /// HS256 with the secret in this environment variable.
+    SecretEnv(String),
+    /// An RSA, EC (P-256/P-384) or Ed25519 public key in a PEM file.
+    PublicKey(PathBuf),
+    /// A JSON Web Key Set fetched from `url` and refreshed every `refresh`.
+    Jwks { url: String, refresh: Duration },
 }
 
 /// `[upstream.NAME]`: a pool of replicas of one model.
@@ -220,13 +287,37 @@ pub struct LoadReports {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackendSource {
+    /// Every backend listed by IP address.
     Static(Vec<BackendAddr>),
-    Dns {
-        /// `host:port` to resolve.
-        name: String,
-        every: Duration,
-        resolver: Option<SocketAddr>,
-    },
+    /// Some backends are host names (`backends`) or come from `discover`.
+    Dns(Discovery),
+}
+
+/// Backends found by name: every A/AAAA record of each name is a backend, looked up
+/// again every `every`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Discovery {
+    pub names: Vec<NamedBackend>,
+    /// Backends listed by IP address beside the names.
+    pub fixed: Vec<BackendAddr>,
+    pub every: Duration,
+    /// The DNS server asked (`ip:port`); `None` for the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+}
+
+/// `host:port` in `backends` or `discover.dns`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedBackend {
+    pub host: String,
+    pub port: u16,
+    /// The weight of each address the name resolves to.
+    pub weight: u32,
+}
+
+impl std::fmt::Display for NamedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::reader::{Ctx, Field, TableReader};
 use super::types::{
-    BackendAddr, BackendSource, Balance, Eject, HealthCheck, LoadReports, Protocol, Queue,
-    RequestKey, RetryBudget, Upstream, UpstreamTls,
+    BackendAddr, BackendSource, Balance, Discovery, Eject, HealthCheck, LoadReports, NamedBackend,
+    Protocol, Queue, RequestKey, RetryBudget, Upstream, UpstreamTls,
 };
 
 /// Defaults applied when a key is absent.
@@ -62,8 +62,7 @@ impl Upstream {
 }
 
 const BACKENDS_EXAMPLE: &str = "backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]";
-const BACKEND_NAME_HINT: &str =
-    "use an IP address, or `discover = { dns = \"HOST:PORT\" }` for names";
+const BACKEND_EXAMPLE: &str = "\"vision:8000\" or \"10.0.0.5:8000\"";
 const U32_MAX: i128 = u32::MAX as i128;
 
 /// One `[upstream.NAME]` as found: its name and position even when its contents are invalid.
@@ -215,12 +214,32 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
     })
 }
 
-/// Exactly one of `backends` and `discover`.
+/// Exactly one of `backends` and `discover`; `resolve_every` with names in `backends`.
 fn read_backend_source(cx: &mut Ctx<'_>, t: &mut TableReader<'_, '_>) -> Option<BackendSource> {
     let backends_f = t.take("backends");
     let discover_f = t.take("discover");
-    let backends = backends_f.as_ref().and_then(|f| read_backends(cx, f));
+    let every_f = t.take("resolve_every");
+    let every = every_f
+        .as_ref()
+        .map_or(Some(DEFAULT_DISCOVER_EVERY), |f| cx.duration(f, false));
+    let backends = backends_f
+        .as_ref()
+        .and_then(|f| read_backends(cx, f, every));
     let discover = discover_f.as_ref().and_then(|f| read_discover(cx, f));
+    if let (Some(f), Some(BackendSource::Static(_))) = (&every_f, &backends) {
+        cx.warn(
+            &f.span(),
+            &f.path,
+            "ignored: every backend is an IP address, so there is nothing to resolve",
+        );
+    }
+    if let (Some(f), Some(_)) = (&every_f, &discover_f) {
+        cx.error(
+            &f.span(),
+            &f.path,
+            "resolve_every applies to names in backends; with discover, set discover.every instead",
+        );
+    }
     match (&backends_f, &discover_f) {
         (Some(_), Some(f)) => {
             cx.error(
@@ -246,8 +265,65 @@ fn read_backend_source(cx: &mut Ctx<'_>, t: &mut TableReader<'_, '_>) -> Option<
     }
 }
 
-/// `backends = ["ip:port", { addr = "ip:port", weight = 2 }]`.
-fn read_backends(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<BackendSource> {
+/// A backend as written: an address, or a name to resolve.
+enum Target {
+    Addr(std::net::SocketAddr),
+    Name(String, u16),
+}
+
+/// `"ip:port"` or `"host:port"`. The name is checked for syntax only: it is resolved
+/// when the proxy runs, so `check` passes on a machine where it does not resolve.
+fn read_target(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Target> {
+    let expected = format!("\"host:port\" or \"ip:port\", such as {BACKEND_EXAMPLE}");
+    let s = cx.string(f, &expected)?;
+    if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+        if addr.port() == 0 {
+            let msg =
+                format!("port 0 is not allowed in {s:?}; use a fixed port, e.g. \"10.0.0.5:8000\"");
+            cx.error(&f.span(), &f.path, msg);
+            return None;
+        }
+        return Some(Target::Addr(addr));
+    }
+    let msg = match s.rsplit_once(':') {
+        _ if s.parse::<std::net::IpAddr>().is_ok() || valid_host(s) => {
+            format!("{s:?} has no port; write it as \"host:port\", e.g. {BACKEND_EXAMPLE}")
+        }
+        Some((host, port)) if valid_host(host) => match port.parse::<u16>() {
+            Ok(0) | Err(_) => {
+                format!("{s:?}: the port must be a number from 1 to 65535, e.g. {BACKEND_EXAMPLE}")
+            }
+            Ok(port) => return Some(Target::Name(host.to_ascii_lowercase(), port)),
+        },
+        _ => format!("expected {expected}, found {s:?}"),
+    };
+    cx.error(&f.span(), &f.path, msg);
+    None
+}
+
+/// A DNS host name (RFC 1123 labels; `_` allowed as in service names): letters, digits,
+/// `-` and `_` in dot-separated labels of 1 to 63 characters.
+fn valid_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        })
+        && host.parse::<std::net::IpAddr>().is_err()
+}
+
+/// `backends = ["ip:port", "host:port", { addr = "...", weight = 2 }]`.
+fn read_backends(
+    cx: &mut Ctx<'_>,
+    f: &Field<'_, '_>,
+    every: Option<std::time::Duration>,
+) -> Option<BackendSource> {
     let items = cx.array(f, "[\"127.0.0.1:9001\", \"127.0.0.1:9002\"]")?;
     if items.is_empty() {
         cx.error(
@@ -257,14 +333,14 @@ fn read_backends(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<BackendSource> {
         );
         return None;
     }
-    let mut first_seen: HashMap<std::net::SocketAddr, String> = HashMap::new();
-    let mut all = Some(Vec::new());
+    let mut first_seen: HashMap<String, String> = HashMap::new();
+    let mut all = Some((Vec::new(), Vec::new()));
     for item in &items {
         let backend = if item.value.get_ref().is_table() {
             cx.table(item, "").and_then(|mut t| {
-                let addr = t
+                let target = t
                     .require(cx, "addr", "addr = \"127.0.0.1:9001\"")
-                    .and_then(|f| cx.addr(&f, "127.0.0.1:9001", BACKEND_NAME_HINT));
+                    .and_then(|f| read_target(cx, &f));
                 let weight = t.take("weight").map_or(Some(1), |f| {
                     cx.uint(
                         &f,
@@ -274,42 +350,55 @@ fn read_backends(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<BackendSource> {
                     )
                 });
                 t.finish(cx);
-                Some(BackendAddr {
-                    addr: addr?,
-                    weight: weight?,
-                })
+                Some((target?, weight?))
             })
         } else if item.value.get_ref().is_str() {
-            cx.addr(item, "127.0.0.1:9001", BACKEND_NAME_HINT)
-                .map(|addr| BackendAddr { addr, weight: 1 })
+            read_target(cx, item).map(|t| (t, 1))
         } else {
             cx.expected(
                 item,
-                "\"ip:port\" or { addr = \"ip:port\", weight = 2 }",
+                "\"host:port\" or { addr = \"host:port\", weight = 2 }",
                 "",
             );
             None
         };
-        if let Some(b) = &backend {
-            if let Some(first) = first_seen.get(&b.addr) {
+        if let Some((target, _)) = &backend {
+            let key = match target {
+                Target::Addr(a) => a.to_string(),
+                Target::Name(h, p) => format!("{h}:{p}"),
+            };
+            if let Some(first) = first_seen.get(&key) {
                 cx.error(
                     &item.span(),
                     &item.path,
                     format!(
-                        "{} is already listed as {first}; list each backend once and use weight to give it more traffic",
-                        b.addr
+                        "{key} is already listed as {first}; list each backend once and use weight to give it more traffic"
                     ),
                 );
             } else {
-                first_seen.insert(b.addr, item.path.clone());
+                first_seen.insert(key, item.path.clone());
             }
         }
-        all = all.zip(backend).map(|(mut v, b)| {
-            v.push(b);
-            v
-        });
+        all = all
+            .zip(backend)
+            .map(|((mut fixed, mut names), (target, weight))| {
+                match target {
+                    Target::Addr(addr) => fixed.push(BackendAddr { addr, weight }),
+                    Target::Name(host, port) => names.push(NamedBackend { host, port, weight }),
+                }
+                (fixed, names)
+            });
     }
-    all.map(BackendSource::Static)
+    let (fixed, names) = all?;
+    if names.is_empty() {
+        return Some(BackendSource::Static(fixed));
+    }
+    Some(BackendSource::Dns(Discovery {
+        names,
+        fixed,
+        every: every?,
+        resolver: None,
+    }))
 }
 
 /// `discover = { dns = "name:port", every = "5s", resolver = "ip:port" }`.
@@ -320,22 +409,22 @@ fn read_discover(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<BackendSource> {
     )?;
     let name = t
         .require(cx, "dns", "dns = \"vision.models.svc.cluster.local:8000\"")
-        .and_then(|f| {
-            let expected =
-                "a \"HOST:PORT\" string such as \"vision.models.svc.cluster.local:8000\"";
-            let s = cx.string(&f, expected)?;
-            let valid = s.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty()
-                    && host
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                    && port.parse::<u16>().is_ok_and(|p| p != 0)
-            });
-            if !valid {
-                cx.expected(&f, expected, "");
-                return None;
+        .and_then(|f| match read_target(cx, &f)? {
+            Target::Name(host, port) => Some(NamedBackend {
+                host,
+                port,
+                weight: 1,
+            }),
+            Target::Addr(addr) => {
+                cx.error(
+                    &f.span(),
+                    &f.path,
+                    format!(
+                        "{addr} is an address, not a name; list it in backends = [\"{addr}\"] instead"
+                    ),
+                );
+                None
             }
-            Some(s.to_string())
         });
     let every = t
         .take("every")
@@ -347,11 +436,12 @@ fn read_discover(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<BackendSource> {
         None => Some(None),
     };
     t.finish(cx);
-    Some(BackendSource::Dns {
-        name: name?,
+    Some(BackendSource::Dns(Discovery {
+        names: vec![name?],
+        fixed: Vec::new(),
         every: every?,
         resolver: resolver?,
-    })
+    }))
 }
 
 /// `queue = { size = 256, timeout = "30s" }`.

@@ -122,6 +122,35 @@ pub fn run(addrs: Addrs) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Serves one demo replica named `name` on `listen` until SIGTERM or SIGINT: the model
+/// service of the container examples, from the same image as the proxy.
+pub fn run_replica(listen: SocketAddr, name: &str) -> Result<(), StartError> {
+    let fail = |what: &str, e: std::io::Error| StartError(vec![format!("demo: {what}: {e}")]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| fail("cannot start the replica runtime", e))?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        // As PID 1 in a container nothing stops on SIGTERM unless it is handled.
+        let mut term = signal(SignalKind::terminate()).map_err(|e| fail("signals", e))?;
+        let replica = replica::Replica::builder(name)
+            .bind(listen)
+            .delay(Duration::from_millis(50))
+            .spawn()
+            .await
+            .map_err(|e| fail(&format!("cannot listen on {listen}"), e))?;
+        println!("modelgate demo replica {name} on {}", replica.addr());
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        replica.shutdown();
+        Ok(())
+    })
+}
+
 /// The lines a user pastes: what each replica is, then commands that each work.
 fn print_banner(
     addrs: Addrs,

@@ -1,16 +1,20 @@
-//! Request header work on the hot path: request ids, forwarding headers, prefix
-//! stripping and hash keys. Formatting goes into stack buffers, not `format!`.
+//! Request header work on the hot path: request ids, forwarding headers, path
+//! normalisation, prefix stripping, the HTTP/1 request shape and hash keys. Formatting goes into stack buffers, not `format!`.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri};
+use pingora::http::authority::raw_target_authority;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::X_REQUEST_ID;
 use crate::config::RequestKey;
+use crate::routing::{normalize_path, PathError};
+use crate::upstream::Backend;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
@@ -36,11 +40,8 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// Largest request head (URI plus header names and values) accepted, like Envoy's
-/// 60 KiB default; larger heads get 431.
-pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
-
-/// Size of the request head as counted against [`MAX_REQUEST_HEADER_BYTES`].
+/// Size of the request head (URI plus header names and values), as counted against
+/// `listen.max_header_bytes` (default 64 KiB, like Envoy's 60 KiB; larger heads get 431).
 pub fn header_bytes(req: &RequestHeader) -> usize {
     let uri = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
     req.headers
@@ -130,5 +131,82 @@ pub fn strip_prefix(upstream: &mut RequestHeader, prefix: &str) -> Result<()> {
     parts.path_and_query = Some(path_and_query);
     let uri = Uri::from_parts(parts).or_err(ErrorType::InvalidHTTPHeader, "rewriting path")?;
     upstream.set_uri(uri);
+    Ok(())
+}
+
+/// Rewrites the request target to its normalised path ([`normalize_path`]), keeping
+/// scheme, authority and query. Allocates only when the path changes.
+pub fn normalize_target(req: &mut RequestHeader) -> std::result::Result<(), PathError> {
+    let path = match normalize_path(req.uri.path())? {
+        Cow::Borrowed(_) => return Ok(()),
+        Cow::Owned(path) => path,
+    };
+    let path_and_query = match req.uri.query() {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+        None => PathAndQuery::try_from(path),
+    }
+    .map_err(|_| PathError::AmbiguousSeparator)?;
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    let uri = Uri::from_parts(parts).map_err(|_| PathError::AmbiguousSeparator)?;
+    req.set_uri(uri);
+    Ok(())
+}
+
+/// The `Host` for requests to `backend` that carry none: its TLS name when one is
+/// set, else `ip:port` (nginx sends the upstream's address by default).
+pub fn backend_host(backend: &Backend) -> &str {
+    let sni = &backend.peer().sni;
+    if sni.is_empty() {
+        backend.label()
+    } else {
+        sni
+    }
+}
+
+/// Shapes a request for an HTTP/1 replica:
+/// - an absolute-form target (or an HTTP/2 request's URI) goes out in origin-form,
+///   its authority as the `Host` (RFC 9112 §3.2.2);
+/// - a request without `Host` (HTTP/1.0 allows it, HTTP/1.1 replicas refuse it)
+///   gets `default_host`;
+/// - HTTP/2 `cookie` fields are joined with `; ` into one (RFC 9113 §8.2.3).
+pub fn for_http1(upstream: &mut RequestHeader, default_host: &str) -> Result<()> {
+    // HTTP/2 requests carry the authority in the URI; absolute-form HTTP/1 requests
+    // keep it in the raw target (the URI holds the path only).
+    let authority = match upstream.uri.authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => raw_target_authority(upstream.raw_path()).authority(),
+    };
+    if let Some(authority) = authority {
+        let host = HeaderValue::from_bytes(authority)
+            .or_err(ErrorType::InvalidHTTPHeader, "request authority as Host")?;
+        upstream.insert_header(http::header::HOST, host)?;
+        let origin = upstream
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        upstream.set_uri(Uri::from(origin));
+    } else if !upstream.headers.contains_key(http::header::HOST) && !default_host.is_empty() {
+        let host = HeaderValue::from_str(default_host)
+            .or_err(ErrorType::InvalidHTTPHeader, "backend address as Host")?;
+        upstream.insert_header(http::header::HOST, host)?;
+    }
+    let mut cookies = upstream.headers.get_all(http::header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for c in upstream
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .skip(1)
+        {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(c.as_bytes());
+        }
+        let joined = HeaderValue::from_bytes(&joined)
+            .or_err(ErrorType::InvalidHTTPHeader, "joining cookies")?;
+        upstream.insert_header(http::header::COOKIE, joined)?;
+    }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! the route (and through it the pool) out of the current snapshot once and keeps it
 //! in the request context, so a reload mid-request changes nothing for it.
 
+pub mod failures;
 pub mod headers;
 mod redirect;
 mod reject;
@@ -19,11 +20,14 @@ use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{ErrorSource, ErrorType};
+use pingora::{ErrorSource, ErrorType, RetryType};
 
 pub use redirect::HttpsRedirect;
 pub use reject::Reject;
 
+use crate::config::{ConnLimits, RateKey};
+use crate::edge::credentials::X_API_KEY;
+use crate::edge::Consumer;
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::openai::tokens::{Kind, TokenMeter, TokenSink};
@@ -48,6 +52,34 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// `None` when `[log] access = "off"`.
     access_log: Option<AccessLog>,
+    /// Request-head limits and keep-alive of `[listen]`.
+    limits: ConnLimits,
+}
+
+/// Logs a failed attempt on the request's current backend (see [`failures`]).
+fn log_failure(
+    ctx: &RequestCtx,
+    reason: failures::Reason,
+    detail: &dyn std::fmt::Display,
+    retrying: bool,
+) {
+    let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) else {
+        return;
+    };
+    let request_id = ctx
+        .request_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    failures::record(&failures::Failure {
+        request_id,
+        route: &route.name,
+        upstream: route.pool.name(),
+        backend: lease.backend().label(),
+        reason,
+        detail,
+        retrying,
+    });
 }
 
 impl Gateway {
@@ -66,7 +98,14 @@ impl Gateway {
             draining: None,
             metrics,
             access_log,
+            limits: crate::config::DEFAULT_LIMITS,
         }
+    }
+
+    /// Applies the `[listen]` limits: header count and size (431), keep-alive timeout.
+    pub fn with_limits(mut self, limits: ConnLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// While `flag` is set, HTTP/1.1 responses close their connection, so clients
@@ -124,6 +163,11 @@ pub struct RequestCtx {
     /// The current attempt failed on a retryable status (502/503/429); retry it
     /// whatever the method, the backend refused before doing the work.
     status_retry: bool,
+    /// The authenticated client, on routes with `auth`.
+    consumer: Option<Consumer>,
+    /// The current attempt broke on a reused connection before any answer: send it
+    /// again to the same backend, on another connection, without counting a retry.
+    resend: bool,
     /// When the request arrived.
     start: Instant,
     /// Arrival to the (last attempt's) response headers.
@@ -137,6 +181,12 @@ impl RequestCtx {
 
     pub fn backend_label(&self) -> Option<&str> {
         self.lease.as_ref().map(|l| l.backend().label())
+    }
+
+    /// Who sent the request (API key name or JWT `sub`), once the route's `auth`
+    /// accepted it; `None` on routes without auth.
+    pub fn consumer(&self) -> Option<&Consumer> {
+        self.consumer.as_ref()
     }
 }
 
@@ -162,6 +212,8 @@ impl ProxyHttp for Gateway {
             queue_wait: Duration::ZERO,
             attempt_started: None,
             status_retry: false,
+            consumer: None,
+            resend: false,
             start: Instant::now(),
             first_byte: None,
         }
@@ -182,8 +234,29 @@ impl ProxyHttp for Gateway {
             redirect.send(session, ctx.request_id.as_ref()).await?;
             return Ok(true);
         }
-        if headers::header_bytes(session.req_header()) > headers::MAX_REQUEST_HEADER_BYTES {
+        if missing_host(session.req_header()) {
+            session.set_keepalive(None);
+            return self.reject(session, ctx, Reject::BadRequest).await;
+        }
+        if headers::header_bytes(session.req_header()) > self.limits.max_header_bytes
+            || session.req_header().headers.len() > self.limits.max_header_count
+        {
             return self.reject(session, ctx, Reject::HeadersTooLarge).await;
+        }
+        // pingora keeps an HTTP/1.1 connection idle for the next request forever (or
+        // as long as the client's `Keep-Alive: timeout=` asks) unless told otherwise.
+        let idle = self.limits.keepalive_timeout.as_secs().max(1);
+        let downstream = session.as_downstream_mut();
+        if downstream
+            .get_keepalive()
+            .is_some_and(|t| t == 0 || t > idle)
+        {
+            downstream.set_keepalive(Some(idle));
+        }
+        // Route and forward on the normalised path only.
+        if headers::normalize_target(session.req_header_mut()).is_err() {
+            session.set_keepalive(None);
+            return self.reject(session, ctx, Reject::BadRequest).await;
         }
 
         let picked = {
@@ -220,6 +293,10 @@ impl ProxyHttp for Gateway {
                 return self.reject(session, ctx, Reject::TooLarge).await;
             }
         }
+        if let Some(r) = self.edge_check(session, ctx, &route) {
+            ctx.route = Some(route);
+            return self.reject(session, ctx, r).await;
+        }
         if let Some(key) = &route.pool.settings().hash_key {
             ctx.hash = headers::hash_key(session, key);
         }
@@ -242,9 +319,14 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
+        ctx.replay_pending = ctx.pre.as_ref().is_some_and(|p| p.replay.is_some());
+        if std::mem::take(&mut ctx.resend) {
+            if let Some(lease) = &ctx.lease {
+                return Ok(peer_for(lease, session));
+            }
+        }
         // Free the previous attempt's slot before queueing for the next one.
         ctx.lease = None;
-        ctx.replay_pending = ctx.pre.as_ref().is_some_and(|p| p.replay.is_some());
         match route
             .pool
             .admit(&ctx.tried, ctx.hash, client_gone(session))
@@ -254,11 +336,7 @@ impl ProxyHttp for Gateway {
                 ctx.tried.push(lease.backend().index());
                 ctx.queue_wait += waited;
                 ctx.attempt_started = Some(Instant::now());
-                let mut peer = Box::new(lease.backend().peer().clone());
-                // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
-                if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
-                    peer.options.alpn = ALPN::H1;
-                }
+                let peer = peer_for(&lease, session);
                 ctx.lease = Some(lease);
                 Ok(peer)
             }
@@ -276,7 +354,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Adds the forwarding headers and applies `strip_prefix`.
+    /// Adds the forwarding headers, applies `strip_prefix` and, for HTTP/1
+    /// replicas, sends origin-form with a Host and one Cookie field.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -288,9 +367,22 @@ impl ProxyHttp for Gateway {
             if route.strip_prefix {
                 headers::strip_prefix(upstream, &route.prefix)?;
             }
+            if route
+                .edge
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.config.strip_credentials)
+            {
+                upstream.remove_header(&http::header::AUTHORIZATION);
+                upstream.remove_header(X_API_KEY);
+            }
             if route.pool.settings().orca {
                 upstream.insert_header(ORCA_FORMAT_HEADER, "TEXT")?;
             }
+        }
+        if upstream.version != http::Version::HTTP_2 {
+            let backend = ctx.lease.as_ref().map(|l| l.backend());
+            headers::for_http1(upstream, backend.map_or("", |b| headers::backend_host(b)))?;
         }
         if let Some(len) = ctx.pre.as_ref().and_then(|p| p.rewritten_len) {
             if upstream.headers.contains_key(http::header::CONTENT_LENGTH) {
@@ -368,6 +460,12 @@ impl ProxyHttp for Gateway {
         if refused && !session.as_ref().retry_buffer_truncated() && route.pool.may_retry(&ctx.tried)
         {
             ctx.status_retry = true;
+            log_failure(
+                ctx,
+                failures::Reason::Status(status),
+                &format_args!("answered {status}"),
+                true,
+            );
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
                 "backend refused; retrying elsewhere",
@@ -428,6 +526,7 @@ impl ProxyHttp for Gateway {
             route.pool.record_failure(lease.backend());
         }
         e.set_retry(self.may_retry(ctx));
+        log_failure(ctx, failures::Reason::of_connect(&e), &e, e.retry());
         e
     }
 
@@ -441,17 +540,27 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         if std::mem::take(&mut ctx.status_retry) {
             return e; // decided in upstream_response_filter
+        }
+        let replayable_body =
+            !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        // A pooled connection that broke before any answer was most likely closed by
+        // the replica while idle (keep-alive timeout, restart), not a failure of the
+        // replica: send the request again to it, whatever the method, and count no
+        // retry. A failure on a new connection is not resent.
+        if client_reused && e.retry == RetryType::ReusedOnly && replayable_body {
+            ctx.resend = true;
+            e.set_retry(true);
+            return e;
         }
         let broken = !matches!(
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         ) && e.esource() == &ErrorSource::Upstream;
-        let replayable = !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none()
+        let replayable = replayable_body
             && (session.req_header().method.is_idempotent()
                 || ctx
                     .route
@@ -463,6 +572,10 @@ impl ProxyHttp for Gateway {
             }
         }
         e.set_retry(broken && replayable && self.may_retry(ctx));
+        // Only the backend's failures: a client that went away is not one.
+        if e.esource() == &ErrorSource::Upstream {
+            log_failure(ctx, failures::Reason::of_proxy(&e), &e, e.retry());
+        }
         e
     }
 
@@ -492,6 +605,13 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Every backend failure is logged by [`failures`] (one WARN line per kind per
+    /// window, then a count) and every request in the access log, so pingora's own
+    /// ERROR line per failed request would only repeat them, one line each.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
     }
 
     /// Scans OpenAI answers for tokens and usage as they pass (see `openai::tokens`).
@@ -594,6 +714,7 @@ impl ProxyHttp for Gateway {
                 .lease
                 .as_ref()
                 .map(|l| Arc::clone(l.backend().label_shared())),
+            consumer: ctx.consumer.as_ref().map(|c| Arc::clone(c.shared())),
             status,
             bytes_in: session.body_bytes_read() as u64,
             bytes_out: session.body_bytes_sent() as u64,
@@ -608,6 +729,14 @@ impl ProxyHttp for Gateway {
             completion_tokens: completion,
         });
     }
+}
+
+/// An HTTP/1.1 request without a host (RFC 9112 3.2 requires a 400): no `Host`
+/// header and no absolute-form URI. (pingora refuses two `Host` headers itself.)
+fn missing_host(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req.uri.authority().is_none()
+        && !req.headers.contains_key(http::header::HOST)
 }
 
 /// Observes inter-token gaps into the route's histogram.
@@ -629,6 +758,48 @@ fn client_went_away(e: &Error) -> bool {
 }
 
 impl Gateway {
+    /// The route's rate limit and auth. A limit by IP or header runs first, so
+    /// guessing credentials is rate limited too; a limit by consumer runs once the
+    /// consumer is known. Returns the answer when the request may not go on.
+    fn edge_check(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        route: &RouteEntry,
+    ) -> Option<Reject> {
+        let edge = &route.edge;
+        let req = session.req_header();
+        let limit = |consumer: Option<&Consumer>| {
+            let l = edge.rate_limit.as_ref()?;
+            let client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            l.check(client, &req.headers, consumer)
+                .err()
+                .map(Reject::RateLimited)
+        };
+        let by_consumer = edge
+            .rate_limit
+            .as_ref()
+            .is_some_and(|l| l.key == RateKey::Consumer);
+        if !by_consumer {
+            if let Some(r) = limit(None) {
+                return Some(r);
+            }
+        }
+        if let Some(auth) = &edge.auth {
+            match auth.check.check(&req.headers) {
+                Ok(consumer) => ctx.consumer = consumer,
+                Err(_) => return Some(Reject::Unauthorized),
+            }
+        }
+        if by_consumer {
+            return limit(ctx.consumer.as_ref());
+        }
+        None
+    }
+
     async fn reject(&self, session: &mut Session, ctx: &mut RequestCtx, r: Reject) -> Result<bool> {
         ctx.reject = Some(r);
         r.send(session, ctx.request_id.as_ref(), ctx.openai).await?;
@@ -677,6 +848,16 @@ impl Gateway {
             .as_ref()
             .is_some_and(|r| r.pool.may_retry(&ctx.tried))
     }
+}
+
+/// The peer for an attempt on `lease`'s backend.
+fn peer_for(lease: &Lease, session: &Session) -> Box<HttpPeer> {
+    let mut peer = Box::new(lease.backend().peer().clone());
+    // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
+    if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
+        peer.options.alpn = ALPN::H1;
+    }
+    peer
 }
 
 /// Resolves when the client of a waiting request disconnects: an HTTP/2 stream

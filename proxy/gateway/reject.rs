@@ -21,6 +21,10 @@ pub enum Reject {
     BadGateway,
     GatewayTimeout,
     BadRequest,
+    /// Missing or refused credentials on a route with `auth`.
+    Unauthorized,
+    /// Over the route's rate limit; seconds until a request would pass.
+    RateLimited(u64),
 }
 
 impl Reject {
@@ -33,6 +37,8 @@ impl Reject {
             Reject::BadGateway => 502,
             Reject::GatewayTimeout => 504,
             Reject::BadRequest => 400,
+            Reject::Unauthorized => 401,
+            Reject::RateLimited(_) => 429,
         }
     }
 
@@ -49,6 +55,8 @@ impl Reject {
             Reject::BadGateway => "bad_gateway",
             Reject::GatewayTimeout => "gateway_timeout",
             Reject::BadRequest => "bad_request",
+            Reject::Unauthorized => "unauthorized",
+            Reject::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -64,6 +72,8 @@ impl Reject {
             Reject::BadGateway => br#"{"error":"bad_gateway"}"#,
             Reject::GatewayTimeout => br#"{"error":"gateway_timeout"}"#,
             Reject::BadRequest => br#"{"error":"bad_request"}"#,
+            Reject::Unauthorized => br#"{"error":"unauthorized"}"#,
+            Reject::RateLimited(_) => br#"{"error":"rate_limited"}"#,
         }
     }
 
@@ -96,14 +106,17 @@ impl Reject {
             Reject::BadGateway => openai!("The model server failed before answering.", "server_error", "null", "bad_gateway"),
             Reject::GatewayTimeout => openai!("The model server did not answer in time.", "server_error", "null", "gateway_timeout"),
             Reject::BadRequest => openai!("The request body must be a JSON object with a string model field.", "invalid_request_error", "null", "bad_request"),
+            Reject::Unauthorized => openai!("Missing or invalid credentials; send Authorization: Bearer KEY.", "invalid_request_error", "null", "unauthorized"),
+            Reject::RateLimited(_) => openai!("Rate limit reached; retry after the number of seconds in Retry-After.", "requests", "null", "rate_limited"),
         }
     }
 
     /// Seconds a client should wait before trying again, for answers that invite it.
-    fn retry_after(self) -> Option<&'static str> {
+    fn retry_after(self) -> Option<u64> {
         match self {
-            Reject::NoHealthyBackend => Some("5"),
-            Reject::Overloaded | Reject::QueueTimeout => Some("1"),
+            Reject::NoHealthyBackend => Some(5),
+            Reject::Overloaded | Reject::QueueTimeout => Some(1),
+            Reject::RateLimited(secs) => Some(secs),
             _ => None,
         }
     }
@@ -129,6 +142,9 @@ impl Reject {
         h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         if let Some(secs) = self.retry_after() {
             h.insert_header(http::header::RETRY_AFTER, secs)?;
+        }
+        if self == Reject::Unauthorized {
+            h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer realm=\"modelgate\"")?;
         }
         if let Some(id) = request_id {
             h.insert_header(super::X_REQUEST_ID, id.clone())?;

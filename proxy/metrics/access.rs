@@ -30,6 +30,8 @@ pub struct Entry {
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub backend: Option<Arc<str>>,
+    /// The authenticated consumer (API key name or JWT `sub`), on routes with auth.
+    pub consumer: Option<Arc<str>>,
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -143,6 +145,8 @@ pub fn format(entry: &Entry, out: &mut Vec<u8>) {
         json_str(out, entry.upstream.as_deref());
         out.extend_from_slice(b",\"backend\":");
         json_str(out, entry.backend.as_deref());
+        out.extend_from_slice(b",\"consumer\":");
+        json_str(out, entry.consumer.as_deref());
         write!(
             out,
             ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"queue_wait\":{},\"ttfb\":",
@@ -214,6 +218,7 @@ mod tests {
             route: Some("chat".into()),
             upstream: Some("llm".into()),
             backend: Some("127.0.0.1:9001".into()),
+            consumer: Some("team-a".into()),
             status: 200,
             bytes_in: 12,
             bytes_out: 345,
@@ -237,6 +242,7 @@ mod tests {
         assert_eq!(v["client"], "10.0.0.1:5555");
         assert_eq!(v["host"], "api.example.com");
         assert_eq!(v["backend"], "127.0.0.1:9001");
+        assert_eq!(v["consumer"], "team-a");
         assert_eq!(v["ttfb"], 0.25);
         assert_eq!(v["retries"], 1);
         assert_eq!(v["reject"], serde_json::Value::Null);

@@ -66,6 +66,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     generation: IntGauge,
     access_log_dropped: IntCounter,
+    discovery_errors: IntCounterVec,
     time_to_first_token: HistogramVec,
     inter_token_latency: HistogramVec,
     tokens: IntCounterVec,
@@ -247,6 +248,12 @@ impl Metrics {
                 "KV cache in use (0..1), as the backend last reported.",
                 &["upstream", "backend"],
             )?,
+            discovery_errors: counter_vec(
+                r,
+                "modelgate_discovery_errors_total",
+                "DNS lookups of an upstream's names that failed or came back empty (the last known backends stay).",
+                &["upstream"],
+            )?,
             time_to_first_token: histogram_vec(
                 r,
                 "modelgate_time_to_first_token_seconds",
@@ -350,10 +357,21 @@ impl Metrics {
         }
     }
 
+    /// Counts a failed or empty DNS lookup for `upstream` (a background task, not the
+    /// request path).
+    pub fn discovery_error(&self, upstream: &str) {
+        self.discovery_errors.with_label_values(&[upstream]).inc();
+    }
+
     /// The generation now serving.
     pub fn set_generation(&self, generation: u64) {
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// The registry every metric is on (for collectors registered by other modules).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// One access log line could not be queued.

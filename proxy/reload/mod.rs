@@ -129,6 +129,11 @@ impl Fixed {
             b.workers.to_string(),
         );
         diff(
+            "listen (connection and header limits)",
+            format!("{:?}", a.limits),
+            format!("{:?}", b.limits),
+        );
+        diff(
             "log.access",
             format!("{:?}", self.log.access),
             format!("{:?}", next.log.access),
@@ -239,6 +244,7 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let started = Instant::now();
         let mut state = self.lock();
+        let publishing = crate::snapshot::publishing();
         let outcome = match self.try_reload(&mut state) {
             Ok(generation) => {
                 let took = started.elapsed();
@@ -263,6 +269,7 @@ impl Reloader {
                 ReloadOutcome::Rejected { errors }
             }
         };
+        drop(publishing);
         drop(state);
         match &outcome {
             ReloadOutcome::Applied { generation, .. } => self.metrics.reload(true, *generation),

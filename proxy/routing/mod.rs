@@ -9,10 +9,12 @@
 //! but not `/v1/chatter`; a prefix ending in `/` (such as `/`) matches everything below it.
 
 mod host;
+mod path;
 
 use std::collections::HashMap;
 
 pub use host::request_host;
+pub use path::{normalize_path, PathError};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 

@@ -29,7 +29,8 @@ use super::replica::BackendState;
 use super::select::{Selector, Tried};
 use super::store::ReplicaStore;
 use crate::config::{
-    BackendSource, Balance, Eject, HealthCheck, Protocol, Queue, RequestKey, Upstream,
+    BackendAddr, BackendSource, Balance, Discovery, Eject, HealthCheck, Protocol, Queue,
+    RequestKey, Upstream,
 };
 
 /// Per-pool request settings, copied out of the config once.
@@ -46,6 +47,8 @@ pub struct PoolSettings {
     pub protocol: Protocol,
     /// Ask replicas for ORCA load reports on each request.
     pub orca: bool,
+    /// The names this upstream's backends are looked up by, if any.
+    pub discovery: Option<Discovery>,
 }
 
 /// One generation of one upstream.
@@ -57,6 +60,8 @@ pub struct Pool {
     /// Shared with the other generations of this upstream.
     store: Arc<ReplicaStore>,
     budget: Budget,
+    /// What the names of `settings.discovery` resolved to when this pool was built.
+    resolved: Box<[BackendAddr]>,
 }
 
 impl Pool {
@@ -70,14 +75,56 @@ impl Pool {
     /// backends share their replica with `prev`'s, the store and queue are shared.
     /// Nothing live changes until [`Pool::publish`], so a build that is thrown
     /// away changes nothing.
+    ///
+    /// Names in the backends keep what they resolved to in `prev` when `prev` looked
+    /// up the same names; otherwise they have no address until discovery answers.
     pub fn build_next(up: &Upstream, prev: Option<&Pool>) -> Result<Arc<Pool>, String> {
+        let resolved = match (&up.backends, prev) {
+            (BackendSource::Dns(d), Some(p))
+                if p.settings
+                    .discovery
+                    .as_ref()
+                    .is_some_and(|pd| pd.names == d.names && pd.resolver == d.resolver) =>
+            {
+                p.resolved.to_vec()
+            }
+            _ => Vec::new(),
+        };
+        Pool::build_resolved(up, prev, resolved)
+    }
+
+    /// The next generation of this pool (built from `up`, its upstream) whose names now
+    /// resolve to `resolved`: kept addresses keep their vitals, new ones start as a
+    /// new backend does, removed ones only finish what they run. Fails as
+    /// [`Pool::build_next`] does.
+    pub fn rediscovered(
+        &self,
+        up: &Upstream,
+        resolved: Vec<BackendAddr>,
+    ) -> Result<Arc<Pool>, String> {
+        Pool::build_resolved(up, Some(self), resolved)
+    }
+
+    /// What the upstream's names resolved to for this pool (empty without names).
+    pub fn resolved(&self) -> &[BackendAddr] {
+        &self.resolved
+    }
+
+    fn build_resolved(
+        up: &Upstream,
+        prev: Option<&Pool>,
+        resolved: Vec<BackendAddr>,
+    ) -> Result<Arc<Pool>, String> {
         let addrs = match &up.backends {
             BackendSource::Static(list) => list.clone(),
-            BackendSource::Dns { .. } => {
-                return Err(format!(
-                    "upstream.{}.discover: DNS discovery is not available in this build; list `backends` instead",
-                    up.name
-                ))
+            BackendSource::Dns(d) => {
+                let mut all = d.fixed.clone();
+                for r in &resolved {
+                    if !all.iter().any(|b| b.addr == r.addr) {
+                        all.push(*r);
+                    }
+                }
+                all
             }
         };
         let tls = match up.protocol {
@@ -147,9 +194,14 @@ impl Pool {
                 health: up.health.clone(),
                 protocol: up.protocol,
                 orca: up.load.is_some_and(|l| l.orca),
+                discovery: match &up.backends {
+                    BackendSource::Dns(d) => Some(d.clone()),
+                    BackendSource::Static(_) => None,
+                },
             },
             store,
             budget: Budget::new(&up.retry_budget),
+            resolved: resolved.into_boxed_slice(),
         }))
     }
 

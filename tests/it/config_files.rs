@@ -110,10 +110,10 @@ fn broken() -> Vec<(String, Vec<&'static str>)> {
             vec![":8:12: route[0].max_body:"],
         ),
         (
-            format!("{listen}\n[[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\n\n[upstream.u]\nbackends = [\"localhost:9001\", {{ addr = \"127.0.0.1:9002\", weight = 0 }}]\nbalance = \"fastest\"\n"),
+            format!("{listen}\n[[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\n\n[upstream.u]\nbackends = [\"localhost\", {{ addr = \"127.0.0.1:9002\", weight = 0 }}]\nbalance = \"fastest\"\n"),
             vec![
-                ":10:13: upstream.u.backends[0]: \"localhost:9001\" uses a host name",
-                ":10:67: upstream.u.backends[1].weight: expected a whole number from 1 to 1000, found 0",
+                ":10:13: upstream.u.backends[0]: \"localhost\" has no port; write it as \"host:port\"",
+                ":10:62: upstream.u.backends[1].weight: expected a whole number from 1 to 1000, found 0",
                 ":11:11: upstream.u.balance: expected one of \"least_outstanding\", \"round_robin\", \"consistent_hash\", found \"fastest\"",
             ],
         ),

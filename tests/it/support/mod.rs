@@ -2,8 +2,10 @@
 //! proxy-under-test harness ([`TestProxy`]) and a WebSocket echo server.
 #![allow(dead_code, unused_imports)]
 
+pub mod dns;
 mod model;
 mod proxy;
+pub mod raw;
 pub mod tls;
 pub mod tools;
 mod ws;
@@ -121,4 +123,22 @@ pub async fn spawn_replicas(
         );
     }
     out
+}
+
+/// The value of the first `/metrics` line of `proxy` starting with `series`
+/// (e.g. `name{label="v"}`), or 0 when there is none.
+pub async fn metric_value(proxy: &TestProxy, series: &str) -> f64 {
+    let text = h1()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

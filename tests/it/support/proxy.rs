@@ -12,9 +12,12 @@ use super::{free_port, PATIENCE, POLL_INTERVAL};
 
 const START_ATTEMPTS: usize = 3;
 
-/// Path of the `modelgate` binary built by cargo for these tests.
+/// Path of the `modelgate` binary built by cargo for these tests, or `MODELGATE_BIN`
+/// (to compare against another build, e.g. in the ignored measurement tests).
 pub fn modelgate_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_modelgate"))
+    std::env::var_os("MODELGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_modelgate")))
 }
 
 /// A running `modelgate run` process with its config and log in a temp dir.
@@ -42,9 +45,14 @@ impl TestProxy {
     /// until the HTTP listener accepts connections). Retries with fresh ports
     /// if the process exits before becoming ready.
     pub async fn start(toml: &str) -> TestProxy {
+        Self::start_with_env(toml, &[]).await
+    }
+
+    /// [`TestProxy::start`] with extra environment variables for the process.
+    pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> TestProxy {
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut proxy = Self::spawn(toml);
+            let mut proxy = Self::spawn(toml, env);
             match proxy.wait_ready(toml.contains("{admin}")).await {
                 Startup::Ready => return proxy,
                 Startup::Exited(status) => {
@@ -65,7 +73,7 @@ impl TestProxy {
         panic!("modelgate failed to start after {START_ATTEMPTS} attempts\n{failures}");
     }
 
-    fn spawn(toml: &str) -> TestProxy {
+    fn spawn(toml: &str, env: &[(&str, &str)]) -> TestProxy {
         let mut ports: Vec<u16> = Vec::new();
         while ports.len() < 3 {
             let p = free_port();
@@ -102,6 +110,7 @@ impl TestProxy {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(env.iter().copied());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", modelgate_bin().display()));

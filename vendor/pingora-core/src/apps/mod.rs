@@ -89,6 +89,13 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// If set, an HTTP/1 request head must arrive whole within this duration: of the
+    /// connection's start for its first request, of the first byte for later ones
+    /// (the wait for that byte is the keep-alive timeout). Closes slowloris clients.
+    ///
+    /// Default: `None` (only pingora's per-read timeout applies)
+    pub header_read_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -280,10 +287,21 @@ where
         }
         // try to read h2 preface
         else if h2c && !custom {
-            let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
+            // Decide as soon as the bytes can no longer be the preface: a complete
+            // request shorter than it (`GET / HTTP/1.0` + CRLF CRLF) must not wait.
+            let peek = stream.try_peek_prefix(H2_PREFACE);
+            // A client that sends nothing must not hold the connection forever.
+            let peek = match self.server_options().and_then(|o| o.header_read_timeout) {
+                Some(t) => match pingora_timeout::timeout(t, peek).await {
+                    Ok(peeked) => peeked,
+                    Err(_) => {
+                        debug!("no request within {t:?} of the connection's start");
+                        return None;
+                    }
+                },
+                None => peek.await,
+            };
+            let peeked = peek
                 .map_err(|e| {
                     // this error is normal when h1 reuse and close the connection
                     debug!("Read error while peeking h2c preface {e}");
@@ -291,9 +309,9 @@ where
                 })
                 .ok()?;
             // not all streams support peeking
-            if peeked {
+            if let Some(is_preface) = peeked {
                 // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = buf == H2_PREFACE;
+                h2c = is_preface;
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
@@ -344,7 +362,9 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            let header_read_timeout = self.server_options().and_then(|o| o.header_read_timeout);
             let mut session = ServerSession::new_http1(stream);
+            session.set_header_read_timeout(header_read_timeout, true);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -360,6 +380,7 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                session.set_header_read_timeout(header_read_timeout, false);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

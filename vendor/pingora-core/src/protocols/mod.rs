@@ -79,6 +79,15 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Peek whether the data starts with `prefix` without consuming it, deciding as
+    /// soon as the bytes received differ from it (or end) instead of waiting for
+    /// `prefix.len()` bytes.
+    /// Return `None` if peeking is not supported/allowed.
+    async fn try_peek_prefix(&mut self, prefix: &[u8]) -> std::io::Result<Option<bool>> {
+        let mut buf = vec![0u8; prefix.len()];
+        Ok(self.try_peek(&mut buf).await?.then(|| buf == prefix))
+    }
 }
 
 use std::any::Any;

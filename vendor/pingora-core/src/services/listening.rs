@@ -43,6 +43,18 @@ use std::time::Duration;
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
 
+/// Admission control for accepted connections (modelgate: connection limits).
+///
+/// [`ConnectionGate::admit`] runs right after `accept()`, before any TLS handshake.
+/// `None` closes the connection at once; `Some(permit)` serves it, and the permit is
+/// dropped when the connection ends, so a gate can count open connections.
+pub trait ConnectionGate: Send + Sync {
+    fn admit(
+        &self,
+        peer: Option<&crate::protocols::l4::socket::SocketAddr>,
+    ) -> Option<Box<dyn Send>>;
+}
+
 /// The type of service that is associated with a list of listening endpoints and a particular application
 pub struct Service<A> {
     name: String,
@@ -53,6 +65,7 @@ pub struct Service<A> {
     runtime_opts_override: Option<RuntimeOptsOverride>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
+    connection_gate: Option<Arc<dyn ConnectionGate>>,
 }
 
 impl<A> Service<A> {
@@ -66,6 +79,7 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            connection_gate: None,
         }
     }
 
@@ -80,7 +94,13 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            connection_gate: None,
         }
+    }
+
+    /// Admit every accepted connection of this service through `gate`.
+    pub fn set_connection_gate(&mut self, gate: Arc<dyn ConnectionGate>) {
+        self.connection_gate = Some(gate);
     }
 
     /// Set a runtime options override for this service.
@@ -203,6 +223,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        gate: Option<Arc<dyn ConnectionGate>>,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -227,9 +248,17 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    let permit = match &gate {
+                        Some(gate) => match gate.admit(io.peer_addr().as_ref()) {
+                            Some(permit) => Some(permit),
+                            None => continue, // dropping `io` closes the connection
+                        },
+                        None => None,
+                    };
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
+                        let _permit = permit;
                         let peer_addr = io.peer_addr();
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {
@@ -305,9 +334,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
+                let gate = self.connection_gate.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, gate).await;
                 });
 
                 handlers.push(jh);

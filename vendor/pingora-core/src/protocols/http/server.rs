@@ -311,6 +311,14 @@ impl Session {
         }
     }
 
+    /// HTTP/1 only: the whole request head must arrive within `timeout`, counted from
+    /// now when `from_start`, else from its first byte. Noop for h2 and others.
+    pub fn set_header_read_timeout(&mut self, timeout: Option<Duration>, from_start: bool) {
+        if let Self::H1(s) = self {
+            s.set_header_read_timeout(timeout, from_start);
+        }
+    }
+
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
     pub fn set_keepalive(&mut self, duration: Option<u64>) {

@@ -834,6 +834,25 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    async fn try_peek_prefix(&mut self, prefix: &[u8]) -> std::io::Result<Option<bool>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; prefix.len()];
+        let mut n = 0;
+        while n < prefix.len() && buf[..n] == prefix[..n] {
+            match self.read(&mut buf[n..]).await {
+                Ok(0) => break,
+                Ok(read) => n += read,
+                Err(e) => {
+                    self.rewind(&buf[..n]);
+                    return Err(e);
+                }
+            }
+        }
+        // rewind regardless of what is read
+        self.rewind(&buf[..n]);
+        Ok(Some(buf[..n] == *prefix))
+    }
 }
 
 #[async_trait]

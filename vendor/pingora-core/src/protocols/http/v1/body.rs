@@ -1387,6 +1387,10 @@ impl BodyWriter {
         match self.body_mode {
             BM::ChunkedEncoding(written) => {
                 let chunk_size = buf.len();
+                // A zero-size chunk is the terminator; only finish() may write it.
+                if chunk_size == 0 {
+                    return Ok(Some(0));
+                }
 
                 let chuck_size_buf = format!("{:X}\r\n", chunk_size);
                 let mut output_buf = Bytes::from(chuck_size_buf).chain(buf).chain(&b"\r\n"[..]);
@@ -1878,6 +1882,11 @@ impl BodyWriter {
         if matches!(self.send_body_state.write_state, WriteState::Idle) {
             if let Some(bytes) = self.send_body_state.pending_bytes.take() {
                 let application_bytes_size = bytes.len();
+                // A zero-size chunk is the terminator; only finish() may write it.
+                if application_bytes_size == 0 {
+                    self.send_body_state.write_state = WriteState::Done(0);
+                    return Poll::Ready(Ok(Some(0)));
+                }
 
                 // Format the chunk: size\r\ndata\r\n
                 let chunk_size_header = format!("{:X}\r\n", application_bytes_size);

@@ -102,6 +102,10 @@ pub struct HttpSession {
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
+    /// The whole request head must arrive within this (modelgate: slowloris).
+    header_read_timeout: Option<Duration>,
+    /// Count `header_read_timeout` from the start of `read_request`, not its first byte.
+    header_timer_from_start: bool,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -187,6 +191,8 @@ impl HttpSession {
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
+            header_read_timeout: None,
+            header_timer_from_start: false,
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -321,6 +327,14 @@ impl HttpSession {
         };
         let mut already_read = buf.len();
         let mut detached_suffix = None;
+        let header_timeout = self.header_read_timeout;
+        let head_started =
+            |from: tokio::time::Instant| header_timeout.map(|t| (from + t, t));
+        let mut head_deadline = if self.header_timer_from_start || already_read != 0 {
+            head_started(tokio::time::Instant::now())
+        } else {
+            None
+        };
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -340,10 +354,29 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
             } else {
-                return Ok(None);
+                let read = self.read_request_buf(&mut buf, already_read);
+                let read = match head_deadline {
+                    Some((deadline, t)) => match tokio::time::timeout_at(deadline, read).await {
+                        Ok(read) => read?,
+                        Err(_) => {
+                            return Error::e_explain(
+                                ReadTimedout,
+                                format!("request header not complete within {t:?}"),
+                            )
+                        }
+                    },
+                    None => read.await?,
+                };
+                match read {
+                    Some(n) => {
+                        already_read += n;
+                        if head_deadline.is_none() {
+                            head_deadline = head_started(tokio::time::Instant::now());
+                        }
+                    }
+                    None => return Ok(None),
+                }
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -503,6 +536,21 @@ impl HttpSession {
 
         // Reject an ambiguous authority before anything routes on it.
         validate_request_authority(req_header)?;
+
+        // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, or with a Host
+        // that is not a valid authority (empty is allowed).
+        match req_header.headers.get(http::header::HOST) {
+            None if req_header.version >= http::Version::HTTP_11 => {
+                return Error::e_explain(InvalidHTTPHeader, "HTTP/1.1 request without Host");
+            }
+            Some(host)
+                if !host.is_empty()
+                    && http::uri::Authority::try_from(host.as_bytes()).is_err() =>
+            {
+                return Error::e_explain(InvalidHTTPHeader, "invalid Host header");
+            }
+            _ => {}
+        }
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
@@ -857,6 +905,18 @@ impl HttpSession {
             && (self.request_header.is_none() || !self.is_body_done())
         {
             debug!("set connection close before downstream finish");
+            self.set_keepalive(None);
+        }
+
+        // RFC 9112 §6.1: no Transfer-Encoding to a client older than HTTP/1.1, which
+        // cannot decode chunks; a body of unknown length then ends with the connection.
+        if self
+            .request_header
+            .as_ref()
+            .is_some_and(|r| r.version < http::Version::HTTP_11)
+            && header.headers.contains_key(TRANSFER_ENCODING)
+        {
+            header.remove_header(&TRANSFER_ENCODING);
             self.set_keepalive(None);
         }
 
@@ -1345,6 +1405,14 @@ impl HttpSession {
         }
     }
 
+    /// The whole request head must arrive within `timeout`: counted from the start of
+    /// [`Self::read_request`] when `from_start` (a new connection), else from the
+    /// request's first byte (a reused one, whose idle wait is the keep-alive timeout).
+    pub fn set_header_read_timeout(&mut self, timeout: Option<Duration>, from_start: bool) {
+        self.header_read_timeout = timeout;
+        self.header_timer_from_start = from_start;
+    }
+
     /// Sets the downstream read timeout. This will trigger if we're unable
     /// to read from the stream after `timeout`.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
@@ -1783,6 +1851,15 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     if let Some(captures) = REQUEST_LINE_REGEX.captures(buf) {
         // return if nothing matches: not a request line at all
         let uri = captures.name("uri")?;
+        // RFC 9112 §3.2: whitespace or a control byte inside the target makes the
+        // request-line invalid; never autocorrect it (the result may bypass filters).
+        if uri
+            .as_bytes()
+            .iter()
+            .any(|b| *b == b' ' || b.is_ascii_control())
+        {
+            return None;
+        }
 
         let escaped_uri = percent_encode(uri.as_bytes(), URI_ESC_CHARSET);
 

@@ -195,7 +195,16 @@ where
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<IoResult<()>> {
-        Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_read(cx, buf)
+        let stream = self.tls.stream.as_mut().unwrap();
+        let read = Pin::new(&mut *stream).poll_read(cx, buf);
+        // Reading can queue records to send (the alert refusing a TLS 1.2
+        // renegotiation, a TLS 1.3 key update); tokio-rustls sends them only on the
+        // next write, which a connection waiting for a request never makes. Flush
+        // now; a pending or failed flush surfaces on the next read or write.
+        if stream.get_ref().1.wants_write() {
+            let _ = Pin::new(&mut *stream).poll_flush(cx);
+        }
+        read
     }
 }
 

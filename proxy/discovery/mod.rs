@@ -1,0 +1,335 @@
+//! DNS discovery: the host names of an upstream (names in `backends`, or `discover`)
+//! are looked up every `every`, and the upstream's backends follow the answers in
+//! place, without a reload.
+//!
+//! Each answer is handed to the pool as a whole address set
+//! ([`Snapshot::rediscovered`]): addresses that stay keep their health, in-flight
+//! count, ejection and load state; new ones start as any new backend (`unknown` until
+//! a health check passes, or at once without checks); removed ones get no new request
+//! and finish what they run. A failed lookup or an empty answer changes nothing: the
+//! last known set keeps serving, the error is logged and counted in
+//! `modelgate_discovery_errors_total{upstream}`. Lookups use hickory-resolver, with
+//! the system's configuration (`/etc/resolv.conf`, search domains, `/etc/hosts`) or
+//! the one `resolver` given, and no cache, so every lookup asks the server.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::task::JoinHandle;
+
+use crate::config::{BackendAddr, Discovery, NamedBackend};
+use crate::metrics::Metrics;
+use crate::snapshot::{self, SharedSnapshot, Snapshot};
+
+/// How often the supervisor looks for upstreams whose names appeared or changed (a reload).
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+/// One lookup gives up after this long (hickory's default is 5 s per attempt).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Looks names up with hickory-resolver.
+pub struct Resolver {
+    inner: TokioResolver,
+}
+
+impl Resolver {
+    /// A resolver asking `server` (UDP, then TCP for long answers), or the system's
+    /// configured servers when `None`. Fails when the system configuration cannot be read.
+    pub fn new(server: Option<SocketAddr>) -> Result<Resolver, String> {
+        let mut builder = match server {
+            Some(addr) => {
+                let conn = |mut c: ConnectionConfig| {
+                    c.port = addr.port();
+                    c
+                };
+                let ns = NameServerConfig::new(
+                    addr.ip(),
+                    true,
+                    vec![conn(ConnectionConfig::udp()), conn(ConnectionConfig::tcp())],
+                );
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(vec![ns]),
+                    TokioRuntimeProvider::default(),
+                )
+            }
+            None => TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?,
+        };
+        let opts = builder.options_mut();
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.timeout = LOOKUP_TIMEOUT;
+        opts.attempts = 1;
+        // Every lookup asks the server: answers change as replicas come and go, and
+        // `every` is the operator's choice of how fresh they are.
+        opts.cache_size = 0;
+        let inner = builder
+            .build()
+            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
+        Ok(Resolver { inner })
+    }
+
+    /// Every A and AAAA record of every name, as a backend with the name's port and
+    /// weight, sorted and without duplicates. Fails, naming the name, when a lookup
+    /// fails or a name has no address.
+    pub async fn resolve(&self, names: &[NamedBackend]) -> Result<Vec<BackendAddr>, String> {
+        let mut out = BTreeSet::new();
+        for name in names {
+            let found = self
+                .inner
+                .lookup_ip(name.host.as_str())
+                .await
+                .map_err(|e| format!("{}: {e}", name.host))?;
+            let before = out.len();
+            for ip in found.iter().filter(|ip| usable(*ip)) {
+                out.insert((SocketAddr::new(ip, name.port), name.weight));
+            }
+            if out.len() == before {
+                return Err(format!("{}: no address in the answer", name.host));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(addr, weight)| BackendAddr { addr, weight })
+            .collect())
+    }
+}
+
+/// The background service that follows the names of every upstream that has some.
+pub struct DiscoveryService {
+    snapshot: SharedSnapshot,
+    metrics: Arc<Metrics>,
+}
+
+impl DiscoveryService {
+    pub fn new(snapshot: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
+        DiscoveryService { snapshot, metrics }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for DiscoveryService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // One follower per upstream and discovery settings; a reload that changes them
+        // replaces the follower, one that keeps them keeps it.
+        let mut running: HashMap<(Arc<str>, Discovery), JoinHandle<()>> = HashMap::new();
+        loop {
+            let snap = self.snapshot.load_full();
+            let mut live = Vec::new();
+            for pool in &snap.pools {
+                let Some(d) = pool.settings().discovery.clone() else {
+                    continue;
+                };
+                let key = (Arc::clone(pool.name()), d);
+                if !running.contains_key(&key) {
+                    let task = tokio::spawn(follow(
+                        Arc::clone(&self.snapshot),
+                        Arc::clone(&self.metrics),
+                        key.0.clone(),
+                        key.1.clone(),
+                    ));
+                    running.insert(key.clone(), task);
+                }
+                live.push(key);
+            }
+            running.retain(|key, task| {
+                let keep = live.contains(key);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+                _ = shutdown.changed() => {
+                    running.values().for_each(JoinHandle::abort);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Looks `d`'s names up every `d.every` and applies each new answer to `upstream`.
+async fn follow(shared: SharedSnapshot, metrics: Arc<Metrics>, upstream: Arc<str>, d: Discovery) {
+    let resolver = loop {
+        match Resolver::new(d.resolver) {
+            Ok(r) => break r,
+            Err(e) => {
+                log::error!("upstream {upstream}: {e}; the last known backends keep serving");
+                metrics.discovery_error(&upstream);
+                tokio::time::sleep(d.every).await;
+            }
+        }
+    };
+    let mut failing = false;
+    loop {
+        match resolver.resolve(&d.names).await {
+            Ok(resolved) => {
+                if failing {
+                    log::info!("upstream {upstream}: DNS answers again");
+                    failing = false;
+                }
+                apply(&shared, &upstream, &d, resolved);
+            }
+            Err(e) => {
+                // Logged once per outage, counted every time.
+                if !failing {
+                    log::warn!(
+                        "upstream {upstream}: DNS lookup failed ({e}); the last known backends keep serving"
+                    );
+                    failing = true;
+                }
+                metrics.discovery_error(&upstream);
+            }
+        }
+        tokio::time::sleep(d.every).await;
+    }
+}
+
+/// Publishes a snapshot in which `upstream`'s names resolve to `resolved`, unless
+/// that is already so (or the upstream no longer looks up `d`).
+fn apply(shared: &SharedSnapshot, upstream: &str, d: &Discovery, resolved: Vec<BackendAddr>) {
+    let _publishing = snapshot::publishing();
+    let live = shared.load_full();
+    let Some(pool) = live.pool(upstream) else {
+        return;
+    };
+    if pool.settings().discovery.as_ref() != Some(d) || pool.resolved() == resolved.as_slice() {
+        return;
+    }
+    let (added, removed) = diff(pool.resolved(), &resolved);
+    match live.rediscovered(upstream, resolved) {
+        Ok(next) => {
+            log::info!(
+                "upstream {upstream}: DNS now gives {} backend(s){}{}",
+                next.pool(upstream).map_or(0, |p| p.resolved().len()),
+                list(" +", &added),
+                list(" -", &removed),
+            );
+            Snapshot::publish(shared, next);
+        }
+        Err(e) => log::error!("upstream {upstream}: cannot apply the DNS answer: {e}"),
+    }
+}
+
+/// Addresses in `next` but not `prev`, and in `prev` but not `next`.
+fn diff(prev: &[BackendAddr], next: &[BackendAddr]) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    let has = |list: &[BackendAddr], a: SocketAddr| list.iter().any(|b| b.addr == a);
+    let added = next
+        .iter()
+        .map(|b| b.addr)
+        .filter(|&a| !has(prev, a))
+        .collect();
+    let removed = prev
+        .iter()
+        .map(|b| b.addr)
+        .filter(|&a| !has(next, a))
+        .collect();
+    (added, removed)
+}
+
+fn list(prefix: &str, addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(|a| format!("{prefix}{a}")).collect()
+}
+
+/// Whether `ip` could be a replica's address (not unspecified or multicast).
+fn usable(ip: IpAddr) -> bool {
+    !ip.is_unspecified() && !ip.is_multicast()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::{BackendSource, HealthCheck, Upstream};
+    use crate::upstream::{BackendState, Pool};
+
+    fn addrs(list: &[&str]) -> Vec<BackendAddr> {
+        list.iter()
+            .map(|a| BackendAddr {
+                addr: a.parse().unwrap(),
+                weight: 1,
+            })
+            .collect()
+    }
+
+    fn upstream() -> Upstream {
+        let mut up = Upstream::with_defaults(
+            "u",
+            BackendSource::Dns(Discovery {
+                names: vec![NamedBackend {
+                    host: "model".into(),
+                    port: 8000,
+                    weight: 1,
+                }],
+                fixed: addrs(&["10.0.0.1:8000"]),
+                every: Duration::from_secs(5),
+                resolver: None,
+            }),
+        );
+        up.health = Some(HealthCheck {
+            path: "/health".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_after: 2,
+            unhealthy_after: 3,
+            expect_status: None,
+            models: false,
+        });
+        up
+    }
+
+    #[test]
+    fn kept_addresses_keep_their_state_and_new_ones_start_unknown() {
+        let up = upstream();
+        let first = Pool::build(&up).unwrap();
+        // Until discovery answers, only the listed address.
+        assert_eq!(first.backends().len(), 1);
+        let second = first
+            .rediscovered(&up, addrs(&["10.0.0.2:8000", "10.0.0.3:8000"]))
+            .unwrap();
+        assert_eq!(second.backends().len(), 3);
+        for b in second.backends() {
+            b.set_state(BackendState::Up, Duration::ZERO);
+        }
+        let third = second
+            .rediscovered(&up, addrs(&["10.0.0.3:8000", "10.0.0.4:8000"]))
+            .unwrap();
+        let state = |addr: &str| {
+            let b = third
+                .backends()
+                .iter()
+                .find(|b| b.addr().to_string() == addr)
+                .unwrap();
+            let kept = second.backends().iter().any(|o| o.same_replica(b));
+            (b.state(), kept)
+        };
+        assert_eq!(third.backends().len(), 3);
+        assert_eq!(state("10.0.0.1:8000"), (BackendState::Up, true));
+        assert_eq!(state("10.0.0.3:8000"), (BackendState::Up, true));
+        assert_eq!(state("10.0.0.4:8000"), (BackendState::Unknown, false));
+        // A reload of the same upstream keeps what the names resolved to.
+        let reloaded = Pool::build_next(&up, Some(&third)).unwrap();
+        assert_eq!(reloaded.resolved(), third.resolved());
+    }
+
+    #[test]
+    fn diff_names_what_came_and_went() {
+        let (added, removed) = diff(
+            &addrs(&["10.0.0.2:80", "10.0.0.3:80"]),
+            &addrs(&["10.0.0.3:80", "10.0.0.4:80"]),
+        );
+        assert_eq!(added, ["10.0.0.4:80".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(removed, ["10.0.0.2:80".parse::<SocketAddr>().unwrap()]);
+    }
+}

@@ -1,0 +1,422 @@
+//! Backends found by name: a real DNS server on a loopback port whose answers change
+//! under load, replicas on 127.0.0.2, 127.0.0.3, ... and no failed request; names in
+//! `backends` through the system's resolver; `check` on names it cannot resolve.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelgate::demo::replica::{Replica, ReplicaHandle};
+
+use crate::support::dns::{Answer, DnsServer};
+use crate::support::*;
+
+const NAME: &str = "replicas.models.test";
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// Replicas on 127.0.0.2.. 127.0.0.(1+n), all on one port (DNS gives addresses, the
+/// port comes from the config). Retries with another port if one is taken.
+async fn replicas_on_one_port(n: u8, delay: Duration) -> (u16, Vec<ReplicaHandle>) {
+    'port: loop {
+        let port = free_port();
+        let mut out = Vec::new();
+        for last in 2..2 + n {
+            let r = Replica::builder(format!("r{last}"))
+                .bind(SocketAddr::new(ip(last), port))
+                .delay(delay)
+                .spawn()
+                .await;
+            match r {
+                Ok(r) => out.push(r),
+                Err(_) => continue 'port,
+            }
+        }
+        return (port, out);
+    }
+}
+
+/// Backend addresses and states on `/upstreams` for upstream `pool`.
+async fn backends(proxy: &TestProxy) -> Vec<(String, String)> {
+    let v: serde_json::Value = h1()
+        .get(proxy.admin_url("/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut out: Vec<(String, String)> = v["upstreams"]["pool"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["addr"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn metric(proxy: &TestProxy, line_start: &str) -> f64 {
+    let text = h1()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Clients sending requests back to back until stopped; counts answers that were not 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, failures) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&ok),
+                    Arc::clone(&failed),
+                    Arc::clone(&failures),
+                );
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let client = h1();
+                    while !stop.load(Ordering::SeqCst) {
+                        match client.post(&url).body("{}").send().await {
+                            Ok(r) if r.status() == 200 => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(r) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                let s = r.status();
+                                let body = r.text().await.unwrap_or_default();
+                                failures.lock().unwrap().push(format!("{s} {body}"));
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                failures.lock().unwrap().push(e.to_string());
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            failures,
+            tasks,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    async fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            failures,
+        )
+    }
+}
+
+/// Waits until `/upstreams` lists exactly `want` (addresses on `port`), each `up`.
+async fn wait_for_set(proxy: &TestProxy, port: u16, want: &[u8], what: &str) {
+    let mut expected: Vec<(String, String)> = want
+        .iter()
+        .map(|&l| (SocketAddr::new(ip(l), port).to_string(), "up".to_string()))
+        .collect();
+    expected.sort();
+    eventually(what, PATIENCE, || {
+        let expected = expected.clone();
+        async move { backends(proxy).await == expected }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_answers_change_under_load_with_no_failed_request() {
+    let dns = DnsServer::start().await;
+    let (port, replicas) = replicas_on_one_port(4, Duration::from_millis(20)).await;
+    // .6 never passes its health check: discovered, it must stay out of rotation.
+    let sick = Replica::builder("sick")
+        .bind(SocketAddr::new(ip(6), port))
+        .health_status(503)
+        .spawn()
+        .await
+        .unwrap();
+    dns.set(NAME, Answer::Addrs(vec![ip(2), ip(3)]));
+    let proxy = TestProxy::start(&format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "all"
+path = "/"
+upstream = "pool"
+
+[upstream.pool]
+discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
+max_inflight = 2
+retries = 1
+
+[upstream.pool.health]
+path = "/health"
+interval = "100ms"
+timeout = "90ms"
+"#,
+        dns.addr()
+    ))
+    .await;
+    wait_for_set(&proxy, port, &[2, 3], "the first answer's two backends, up").await;
+
+    let load = Load::start(proxy.url("/v1/predict"), 6);
+    let served = |r: &ReplicaHandle| r.hits();
+    eventually("load flows", PATIENCE, || async { load.ok() > 20 }).await;
+
+    // A replica added: it joins once its health check passes.
+    dns.set(NAME, Answer::Addrs(vec![ip(2), ip(3), ip(4)]));
+    wait_for_set(&proxy, port, &[2, 3, 4], "127.0.0.4 joins").await;
+    let before = served(&replicas[2]);
+    eventually("127.0.0.4 gets requests", PATIENCE, || async {
+        served(&replicas[2]) > before
+    })
+    .await;
+
+    // One removed: it finishes what it runs and gets nothing new; the kept ones stay up
+    // (their state carries over, no new health checks needed).
+    dns.set(NAME, Answer::Addrs(vec![ip(3), ip(4)]));
+    wait_for_set(&proxy, port, &[3, 4], "127.0.0.2 leaves").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gone = served(&replicas[0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        served(&replicas[0]),
+        gone,
+        "a removed replica got new requests"
+    );
+
+    // DNS fails, then answers with nothing: the last known set stays, errors are counted.
+    let errors = r#"modelgate_discovery_errors_total{upstream="pool"} "#;
+    let errors_before = metric(&proxy, errors).await;
+    dns.set(NAME, Answer::Fail);
+    eventually("failed lookups are counted", PATIENCE, || async {
+        metric(&proxy, errors).await >= errors_before + 2.0
+    })
+    .await;
+    dns.set(NAME, Answer::Addrs(Vec::new()));
+    let errors_mid = metric(&proxy, errors).await;
+    eventually("empty answers are counted", PATIENCE, || async {
+        metric(&proxy, errors).await >= errors_mid + 2.0
+    })
+    .await;
+    wait_for_set(&proxy, port, &[3, 4], "the last known set is kept").await;
+
+    // Answers again, with a sick newcomer: it is listed but never served.
+    dns.set(NAME, Answer::Addrs(vec![ip(3), ip(4), ip(5), ip(6)]));
+    let before = served(&replicas[3]);
+    eventually("127.0.0.5 gets requests", PATIENCE, || async {
+        served(&replicas[3]) > before
+    })
+    .await;
+    let listed = backends(&proxy).await;
+    let sick_addr = SocketAddr::new(ip(6), port).to_string();
+    assert!(
+        listed.iter().any(|(a, s)| a == &sick_addr && s != "up"),
+        "{listed:?}"
+    );
+
+    let (ok, failed, failures) = load.finish().await;
+    assert_eq!(
+        failed,
+        0,
+        "{failed} failed of {}: {failures:?}",
+        ok + failed
+    );
+    assert_eq!(
+        sick.hits(),
+        0,
+        "the replica failing its health check got requests"
+    );
+    assert!(dns.queries() > 10);
+    let logs = proxy.logs();
+    assert!(logs.contains("DNS lookup failed"), "{logs}");
+    for r in &replicas {
+        r.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_at_start_serves_once_it_does() {
+    let dns = DnsServer::start().await;
+    let (port, replicas) = replicas_on_one_port(1, Duration::ZERO).await;
+    dns.set(NAME, Answer::Fail);
+    let proxy = TestProxy::start(&format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "all"
+path = "/"
+upstream = "pool"
+
+[upstream.pool]
+discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
+"#,
+        dns.addr()
+    ))
+    .await;
+    // No backend yet: a clear 503, not a hang or a crash.
+    let (status, body) = status_and_body(h1().get(proxy.url("/")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("no_healthy_backend"))
+    );
+    dns.set(NAME, Answer::Addrs(vec![ip(2)]));
+    eventually("the replica serves once DNS answers", PATIENCE, || async {
+        matches!(h1().get(proxy.url("/")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(replicas[0].hits() > 0);
+}
+
+/// `backends` may mix names and addresses; names use the system's resolver
+/// (`localhost` comes from /etc/hosts).
+#[tokio::test]
+async fn host_names_in_backends_resolve_with_the_system_resolver() {
+    let by_name = Replica::builder("by-name").spawn().await.unwrap();
+    let by_ip = Replica::builder("by-ip").spawn().await.unwrap();
+    let proxy = TestProxy::start(&pool_config(
+        &format!(
+            "\"localhost:{}\", \"{}\"",
+            by_name.addr().port(),
+            by_ip.addr()
+        ),
+        "resolve_every = \"200ms\"\n[upstream.pool.health]\ninterval = \"100ms\"\ntimeout = \"90ms\"",
+    ))
+    .await;
+    let client = h1();
+    eventually("both replicas serve", PATIENCE, || async {
+        let _ = client.get(proxy.url("/")).send().await;
+        by_name.hits() > 0 && by_ip.hits() > 0
+    })
+    .await;
+    let listed = backends(&proxy).await;
+    assert!(
+        listed
+            .iter()
+            .any(|(a, s)| a == &by_name.addr().to_string() && s == "up"),
+        "{listed:?}"
+    );
+}
+
+#[test]
+fn check_accepts_names_without_resolving_them() {
+    let (ok, out, _) = check(
+        r#"
+[listen]
+http = "127.0.0.1:8080"
+
+[[route]]
+name = "r"
+path = "/"
+upstream = "u"
+
+[[route]]
+name = "d"
+path = "/d"
+upstream = "d"
+
+[upstream.u]
+backends = ["vision.does-not-exist.invalid:8000", { addr = "10.0.0.5:8000", weight = 2 }]
+resolve_every = "10s"
+
+[upstream.d]
+discover = { dns = "model.models.svc.cluster.local:8000", every = "5s", resolver = "10.0.0.10:53" }
+"#,
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("dns vision.does-not-exist.invalid:8000") && out.contains("not now"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_names_are_reported_with_line_and_fix() {
+    let cases = [
+        (
+            r#"backends = ["vision"]"#,
+            "upstream.u.backends[0]: \"vision\" has no port",
+        ),
+        (
+            r#"backends = ["vis ion:8000"]"#,
+            "upstream.u.backends[0]: expected \"host:port\" or \"ip:port\"",
+        ),
+        (
+            r#"backends = ["vision:0"]"#,
+            "the port must be a number from 1 to 65535",
+        ),
+        (
+            r#"discover = { dns = "10.0.0.5:8000" }"#,
+            "upstream.u.discover.dns: 10.0.0.5:8000 is an address, not a name",
+        ),
+        (
+            "discover = { dns = \"a.b:80\" }\nresolve_every = \"1s\"",
+            "upstream.u.resolve_every: resolve_every applies to names in backends",
+        ),
+        (
+            r#"discover = { dns = "a.b:80", resolver = "dns.local:53" }"#,
+            "upstream.u.discover.resolver: \"dns.local:53\" uses a host name; the resolver must be an IP address",
+        ),
+    ];
+    for (line, want) in cases {
+        let text = format!(
+            "[listen]\nhttp = \"127.0.0.1:8080\"\n\n[[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\n\n[upstream.u]\n{line}\n"
+        );
+        let (ok, out, path) = check(&text);
+        assert!(!ok, "accepted: {line}");
+        let at = format!("{}:10:", path.display());
+        assert!(
+            out.contains(&at) || out.contains(&format!("{}:11:", path.display())),
+            "{out}"
+        );
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Process logs stay readable when backends fail: one WARN line per kind of failure
+//! with the request's fields, then a count; no ERROR line per failed request.
+
+use std::time::{Duration, Instant};
+
+use modelgate::demo::replica::Replica;
+
+use crate::support::*;
+
+/// The summary is written when its window (10 s) closes.
+const SUMMARY_PATIENCE: Duration = Duration::from_secs(40);
+
+async fn scrape(proxy: &TestProxy) -> String {
+    h1().get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn backend_failures_are_logged_once_then_summed_up() {
+    let live = Replica::builder("live").spawn().await.unwrap();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxy = TestProxy::start(
+        &pool_config(
+            &format!("\"{dead}\", \"{}\"", live.addr()),
+            "retries = 1\nbalance = \"round_robin\"\nretry_budget = { percent = 100 }",
+        )
+        .replace("[[route]]", "[log]\naccess = \"off\"\n\n[[route]]"),
+    )
+    .await;
+    let c = h1();
+    for i in 0..40 {
+        let resp = c
+            .get(proxy.url("/x"))
+            .header("x-request-id", format!("logs-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let metrics = scrape(&proxy).await;
+    let failed = metric(&metrics, "modelgate_retries_total{upstream=\"pool\"}") as u64;
+    assert!(
+        failed >= 10,
+        "round robin sent few requests to the dead backend"
+    );
+
+    let summary = format!("refused {failed} connections in the last");
+    eventually("the summary line", SUMMARY_PATIENCE, || async {
+        proxy.logs().contains(&summary)
+    })
+    .await;
+    let logs = proxy.logs();
+    let about_dead: Vec<&str> = logs.lines().filter(|l| l.contains(&dead)).collect();
+    assert_eq!(about_dead.len(), 2, "one line and one summary:\n{logs}");
+    let first = about_dead[0];
+    for field in [
+        "WARN",
+        "request_id=logs-",
+        "route=all",
+        "upstream=pool",
+        "reason=connection_refused",
+        "trying another backend",
+    ] {
+        assert!(first.contains(field), "{field} missing in {first}");
+    }
+    assert!(!logs.contains("ERROR"), "{logs}");
+}
+
+/// The log lines written while the only replica of an upstream is down for a minute
+/// under steady load. `cargo test --test it -- --ignored outage_log_lines --nocapture`;
+/// `MODELGATE_BIN=path` measures another build, `OUTAGE_SECS` changes the minute.
+#[tokio::test]
+#[ignore]
+async fn outage_log_lines() {
+    let secs: u64 = std::env::var("OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let replica = Replica::builder("r").spawn().await.unwrap();
+    let addr = replica.addr();
+    let proxy = TestProxy::start(
+        &pool_config(&format!("\"{addr}\""), "")
+            .replace("[[route]]", "[log]\naccess = \"off\"\n\n[[route]]"),
+    )
+    .await;
+    let before = proxy.logs().lines().count();
+    replica.shutdown();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = proxy.url("/x");
+        tasks.push(tokio::spawn(async move {
+            let c = h1();
+            let mut n = 0u64;
+            while start.elapsed() < Duration::from_secs(secs) {
+                let _ = c.get(&url).send().await;
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut requests = 0;
+    for t in tasks {
+        requests += t.await.unwrap();
+    }
+    // Let the last window's summary be written.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let logs = proxy.logs();
+    let lines = logs.lines().count() - before;
+    println!(
+        "outage of {secs} s, {requests} requests: {lines} log lines ({})",
+        modelgate_bin().display()
+    );
+    for l in logs.lines().skip(before).take(6) {
+        println!("  {l}");
+    }
+}

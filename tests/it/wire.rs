@@ -1,0 +1,876 @@
+//! What clients and replicas receive is correct HTTP whatever the client sends:
+//! exact bytes checked with raw sockets and a replica that records everything it
+//! reads, over HTTP/1.1, h2c and TLS (h2 and HTTP/1.1).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::raw::{chunked_reply, reply, Action, RawReplica};
+use crate::support::tls::{connect, TestCa};
+use crate::support::*;
+
+const HOST: &str = "api.test";
+
+/// A proxy with plain (HTTP/1.1 + h2c) and TLS listeners in front of `routes`.
+struct Wire {
+    proxy: TestProxy,
+    ca: TestCa,
+    _certs: tempfile::TempDir,
+}
+
+/// How a test client reaches the proxy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Over {
+    /// Plain TCP, HTTP/1.x.
+    H1,
+    /// TLS with ALPN `http/1.1`.
+    H1Tls,
+    /// Plain TCP, HTTP/2 with prior knowledge.
+    H2c,
+    /// TLS with ALPN `h2`.
+    H2Tls,
+}
+
+const H1_BOTH: [Over; 2] = [Over::H1, Over::H1Tls];
+const H2_BOTH: [Over; 2] = [Over::H2c, Over::H2Tls];
+const ALL: [Over; 4] = [Over::H1, Over::H1Tls, Over::H2c, Over::H2Tls];
+
+/// One route `/` to one upstream of `backend`, with `extra` lines in the upstream.
+fn one_route(backend: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[[route]]
+name = "all"
+path = "/"
+upstream = "pool"
+
+[upstream.pool]
+backends = ["{backend}"]
+{extra}
+"#
+    )
+}
+
+impl Wire {
+    async fn start(routes: &str) -> Wire {
+        let ca = TestCa::new();
+        let certs = tempfile::tempdir().unwrap();
+        ca.issue(&[HOST]).write(certs.path(), "api");
+        let toml = format!(
+            r#"
+[listen]
+http = "{{http}}"
+https = "{{https}}"
+admin = "{{admin}}"
+shutdown_grace = "1s"
+
+[log]
+access = "off"
+
+[tls]
+certs = "{}"
+{routes}
+"#,
+            certs.path().display()
+        );
+        let proxy = TestProxy::start(&toml).await;
+        Wire {
+            proxy,
+            ca,
+            _certs: certs,
+        }
+    }
+
+    /// Sends `raw` over a fresh HTTP/1.x connection and returns everything the proxy
+    /// writes until it closes the connection.
+    async fn h1(&self, over: Over, raw: &[u8]) -> String {
+        match over {
+            Over::H1 => {
+                let tcp = TcpStream::connect(self.proxy.http_addr()).await.unwrap();
+                exchange(tcp, raw).await
+            }
+            Over::H1Tls => {
+                let tls = connect(
+                    self.proxy.https_addr(),
+                    Some(HOST),
+                    self.ca.client(&[b"http/1.1"]),
+                )
+                .await
+                .unwrap();
+                exchange(tls, raw).await
+            }
+            _ => panic!("{over:?} is not HTTP/1"),
+        }
+    }
+
+    /// An HTTP/2 connection over h2c or TLS.
+    async fn h2(&self, over: Over) -> h2::client::SendRequest<Bytes> {
+        match over {
+            Over::H2c => {
+                let tcp = TcpStream::connect(self.proxy.http_addr()).await.unwrap();
+                h2_handshake(tcp).await
+            }
+            Over::H2Tls => {
+                let tls = connect(
+                    self.proxy.https_addr(),
+                    Some(HOST),
+                    self.ca.client(&[b"h2"]),
+                )
+                .await
+                .unwrap();
+                assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+                h2_handshake(tls).await
+            }
+            _ => panic!("{over:?} is not HTTP/2"),
+        }
+    }
+
+    /// Sends one request over `over`; h1 transports close after it. Returns
+    /// the status and the body.
+    async fn send(&self, over: Over, method: &str, path: &str, body: &str) -> (u16, String) {
+        match over {
+            Over::H1 | Over::H1Tls => {
+                let raw = format!(
+                    "{method} {path} HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let out = self.h1(over, raw.as_bytes()).await;
+                (status_of(&out), body_of(&out).to_string())
+            }
+            Over::H2c | Over::H2Tls => {
+                let send = self.h2(over).await;
+                let chunks: &[&[u8]] = if body.is_empty() {
+                    &[]
+                } else {
+                    &[body.as_bytes()]
+                };
+                let (status, _, body) = h2_request(send, method, path, &[], chunks, false).await;
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        }
+    }
+}
+
+/// A kept-alive HTTP/1.x connection reading one framed response at a time.
+struct H1Conn {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Wire {
+    async fn h1_conn(&self, over: Over) -> H1Conn {
+        let io: Box<dyn Io> = match over {
+            Over::H1 => Box::new(TcpStream::connect(self.proxy.http_addr()).await.unwrap()),
+            Over::H1Tls => Box::new(
+                connect(
+                    self.proxy.https_addr(),
+                    Some(HOST),
+                    self.ca.client(&[b"http/1.1"]),
+                )
+                .await
+                .unwrap(),
+            ),
+            _ => panic!("{over:?} is not HTTP/1"),
+        };
+        H1Conn {
+            io,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl H1Conn {
+    /// Writes `raw` and reads one response: its head and its body bytes exactly as
+    /// framed on the wire (chunk framing included).
+    async fn request(&mut self, raw: &[u8]) -> (String, String) {
+        self.io.write_all(raw).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.response())
+            .await
+            .expect("a response within 10 s")
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match self.io.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    async fn response(&mut self) -> (String, String) {
+        let head_len = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(self.fill().await, "closed before a response head");
+        };
+        let head: String = String::from_utf8_lossy(&self.buf[..head_len]).into_owned();
+        let lower = head.to_ascii_lowercase();
+        let mut end = head_len;
+        if lower.contains("transfer-encoding: chunked") {
+            loop {
+                match httparse::parse_chunk_size(&self.buf[end..]) {
+                    Ok(httparse::Status::Complete((n, size))) => {
+                        let need = end + n + size as usize + 2;
+                        while self.buf.len() < need {
+                            assert!(self.fill().await, "closed inside a chunk");
+                        }
+                        end = need;
+                        if size == 0 {
+                            break;
+                        }
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        assert!(self.fill().await, "closed inside a chunk size")
+                    }
+                    Err(e) => panic!("bad chunk framing: {e:?}"),
+                }
+            }
+        } else if let Some(len) = lower
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("content-length:"))
+        {
+            end += len.trim().parse::<usize>().unwrap();
+            while self.buf.len() < end {
+                assert!(self.fill().await, "closed inside a body");
+            }
+        } else {
+            while self.fill().await {}
+            end = self.buf.len();
+        }
+        let body = String::from_utf8_lossy(&self.buf[head_len..end]).into_owned();
+        self.buf.drain(..end);
+        (head, body)
+    }
+
+    /// Whatever arrives until the proxy closes the connection.
+    async fn rest(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.fill().await {}
+        })
+        .await
+        .expect("the proxy closes within 10 s");
+        String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned()
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, raw: &[u8]) -> String {
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    match read {
+        Ok(_) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => panic!(
+            "no close within 10 s; got so far: {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+}
+
+/// The status code of the first response in `raw`, 0 when there is none.
+fn status_of(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Everything after the first response head.
+fn body_of(raw: &str) -> &str {
+    raw.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// The head of the first response in `raw`, lower-cased.
+fn head_of(raw: &str) -> String {
+    raw.split_once("\r\n\r\n")
+        .map_or(raw, |(h, _)| h)
+        .to_ascii_lowercase()
+}
+
+async fn h2_handshake<S>(io: S) -> h2::client::SendRequest<Bytes>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// Sends one HTTP/2 request framed exactly: HEADERS (with `headers`, each its own
+/// field), a DATA frame per chunk, and when `empty_end` an empty DATA frame
+/// carrying END_STREAM. Returns status, headers and body.
+async fn h2_request(
+    send: h2::client::SendRequest<Bytes>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+    empty_end: bool,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://{HOST}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(()).unwrap();
+    let mut send = send.ready().await.unwrap();
+    let end_now = chunks.is_empty() && !empty_end;
+    let (resp, mut stream) = send.send_request(req, end_now).unwrap();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len() && !empty_end;
+        stream
+            .send_data(Bytes::copy_from_slice(chunk), last)
+            .unwrap();
+    }
+    if empty_end {
+        stream.send_data(Bytes::new(), true).unwrap();
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("h2 response within 10 s")
+        .unwrap();
+    let (parts, mut body) = resp.into_parts();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (parts.status.as_u16(), parts.headers, out)
+}
+
+// --- An h2 request body ended by an empty DATA frame carries one terminator ---
+
+#[tokio::test]
+async fn h2_body_ended_by_an_empty_data_frame_is_terminated_once() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    // The body in one frame, in two, and no body at all: each then an empty END_STREAM.
+    let shapes: [&[&[u8]]; 3] = [&[b"hello"], &[b"hel", b"lo"], &[]];
+    let mut sent = 0;
+    for over in H2_BOTH {
+        for chunks in shapes {
+            let send = wire.h2(over).await;
+            let (status, _, body) = h2_request(send, "POST", "/up", &[], chunks, true).await;
+            assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "{over:?}");
+            sent += 1;
+            let seen = replica.last();
+            let expected: Vec<u8> = chunks.concat();
+            assert_eq!(seen.body, expected, "{over:?}");
+            let raw = String::from_utf8_lossy(&seen.raw);
+            assert_eq!(raw.matches("0\r\n\r\n").count(), 1, "{over:?}: {raw:?}");
+        }
+    }
+    assert_eq!(replica.requests().len(), sent);
+    assert!(
+        replica.junk().is_empty(),
+        "junk after bodies: {:?}",
+        replica.junk()
+    );
+}
+
+/// An h2c replica that ends each response body with an empty DATA frame.
+async fn h2c_replica_ending_with_empty_data() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(sock).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let resp = http::Response::builder().status(200).body(()).unwrap();
+                    let Ok(mut stream) = respond.send_response(resp, false) else {
+                        return;
+                    };
+                    let _ = stream.send_data(Bytes::from_static(b"hello"), false);
+                    let _ = stream.send_data(Bytes::new(), true);
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn h2_response_ended_by_an_empty_data_frame_reaches_h1_clients_terminated_once() {
+    let (addr, _task) = h2c_replica_ending_with_empty_data().await;
+    let wire = Wire::start(&one_route(addr, "protocol = \"h2c\"")).await;
+    for over in H1_BOTH {
+        // Two requests on one connection: a second terminator would corrupt the second.
+        let mut conn = wire.h1_conn(over).await;
+        for path in ["/a", "/b"] {
+            let req = format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+            let (head, body) = conn.request(req.as_bytes()).await;
+            assert_eq!(status_of(&head), 200, "{over:?}: {head}");
+            assert!(head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"));
+            assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n", "{over:?}");
+        }
+        conn.io.shutdown().await.unwrap();
+        assert_eq!(
+            conn.rest().await,
+            "",
+            "{over:?}: bytes after the last terminator"
+        );
+    }
+}
+
+// --- A pooled connection the replica closed: the request goes again on a new one ---
+
+#[tokio::test]
+async fn request_on_a_pooled_connection_the_replica_closed_is_sent_again() {
+    // Answers the first request of each connection with keep-alive, and closes the
+    // connection, unanswered, when a second request arrives on it.
+    let replica = RawReplica::spawn(|seen| {
+        if seen.index == 0 {
+            Action::Reply(reply(200, "ok"))
+        } else {
+            Action::Close
+        }
+    })
+    .await;
+    // No retries: the resend is not a retry on another backend.
+    let wire = Wire::start(&one_route(replica.addr(), "retries = 0")).await;
+    for over in ALL {
+        for method in ["GET", "DELETE", "PUT", "POST", "PATCH"] {
+            let body = if matches!(method, "GET" | "DELETE") {
+                ""
+            } else {
+                "prompt"
+            };
+            let (status, got) = wire.send(over, method, "/x", body).await;
+            assert_eq!((status, got.as_str()), (200, "ok"), "{over:?} {method}");
+            let last = replica.last();
+            assert_eq!(
+                last.index, 0,
+                "{over:?} {method}: answered on a new connection"
+            );
+            assert_eq!(
+                last.body,
+                body.as_bytes(),
+                "{over:?} {method}: body replayed"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn stale_connection_resend_happens_once_and_only_with_a_replayable_body() {
+    // Only the very first request is answered; every later one is cut unanswered.
+    let replica = RawReplica::spawn(|seen| {
+        if seen.conn == 0 && seen.index == 0 {
+            Action::Reply(reply(200, "ok"))
+        } else {
+            Action::Close
+        }
+    })
+    .await;
+    let wire = Wire::start(&one_route(replica.addr(), "retries = 0")).await;
+    let mut conn = wire.h1_conn(Over::H1).await;
+    let get = format!("GET /x HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+    let (head, _) = conn.request(get.as_bytes()).await;
+    assert_eq!(status_of(&head), 200);
+    // The pooled connection fails, the resend on a new connection fails: 502, and
+    // the replica saw the request twice, on two connections.
+    let (head, body) = conn.request(get.as_bytes()).await;
+    assert_eq!(status_of(&head), 502, "{head}{body}");
+    assert_eq!(replica.requests().len(), 3);
+    assert_eq!(replica.connections(), 2);
+
+    // A body larger than the replay buffer (64 KiB) cannot be sent again.
+    let replica = RawReplica::spawn(|seen| {
+        if seen.index == 0 {
+            Action::Reply(reply(200, "ok"))
+        } else {
+            Action::Close
+        }
+    })
+    .await;
+    let wire = Wire::start(&one_route(replica.addr(), "retries = 0")).await;
+    assert_eq!(wire.send(Over::H1, "GET", "/x", "").await.0, 200);
+    let big = "x".repeat(100 * 1024);
+    let (status, _) = wire.send(Over::H1, "POST", "/x", &big).await;
+    assert_eq!(status, 502);
+    assert_eq!(replica.connections(), 1, "not sent again");
+}
+
+// --- Dot-segments, doubled and encoded slashes in the path ---
+
+fn chat_routes(backend: SocketAddr) -> String {
+    format!(
+        r#"
+[[route]]
+name = "chat"
+path = "/v1/chat"
+upstream = "pool"
+
+[[route]]
+name = "stripped"
+path = "/strip"
+upstream = "pool"
+strip_prefix = true
+
+[upstream.pool]
+backends = ["{backend}"]
+"#
+    )
+}
+
+#[tokio::test]
+async fn paths_are_normalised_before_routing_and_never_climb_out_of_the_route() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&chat_routes(replica.addr())).await;
+    // (sent, status, what the replica receives)
+    let cases: &[(&str, u16, Option<&str>)] = &[
+        ("/v1/chat/../../admin/shutdown", 404, None),
+        ("/v1/chat/%2e%2e/%2E%2E/admin/shutdown", 404, None),
+        ("/v1/chat/.%2e/.%2e/admin", 404, None),
+        ("/v1/chat/../chatter", 404, None),
+        (
+            "/v1/chat/./a/../b?x=1&y=../z",
+            200,
+            Some("/v1/chat/b?x=1&y=../z"),
+        ),
+        ("/v1//chat///b", 200, Some("/v1/chat/b")),
+        ("/x/../v1/chat/c", 200, Some("/v1/chat/c")),
+        ("/v1/chat/%2e", 200, Some("/v1/chat/")),
+        ("/strip/../strip/a/./b", 200, Some("/a/b")),
+        ("/strip/a/../../../etc", 404, None),
+        ("/v1/chat/..%2f..%2fadmin", 400, None),
+        ("/v1/chat/a%2Fb", 400, None),
+        ("/v1/chat/..%5c..%5cadmin", 400, None),
+        ("/v1/chat/%41%62", 200, Some("/v1/chat/%41%62")),
+    ];
+    for over in ALL {
+        for (path, status, forwarded) in cases {
+            let before = replica.requests().len();
+            let (got, body) = wire.send(over, "GET", path, "").await;
+            assert_eq!(got, *status, "{over:?} {path}: {body}");
+            let seen = replica.requests();
+            match forwarded {
+                Some(target) => {
+                    assert_eq!(seen.len(), before + 1, "{over:?} {path}");
+                    let line = seen[before].request_line().to_string();
+                    assert_eq!(line, format!("GET {target} HTTP/1.1"), "{over:?} {path}");
+                }
+                None => assert_eq!(seen.len(), before, "{over:?} {path} reached the replica"),
+            }
+        }
+    }
+}
+
+// --- Chunked framing is never sent to an HTTP/1.0 client ---
+
+#[tokio::test]
+async fn http10_clients_get_unknown_length_bodies_delimited_by_close() {
+    let replica = RawReplica::spawn(|_| Action::Reply(chunked_reply(&["hello ", "world"]))).await;
+    let (h2c, _task) = h2c_replica_ending_with_empty_data().await;
+    let routes = format!(
+        r#"
+[[route]]
+name = "h1"
+path = "/"
+upstream = "h1"
+
+[[route]]
+name = "h2c"
+path = "/h2c"
+upstream = "h2c"
+
+[upstream.h1]
+backends = ["{}"]
+
+[upstream.h2c]
+backends = ["{h2c}"]
+protocol = "h2c"
+"#,
+        replica.addr()
+    );
+    let wire = Wire::start(&routes).await;
+    for over in H1_BOTH {
+        for (path, keepalive, body) in [
+            ("/x", "", "hello world"),
+            ("/x", "connection: keep-alive\r\n", "hello world"),
+            ("/h2c/x", "", "hello"),
+        ] {
+            let req = format!("GET {path} HTTP/1.0\r\nhost: {HOST}\r\n{keepalive}\r\n");
+            // exchange() reads until the proxy closes: the body ends with the connection.
+            let out = wire.h1(over, req.as_bytes()).await;
+            let head = head_of(&out);
+            assert_eq!(status_of(&out), 200, "{over:?} {path}: {out:?}");
+            assert!(
+                !head.contains("transfer-encoding"),
+                "{over:?} {path}: {out:?}"
+            );
+            assert!(
+                !head.contains("connection: keep-alive"),
+                "{over:?} {path}: {out:?}"
+            );
+            assert_eq!(body_of(&out), body, "{over:?} {path}");
+        }
+    }
+    // HTTP/1.1 clients still get chunked framing and keep their connection.
+    let mut conn = wire.h1_conn(Over::H1).await;
+    let (head, body) = conn
+        .request(format!("GET /x HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked"));
+    assert!(
+        body.ends_with("0\r\n\r\n") && body.contains("hello"),
+        "{body:?}"
+    );
+}
+
+// --- h2 cookie fields become one Cookie line for HTTP/1.1 ---
+
+#[tokio::test]
+async fn h2_cookie_fields_are_joined_for_http11_replicas() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    for over in H2_BOTH {
+        let send = wire.h2(over).await;
+        let cookies = [
+            ("cookie", "session=abc"),
+            ("cookie", "csrf=xyz"),
+            ("cookie", "a=1"),
+        ];
+        let (status, _, _) = h2_request(send, "GET", "/c", &cookies, &[], false).await;
+        assert_eq!(status, 200);
+        let seen = replica.last();
+        assert_eq!(
+            seen.header("cookie"),
+            vec!["session=abc; csrf=xyz; a=1".to_string()],
+            "{over:?}: {}",
+            seen.head
+        );
+    }
+}
+
+// --- Absolute-form request targets reach replicas in origin-form ---
+
+#[tokio::test]
+async fn absolute_form_targets_are_sent_in_origin_form_with_their_authority_as_host() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&chat_routes(replica.addr())).await;
+    for over in H1_BOTH {
+        for (target, host, line, want_host) in [
+            (
+                "http://api.test/v1/chat/x?q=1",
+                "api.test",
+                "/v1/chat/x?q=1",
+                "api.test",
+            ),
+            (
+                "https://api.test:8443/v1/chat/y",
+                "api.test:8443",
+                "/v1/chat/y",
+                "api.test:8443",
+            ),
+            (
+                "http://api.test/v1/chat/a/../b",
+                "api.test",
+                "/v1/chat/b",
+                "api.test",
+            ),
+        ] {
+            let req = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+            let out = wire.h1(over, req.as_bytes()).await;
+            assert_eq!(status_of(&out), 200, "{over:?} {target}: {out}");
+            let seen = replica.last();
+            assert_eq!(
+                seen.request_line(),
+                format!("GET {line} HTTP/1.1"),
+                "{over:?}"
+            );
+            assert_eq!(seen.header("host"), vec![want_host.to_string()], "{over:?}");
+        }
+        // A Host that contradicts the target's authority is refused, not guessed at.
+        let req = "GET http://api.test/v1/chat/x HTTP/1.1\r\nhost: other.test\r\n\r\n";
+        let out = wire.h1(over, req.as_bytes()).await;
+        assert_eq!(status_of(&out), 400, "{over:?}: {out}");
+    }
+}
+
+// --- Request-line and Host strictness, the same on every listener ---
+
+#[tokio::test]
+async fn malformed_request_lines_and_hosts_get_400_and_close_on_every_listener() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    let bad = [
+        format!("GET /a b HTTP/1.1\r\nhost: {HOST}\r\n\r\n"),
+        format!("GET /a\tb HTTP/1.1\r\nhost: {HOST}\r\n\r\n"),
+        format!("GET /a  HTTP/1.1\r\nhost: {HOST}\r\n\r\n"),
+        "GET /a HTTP/1.1\r\nx: y\r\n\r\n".to_string(),
+        format!("GET /a HTTP/1.1\r\nhost: {HOST}\r\nhost: other.test\r\n\r\n"),
+        "GET /a HTTP/1.1\r\nhost: a b\r\n\r\n".to_string(),
+    ];
+    for over in H1_BOTH {
+        for req in &bad {
+            // exchange() returns only once the proxy closed the connection.
+            let out = wire.h1(over, req.as_bytes()).await;
+            assert_eq!(status_of(&out), 400, "{over:?} {req:?}: {out:?}");
+        }
+        // And it keeps serving.
+        assert_eq!(wire.send(over, "GET", "/ok", "").await.0, 200);
+    }
+    assert!(replica
+        .requests()
+        .iter()
+        .all(|s| s.request_line() == "GET /ok HTTP/1.1"));
+}
+
+// --- Short requests are answered on the plain listener (HTTP/1.1 or h2c detection) ---
+
+#[tokio::test]
+async fn requests_shorter_than_the_h2_preface_are_answered() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    for req in [
+        "GET / HTTP/1.0\r\n\r\n",
+        "HEAD / HTTP/1.0\r\n\r\n",
+        "GET /\r\n\r\n",
+    ] {
+        let out = wire.h1(Over::H1, req.as_bytes()).await;
+        assert!(status_of(&out) > 0, "{req:?}: {out:?}");
+    }
+    // Byte by byte, too.
+    let mut tcp = TcpStream::connect(wire.proxy.http_addr()).await.unwrap();
+    for b in b"GET / HTTP/1.0\r\n\r\n" {
+        tcp.write_all(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let out = exchange(tcp, b"").await;
+    assert_eq!(status_of(&out), 200, "{out:?}");
+    // The h2c preface split over several writes is still h2c.
+    let mut tcp = TcpStream::connect(wire.proxy.http_addr()).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let send = h2_handshake(PrefixSent(tcp, 16)).await;
+    let (status, _, _) = h2_request(send, "GET", "/", &[], &[], false).await;
+    assert_eq!(status, 200);
+}
+
+/// A stream whose first `n` bytes of the h2 preface were already written by hand.
+struct PrefixSent(TcpStream, usize);
+
+impl AsyncRead for PrefixSent {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PrefixSent {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        // Swallow the part of the preface already on the wire.
+        if self.1 > 0 {
+            let skip = self.1.min(buf.len());
+            self.1 -= skip;
+            return std::task::Poll::Ready(Ok(skip));
+        }
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+// --- HTTP/1.0 without Host reaches the replica with one ---
+
+#[tokio::test]
+async fn http10_requests_without_host_reach_the_replica_with_one() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    for over in H1_BOTH {
+        let out = wire.h1(over, b"GET /h HTTP/1.0\r\nX: y\r\n\r\n").await;
+        assert_eq!(status_of(&out), 200, "{over:?}: {out:?}");
+        let seen = replica.last();
+        assert_eq!(seen.request_line(), "GET /h HTTP/1.1");
+        assert_eq!(
+            seen.header("host"),
+            vec![replica.addr().to_string()],
+            "{over:?}"
+        );
+    }
+}
+
+// --- TLS 1.2 renegotiation is refused with an alert, not a stall ---
+
+#[tokio::test]
+async fn tls12_renegotiation_gets_a_no_renegotiation_alert() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    let addr = wire.proxy.https_addr().to_string();
+    // `R` on s_client's input asks for a renegotiation (its input stays open, so it
+    // waits for the server's answer).
+    let mut child = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-servername",
+            HOST,
+            "-tls1_2",
+            "-msg",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running openssl s_client (apt-get install openssl)");
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stdin.write_all(b"R\n").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await;
+    let out = out
+        .expect("the server answers a renegotiation within 10 s")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("no_renegotiation") || text.contains("no renegotiation"),
+        "{text}"
+    );
+    drop(stdin);
+}

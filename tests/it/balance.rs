@@ -133,9 +133,6 @@ async fn served_by(client: &reqwest::Client, url: String) -> String {
 /// request runs for 1.5 s; short requests sent meanwhile, one after another,
 /// must all go elsewhere (nginx `least_conn` sends none to the busy replica).
 #[tokio::test]
-#[ignore = "open: a replica that served long requests can look slower than the busy one \
-            (its running median of time per request drifts past 3x), so a short request \
-            sometimes still goes to the busy replica; run with --ignored"]
 async fn short_requests_never_queue_behind_a_long_one() {
     let a = Model::builder("a").spawn().await;
     let b = Model::builder("b").spawn().await;

@@ -99,6 +99,9 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(errors);
         }
+        crate::edge::gate::attach(&config.routes, &mut edges, |name| {
+            prev.and_then(|p| p.edge(name))
+        });
         Ok(Snapshot {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
             loaded_at: SystemTime::now(),

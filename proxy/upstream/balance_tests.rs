@@ -320,7 +320,10 @@ fn a_run_of_long_requests_does_not_make_a_replica_look_slow() {
         f64::from(a.latency_us()) / 1000.0,
         f64::from(b.latency_us()) / 1000.0,
     );
-    assert!(a_ms < 2.0 * b_ms, "after 30 long answers {a_ms} ms vs {b_ms} ms");
+    assert!(
+        a_ms < 2.0 * b_ms,
+        "after 30 long answers {a_ms} ms vs {b_ms} ms"
+    );
     // Busy with one long request, b must cost more than the idle a.
     let _long = b
         .try_acquire(0, pool.store().queue())

@@ -272,8 +272,12 @@ impl History {
         let st = &mut *s;
         st.series
             .retain(|name, _| snap.pools.iter().any(|p| &**p.name() == name));
-        st.busy
-            .retain(|(up, _), _| snap.pools.iter().any(|p| &**p.name() == up));
+        // Backends gone from their pool (a reload, DNS) are forgotten.
+        st.busy.retain(|(up, addr), _| {
+            snap.pools
+                .iter()
+                .any(|p| &**p.name() == up && p.backends().iter().any(|b| b.label() == addr))
+        });
         for pool in &snap.pools {
             let series = st.series.entry(pool.name().to_string()).or_default();
             let mut inflight = 0u64;
@@ -413,6 +417,33 @@ mod tests {
         // All 60 new observations are in (0.1, 1.0].
         assert!((p.p50.unwrap() - 0.55).abs() < 1e-9);
         assert_eq!(p.ttfb_p50, None);
+    }
+
+    fn snapshot(backends: &str) -> Snapshot {
+        let src = format!(
+            "[listen]\nhttp = \"127.0.0.1:8080\"\n[[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nbackends = [{backends}]\n"
+        );
+        let loaded = crate::config::parse(&src, std::path::Path::new("t.toml")).unwrap();
+        Snapshot::build(&loaded.config).unwrap()
+    }
+
+    #[test]
+    fn the_ring_keeps_fifteen_minutes_and_forgets_removed_backends() {
+        let h = History::default();
+        let snap = snapshot("\"127.0.0.1:1\", \"127.0.0.1:2\"");
+        let start = std::time::Instant::now();
+        for i in 0..(POINTS as u64 + 20) {
+            let at = start + STEP * u32::try_from(i).unwrap();
+            h.sample(&snap, Some(&[]), at);
+        }
+        let (charts, shares) = h.upstream_json("u");
+        assert_eq!(charts["t"].as_array().unwrap().len(), POINTS);
+        assert_eq!(charts["ok"][0], 0.0);
+        assert_eq!(charts["p50"][0], Value::Null);
+        assert_eq!(shares.len(), 2);
+        // A generation without the second backend.
+        h.sample(&snapshot("\"127.0.0.1:1\""), None, start);
+        assert_eq!(h.upstream_json("u").1.len(), 1);
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub fn summary(cfg: &Config) -> String {
             BackendSource::Dns(d) => {
                 backends.extend(d.names.iter().map(|n| {
                     format!(
-                        "{n}: every address it resolves to (looked up every {}, not now)",
+                        "dns {n} (every address it resolves to; looked up every {}, not now)",
                         duration(d.every)
                     )
                 }));

@@ -156,7 +156,7 @@ impl Snapshot {
         let next = Arc::new(next);
         shared.store(Arc::clone(&next));
         for pool in &next.pools {
-            pool.adopt_queue();
+            pool.publish();
         }
         next
     }

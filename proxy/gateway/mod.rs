@@ -35,7 +35,7 @@ use crate::openai::tokens::{Kind, TokenMeter, TokenSink};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
-use crate::upstream::{Admission, Lease, Tried};
+use crate::upstream::{parse_orca, Admission, Lease, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER};
 
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
@@ -121,6 +121,17 @@ impl Gateway {
     pub fn redirecting(mut self, redirect: HttpsRedirect) -> Self {
         self.redirect = Some(redirect);
         self
+    }
+
+    /// See [`crate::routing::RouteTable::params_change_route`].
+    fn params_change_route(&self, req: &RequestHeader) -> bool {
+        let path = req.uri.path();
+        path.contains(';')
+            && self
+                .snapshot
+                .load()
+                .routes
+                .params_change_route(&request_host(req), path)
     }
 }
 
@@ -235,6 +246,7 @@ impl ProxyHttp for Gateway {
             .req_header_mut()
             .insert_header(X_REQUEST_ID, request_id.clone())?;
         ctx.request_id = Some(request_id);
+        headers::absolute_form_to_host(session.req_header_mut())?;
         if let Some(redirect) = self.redirect {
             redirect.send(session, ctx.request_id.as_ref()).await?;
             return Ok(true);
@@ -259,7 +271,9 @@ impl ProxyHttp for Gateway {
             downstream.set_keepalive(Some(idle));
         }
         // Route and forward on the normalised path only.
-        if headers::normalize_target(session.req_header_mut()).is_err() {
+        if headers::normalize_target(session.req_header_mut()).is_err()
+            || self.params_change_route(session.req_header())
+        {
             session.set_keepalive(None);
             return self.reject(session, ctx, Reject::BadRequest).await;
         }
@@ -388,6 +402,9 @@ impl ProxyHttp for Gateway {
                 upstream.remove_header(&http::header::AUTHORIZATION);
                 upstream.remove_header(X_API_KEY);
             }
+            if route.pool.settings().orca {
+                upstream.insert_header(ORCA_FORMAT_HEADER, "TEXT")?;
+            }
         }
         if upstream.version != http::Version::HTTP_2 {
             let backend = ctx.lease.as_ref().map(|l| l.backend());
@@ -446,6 +463,20 @@ impl ProxyHttp for Gateway {
             lease.backend().record_success();
         } else {
             route.pool.record_failure(lease.backend());
+        }
+        if route.pool.settings().orca {
+            // The report is for the proxy, not the client. A replica that sends
+            // garbage keeps serving; the failure is counted.
+            if let Some(value) = upstream_response.remove_header(ORCA_HEADER) {
+                match parse_orca(value.as_bytes()) {
+                    Some(report) => lease.backend().record_report(&report),
+                    None => route
+                        .metrics
+                        .get_or_init(|| self.metrics.route(&route.name, route.pool.name()))
+                        .upstream()
+                        .load_report_error(),
+                }
+            }
         }
         let refused = matches!(status, 502 | 503)
             || (status == 429

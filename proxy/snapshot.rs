@@ -99,6 +99,9 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(errors);
         }
+        crate::edge::gate::attach(&config.routes, &mut edges, |name| {
+            prev.and_then(|p| p.edge(name))
+        });
         Ok(Snapshot {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
             loaded_at: SystemTime::now(),
@@ -153,7 +156,7 @@ impl Snapshot {
         let next = Arc::new(next);
         shared.store(Arc::clone(&next));
         for pool in &next.pools {
-            pool.adopt_queue();
+            pool.publish();
         }
         next
     }

@@ -201,10 +201,16 @@ impl Admin {
                 backends: pool
                     .backends()
                     .iter()
-                    .map(|b| BackendState {
-                        addr: b.label(),
-                        up: b.is_available(),
-                        inflight: b.inflight(),
+                    .map(|b| {
+                        let reported = b.reported().map(|(r, _)| r).unwrap_or_default();
+                        BackendState {
+                            addr: b.label(),
+                            up: b.is_available(),
+                            inflight: b.inflight(),
+                            reported_queue: reported.queue,
+                            reported_running: reported.running,
+                            reported_cache_usage: reported.cache_usage,
+                        }
                     })
                     .collect(),
             })
@@ -222,7 +228,15 @@ impl Admin {
 
     fn upstreams(&self) -> serde_json::Value {
         let snap = self.snapshot.load();
-        let backend = |b: &crate::upstream::Backend, state: &str, queued: usize| {
+        let backend = |b: &crate::upstream::Backend, state: &str, queued: usize, cap: u32| {
+            let reported = b.reported().map(|(r, at)| {
+                json!({
+                    "queue": r.queue,
+                    "running": r.running,
+                    "cache_usage": r.cache_usage,
+                    "at": rfc3339(at),
+                })
+            });
             json!({
                 "addr": b.label(),
                 "healthy": b.is_available(),
@@ -233,6 +247,9 @@ impl Admin {
                 "weight": b.weight(),
                 "latency_ms": f64::from(b.latency_us()) / 1000.0,
                 "last_check": b.last_check().map(rfc3339),
+                // Per backend; 0 = unlimited.
+                "max_inflight": cap,
+                "reported": reported,
             })
         };
         let totals = self.metrics.upstream_totals();
@@ -245,7 +262,7 @@ impl Admin {
                 let backends: Vec<_> = pool
                     .backends()
                     .iter()
-                    .map(|b| backend(b, b.state().name(), queued))
+                    .map(|b| backend(b, b.state().name(), queued, pool.settings().max_inflight))
                     .collect();
                 (
                     pool.name().to_string(),
@@ -263,7 +280,7 @@ impl Admin {
                 .entry(name.to_string())
                 .or_insert_with(|| json!({ "queued": 0, "backends": [] }));
             if let Some(list) = entry["backends"].as_array_mut() {
-                list.push(backend(&b, "draining", 0));
+                list.push(backend(&b, "draining", 0, 0));
             }
         }
         json!({ "generation": snap.generation, "upstreams": upstreams })

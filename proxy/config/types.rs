@@ -272,6 +272,17 @@ pub struct Upstream {
     /// Requests wait this long for a first ready replica instead of 503 at once.
     pub hold: Option<Duration>,
     pub wake: Option<Wake>,
+    /// `[upstream.NAME.load]`: the replicas' own load reports.
+    pub load: Option<LoadReports>,
+}
+
+/// `[upstream.NAME.load]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadReports {
+    /// Ask for and read ORCA `endpoint-load-metrics` response headers.
+    pub orca: bool,
+    /// How often a replica reports; a report older than three of these is ignored.
+    pub every: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::reader::{Ctx, Field, TableReader};
 use super::types::{
-    BackendAddr, BackendSource, Balance, Discovery, Eject, HealthCheck, NamedBackend, Protocol,
-    Queue, RequestKey, RetryBudget, Upstream, UpstreamTls,
+    BackendAddr, BackendSource, Balance, Discovery, Eject, HealthCheck, LoadReports, NamedBackend,
+    Protocol, Queue, RequestKey, RetryBudget, Upstream, UpstreamTls,
 };
 
 /// Defaults applied when a key is absent.
@@ -30,6 +30,7 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_HEALTHY_AFTER: u32 = 2;
 pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+pub const DEFAULT_LOAD_EVERY: Duration = Duration::from_millis(250);
 
 impl Upstream {
     /// An upstream of `backends` with every other setting at its default, as a file
@@ -53,6 +54,7 @@ impl Upstream {
             slow_start: Duration::ZERO,
             health: None,
             tls: UpstreamTls::default(),
+            load: None,
             hold: None,
             wake: None,
         }
@@ -180,6 +182,10 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         Some(f) => read_health(cx, &f).map(Some),
         None => Some(None),
     };
+    let load = match t.take("load") {
+        Some(f) => read_load(cx, &f).map(Some),
+        None => Some(None),
+    };
     let tls = read_upstream_tls(cx, &mut t, protocol);
     let hold = super::openai::read_hold(cx, &mut t);
     let wake = super::openai::read_wake(cx, &mut t);
@@ -202,6 +208,7 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         slow_start: slow_start?,
         health: health?,
         tls: tls?,
+        load: load?,
         hold: hold?,
         wake: wake?,
     })
@@ -571,6 +578,28 @@ fn read_health(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<HealthCheck> {
         unhealthy_after: unhealthy_after?,
         expect_status: expect_status?,
         models: models?,
+    })
+}
+
+/// `[upstream.NAME.load]`: `orca = true`, `every = "250ms"`. `metrics` (polling
+/// the replicas' Prometheus page) is refused: this build does not poll yet.
+fn read_load(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<LoadReports> {
+    let mut t = cx.table(f, "[upstream.NAME.load] with orca = true")?;
+    let orca = t.take("orca").map_or(Some(false), |f| cx.bool(&f));
+    let every = t
+        .take("every")
+        .map_or(Some(DEFAULT_LOAD_EVERY), |f| cx.duration(&f, false));
+    if let Some(m) = t.take("metrics") {
+        cx.error(
+            &m.span(),
+            &m.path,
+            "polling the replicas' /metrics is not available in this build; use orca = true (vLLM, Triton) or remove it",
+        );
+    }
+    t.finish(cx);
+    Some(LoadReports {
+        orca: orca?,
+        every: every?,
     })
 }
 

@@ -299,6 +299,9 @@ mod tests {
             .rediscovered(&up, addrs(&["10.0.0.2:8000", "10.0.0.3:8000"]))
             .unwrap();
         assert_eq!(second.backends().len(), 3);
+        // Live once published (as `Snapshot::publish` does): only then does the
+        // upstream's replica store hold the new addresses.
+        second.publish();
         for b in second.backends() {
             b.set_state(BackendState::Up, Duration::ZERO);
         }

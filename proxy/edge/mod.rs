@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod credentials;
 pub mod fetch;
+pub mod gate;
 pub mod jwt;
 pub mod keys;
 pub mod limit;
@@ -93,6 +94,9 @@ impl Authenticator {
 pub struct RouteEdge {
     pub auth: Option<Arc<RouteAuth>>,
     pub rate_limit: Option<Arc<RouteLimit>>,
+    /// The combined limit of the model-routed endpoint the route belongs to, checked
+    /// before the body is read (see [`gate`]); shared by the endpoint's routes.
+    pub gate: Option<Arc<RouteLimit>>,
 }
 
 /// A route's authentication and the settings it was built from.
@@ -173,11 +177,15 @@ impl RouteEdge {
                         key: cfg.key.clone(),
                     }),
                 });
-        Ok(RouteEdge { auth, rate_limit })
+        Ok(RouteEdge {
+            auth,
+            rate_limit,
+            gate: None,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.auth.is_none() && self.rate_limit.is_none()
+        self.auth.is_none() && self.rate_limit.is_none() && self.gate.is_none()
     }
 }
 
@@ -201,6 +209,9 @@ impl EdgeService {
         for edge in snapshot.edges() {
             if let Some(l) = &edge.rate_limit {
                 l.limit.evict();
+            }
+            if let Some(g) = &edge.gate {
+                g.limit.evict(); // once per route of its endpoint: cheap when nothing is idle
             }
             if let Some(RouteAuth {
                 check: Authenticator::Keys(keys),

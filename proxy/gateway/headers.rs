@@ -153,6 +153,36 @@ pub fn normalize_target(req: &mut RequestHeader) -> std::result::Result<(), Path
     Ok(())
 }
 
+/// Makes an absolute-form HTTP/1 request (`GET http://host/x`) an origin-form one
+/// whose `Host` is the target's authority, which replaces any `Host` the client sent
+/// (RFC 9112 §3.2.2; pingora has already refused a `Host` naming another origin).
+/// Routing, `X-Forwarded-Host`, the access log and the replica then all see that one
+/// host, also for an HTTP/1.0 request that sent no `Host`. Nothing to do for
+/// origin-form targets and HTTP/2 requests (their authority is in the URI).
+pub fn absolute_form_to_host(req: &mut RequestHeader) -> Result<()> {
+    if req.uri.authority().is_some() {
+        return Ok(());
+    }
+    let Some(authority) = raw_target_authority(req.raw_path()).authority() else {
+        return Ok(());
+    };
+    let host = HeaderValue::from_bytes(authority)
+        .or_err(ErrorType::InvalidHTTPHeader, "request authority as Host")?;
+    to_origin_form(req, host)
+}
+
+/// Sets `host` as the `Host` and leaves only the path and query in the target.
+fn to_origin_form(req: &mut RequestHeader, host: HeaderValue) -> Result<()> {
+    let origin = req
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    req.insert_header(http::header::HOST, host)?;
+    req.set_uri(Uri::from(origin));
+    Ok(())
+}
+
 /// The `Host` for requests to `backend` that carry none: its TLS name when one is
 /// set, else `ip:port` (nginx sends the upstream's address by default).
 pub fn backend_host(backend: &Backend) -> &str {
@@ -165,28 +195,16 @@ pub fn backend_host(backend: &Backend) -> &str {
 }
 
 /// Shapes a request for an HTTP/1 replica:
-/// - an absolute-form target (or an HTTP/2 request's URI) goes out in origin-form,
-///   its authority as the `Host` (RFC 9112 §3.2.2);
+/// - an HTTP/2 request's URI goes out in origin-form, its authority as the `Host`
+///   (absolute-form HTTP/1 targets were made so by [`absolute_form_to_host`]);
 /// - a request without `Host` (HTTP/1.0 allows it, HTTP/1.1 replicas refuse it)
 ///   gets `default_host`;
 /// - HTTP/2 `cookie` fields are joined with `; ` into one (RFC 9113 §8.2.3).
 pub fn for_http1(upstream: &mut RequestHeader, default_host: &str) -> Result<()> {
-    // HTTP/2 requests carry the authority in the URI; absolute-form HTTP/1 requests
-    // keep it in the raw target (the URI holds the path only).
-    let authority = match upstream.uri.authority() {
-        Some(a) => Some(a.as_str().as_bytes()),
-        None => raw_target_authority(upstream.raw_path()).authority(),
-    };
-    if let Some(authority) = authority {
-        let host = HeaderValue::from_bytes(authority)
+    if let Some(authority) = upstream.uri.authority() {
+        let host = HeaderValue::from_str(authority.as_str())
             .or_err(ErrorType::InvalidHTTPHeader, "request authority as Host")?;
-        upstream.insert_header(http::header::HOST, host)?;
-        let origin = upstream
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        upstream.set_uri(Uri::from(origin));
+        to_origin_form(upstream, host)?;
     } else if !upstream.headers.contains_key(http::header::HOST) && !default_host.is_empty() {
         let host = HeaderValue::from_str(default_host)
             .or_err(ErrorType::InvalidHTTPHeader, "backend address as Host")?;

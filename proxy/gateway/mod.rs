@@ -25,16 +25,17 @@ use pingora::{ErrorSource, ErrorType, RetryType};
 pub use redirect::HttpsRedirect;
 pub use reject::Reject;
 
-use crate::config::{ConnLimits, RateKey};
+use crate::config::ConnLimits;
 use crate::edge::credentials::X_API_KEY;
-use crate::edge::Consumer;
+use crate::edge::gate::{self, Passed};
+use crate::edge::{Consumer, RouteAuth};
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::openai::tokens::{Kind, TokenMeter, TokenSink};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
-use crate::upstream::{Admission, Lease, Tried};
+use crate::upstream::{parse_orca, Admission, Lease, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER};
 
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
@@ -121,6 +122,17 @@ impl Gateway {
         self.redirect = Some(redirect);
         self
     }
+
+    /// See [`crate::routing::RouteTable::params_change_route`].
+    fn params_change_route(&self, req: &RequestHeader) -> bool {
+        let path = req.uri.path();
+        path.contains(';')
+            && self
+                .snapshot
+                .load()
+                .routes
+                .params_change_route(&request_host(req), path)
+    }
 }
 
 /// Counts a request as in progress until its context is dropped.
@@ -165,6 +177,9 @@ pub struct RequestCtx {
     status_retry: bool,
     /// The authenticated client, on routes with `auth`.
     consumer: Option<Consumer>,
+    /// The authenticator that accepted the credential before the body was read
+    /// (model-routed endpoints); a route with the same `auth` does not check again.
+    gate_auth: Option<Arc<RouteAuth>>,
     /// The current attempt broke on a reused connection before any answer: send it
     /// again to the same backend, on another connection, without counting a retry.
     resend: bool,
@@ -213,6 +228,7 @@ impl ProxyHttp for Gateway {
             attempt_started: None,
             status_retry: false,
             consumer: None,
+            gate_auth: None,
             resend: false,
             start: Instant::now(),
             first_byte: None,
@@ -230,6 +246,7 @@ impl ProxyHttp for Gateway {
             .req_header_mut()
             .insert_header(X_REQUEST_ID, request_id.clone())?;
         ctx.request_id = Some(request_id);
+        headers::absolute_form_to_host(session.req_header_mut())?;
         if let Some(redirect) = self.redirect {
             redirect.send(session, ctx.request_id.as_ref()).await?;
             return Ok(true);
@@ -254,7 +271,9 @@ impl ProxyHttp for Gateway {
             downstream.set_keepalive(Some(idle));
         }
         // Route and forward on the normalised path only.
-        if headers::normalize_target(session.req_header_mut()).is_err() {
+        if headers::normalize_target(session.req_header_mut()).is_err()
+            || self.params_change_route(session.req_header())
+        {
             session.set_keepalive(None);
             return self.reject(session, ctx, Reject::BadRequest).await;
         }
@@ -279,10 +298,17 @@ impl ProxyHttp for Gateway {
         };
         let route = match picked {
             Ok(route) => route,
-            Err(Some(group)) => match self.route_by_model(session, ctx, &group).await? {
-                Ok(route) => route,
-                Err(r) => return self.reject(session, ctx, r).await,
-            },
+            Err(Some(group)) => {
+                // Who may send and how fast is settled before any body byte is read.
+                if let Some(r) = self.gate_check(session, ctx, &group) {
+                    session.set_keepalive(None);
+                    return self.reject(session, ctx, r).await;
+                }
+                match self.route_by_model(session, ctx, &group).await? {
+                    Ok(route) => route,
+                    Err(r) => return self.reject(session, ctx, r).await,
+                }
+            }
             Err(None) => return self.reject(session, ctx, Reject::NoRoute).await,
         };
         ctx.openai = route.api.openai;
@@ -376,6 +402,9 @@ impl ProxyHttp for Gateway {
                 upstream.remove_header(&http::header::AUTHORIZATION);
                 upstream.remove_header(X_API_KEY);
             }
+            if route.pool.settings().orca {
+                upstream.insert_header(ORCA_FORMAT_HEADER, "TEXT")?;
+            }
         }
         if upstream.version != http::Version::HTTP_2 {
             let backend = ctx.lease.as_ref().map(|l| l.backend());
@@ -434,6 +463,20 @@ impl ProxyHttp for Gateway {
             lease.backend().record_success();
         } else {
             route.pool.record_failure(lease.backend());
+        }
+        if route.pool.settings().orca {
+            // The report is for the proxy, not the client. A replica that sends
+            // garbage keeps serving; the failure is counted.
+            if let Some(value) = upstream_response.remove_header(ORCA_HEADER) {
+                match parse_orca(value.as_bytes()) {
+                    Some(report) => lease.backend().record_report(&report),
+                    None => route
+                        .metrics
+                        .get_or_init(|| self.metrics.route(&route.name, route.pool.name()))
+                        .upstream()
+                        .load_report_error(),
+                }
+            }
         }
         let refused = matches!(status, 502 | 503)
             || (status == 429
@@ -741,9 +784,9 @@ fn client_went_away(e: &Error) -> bool {
 }
 
 impl Gateway {
-    /// The route's rate limit and auth. A limit by IP or header runs first, so
-    /// guessing credentials is rate limited too; a limit by consumer runs once the
-    /// consumer is known. Returns the answer when the request may not go on.
+    /// The route's rate limit and auth, in [`gate::admit`]'s order; an `auth` the
+    /// request already passed at its endpoint's gate is not checked again. Returns
+    /// the answer when the request may not go on.
     fn edge_check(
         &self,
         session: &Session,
@@ -751,36 +794,54 @@ impl Gateway {
         route: &RouteEntry,
     ) -> Option<Reject> {
         let edge = &route.edge;
+        if edge.auth.is_none() && edge.rate_limit.is_none() {
+            return None;
+        }
         let req = session.req_header();
-        let limit = |consumer: Option<&Consumer>| {
-            let l = edge.rate_limit.as_ref()?;
-            let client = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip());
-            l.check(client, &req.headers, consumer)
-                .err()
-                .map(Reject::RateLimited)
+        let passed = Passed {
+            consumer: ctx.consumer.take(),
+            auth: ctx.gate_auth.take(),
         };
-        let by_consumer = edge
-            .rate_limit
-            .as_ref()
-            .is_some_and(|l| l.key == RateKey::Consumer);
-        if !by_consumer {
-            if let Some(r) = limit(None) {
-                return Some(r);
+        let authenticate = edge
+            .auth
+            .as_deref()
+            .filter(|a| !passed.covers(a))
+            .map(|a| move || a.check.check(&req.headers));
+        let admitted = gate::admit(
+            edge.rate_limit.as_deref(),
+            authenticate.as_ref().map(|f| f as _),
+            client_ip(session),
+            &req.headers,
+            passed.consumer,
+        );
+        match admitted {
+            Ok(consumer) => {
+                ctx.consumer = consumer;
+                None
             }
+            Err(r) => Some(r.into()),
         }
-        if let Some(auth) = &edge.auth {
-            match auth.check.check(&req.headers) {
-                Ok(consumer) => ctx.consumer = consumer,
-                Err(_) => return Some(Reject::Unauthorized),
+    }
+
+    /// The checks of a model-routed endpoint before its body is read (see
+    /// [`gate`]): 401 or 429 when no route of it could take the request.
+    fn gate_check(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        group: &RouteGroup,
+    ) -> Option<Reject> {
+        match group
+            .gate()
+            .check(client_ip(session), &session.req_header().headers)
+        {
+            Ok(passed) => {
+                ctx.consumer = passed.consumer;
+                ctx.gate_auth = passed.auth;
+                None
             }
+            Err(r) => Some(r.into()),
         }
-        if by_consumer {
-            return limit(ctx.consumer.as_ref());
-        }
-        None
     }
 
     async fn reject(&self, session: &mut Session, ctx: &mut RequestCtx, r: Reject) -> Result<bool> {
@@ -831,6 +892,14 @@ impl Gateway {
             .as_ref()
             .is_some_and(|r| r.pool.may_retry(&ctx.tried))
     }
+}
+
+/// The client's IP address (none on a Unix socket).
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// The peer for an attempt on `lease`'s backend.

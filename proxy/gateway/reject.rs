@@ -27,6 +27,15 @@ pub enum Reject {
     RateLimited(u64),
 }
 
+impl From<crate::edge::gate::Refusal> for Reject {
+    fn from(r: crate::edge::gate::Refusal) -> Reject {
+        match r {
+            crate::edge::gate::Refusal::Unauthorized => Reject::Unauthorized,
+            crate::edge::gate::Refusal::RateLimited(secs) => Reject::RateLimited(secs),
+        }
+    }
+}
+
 impl Reject {
     pub fn status(self) -> u16 {
         match self {

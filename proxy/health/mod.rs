@@ -1,6 +1,8 @@
-//! Active health checks: every backend of every pool with `[upstream.X.health]` is
-//! probed on its pool's own schedule, independent of other pools, and pools that
-//! appear later (a reload) are picked up by the supervisor.
+//! Active health checks: every replica of every upstream with
+//! `[upstream.X.health]` is probed on its upstream's own schedule, independent of
+//! other upstreams. Checkers are keyed by replica: a reload restarts only the
+//! checkers of replicas that are new or whose check, peer settings or slow start
+//! changed, so pass/fail streaks survive every other reload.
 //!
 //! A backend starts `unknown` and gets traffic only after one passing check (a
 //! replica still loading weights gets nothing); `unhealthy_after` failures in a row
@@ -9,18 +11,18 @@
 
 mod probe;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::task::JoinSet;
 
 use crate::config::HealthCheck;
 use crate::snapshot::SharedSnapshot;
-use crate::upstream::{Backend, BackendState, Pool};
+use crate::upstream::{Backend, BackendState, Replica, WaitQueue};
 
 /// How often the supervisor looks for new or removed pools. Short, because a
 /// backend added by a reload gets traffic only after its first passing check.
@@ -37,33 +39,68 @@ impl HealthService {
     }
 }
 
+/// What a running checker was started with; a change restarts it.
+struct Checker {
+    replica: Arc<Replica>,
+    check: HealthCheck,
+    slow_start: Duration,
+    protocol: crate::config::Protocol,
+    /// Aborts the checker when dropped.
+    _task: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Checkers by pool identity: a pool is checked as long as some generation uses it.
-        let mut running: HashMap<usize, JoinSet<()>> = HashMap::new();
+        // Checkers by (upstream, address), kept while the live generation has that
+        // replica with the same check settings.
+        let mut running: HashMap<(Arc<str>, SocketAddr), Checker> = HashMap::new();
         loop {
             let snap = self.snapshot.load_full();
-            let mut live = Vec::with_capacity(snap.pools.len());
+            let mut live = HashSet::new();
             for pool in &snap.pools {
                 let Some(check) = pool.settings().health.clone() else {
                     continue;
                 };
-                let key = Arc::as_ptr(pool) as usize;
-                live.push(key);
-                running.entry(key).or_insert_with(|| {
-                    let mut set = JoinSet::new();
-                    for backend in pool.backends() {
-                        set.spawn(check_backend(
-                            Arc::clone(pool),
+                let settings = pool.settings();
+                for backend in pool.backends() {
+                    let key = (Arc::clone(pool.name()), backend.addr());
+                    let same = running.get(&key).is_some_and(|c| {
+                        Arc::ptr_eq(&c.replica, backend.replica())
+                            && c.check == check
+                            && c.slow_start == settings.slow_start
+                            && c.protocol == settings.protocol
+                    });
+                    if !same {
+                        let task = tokio::spawn(check_backend(
+                            Arc::clone(pool.name()),
                             Arc::clone(backend),
+                            Arc::clone(pool.store().queue()),
+                            settings.slow_start,
                             check.clone(),
                         ));
+                        running.insert(
+                            key.clone(),
+                            Checker {
+                                replica: Arc::clone(backend.replica()),
+                                check: check.clone(),
+                                slow_start: settings.slow_start,
+                                protocol: settings.protocol,
+                                _task: AbortOnDrop(task.abort_handle()),
+                            },
+                        );
                     }
-                    set
-                });
+                    live.insert(key);
+                }
             }
-            // Dropping a JoinSet aborts its tasks.
             running.retain(|key, _| live.contains(key));
             tokio::select! {
                 _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
@@ -73,10 +110,15 @@ impl BackgroundService for HealthService {
     }
 }
 
-/// Probes one backend forever on the pool's interval, moving its state.
-async fn check_backend(pool: Arc<Pool>, backend: Arc<Backend>, check: HealthCheck) {
+/// Probes one backend forever on its upstream's interval, moving its state.
+async fn check_backend(
+    upstream: Arc<str>,
+    backend: Arc<Backend>,
+    queue: Arc<WaitQueue>,
+    slow_start: Duration,
+    check: HealthCheck,
+) {
     let connector = pingora::connectors::http::Connector::new(None);
-    let slow_start = pool.settings().slow_start;
     let (mut passes, mut fails) = (0u32, 0u32);
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -105,17 +147,20 @@ async fn check_backend(pool: Arc<Pool>, backend: Arc<Backend>, check: HealthChec
         };
         if next != state {
             backend.set_state(next, slow_start);
+            if next == BackendState::Up {
+                queue.dispatch(); // queued requests may take the new capacity
+            }
             match &result {
                 Ok(()) => log::info!(
                     "upstream {}: {} is {} ({} passing checks)",
-                    pool.name(),
+                    upstream,
                     backend.label(),
                     next.name(),
                     passes
                 ),
                 Err(why) => log::warn!(
                     "upstream {}: {} is {} after {} failed checks: {why}",
-                    pool.name(),
+                    upstream,
                     backend.label(),
                     next.name(),
                     fails
@@ -125,7 +170,7 @@ async fn check_backend(pool: Arc<Pool>, backend: Arc<Backend>, check: HealthChec
             if fails == 1 || fails % 10 == 0 {
                 log::info!(
                     "upstream {}: {} not ready yet: {why}",
-                    pool.name(),
+                    upstream,
                     backend.label()
                 );
             }

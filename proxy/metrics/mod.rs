@@ -12,7 +12,7 @@ pub mod access;
 use std::sync::{Arc, OnceLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -59,6 +59,10 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     retries: IntCounterVec,
     client_aborts: IntCounterVec,
+    load_report_errors: IntCounterVec,
+    reported_queue: GaugeVec,
+    reported_running: GaugeVec,
+    reported_cache_usage: GaugeVec,
     reloads: IntCounterVec,
     generation: IntGauge,
     access_log_dropped: IntCounter,
@@ -90,6 +94,23 @@ fn gauge_vec(
     let v = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(v.clone()))?;
     Ok(v)
+}
+
+fn float_gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<GaugeVec> {
+    registered(r, GaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: C,
+) -> prometheus::Result<C> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 fn histogram_vec(
@@ -203,12 +224,36 @@ impl Metrics {
                 "Requests whose client went away before the answer was complete.",
                 &["upstream"],
             )?,
+            load_report_errors: counter_vec(
+                r,
+                "modelgate_load_report_errors_total",
+                "Load reports from replicas that could not be read (the replica keeps serving).",
+                &["upstream"],
+            )?,
+            reported_queue: float_gauge_vec(
+                r,
+                "modelgate_backend_reported_queue",
+                "Requests waiting inside the backend, as it last reported.",
+                &["upstream", "backend"],
+            )?,
+            reported_running: float_gauge_vec(
+                r,
+                "modelgate_backend_reported_running",
+                "Requests the backend is working on, as it last reported.",
+                &["upstream", "backend"],
+            )?,
+            reported_cache_usage: float_gauge_vec(
+                r,
+                "modelgate_backend_reported_cache_usage",
+                "KV cache in use (0..1), as the backend last reported.",
+                &["upstream", "backend"],
+            )?,
             discovery_errors: counter_vec(
                 r,
                 "modelgate_discovery_errors_total",
                 "DNS lookups of an upstream's names that failed or came back empty (the last known backends stay).",
                 &["upstream"],
-)?,
+            )?,
             time_to_first_token: histogram_vec(
                 r,
                 "modelgate_time_to_first_token_seconds",
@@ -267,6 +312,7 @@ impl Metrics {
                 queue_wait: self.queue_wait.with_label_values(&[upstream]),
                 retries: self.retries.with_label_values(&[upstream]),
                 client_aborts: self.client_aborts.with_label_values(&[upstream]),
+                load_report_errors: self.load_report_errors.with_label_values(&[upstream]),
                 rejected: self.rejected.clone(),
                 reasons: Default::default(),
             },
@@ -293,6 +339,7 @@ impl Metrics {
                     queue_wait: self.queue_wait.with_label_values(&[""]),
                     retries: self.retries.with_label_values(&[""]),
                     client_aborts: self.client_aborts.with_label_values(&[""]),
+                    load_report_errors: self.load_report_errors.with_label_values(&[""]),
                     rejected: self.rejected.clone(),
                     reasons: Default::default(),
                 },
@@ -338,6 +385,9 @@ impl Metrics {
         self.backend_up.reset();
         self.backend_inflight.reset();
         self.queue_depth.reset();
+        self.reported_queue.reset();
+        self.reported_running.reset();
+        self.reported_cache_usage.reset();
         for p in pools {
             self.queue_depth
                 .with_label_values(&[p.upstream])
@@ -349,6 +399,15 @@ impl Metrics {
                 self.backend_inflight
                     .with_label_values(&[p.upstream, b.addr])
                     .set(i64::from(b.inflight));
+                for (gauge, value) in [
+                    (&self.reported_queue, b.reported_queue),
+                    (&self.reported_running, b.reported_running),
+                    (&self.reported_cache_usage, b.reported_cache_usage),
+                ] {
+                    if let Some(v) = value {
+                        gauge.with_label_values(&[p.upstream, b.addr]).set(v);
+                    }
+                }
             }
         }
         let mut out = Vec::with_capacity(16 * 1024);
@@ -396,6 +455,10 @@ pub struct BackendState<'a> {
     pub addr: &'a str,
     pub up: bool,
     pub inflight: u32,
+    /// What the backend last reported about its own load (absent: not reported).
+    pub reported_queue: Option<f64>,
+    pub reported_running: Option<f64>,
+    pub reported_cache_usage: Option<f64>,
 }
 
 /// Per-route handles, resolved once per config generation.
@@ -462,6 +525,7 @@ pub struct UpstreamMetrics {
     queue_wait: Histogram,
     retries: IntCounter,
     client_aborts: IntCounter,
+    load_report_errors: IntCounter,
     rejected: IntCounterVec,
     reasons: [OnceLock<IntCounter>; REASONS.len()],
 }
@@ -483,6 +547,11 @@ impl UpstreamMetrics {
 
     pub fn client_abort(&self) {
         self.client_aborts.inc();
+    }
+
+    /// A replica's load report could not be read.
+    pub fn load_report_error(&self) {
+        self.load_report_errors.inc();
     }
 
     /// Counts a request the proxy answered itself, `reason` being its `error` value.
@@ -545,11 +614,17 @@ mod tests {
                     addr: "10.0.0.1:80",
                     up: true,
                     inflight: 2,
+                    reported_queue: Some(3.0),
+                    reported_running: None,
+                    reported_cache_usage: Some(0.5),
                 },
                 BackendState {
                     addr: "10.0.0.2:80",
                     up: false,
                     inflight: 0,
+                    reported_queue: None,
+                    reported_running: None,
+                    reported_cache_usage: None,
                 },
             ],
         }];

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::edge::gate::GroupGate;
 use crate::snapshot::RouteEntry;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -25,6 +26,8 @@ pub struct RouteGroup {
     /// Some route needs to know whether the request streams (`stream_usage`).
     wants_stream: bool,
     read_limit: u64,
+    /// The auth and rate limit every request passes before its body is read.
+    gate: GroupGate,
 }
 
 /// How a group answers a request.
@@ -45,6 +48,7 @@ impl RouteGroup {
         self.wants_stream |= entry.api.stream_usage;
         let limit = entry.max_body.unwrap_or(DEFAULT_READ_LIMIT);
         self.read_limit = self.read_limit.max(limit);
+        self.gate.add(&entry.edge);
         if names.is_empty() && prefixes.is_empty() {
             self.plain = Some(entry);
             return;
@@ -107,6 +111,11 @@ impl RouteGroup {
     /// Whether `stream` and `stream_options` must be found too (the whole body read).
     pub fn wants_stream(&self) -> bool {
         self.wants_stream
+    }
+
+    /// The checks a request must pass before its body is read to find the model.
+    pub fn gate(&self) -> &GroupGate {
+        &self.gate
     }
 
     /// The most body bytes read to find the model.

@@ -14,7 +14,7 @@ mod path;
 use std::collections::HashMap;
 
 pub use host::request_host;
-pub use path::{normalize_path, PathError};
+pub use path::{normalize_path, without_params, PathError};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -169,6 +169,22 @@ impl<T> RouteTable<T> {
             }
         }
         self.any_host.longest(path)
+    }
+
+    /// Whether `path` (normalised) resolves to another route, or to none, once `;`
+    /// parameters are dropped from its segments as Java servlet containers do
+    /// ([`without_params`]). Such a path is refused: `/v1/chat;x/y` matches no
+    /// `/v1/chat` route, yet a servlet replica reached through another route would
+    /// serve it as `/v1/chat/y`. False at the cost of one scan when `path` has no `;`.
+    pub fn params_change_route(&self, host: &str, path: &str) -> bool {
+        let Some(view) = without_params(path) else {
+            return false;
+        };
+        match (self.resolve(host, path), self.resolve(host, &view)) {
+            (Some(a), Some(b)) => !std::ptr::eq(a, b),
+            (None, None) => false,
+            _ => true,
+        }
     }
 }
 

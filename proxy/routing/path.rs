@@ -12,7 +12,13 @@
 //!   encodings are left as they are;
 //! - runs of `/` are merged into one;
 //! - `%2f`, `%5c` (encoded `/` and `\`) and a raw `\` are refused: replicas disagree
-//!   on whether they separate segments, which is what path-confusion attacks use.
+//!   on whether they separate segments, which is what path-confusion attacks use;
+//! - a dot-segment carrying `;` parameters (`..;`, `.;x`, `%2e%2e;`) is refused: RFC
+//!   3986 makes it an ordinary segment, but Java servlet containers (Tomcat, Jetty,
+//!   Spring) drop the parameters and then climb, so it exists only to climb unseen.
+//!
+//! Other `;` parameters stay in the path ([`without_params`] gives the servlet view
+//! that routing checks against).
 //!
 //! The `url` crate is not used: it implements WHATWG URL parsing, which differs from
 //! RFC 3986 (a `\` is a `/` there) and needs a base URL built for every request.
@@ -24,6 +30,8 @@ use std::borrow::Cow;
 pub enum PathError {
     /// `%2f` or `%5c` (any case), or a raw `\`.
     AmbiguousSeparator,
+    /// A `.` or `..` segment with `;` parameters.
+    DotSegmentParams,
 }
 
 /// The normalised form of `path` (the path component only, without the query).
@@ -36,6 +44,13 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     }
     if bytes.contains(&b'%') && has_encoded_separator(bytes) {
         return Err(PathError::AmbiguousSeparator);
+    }
+    if bytes.contains(&b';')
+        && path
+            .split('/')
+            .any(|s| s.contains(';') && dots(s.split(';').next().unwrap_or(s)) != Dots::None)
+    {
+        return Err(PathError::DotSegmentParams);
     }
     if !path.starts_with('/') || is_normal(path) {
         return Ok(Cow::Borrowed(path));
@@ -67,6 +82,26 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// The path as a Java servlet container resolves it: `;` parameters dropped from
+/// every segment (`/a;x=1/b;y` → `/a/b`), then normalised. `None` when `path` has no
+/// `;`, the common case, which costs one scan.
+pub fn without_params(path: &str) -> Option<String> {
+    if !path.contains(';') {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or(""));
+    }
+    Some(match normalize_path(&out) {
+        Ok(Cow::Owned(normal)) => normal,
+        _ => out,
+    })
 }
 
 /// No dot-segment and no empty segment (`//`) except a trailing slash.
@@ -204,6 +239,35 @@ mod tests {
         }
         assert_eq!(norm("/a%25b"), "/a%25b");
         assert_eq!(norm("/a%2"), "/a%2");
+    }
+
+    #[test]
+    fn dot_segments_with_params_are_refused() {
+        for p in [
+            "/v1/chat/..;/..;/admin",
+            "/v1/chat/..;x=1/admin",
+            "/a/.;/b",
+            "/a/%2e%2e;/b",
+            "/a/.%2E;jsessionid=1",
+            "/..;",
+        ] {
+            assert_eq!(normalize_path(p), Err(PathError::DotSegmentParams), "{p}");
+        }
+        assert_eq!(norm("/a;v=1/b;c"), "/a;v=1/b;c");
+        assert_eq!(norm("/a/...;/b"), "/a/...;/b");
+        assert_eq!(norm("/a/;/b"), "/a/;/b");
+    }
+
+    #[test]
+    fn servlet_view_drops_params_from_every_segment() {
+        assert_eq!(without_params("/v1/chat"), None);
+        assert_eq!(
+            without_params("/v1/chat;x=1/y;jsessionid=2").as_deref(),
+            Some("/v1/chat/y")
+        );
+        assert_eq!(without_params("/v1;x/chat").as_deref(), Some("/v1/chat"));
+        assert_eq!(without_params("/a/;/b").as_deref(), Some("/a/b"));
+        assert_eq!(without_params("/a/b;x/../c").as_deref(), Some("/a/c"));
     }
 
     #[test]

@@ -1,43 +1,37 @@
-//! A pool of replicas of one model: the backends, how to choose among them, their
-//! in-flight caps and wait queue, the retry budget, and how to reach them.
+//! A pool of replicas of one model, one config generation of one upstream: its
+//! balancer (backends and selection), settings, retry budget and passive ejection.
 //!
-//! A pool is one generation of one upstream and is immutable once built. A reload
-//! builds the next generation with [`Pool::build_next`]: settings, selector and peers
-//! are new (so changed caps, balance, timeouts, retries and health apply at once),
-//! while each backend kept (same address) shares its [`Vitals`] with its
-//! predecessor, and the FIFO wait queue itself is handed over. The queue always
-//! names its newest pool (its *owner*): a slot freed in any generation dispatches
-//! through the owner, so requests queued before the reload are served by the new
+//! A pool is immutable once built. A reload builds the next generation with
+//! [`Pool::build_next`]: settings, selector and peers are new (so changed caps,
+//! balance, timeouts, retries and health apply at once), while the upstream's
+//! [`ReplicaStore`] gives each kept address (same upstream, same address) the same
+//! [`super::Replica`] and the same wait queue. [`Pool::publish`] (called once the
+//! generation is live) commits the address list to the store and points the queue
+//! at the new balancer, so requests queued before the reload are served by the new
 //! backends and caps, and a removed backend only finishes what it already runs.
 //!
 //! A request that started before the swap stays on its generation's pool, retries
 //! included (it may retry on a backend the new generation removed; it never lands
 //! on one that is down). Its tried set holds that generation's indices; if a queued
-//! request is handed a slot by the newer pool, the index it records is the newer
-//! pool's, so at worst one of its retries skips or repeats one backend.
+//! request is handed a slot by the newer balancer, the index it records is the
+//! newer one's, so at worst one of its retries skips or repeats one backend.
 
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use pingora::protocols::ALPN;
-use pingora::upstreams::peer::HttpPeer;
-use pingora::utils::tls::{CertKey, WrappedX509};
-
-use super::backend::{Backend, BackendState, Lease, Vitals};
+use super::backend::Backend;
+use super::balancer::{Balancer, Pick};
 use super::budget::Budget;
-use super::queue::WaitQueue;
+use super::peer::{peer_for, UpstreamTlsFiles};
+use super::queue::Admission;
+use super::replica::BackendState;
 use super::select::{Selector, Tried};
+use super::store::ReplicaStore;
 use crate::config::{
     BackendAddr, BackendSource, Balance, Discovery, Eject, HealthCheck, Protocol, Queue,
     RequestKey, Upstream,
 };
-
-/// How long an idle upstream connection stays in pingora's keep-alive pool.
-const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
-/// Pools larger than this skip the wait-or-run estimate (it scans every backend).
-const WAIT_ESTIMATE_MAX_BACKENDS: usize = 64;
-/// Concurrent streams per h2 / h2c connection (pingora's default is 1).
-const H2_STREAMS: usize = 128;
 
 /// Per-pool request settings, copied out of the config once.
 #[derive(Debug, Clone)]
@@ -51,46 +45,23 @@ pub struct PoolSettings {
     pub slow_start: Duration,
     pub health: Option<HealthCheck>,
     pub protocol: Protocol,
+    /// Ask replicas for ORCA load reports on each request.
+    pub orca: bool,
     /// The names this upstream's backends are looked up by, if any.
     pub discovery: Option<Discovery>,
 }
 
-/// The backends of one upstream and the policy that picks among them.
+/// One generation of one upstream.
 #[derive(Debug)]
 pub struct Pool {
     name: Arc<str>,
-    backends: Box<[Arc<Backend>]>,
-    selector: Selector,
+    balancer: Arc<Balancer>,
     settings: PoolSettings,
     /// Shared with the other generations of this upstream.
-    queue: Arc<WaitQueue>,
+    store: Arc<ReplicaStore>,
     budget: Budget,
     /// What the names of `settings.discovery` resolved to when this pool was built.
     resolved: Box<[BackendAddr]>,
-}
-
-/// The outcome of a non-waiting pick.
-#[derive(Debug)]
-pub enum Pick {
-    /// A slot on this backend.
-    Leased(Lease),
-    /// Every untried backend is down.
-    NoneHealthy,
-    /// Healthy backends exist but all are at `max_inflight`.
-    AllBusy,
-}
-
-/// The outcome of asking for a slot, waiting in the queue if needed.
-#[derive(Debug)]
-pub enum Admission {
-    /// A slot, and how long the request waited for it.
-    Leased(Lease, Duration),
-    NoneHealthy,
-    /// Every backend busy and the queue full (or no queue).
-    Overloaded,
-    QueueTimeout,
-    /// The client went away while waiting.
-    ClientGone,
 }
 
 impl Pool {
@@ -101,9 +72,9 @@ impl Pool {
     }
 
     /// Builds the next generation of upstream `up` after `prev` (same name): kept
-    /// backends share their vitals with `prev`'s, the wait queue is shared. The
-    /// queue keeps dispatching through `prev` until [`Pool::adopt_queue`] is called
-    /// on the published pool, so a build that is thrown away changes nothing.
+    /// backends share their replica with `prev`'s, the store and queue are shared.
+    /// Nothing live changes until [`Pool::publish`], so a build that is thrown
+    /// away changes nothing.
     ///
     /// Names in the backends keep what they resolved to in `prev` when `prev` looked
     /// up the same names; otherwise they have no address until discovery answers.
@@ -166,66 +137,71 @@ impl Pool {
         } else {
             BackendState::Up
         };
-        let vitals: Vec<Arc<Vitals>> = addrs
+        let store = prev.map_or_else(ReplicaStore::new, |p| Arc::clone(&p.store));
+        let just_addrs: Vec<_> = addrs.iter().map(|b| b.addr).collect();
+        let replicas = store.resolve(&just_addrs, initial);
+        let backends: Box<[Arc<Backend>]> = addrs
             .iter()
-            .map(|b| {
-                let kept = prev.and_then(|p| p.backends.iter().find(|o| o.addr() == b.addr));
-                match kept {
-                    Some(old) => Arc::clone(old.vitals()),
-                    None => Vitals::new(initial),
-                }
+            .zip(replicas)
+            .enumerate()
+            .map(|(i, (b, replica))| {
+                Arc::new(Backend::new(
+                    replica,
+                    b.weight,
+                    i,
+                    peer_for(b.addr, up, tls.as_ref()),
+                ))
             })
             .collect();
-        let fresh = prev.is_none();
-        let queue = prev.map_or_else(|| Arc::new(WaitQueue::new()), |p| Arc::clone(&p.queue));
-        let queued = queue.len_handle();
-        Ok(Arc::new_cyclic(|me: &Weak<Pool>| {
-            if fresh {
-                queue.set_owner(me.clone());
-            }
-            let backends: Box<[Arc<Backend>]> = addrs
+        let selector = match up.balance {
+            Balance::LeastOutstanding => Selector::least_outstanding(
+                up.load
+                    .filter(|l| l.orca)
+                    .map_or(Duration::ZERO, |l| l.every * 3),
+            ),
+            Balance::RoundRobin => Selector::round_robin(&backends),
+            Balance::ConsistentHash => Selector::consistent_hash(&backends),
+        };
+        let balancer = Arc::new(Balancer::new(
+            backends,
+            selector,
+            up.max_inflight,
+            up.slow_start,
+            up.queue,
+        ));
+        if prev.is_none() {
+            // A new upstream's store and queue serve this generation from the start
+            // (nothing else uses them yet); a kept upstream's move over on publish.
+            let replicas: Vec<_> = balancer
+                .backends()
                 .iter()
-                .zip(vitals)
-                .enumerate()
-                .map(|(i, (b, vitals))| {
-                    Arc::new(Backend::new(
-                        b.addr,
-                        b.weight,
-                        i,
-                        vitals,
-                        (me.clone(), Arc::clone(&queued)),
-                        peer_for(b.addr, up, tls.as_ref()),
-                    ))
-                })
+                .map(|b| Arc::clone(b.replica()))
                 .collect();
-            let selector = match up.balance {
-                Balance::LeastOutstanding => Selector::least_outstanding(),
-                Balance::RoundRobin => Selector::round_robin(&backends),
-                Balance::ConsistentHash => Selector::consistent_hash(&backends),
-            };
-            Pool {
-                name: up.name.as_str().into(),
-                backends,
-                selector,
-                settings: PoolSettings {
-                    retries: up.retries,
-                    retry_non_idempotent: up.retry_non_idempotent,
-                    max_inflight: up.max_inflight,
-                    queue: up.queue,
-                    hash_key: (up.balance == Balance::ConsistentHash).then(|| up.hash_key.clone()),
-                    eject: up.eject,
-                    slow_start: up.slow_start,
-                    health: up.health.clone(),
-                    protocol: up.protocol,
-                    discovery: match &up.backends {
-                        BackendSource::Dns(d) => Some(d.clone()),
-                        BackendSource::Static(_) => None,
-                    },
+            store.keep_only(&replicas);
+            store.queue().publish(Arc::clone(&balancer));
+        }
+        Ok(Arc::new(Pool {
+            name: up.name.as_str().into(),
+            balancer,
+            settings: PoolSettings {
+                retries: up.retries,
+                retry_non_idempotent: up.retry_non_idempotent,
+                max_inflight: up.max_inflight,
+                queue: up.queue,
+                hash_key: (up.balance == Balance::ConsistentHash).then(|| up.hash_key.clone()),
+                eject: up.eject,
+                slow_start: up.slow_start,
+                health: up.health.clone(),
+                protocol: up.protocol,
+                orca: up.load.is_some_and(|l| l.orca),
+                discovery: match &up.backends {
+                    BackendSource::Dns(d) => Some(d.clone()),
+                    BackendSource::Static(_) => None,
                 },
-                queue,
-                budget: Budget::new(&up.retry_budget),
-                resolved: resolved.into_boxed_slice(),
-            }
+            },
+            store,
+            budget: Budget::new(&up.retry_budget),
+            resolved: resolved.into_boxed_slice(),
         }))
     }
 
@@ -234,26 +210,37 @@ impl Pool {
     }
 
     pub fn backends(&self) -> &[Arc<Backend>] {
-        &self.backends
+        self.balancer.backends()
     }
 
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
     }
 
-    /// Requests waiting for a slot.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
+    /// The upstream's replicas and wait queue, shared by every generation.
+    pub fn store(&self) -> &Arc<ReplicaStore> {
+        &self.store
     }
 
-    /// Makes this pool the one that serves the upstream's wait queue (called once it
-    /// is published), and hands it any slot its new caps or backends free up.
-    pub fn adopt_queue(self: &Arc<Self>) {
-        self.queue.set_owner(Arc::downgrade(self));
+    /// Requests waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.store.queue().len()
+    }
+
+    /// Commits this generation once it is live: the store keeps exactly its
+    /// addresses, the wait queue dispatches through its balancer (and gets any slot
+    /// its new caps or backends free up).
+    pub fn publish(&self) {
+        let replicas: Vec<_> = self
+            .backends()
+            .iter()
+            .map(|b| Arc::clone(b.replica()))
+            .collect();
+        self.store.keep_only(&replicas);
         if self.settings.health.is_none() {
             // Active checks were switched off: nothing would probe a down or unknown
             // backend back in. Without checks a backend is up unless ejected.
-            for b in self.backends.iter() {
+            for b in self.backends() {
                 if b.state() == BackendState::Up {
                     continue;
                 }
@@ -264,7 +251,7 @@ impl Pool {
                 }
             }
         }
-        self.dispatch();
+        self.store.queue().publish(Arc::clone(&self.balancer));
     }
 
     /// Brings an ejected backend back when its ejection ends (pools without checks).
@@ -273,6 +260,7 @@ impl Pool {
             return;
         };
         let me = Arc::clone(backend);
+        let queue = Arc::clone(self.store.queue());
         let slow_start = self.settings.slow_start;
         let name = Arc::clone(&self.name);
         rt.spawn(async move {
@@ -280,6 +268,7 @@ impl Pool {
             if me.state() == BackendState::Down {
                 log::info!("upstream {name}: {} back after ejection", me.label());
                 me.set_state(BackendState::Up, slow_start);
+                queue.dispatch();
             }
         });
     }
@@ -287,175 +276,25 @@ impl Pool {
     /// Picks a backend not in `tried` and takes an in-flight slot on it, without waiting.
     /// `hash` is the request's key hash for consistent hashing (ignored otherwise).
     pub fn pick(&self, tried: &Tried, hash: u64) -> Pick {
-        self.pick_with(tried, hash, true)
+        self.balancer.pick(self.store.queue(), tried, hash)
     }
 
-    /// `pick`, optionally declining a slow free backend when waiting for a faster
-    /// one is expected to be quicker (see `better_to_wait`).
-    fn pick_with(&self, tried: &Tried, hash: u64, may_wait: bool) -> Pick {
-        let cap = self.settings.max_inflight;
-        let slow_start = self.settings.slow_start;
-        // A slot can be taken between the check and the acquire; try again a few times.
-        for _ in 0..4 {
-            match self
-                .selector
-                .pick(&self.backends, tried, cap, hash, slow_start)
-            {
-                Some(i) => {
-                    if may_wait && self.better_to_wait(&self.backends[i], tried) {
-                        return Pick::AllBusy;
-                    }
-                    if let Some(lease) = self.backends[i].try_acquire(cap) {
-                        return Pick::Leased(lease);
-                    }
-                }
-                None => break,
-            }
-        }
-        if cap > 0 && self.has_untried(tried) {
-            Pick::AllBusy
-        } else {
-            Pick::NoneHealthy
-        }
-    }
-
-    /// With least-outstanding balancing, caps and a queue: is waiting for a slot on
-    /// a faster, full backend expected to finish in under half the time of running
-    /// now on `chosen`? Slots on full backends free up at `cap / latency` each; the request
-    /// would wait behind everyone already queued. A 4x slower replica then only takes
-    /// work when the queue in front of the fast ones grows long.
-    fn better_to_wait(&self, chosen: &Backend, tried: &Tried) -> bool {
-        let cap = self.settings.max_inflight;
-        let chosen_us = chosen.latency_us();
-        if cap == 0
-            || chosen_us == 0
-            || self.settings.queue.size == 0
-            || self.backends.len() > WAIT_ESTIMATE_MAX_BACKENDS
-            || !matches!(self.selector, Selector::LeastOutstanding)
-        {
-            return false;
-        }
-        let (mut slots_per_us, mut fastest_us) = (0.0f64, u32::MAX);
-        for b in self.backends.iter() {
-            let us = b.latency_us();
-            if us != 0
-                && us < chosen_us
-                && b.inflight() >= cap
-                && b.is_available()
-                && !tried.contains(b.index())
-            {
-                slots_per_us += f64::from(cap) / f64::from(us);
-                fastest_us = fastest_us.min(us);
-            }
-        }
-        if slots_per_us == 0.0 {
-            return false;
-        }
-        let wait_us = (self.queue.len() + 1) as f64 / slots_per_us;
-        // Only a clear win: the greedy estimate ignores the requests arriving behind
-        // this one, and a queue that grows while a replica idles costs everyone.
-        2.0 * (wait_us + f64::from(fastest_us)) < f64::from(chosen_us)
-    }
-
-    /// Takes a slot, waiting in the pool's FIFO queue (up to its size and timeout)
-    /// when every backend is at `max_inflight`. `client_gone` resolves if the client
-    /// disconnects; the waiter then leaves the queue without taking a slot.
+    /// Takes a slot, waiting in the upstream's FIFO queue (up to its size and
+    /// timeout) when every backend is at `max_inflight`. `client_gone` resolves if
+    /// the client disconnects; the waiter then leaves the queue without a slot.
     pub async fn admit<F>(&self, tried: &Tried, hash: u64, client_gone: F) -> Admission
     where
-        F: std::future::Future<Output = ()>,
+        F: Future<Output = ()>,
     {
-        // Arrivals do not jump the queue: with waiters present, join them.
-        if self.queue.len() == 0 {
-            match self.pick(tried, hash) {
-                Pick::Leased(lease) => return Admission::Leased(lease, Duration::ZERO),
-                Pick::NoneHealthy => return Admission::NoneHealthy,
-                Pick::AllBusy => {}
-            }
-        } else if !self.has_untried(tried) {
-            return Admission::NoneHealthy;
-        }
-        let started = Instant::now();
-        let Some((id, rx)) = self.queue.push(self.settings.queue.size, tried, hash) else {
-            // No room to wait: a slower free backend beats a rejection.
-            return match self.pick_with(tried, hash, false) {
-                Pick::Leased(lease) => Admission::Leased(lease, Duration::ZERO),
-                _ => Admission::Overloaded,
-            };
-        };
-        let mut guard = Dequeue {
-            pool: self,
-            id: Some(id),
-        };
-        // A slot may have freed between the pick and the push.
-        self.dispatch();
-        let outcome = tokio::select! {
-            lease = rx => match lease {
-                Ok(lease) => Admission::Leased(lease, started.elapsed()),
-                Err(_) => Admission::NoneHealthy,
-            },
-            _ = tokio::time::sleep(self.settings.queue.timeout) => Admission::QueueTimeout,
-            _ = client_gone => Admission::ClientGone,
-        };
-        if matches!(outcome, Admission::Leased(..)) {
-            guard.id = None; // dispatch already removed it
-        }
-        outcome
-    }
-
-    /// Hands free slots to queued requests, oldest first. Called when a slot frees, a
-    /// backend comes up, or a request joins the queue.
-    pub(crate) fn dispatch(&self) {
-        if self.queue.len() == 0 {
-            return;
-        }
-        // The queue outlives generations: its newest pool serves it.
-        match self.queue.owner().upgrade() {
-            Some(owner) if !std::ptr::eq(Arc::as_ptr(&owner), self) => owner.dispatch_own(),
-            _ => self.dispatch_own(),
-        }
-    }
-
-    fn dispatch_own(&self) {
-        // Leases are never dropped under the lock: dropping one dispatches again.
-        let mut spare: Vec<Lease> = Vec::new();
-        {
-            let mut w = self.queue.lock();
-            let mut i = 0;
-            while i < w.list.len() {
-                if w.list[i].tx.is_closed() {
-                    w.list.remove(i);
-                    continue;
-                }
-                let reusable = spare
-                    .iter()
-                    .position(|l| !w.list[i].tried.contains(l.backend().index()));
-                let lease = match reusable {
-                    Some(pos) => spare.swap_remove(pos),
-                    None => match self.pick(&w.list[i].tried, w.list[i].hash) {
-                        Pick::Leased(l) => l,
-                        _ => {
-                            i += 1;
-                            continue;
-                        }
-                    },
-                };
-                if let Some(waiter) = w.list.remove(i) {
-                    if let Err(lease) = waiter.tx.send(lease) {
-                        spare.push(lease); // its client just left; offer the slot on
-                    }
-                }
-            }
-            self.queue.sync_len(&w);
-        }
-        // Released outside the lock: dropping a lease may dispatch again.
-        drop(spare);
+        self.store
+            .queue()
+            .admit(&self.balancer, tried, hash, client_gone)
+            .await
     }
 
     /// Is there a backend this request has not tried that could take it?
     pub fn has_untried(&self, tried: &Tried) -> bool {
-        self.backends
-            .iter()
-            .any(|b| b.is_available() && !tried.contains(b.index()))
+        self.balancer.has_untried(tried)
     }
 
     /// Counts a new request against the retry budget's window.
@@ -482,7 +321,7 @@ impl Pool {
             return;
         }
         let others_up = self
-            .backends
+            .backends()
             .iter()
             .any(|b| !b.same_replica(backend) && b.is_available());
         if !others_up {
@@ -507,109 +346,6 @@ impl Pool {
             self.return_after_ejection(backend, dur);
         }
     }
-}
-
-/// Removes a waiter that leaves without a slot (timeout, client gone, cancelled).
-struct Dequeue<'a> {
-    pool: &'a Pool,
-    id: Option<u64>,
-}
-
-impl Drop for Dequeue<'_> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.pool.queue.remove(id);
-        }
-    }
-}
-
-/// What an `https` upstream verifies backends against and presents to them, read
-/// and checked once per pool (pingora's own loaders panic on bad files).
-struct UpstreamTlsFiles {
-    ca: Option<Arc<[WrappedX509]>>,
-    client: Option<Arc<CertKey>>,
-    /// pingora's connection pool does not key connections by CA: this does, so a
-    /// connection verified under one upstream's CA never serves another upstream.
-    group_key: u64,
-}
-
-impl UpstreamTlsFiles {
-    fn load(up: &Upstream) -> Result<UpstreamTlsFiles, String> {
-        use crate::tls::cert;
-        let name = &up.name;
-        let mut group = xxhash_rust::xxh3::Xxh3::new();
-        group.update(name.as_bytes());
-        let ca = match &up.tls.ca {
-            Some(path) => {
-                let pem = cert::read(path).map_err(|e| format!("upstream.{name}.ca: {e}"))?;
-                group.update(&pem);
-                let certs = cert::parse_certs(path, &pem)
-                    .map_err(|e| format!("upstream.{name}.ca: {e}"))?;
-                Some(
-                    certs
-                        .into_iter()
-                        .map(|c| WrappedX509::new(c.to_vec(), pingora::utils::tls::parse_x509))
-                        .collect::<Vec<_>>()
-                        .into(),
-                )
-            }
-            None => None,
-        };
-        let client = match (&up.tls.client_cert, &up.tls.client_key) {
-            (Some(c), Some(k)) => {
-                let (chain, key) = cert::load_client_pair(c, k, std::time::SystemTime::now())
-                    .map_err(|e| format!("upstream.{name}.client_cert: {e}"))?;
-                Some(Arc::new(CertKey::new(chain, key)))
-            }
-            _ => None,
-        };
-        Ok(UpstreamTlsFiles {
-            ca,
-            client,
-            group_key: group.digest(),
-        })
-    }
-}
-
-/// The pingora peer for one backend, with the upstream's timeouts and protocol.
-/// An `https` backend is verified against `ca` (else the system roots) under the
-/// name `sni` (else its IP address), offers h2 and http/1.1, and presents the
-/// client certificate when one is configured.
-fn peer_for(addr: std::net::SocketAddr, up: &Upstream, tls: Option<&UpstreamTlsFiles>) -> HttpPeer {
-    let sni = match tls {
-        Some(_) => up.tls.sni.clone().unwrap_or_else(|| addr.ip().to_string()),
-        None => String::new(),
-    };
-    let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
-    let o = &mut peer.options;
-    o.connection_timeout = Some(up.connect_timeout);
-    o.total_connection_timeout = Some(up.connect_timeout);
-    // pingora applies one timeout to every upstream read, headers and body alike:
-    // a response must start within first_byte_timeout, and a stream may pause
-    // between chunks for the longer of the two.
-    o.read_timeout = Some(up.first_byte_timeout.max(up.idle_timeout));
-    o.write_timeout = Some(up.idle_timeout);
-    o.idle_timeout = Some(UPSTREAM_KEEPALIVE);
-    o.tcp_keepalive = None;
-    match up.protocol {
-        Protocol::Http1 => {}
-        Protocol::H2c => {
-            o.alpn = ALPN::H2;
-            o.max_h2_streams = H2_STREAMS;
-        }
-        Protocol::Https => {
-            o.alpn = ALPN::H2H1;
-            o.max_h2_streams = H2_STREAMS;
-            o.verify_cert = true;
-            o.verify_hostname = true;
-        }
-    }
-    if let Some(files) = tls {
-        peer.options.ca = files.ca.clone();
-        peer.client_cert_key = files.client.clone();
-        peer.group_key = files.group_key;
-    }
-    peer
 }
 
 #[cfg(test)]
@@ -678,6 +414,7 @@ mod tests {
     fn the_next_generation_keeps_the_state_of_kept_backends_only() {
         let first = upstream(Duration::ZERO);
         let pool = Pool::build(&first).unwrap_or_else(|e| panic!("{e}"));
+        pool.publish();
         let lease = match pool.pick(&Tried::default(), 0) {
             Pick::Leased(l) => l,
             other => panic!("{other:?}"),
@@ -738,7 +475,7 @@ mod tests {
             slow.record_latency(Duration::from_millis(400));
         }
         let _busy = fast
-            .try_acquire(1)
+            .try_acquire(1, pool.store().queue())
             .unwrap_or_else(|| panic!("the fast backend is free"));
         // The fast one is full: ~50 ms of waiting + 50 ms of work is well under 400 ms.
         assert!(matches!(pool.pick(&Tried::default(), 0), Pick::AllBusy));
@@ -751,7 +488,7 @@ mod tests {
             pool.backends()[1].record_latency(Duration::from_millis(400));
         }
         let _busy = pool.backends()[0]
-            .try_acquire(1)
+            .try_acquire(1, pool.store().queue())
             .unwrap_or_else(|| panic!("the fast backend is free"));
         assert!(
             matches!(pool.pick(&Tried::default(), 0), Pick::Leased(l) if l.backend().index() == 1)

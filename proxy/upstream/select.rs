@@ -58,7 +58,10 @@ const MAX_RING: usize = 1 << 18;
 /// A selection policy with whatever precomputed state it needs.
 #[derive(Debug)]
 pub enum Selector {
-    LeastOutstanding,
+    LeastOutstanding {
+        /// How long a replica's own load report counts (ms; 0: reports off).
+        report_ttl_ms: u64,
+    },
     RoundRobin {
         schedule: Box<[u32]>,
         cursor: AtomicUsize,
@@ -82,8 +85,12 @@ fn eligible(b: &Backend, i: usize, tried: &Tried, cap: u32, slow_start: Duration
 }
 
 impl Selector {
-    pub fn least_outstanding() -> Self {
-        Selector::LeastOutstanding
+    /// Least outstanding; replicas' own load reports count for `report_ttl`
+    /// after they arrive (zero: not used).
+    pub fn least_outstanding(report_ttl: Duration) -> Self {
+        Selector::LeastOutstanding {
+            report_ttl_ms: report_ttl.as_millis() as u64,
+        }
     }
 
     /// Interleaved weighted round robin (stride scheduling): weights 3,1 give a,a,b,a.
@@ -144,7 +151,9 @@ impl Selector {
     ) -> Option<usize> {
         let ok = |i: usize| eligible(&backends[i], i, tried, cap, slow_start);
         match self {
-            Selector::LeastOutstanding => least_outstanding(backends, ok),
+            Selector::LeastOutstanding { report_ttl_ms } => {
+                least_outstanding(backends, *report_ttl_ms, ok)
+            }
             Selector::RoundRobin { schedule, cursor } => {
                 let n = schedule.len();
                 let start = cursor.fetch_add(1, Ordering::Relaxed);
@@ -182,14 +191,19 @@ struct Wait {
 }
 
 impl Wait {
-    /// The expected wait of a new request on `b`: each request it runs and the new
+    /// The expected wait of a new request on `b`: each request it runs (or reports
+    /// holding, queued or running, when it reports its own load) and the new
     /// one cost the replica's time per request, `per_request_us`; between equal
     /// costs, the one whose running requests are younger in total is shorter (a
     /// request that has run long is the likelier to run on, and on a replica that
     /// serves one at a time everything sent there waits for it).
     #[inline]
-    fn of(b: &Backend, per_request_us: u64, now_us: u64) -> Wait {
+    fn of(b: &Backend, per_request_us: u64, now_us: u64, report_ttl_ms: u64) -> Wait {
         let (inflight, age_us) = b.work(now_us);
+        // A fresh report of the replica's own queue and running requests counts as
+        // requests in flight do; the larger of the two views wins, so ours are not
+        // counted twice and a report that predates our latest request cannot hide it.
+        let inflight = inflight.max(b.reported_load(now_us / 1000, report_ttl_ms));
         Wait {
             work: per_request_us.saturating_mul(u64::from(inflight) + 1),
             age: age_us,
@@ -228,7 +242,11 @@ fn per_request_us(us: u32, fastest_us: u64, explore: bool) -> u64 {
 /// pools are scanned whole (ties go to a random backend); large pools use the power
 /// of two random choices (Mitzenmacher, "The Power of Two Choices in Randomized
 /// Load Balancing", 2001).
-fn least_outstanding(backends: &[Arc<Backend>], ok: impl Fn(usize) -> bool) -> Option<usize> {
+fn least_outstanding(
+    backends: &[Arc<Backend>],
+    report_ttl_ms: u64,
+    ok: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let n = backends.len();
     if n == 0 {
         return None;
@@ -281,11 +299,8 @@ fn least_outstanding(backends: &[Arc<Backend>], ok: impl Fn(usize) -> bool) -> O
     let mut best: Option<(usize, Wait)> = None;
     for &i in cand {
         let b = &backends[i as usize];
-        let wait = Wait::of(
-            b,
-            per_request_us(b.latency_us(), fastest_us, explore),
-            now_us,
-        );
+        let per_request = per_request_us(b.latency_us(), fastest_us, explore);
+        let wait = Wait::of(b, per_request, now_us, report_ttl_ms);
         if best.is_none_or(|(_, w)| wait.shorter_than(w)) {
             best = Some((i as usize, wait));
         }

@@ -133,9 +133,6 @@ async fn served_by(client: &reqwest::Client, url: String) -> String {
 /// request runs for 1.5 s; short requests sent meanwhile, one after another,
 /// must all go elsewhere (nginx `least_conn` sends none to the busy replica).
 #[tokio::test]
-#[ignore = "open: a replica that served long requests can look slower than the busy one \
-            (its running median of time per request drifts past 3x), so a short request \
-            sometimes still goes to the busy replica; run with --ignored"]
 async fn short_requests_never_queue_behind_a_long_one() {
     let a = Model::builder("a").spawn().await;
     let b = Model::builder("b").spawn().await;
@@ -215,4 +212,123 @@ async fn concurrent_short_requests_spread_over_the_free_replicas() {
     assert!(x != busy && y != busy && x != y, "{x}, {y} (busy: {busy})");
     assert_ne!(z, busy, "the third short one queued behind the long one");
     assert_eq!(long.await.unwrap(), busy);
+}
+
+/// A replica loaded by clients that do not go through the proxy shows its queue
+/// only in its own ORCA reports: with `orca = true` the proxy reads them (TEXT
+/// and JSON), sends that replica less, strips the header from the answer, and
+/// shows the report on `/upstreams` and `/metrics`.
+#[tokio::test]
+async fn orca_reports_steer_work_away_from_a_replica_busy_with_other_clients() {
+    let reports = Reports {
+        metrics: None,
+        orca: true,
+    };
+    let busy = Model::builder("busy")
+        .slots(4)
+        .reports(reports.clone())
+        .spawn()
+        .await;
+    let idle = Model::builder("idle")
+        .slots(4)
+        .reports(reports)
+        .spawn()
+        .await;
+    busy.set_external_waiting(20);
+    let proxy = TestProxy::start(&pool_config(
+        &models(&[&busy, &idle]),
+        "[upstream.pool.load]\norca = true\nevery = \"2s\"",
+    ))
+    .await;
+    let client = h1();
+    // The first answers from each replica carry their reports.
+    let mut to_busy = 0;
+    for _ in 0..40 {
+        let resp = client.get(proxy.url("/x?ms=2")).send().await.unwrap();
+        assert!(
+            resp.headers().get("endpoint-load-metrics").is_none(),
+            "the report reached the client"
+        );
+        let v: Value = resp.json().await.unwrap();
+        to_busy += usize::from(v["replica"] == "busy");
+    }
+    assert_eq!(busy.last_orca_request().as_deref(), Some("TEXT"));
+    assert!(
+        to_busy <= 3,
+        "{to_busy} of 40 went to the replica reporting a queue of 20"
+    );
+    let up: Value = h1()
+        .get(proxy.admin_url("/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b = up["upstreams"]["pool"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["addr"] == busy.addr().to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(b["reported"]["queue"], 20.0, "{b}");
+    assert!(b["reported"]["at"].is_string(), "{b}");
+    let metrics = h1()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "modelgate_backend_reported_queue{{backend=\"{}\",upstream=\"pool\"}} 20",
+            busy.addr()
+        )),
+        "{metrics}"
+    );
+    // Once its queue drains and the old report expires (3 x every), it is tried
+    // again, reports an empty queue and gets its share.
+    busy.set_external_waiting(0);
+    eventually("the drained replica gets work again", PATIENCE, || async {
+        served_by(&h1(), proxy.url("/x?ms=2")).await == "busy"
+    })
+    .await;
+}
+
+/// Garbage in the report header never takes a replica out; it is counted.
+#[tokio::test]
+async fn unreadable_orca_reports_are_counted_and_never_fail_closed() {
+    let m = Model::builder("m").spawn().await;
+    let proxy = TestProxy::start(&pool_config(
+        &models(&[&m]),
+        "[upstream.pool.load]\norca = true",
+    ))
+    .await;
+    // The mock answers without a report (reports off), then with garbage.
+    for _ in 0..3 {
+        assert_eq!(served_by(&h1(), proxy.url("/x")).await, "m");
+    }
+    m.set_reports(Reports {
+        metrics: None,
+        orca: true,
+    });
+    m.set_garbage_reports(true);
+    for _ in 0..3 {
+        assert_eq!(served_by(&h1(), proxy.url("/x")).await, "m");
+    }
+    let metrics = h1()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("modelgate_load_report_errors_total{upstream=\"pool\"} 3"),
+        "{metrics}"
+    );
 }

@@ -222,6 +222,14 @@ fn broken() -> Vec<(String, Vec<&'static str>)> {
             format!("{listen}{VALID_TAIL}retries = \n"),
             vec![":11:"],
         ),
+        (
+            format!("{listen}{VALID_TAIL}max_inflight = \"auto\"\n[upstream.u.load]\norca = true\nmetrics = \"/metrics\"\nqueue_metric = \"q\"\n"),
+            vec![
+                ":11:16: upstream.u.max_inflight: expected a whole number >= 0, found \"auto\"",
+                ":14:11: upstream.u.load.metrics: polling the replicas' /metrics is not available in this build",
+                ":15:1: upstream.u.load.queue_metric: unknown key",
+            ],
+        ),
     ]
 }
 

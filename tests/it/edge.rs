@@ -52,6 +52,11 @@ backends = [{}]
 "#,
         backend_list(&[replica])
     );
+    proxy_with_files(&toml, files, env).await
+}
+
+/// A proxy running `toml`, where `{dir}` names a directory holding `files`.
+async fn proxy_with_files(toml: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> TestProxy {
     // Files live next to the config; the proxy's working directory is its temp dir,
     // but relative paths resolve against the config file, so write them first.
     let dir = tempfile::tempdir().unwrap();
@@ -681,14 +686,56 @@ async fn rate_limit_by_header_and_by_consumer() {
     assert_eq!(get(&c, &by_consumer.url("/"), &[]).await.status(), 401);
 }
 
-/// Distinct keys against a rate-limited route: the limiter's key count never
-/// exceeds `max_keys` while a known client keeps its own bucket. The full million
-/// runs with `--ignored` (minutes in a debug build); the default run sends 20,000.
+/// Reads one HTTP/1.1 response (Content-Length or chunked body) from `s`, keeping
+/// bytes past it in `buf`; returns its status.
+async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> u16 {
+    let mut chunk = [0u8; 16384];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head) = resp.parse(buf).unwrap() {
+            let status = resp.code.unwrap();
+            let header = |name: &str| {
+                resp.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+            };
+            let end = match (header("content-length"), header("transfer-encoding")) {
+                (Some(n), _) => Some(head + n.trim().parse::<usize>().unwrap()),
+                (None, Some(te)) if te.contains("chunked") => {
+                    memchr_find(&buf[head..], b"0\r\n\r\n").map(|i| head + i + 5)
+                }
+                _ => Some(head),
+            };
+            if let Some(end) = end.filter(|&e| e <= buf.len()) {
+                buf.drain(..end);
+                return status;
+            }
+        }
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the proxy closed a keep-alive connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Distinct keys against a rate-limited route: the limiter's key count (sampled
+/// from `/metrics` throughout, and at the end) never exceeds `max_keys`, most of the
+/// flood shares the overflow bucket, and idle keys go once it stops. Requests go on
+/// raw keep-alive HTTP/1.1 connections, one `X-Client` value each, so a million keys
+/// need no million addresses.
 async fn distinct_keys_stay_bounded(total: usize) {
+    const MAX_KEYS: usize = 1000;
     let replica = Replica::builder("r").spawn().await.unwrap();
     let proxy = proxy_with(
         &replica,
-        r#"rate_limit = { requests_per_second = 0.25, burst = 1, key = "header:x-client", max_keys = 1000 }"#,
+        &format!(
+            r#"rate_limit = {{ requests_per_second = 0.25, burst = 1, key = "header:x-client", max_keys = {MAX_KEYS} }}"#
+        ),
         &[],
         &[],
     )
@@ -698,36 +745,39 @@ async fn distinct_keys_stay_bounded(total: usize) {
         get(&h1(), &url, &[("x-client", "known")]).await.status(),
         200
     );
+    let keys = || metric_value(&proxy, "modelgate_rate_limit_keys{route=\"api\"}");
     // Watch the key count through the flood, not only at the end.
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let done = Arc::clone(&done);
-        let proxy = &proxy;
         async move {
-            let mut peak = 0.0f64;
+            let (mut peak, mut samples) = (0.0f64, 0);
             while !done.load(Ordering::SeqCst) {
-                peak =
-                    peak.max(metric_value(proxy, "modelgate_rate_limit_keys{route=\"api\"}").await);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                peak = peak.max(keys().await);
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            peak
+            (peak, samples)
         }
     };
-    let workers = 8;
+    let started = std::time::Instant::now();
+    let connections = 8;
     let mut tasks = Vec::new();
-    for w in 0..workers {
-        let url = url.clone();
+    for c in 0..connections {
+        let addr = proxy.http_addr();
         tasks.push(tokio::spawn(async move {
-            let client = h1();
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut buf = Vec::new();
             let mut ok = 0usize;
-            for i in (w..total).step_by(workers) {
-                let resp = client
-                    .get(&url)
-                    .header("x-client", format!("client-{i}"))
-                    .send()
-                    .await
-                    .unwrap();
-                ok += usize::from(resp.status() == 200);
+            for i in (c..total).step_by(connections) {
+                let req = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Client: client-{i}\r\n\r\n");
+                s.write_all(req.as_bytes()).await.unwrap();
+                match read_response(&mut s, &mut buf).await {
+                    200 => ok += 1,
+                    429 => {}
+                    other => panic!("request {i}: status {other}"),
+                }
             }
             ok
         }));
@@ -740,24 +790,27 @@ async fn distinct_keys_stay_bounded(total: usize) {
         done.store(true, Ordering::SeqCst);
         passed
     };
-    let (passed, peak) = tokio::join!(flood, sampler);
-    let keys = metric_value(&proxy, "modelgate_rate_limit_keys{route=\"api\"}").await;
+    let (passed, (peak, samples)) = tokio::join!(flood, sampler);
+    let elapsed = started.elapsed();
+    let after = keys().await;
+    assert!(samples > 0);
     assert!(
-        peak <= 1000.0 && keys <= 1000.0,
-        "{peak} / {keys} keys tracked"
+        peak <= MAX_KEYS as f64 && after <= MAX_KEYS as f64,
+        "{peak} keys at the peak, {after} after"
     );
     // Keys beyond the cap share one bucket, so most of the flood was refused
     // (while idle keys are evicted every second, some new keys get their own).
     assert!(passed < total / 2, "{passed} of {total} passed");
-    let known = get(&h1(), &url, &[("x-client", "known")]).await.status();
-    assert!(known == 200 || known == 429);
     // Idle keys go: the count falls back once the flood stops.
     eventually("idle keys are evicted", PATIENCE, || async {
-        metric_value(&proxy, "modelgate_rate_limit_keys{route=\"api\"}").await < 10.0
+        keys().await < 10.0
     })
     .await;
-    let rss = proxy.rss_kib();
-    eprintln!("{total} distinct keys: {passed} passed, peak keys {peak}, rss {rss} KiB");
+    eprintln!(
+        "{total} distinct keys in {elapsed:?}: {passed} passed, peak {peak} keys \
+         ({samples} samples), proxy RSS {} KiB",
+        proxy.rss_kib()
+    );
 }
 
 #[tokio::test]
@@ -766,7 +819,218 @@ async fn twenty_thousand_distinct_keys_keep_the_limiter_bounded() {
 }
 
 #[tokio::test]
-#[ignore = "a million requests: minutes in a debug build; run with --ignored"]
+#[ignore = "a million requests through a debug build: about 15 minutes on 2 busy cores; run with --ignored"]
 async fn a_million_distinct_keys_keep_the_limiter_bounded() {
     distinct_keys_stay_bounded(1_000_000).await;
+}
+
+/// Longer than any refusal takes on a loaded machine, far shorter than a body
+/// that never ends.
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// Two models behind one OpenAI endpoint, each route with `auth` and a rate limit.
+async fn model_routed_with_auth(replica: &ReplicaHandle) -> TestProxy {
+    let toml = format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "llama"
+path = "/v1"
+model = "llama-3-8b"
+api = "openai"
+upstream = "pool"
+auth = {{ api_keys_file = "{{dir}}/keys.txt" }}
+rate_limit = {{ requests_per_second = 0.01, burst = 2, key = "header:x-client" }}
+
+[[route]]
+name = "org"
+path = "/v1"
+model_prefix = "org/"
+api = "openai"
+upstream = "pool"
+auth = {{ api_keys_file = "{{dir}}/keys.txt" }}
+rate_limit = {{ requests_per_second = 0.01, burst = 1, key = "header:x-client" }}
+
+[upstream.pool]
+backends = [{}]
+"#,
+        backend_list(&[replica])
+    );
+    proxy_with_files(&toml, &[("keys.txt", "alice:sk-alice-0123456789\n")], &[]).await
+}
+
+/// The start of a chat body whose `model` comes after a long prompt: a proxy that
+/// reads bodies to route them must wait for more of it.
+fn prompt_first(len: usize) -> Vec<u8> {
+    let mut b = br#"{"messages":[{"role":"user","content":""#.to_vec();
+    b.resize(len, b'a');
+    b
+}
+
+/// Sends the head of a chunked POST and 16 KiB of a body that never ends, over a raw
+/// HTTP/1.1 connection; returns what came back and whether the proxy closed the
+/// connection (instead of reading on) within `wait`.
+async fn h1_unfinished_post(proxy: &TestProxy, headers: &str, wait: Duration) -> (String, bool) {
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    let chunk = prompt_first(16 * 1024);
+    let mut req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n{headers}\r\n{:x}\r\n",
+        chunk.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&chunk);
+    req.extend_from_slice(b"\r\n");
+    s.write_all(&req).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// The same over h2c: HEADERS and 16 KiB of DATA, the stream never ended; returns
+/// the answer's status, or 0 when none came within `wait`.
+async fn h2_unfinished_post(proxy: &TestProxy, headers: &[(&str, &str)], wait: Duration) -> u16 {
+    let tcp = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut req = http::Request::post(format!("http://{}/v1/chat/completions", proxy.http_addr()))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (resp, mut body) = client.send_request(req.body(()).unwrap(), false).unwrap();
+    body.send_data(prompt_first(16 * 1024).into(), false)
+        .unwrap();
+    let status = match tokio::time::timeout(wait, resp).await {
+        Ok(Ok(r)) => r.status().as_u16(),
+        _ => 0,
+    };
+    drop(body);
+    status
+}
+
+#[tokio::test]
+async fn model_routed_requests_are_refused_before_their_body_is_read() {
+    let replica = Replica::builder("r")
+        .models(["llama-3-8b", "org/qwen-7b"])
+        .spawn()
+        .await
+        .unwrap();
+    let proxy = model_routed_with_auth(&replica).await;
+
+    // No credential, a wrong one: 401 while the body is still coming, and the
+    // connection closed rather than read to its end.
+    // (Each from its own client: a limit by header runs before auth, so guessing
+    // credentials is rate limited too.)
+    for creds in [
+        "X-Client: anon-1\r\n",
+        "X-Client: anon-2\r\nAuthorization: Bearer sk-wrong\r\n",
+    ] {
+        let (head, closed) = h1_unfinished_post(&proxy, creds, PROMPTLY).await;
+        assert!(head.starts_with("HTTP/1.1 401"), "{creds:?}: {head:?}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
+        assert!(
+            closed,
+            "{creds:?}: the connection stayed open to read the body"
+        );
+    }
+    for creds in [
+        vec![("x-client", "anon-3")],
+        vec![("x-client", "anon-4"), ("x-api-key", "sk-wrong")],
+    ] {
+        assert_eq!(
+            h2_unfinished_post(&proxy, &creds, PROMPTLY).await,
+            401,
+            "{creds:?}"
+        );
+    }
+
+    // With the key, the same unfinished body is read on (waiting for its model).
+    let (head, _) = h1_unfinished_post(
+        &proxy,
+        "X-API-Key: sk-alice-0123456789\r\nX-Client: h1-waits\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(
+        head, "",
+        "an authorized body is read until its model is known"
+    );
+    let alice = [
+        ("x-api-key", "sk-alice-0123456789"),
+        ("x-client", "h2-waits"),
+    ];
+    assert_eq!(
+        h2_unfinished_post(&proxy, &alice, Duration::from_secs(2)).await,
+        0
+    );
+
+    // Rate limits: each route's own, then the endpoint's combined limit (burst 2 + 1)
+    // refuses before reading once no route could take the request.
+    for (version, client) in clients() {
+        let who = format!("{version}-client");
+        let post = |model: &'static str| {
+            client
+                .post(proxy.url("/v1/chat/completions"))
+                .header("x-api-key", "sk-alice-0123456789")
+                .header("x-client", who.as_str())
+                .json(&super::openai::chat(model, "hi", false))
+                .send()
+        };
+        let mut codes = Vec::new();
+        for model in ["org/qwen-7b", "org/qwen-7b", "llama-3-8b", "llama-3-8b"] {
+            codes.push(post(model).await.unwrap().status().as_u16());
+        }
+        // org: burst 1, so its second request is refused after its body named it; that
+        // request still took one of the endpoint's three tokens.
+        assert_eq!(codes, [200, 429, 200, 429], "{version}");
+    }
+    let (head, closed) = h1_unfinished_post(
+        &proxy,
+        "X-API-Key: sk-alice-0123456789\r\nX-Client: h1-client\r\n",
+        PROMPTLY,
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head:?}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    assert!(closed);
+    let limited = [
+        ("x-api-key", "sk-alice-0123456789"),
+        ("x-client", "h2-client"),
+    ];
+    assert_eq!(h2_unfinished_post(&proxy, &limited, PROMPTLY).await, 429);
+    assert_eq!(
+        replica.hits(),
+        4,
+        "refused requests never reach the replica"
+    );
+    // The proxy serves on.
+    let resp = h1()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-api-key", "sk-alice-0123456789")
+        .header("x-client", "another")
+        .json(&super::openai::chat("llama-3-8b", "hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }

@@ -55,6 +55,19 @@ backends = ["{backend}"]
     )
 }
 
+/// A route and an upstream `rN` per `(prefix, backend, extra upstream lines)`.
+fn routes(list: &[(&str, SocketAddr, &str)]) -> String {
+    list.iter()
+        .enumerate()
+        .map(|(i, (path, backend, extra))| {
+            format!(
+                "[[route]]\nname = \"r{i}\"\npath = \"{path}\"\nupstream = \"r{i}\"\n\n\
+                 [upstream.r{i}]\nbackends = [\"{backend}\"]\n{extra}\n\n"
+            )
+        })
+        .collect()
+}
+
 impl Wire {
     async fn start(routes: &str) -> Wire {
         let ca = TestCa::new();
@@ -325,7 +338,17 @@ async fn h2_request(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(()).unwrap();
+    h2_send(send, req.body(()).unwrap(), chunks, empty_end).await
+}
+
+/// Sends `req` as [`h2_request`] does. A URI without scheme and authority (with
+/// the request's default version, HTTP/1.1) goes without `:authority`.
+async fn h2_send(
+    send: h2::client::SendRequest<Bytes>,
+    req: http::Request<()>,
+    chunks: &[&[u8]],
+    empty_end: bool,
+) -> (u16, http::HeaderMap, Vec<u8>) {
     let mut send = send.ready().await.unwrap();
     let end_now = chunks.is_empty() && !empty_end;
     let (resp, mut stream) = send.send_request(req, end_now).unwrap();
@@ -556,6 +579,12 @@ async fn paths_are_normalised_before_routing_and_never_climb_out_of_the_route() 
         ("/v1/chat/a%2Fb", 400, None),
         ("/v1/chat/..%5c..%5cadmin", 400, None),
         ("/v1/chat/%41%62", 200, Some("/v1/chat/%41%62")),
+        ("/v1/chat/..;/..;/admin", 400, None),
+        ("/v1/chat/..;x=1/admin", 400, None),
+        ("/v1/chat/a/.;/b", 400, None),
+        ("/v1/chat/%2e%2e;/admin", 400, None),
+        ("/strip/..;/x", 400, None),
+        ("/v1/chat/a;v=1/b", 200, Some("/v1/chat/a;v=1/b")),
     ];
     for over in ALL {
         for (path, status, forwarded) in cases {
@@ -575,34 +604,56 @@ async fn paths_are_normalised_before_routing_and_never_climb_out_of_the_route() 
     }
 }
 
+#[tokio::test]
+async fn path_params_cannot_move_a_request_to_another_route() {
+    // Java servlet replicas (Tomcat, Jetty, Spring) drop `;params` from every segment
+    // before resolving a path; a request whose route would change by that is refused.
+    let chat = RawReplica::ok("chat").await;
+    let rest = RawReplica::ok("rest").await;
+    let wire = Wire::start(&routes(&[
+        ("/v1/chat", chat.addr(), ""),
+        ("/", rest.addr(), ""),
+    ]))
+    .await;
+    let cases: &[(&str, u16, &str)] = &[
+        ("/v1/chat;x/completions", 400, ""),
+        ("/v1;x/chat/completions", 400, ""),
+        ("/v1/chat;jsessionid=1", 400, ""),
+        ("/v1/chat/a;x/..;/..;/..;/other", 400, ""),
+        ("/v1/chat/a;x=1/b", 200, "chat"),
+        ("/v1/chat/a;x/../b", 200, "chat"),
+        ("/other;x/y", 200, "rest"),
+        ("/v1/chatter;x", 200, "rest"),
+    ];
+    for over in ALL {
+        for (path, status, body) in cases {
+            let seen = chat.requests().len() + rest.requests().len();
+            let (got, text) = wire.send(over, "GET", path, "").await;
+            assert_eq!(got, *status, "{over:?} {path}: {text}");
+            if *status == 200 {
+                assert_eq!(text, *body, "{over:?} {path}");
+            } else {
+                assert_eq!(
+                    chat.requests().len() + rest.requests().len(),
+                    seen,
+                    "{over:?} {path} was forwarded"
+                );
+            }
+        }
+    }
+}
+
 // --- Chunked framing is never sent to an HTTP/1.0 client ---
 
 #[tokio::test]
 async fn http10_clients_get_unknown_length_bodies_delimited_by_close() {
     let replica = RawReplica::spawn(|_| Action::Reply(chunked_reply(&["hello ", "world"]))).await;
     let (h2c, _task) = h2c_replica_ending_with_empty_data().await;
-    let routes = format!(
-        r#"
-[[route]]
-name = "h1"
-path = "/"
-upstream = "h1"
-
-[[route]]
-name = "h2c"
-path = "/h2c"
-upstream = "h2c"
-
-[upstream.h1]
-backends = ["{}"]
-
-[upstream.h2c]
-backends = ["{h2c}"]
-protocol = "h2c"
-"#,
-        replica.addr()
-    );
-    let wire = Wire::start(&routes).await;
+    let wire = Wire::start(&routes(&[
+        ("/", replica.addr(), ""),
+        ("/h2c", h2c, "protocol = \"h2c\""),
+    ]))
+    .await;
     for over in H1_BOTH {
         for (path, keepalive, body) in [
             ("/x", "", "hello world"),
@@ -709,6 +760,91 @@ async fn absolute_form_targets_are_sent_in_origin_form_with_their_authority_as_h
     }
 }
 
+#[tokio::test]
+async fn absolute_form_authority_replaces_host_when_both_name_one_origin() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&chat_routes(replica.addr())).await;
+    // (request-target, Host sent, status, Host and X-Forwarded-Host the replica sees)
+    let cases = [
+        (
+            "http://API.test/v1/chat/x",
+            Some("api.test:80"),
+            200,
+            "API.test",
+        ),
+        (
+            "http://api.test:80/v1/chat/x",
+            Some("API.TEST"),
+            200,
+            "api.test:80",
+        ),
+        (
+            "https://api.test/v1/chat/x",
+            Some("Api.Test:443"),
+            200,
+            "api.test",
+        ),
+        (
+            "https://api.test:443/v1/chat/x",
+            Some("api.test"),
+            200,
+            "api.test:443",
+        ),
+        ("http://[::1]:80/v1/chat/x", Some("[::1]"), 200, "[::1]:80"),
+        (
+            "http://api.test:8080/v1/chat/a/../x",
+            None,
+            200,
+            "api.test:8080",
+        ),
+        ("https://api.test:80/v1/chat/x", Some("api.test"), 400, ""),
+        ("http://api.test:443/v1/chat/x", Some("api.test"), 400, ""),
+        (
+            "http://api.test:8080/v1/chat/x",
+            Some("api.test:80"),
+            400,
+            "",
+        ),
+        (
+            "http://api.test:99999/v1/chat/x",
+            Some("api.test:99999"),
+            400,
+            "",
+        ),
+        ("http://api.test/v1/chat/x", Some("api.test.other"), 400, ""),
+    ];
+    for over in H1_BOTH {
+        for version in ["HTTP/1.1", "HTTP/1.0"] {
+            for (target, host, status, want) in cases {
+                // HTTP/1.1 requires Host even with an absolute-form target (RFC 9112 §3.2).
+                let status = if host.is_none() && version == "HTTP/1.1" {
+                    400
+                } else {
+                    status
+                };
+                let host = host.map_or(String::new(), |h| format!("host: {h}\r\n"));
+                let req = format!("GET {target} {version}\r\n{host}connection: close\r\n\r\n");
+                let before = replica.requests().len();
+                let out = wire.h1(over, req.as_bytes()).await;
+                let what = format!("{over:?} {req:?}");
+                assert_eq!(status_of(&out), status, "{what}: {out}");
+                if status != 200 {
+                    assert_eq!(replica.requests().len(), before, "{what} was forwarded");
+                    continue;
+                }
+                let seen = replica.last();
+                assert_eq!(seen.request_line(), "GET /v1/chat/x HTTP/1.1", "{what}");
+                assert_eq!(seen.header("host"), vec![want.to_string()], "{what}");
+                assert_eq!(
+                    seen.header("x-forwarded-host"),
+                    vec![want.to_string()],
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
 // --- Request-line and Host strictness, the same on every listener ---
 
 #[tokio::test]
@@ -736,6 +872,125 @@ async fn malformed_request_lines_and_hosts_get_400_and_close_on_every_listener()
         .requests()
         .iter()
         .all(|s| s.request_line() == "GET /ok HTTP/1.1"));
+}
+
+#[tokio::test]
+async fn empty_and_invalid_hosts_get_400_and_close_on_every_listener() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    let bad = [
+        "", "a:99999", "a:65536", "a b", "a@b", "a:8x", "[::1", "::1", "a/b", "a%41", ":80",
+        "a:80:80", "a\\b",
+    ];
+    for over in H1_BOTH {
+        for version in ["HTTP/1.1", "HTTP/1.0"] {
+            for host in bad {
+                let req = format!("GET /h {version}\r\nhost: {host}\r\n\r\n");
+                // exchange() returns only once the proxy closed the connection.
+                let out = wire.h1(over, req.as_bytes()).await;
+                assert_eq!(status_of(&out), 400, "{over:?} {req:?}: {out:?}");
+            }
+            for hosts in [["a.test", "b.test"], ["a.test", "a.test"]] {
+                let req = format!(
+                    "GET /h {version}\r\nhost: {}\r\nhost: {}\r\n\r\n",
+                    hosts[0], hosts[1]
+                );
+                let out = wire.h1(over, req.as_bytes()).await;
+                assert_eq!(status_of(&out), 400, "{over:?} {req:?}: {out:?}");
+            }
+        }
+    }
+    for over in H2_BOTH {
+        // `host` without `:authority` (HTTP/1.1 to HTTP/2 gateways send this), and
+        // `:authority` alone.
+        for host in bad {
+            let status = wire.h2_with_hosts(over, &[host]).await;
+            assert_eq!(status, 400, "{over:?} host {host:?}");
+        }
+        for authority in ["a:99999", "a:65536", "a@b"] {
+            let req = http::Request::builder()
+                .uri(format!("https://{authority}/h"))
+                .version(http::Version::HTTP_2)
+                .body(())
+                .unwrap();
+            let (status, _, _) = h2_send(wire.h2(over).await, req, &[], false).await;
+            assert_eq!(status, 400, "{over:?} :authority {authority:?}");
+        }
+        let status = wire.h2_with_hosts(over, &["a.test", "b.test"]).await;
+        assert_eq!(status, 400, "{over:?} two hosts");
+    }
+    assert!(replica.requests().is_empty(), "{:?}", replica.requests());
+    // Valid hosts of every shape still pass, on every transport.
+    for host in [
+        "API.test:443",
+        "127.0.0.1:8080",
+        "[::1]:8080",
+        "a_b-c.test",
+        "xn--bcher-kva.test",
+    ] {
+        for over in H1_BOTH {
+            let req = format!("GET /h HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+            let out = wire.h1(over, req.as_bytes()).await;
+            assert_eq!(status_of(&out), 200, "{over:?} {host}: {out:?}");
+            assert_eq!(replica.last().header("host"), vec![host.to_string()]);
+        }
+        for over in H2_BOTH {
+            let status = wire.h2_with_hosts(over, &[host]).await;
+            assert_eq!(status, 200, "{over:?} host {host}");
+            assert_eq!(replica.last().header("host"), vec![host.to_string()]);
+        }
+    }
+}
+
+impl Wire {
+    /// `GET /h` over HTTP/2 with no `:authority` and these `host` fields (as gateways
+    /// converting HTTP/1.1 send it); returns the status.
+    async fn h2_with_hosts(&self, over: Over, hosts: &[&str]) -> u16 {
+        let mut req = http::Request::builder().uri("/h");
+        for host in hosts {
+            req = req.header("host", *host);
+        }
+        let req = req.body(()).unwrap();
+        h2_send(self.h2(over).await, req, &[], false).await.0
+    }
+}
+
+#[tokio::test]
+async fn h2_authority_and_host_must_name_the_same_origin() {
+    let replica = RawReplica::ok("ok").await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    // (:scheme://:authority, host, status); the replica gets :authority as Host.
+    let cases = [
+        ("https://api.test", "API.TEST:443", 200),
+        ("https://Api.Test:443", "api.test", 200),
+        ("http://api.test:80", "api.test", 200),
+        ("http://api.test", "api.test:", 200),
+        ("https://api.test", "api.test:8443", 400),
+        ("https://api.test", "api.test:80", 400),
+        ("http://api.test", "api.test:443", 400),
+        ("https://api.test", "other.test", 400),
+    ];
+    for over in H2_BOTH {
+        for (origin, host, status) in cases {
+            let before = replica.requests().len();
+            let req = http::Request::builder()
+                .uri(format!("{origin}/a"))
+                .version(http::Version::HTTP_2)
+                .header("host", host)
+                .body(())
+                .unwrap();
+            let (got, _, _) = h2_send(wire.h2(over).await, req, &[], false).await;
+            assert_eq!(got, status, "{over:?} {origin} host {host}");
+            if status == 200 {
+                let authority = origin.split_once("://").unwrap().1;
+                let seen = replica.last();
+                assert_eq!(seen.header("host"), vec![authority.to_string()], "{over:?}");
+                assert_eq!(seen.header("x-forwarded-host"), vec![authority.to_string()]);
+            } else {
+                assert_eq!(replica.requests().len(), before, "{over:?} {origin} {host}");
+            }
+        }
+    }
 }
 
 // --- Short requests are answered on the plain listener (HTTP/1.1 or h2c detection) ---

@@ -25,8 +25,8 @@ pub struct Reports {
     /// The `/metrics` body; `{waiting}` and `{running}` are replaced by the live
     /// numbers (requests queued inside the replica and being worked on).
     pub metrics: Option<String>,
-    /// Answer every request with an `endpoint-load-metrics` header in this format
-    /// when the request asks for it (`TEXT` or `JSON`).
+    /// Answer each request that asks for it (`endpoint-load-metrics-format: TEXT`
+    /// or `JSON`) with an `endpoint-load-metrics` header in that format.
     pub orca: bool,
 }
 
@@ -90,6 +90,7 @@ impl ModelBuilder {
             running: AtomicU64::new(0),
             external_waiting: AtomicU64::new(0),
             metrics_scrapes: AtomicU64::new(0),
+            garbage: Default::default(),
             last_orca_request: Mutex::new(None),
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&inner)));
@@ -121,6 +122,8 @@ struct Inner {
     /// Queue from clients that do not go through the proxy (shows in /metrics only).
     external_waiting: AtomicU64,
     metrics_scrapes: AtomicU64,
+    /// Send unreadable reports instead.
+    garbage: std::sync::atomic::AtomicBool,
     /// The `endpoint-load-metrics-format` of the last request that sent one.
     last_orca_request: Mutex<Option<String>>,
 }
@@ -174,6 +177,11 @@ impl Model {
     /// Adds queued requests that only the replica's own reports show.
     pub fn set_external_waiting(&self, n: u64) {
         self.inner.external_waiting.store(n, Ordering::SeqCst);
+    }
+
+    /// Sends `endpoint-load-metrics: TEXT garbage` from now on.
+    pub fn set_garbage_reports(&self, on: bool) {
+        self.inner.garbage.store(on, Ordering::SeqCst);
     }
 
     pub fn set_reports(&self, r: Reports) {
@@ -250,7 +258,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Full<Byte
     let reported = inner.reports.lock().unwrap().orca;
     if let (true, Some(format)) = (reported, orca) {
         let (waiting, running) = load(&inner);
-        let value = if format.eq_ignore_ascii_case("JSON") {
+        let value = if inner.garbage.load(Ordering::SeqCst) {
+            "TEXT named_metrics.num_requests_waiting=lots".to_string()
+        } else if format.eq_ignore_ascii_case("JSON") {
             format!(
                 "JSON {{\"named_metrics\":{{\"num_requests_waiting\":{waiting},\"num_requests_running\":{running}}}}}"
             )

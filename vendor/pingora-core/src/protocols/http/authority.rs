@@ -78,7 +78,13 @@ pub fn validate_request_authority(req: &RequestHeader) -> Result<()> {
             if authority.contains(&b'@') {
                 return Error::e_explain(InvalidHTTPHeader, "userinfo in request target");
             }
-            if host.is_some_and(|host| host.as_bytes() != authority) {
+            // modelgate patch: the strict RFC 3986 syntax `Host` is held to.
+            if is_http_family_scheme(scheme) && !is_valid_host(authority) {
+                return Error::e_explain(InvalidHTTPHeader, "invalid absolute-form authority");
+            }
+            // modelgate patch: compared after scheme-based normalisation (RFC 3986
+            // §6.2.3), so `http://A.example/` with `Host: a.example:80` is one origin.
+            if host.is_some_and(|host| !same_authority(scheme, host.as_bytes(), authority)) {
                 return Error::e_explain(
                     InvalidHTTPHeader,
                     "Host header differs from request-target authority",
@@ -108,14 +114,98 @@ pub(super) fn validate_request_authority_fields(req: &RequestHeader) -> Result<(
         return Error::e_explain(InvalidHTTPHeader, "userinfo in URI authority");
     }
 
-    if host
-        .zip(uri_authority)
-        .is_some_and(|(host, authority)| host.as_bytes() != authority.as_bytes())
-    {
+    // modelgate patch: RFC 9113 §8.3.1 asks intermediaries to compare `:authority`
+    // and `Host` after scheme-based normalisation (RFC 3986 §6.2.3).
+    let scheme = req.uri.scheme_str().unwrap_or("").as_bytes();
+    if host.zip(uri_authority).is_some_and(|(host, authority)| {
+        !same_authority(scheme, host.as_bytes(), authority.as_bytes())
+    }) {
         return Error::e_explain(InvalidHTTPHeader, "Host header differs from URI authority");
     }
 
     Ok(())
+}
+
+/// Whether `value` is a valid HTTP authority as `Host` and absolute-form targets carry
+/// it: `host [":" port]` (RFC 3986 §3.2.2-3.2.3, RFC 9110 §4.2.1 and §7.2), where host
+/// is a non-empty reg-name of unreserved and sub-delims characters (so also an IPv4
+/// address) or a bracketed IPv6 address, and port is empty or a number up to 65535.
+/// No userinfo (RFC 9110 §4.2.4), no percent-encoding, no zone id, no IPvFuture.
+///
+/// modelgate patch: pingora checked `Host` with [`http::uri::Authority`], which takes
+/// `a:99999` and userinfo.
+pub fn is_valid_host(value: &[u8]) -> bool {
+    let Some((host, port)) = split_authority(value) else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix(b"[") {
+        Some(literal) => literal
+            .strip_suffix(b"]")
+            .and_then(|ip| std::str::from_utf8(ip).ok())
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(b))
+        }
+    };
+    host_ok && port.is_none_or(|p| p.is_empty() || port_number(p).is_some())
+}
+
+/// Whether two authorities name the same origin under `scheme` after RFC 3986
+/// §6.2.3 scheme-based normalisation: the host compared case-insensitively, an
+/// empty port or the scheme's default port (80 for http/ws, 443 for https/wss) the
+/// same as none, ports compared as numbers.
+pub fn same_authority(scheme: &[u8], a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    let (Some((host_a, port_a)), Some((host_b, port_b))) = (split_authority(a), split_authority(b))
+    else {
+        return false;
+    };
+    let default = if [b"https".as_slice(), b"wss"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+    {
+        443
+    } else if [b"http".as_slice(), b"ws"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+    {
+        80
+    } else {
+        0
+    };
+    let port = |p: Option<&[u8]>| match p {
+        None | Some(b"") => Some(None),
+        Some(p) => port_number(p).map(|n| (n != default).then_some(n)),
+    };
+    host_a.eq_ignore_ascii_case(host_b)
+        && matches!((port(port_a), port(port_b)), (Some(x), Some(y)) if x == y)
+}
+
+/// `host[:port]` split at the port's colon (after a bracketed IPv6 literal).
+fn split_authority(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let host_end = match value.first() {
+        Some(b'[') => value.iter().position(|b| *b == b']')? + 1,
+        _ => value.iter().position(|b| *b == b':').unwrap_or(value.len()),
+    };
+    let (host, rest) = value.split_at(host_end);
+    match rest {
+        [] => Some((host, None)),
+        [b':', port @ ..] => Some((host, Some(port))),
+        _ => None,
+    }
+}
+
+/// A port of 1 to 5 digits within 0..=65535.
+fn port_number(port: &[u8]) -> Option<u16> {
+    if port.is_empty() || port.len() > 5 || !port.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(port).ok()?.parse().ok()
 }
 
 /// Reconcile authority-like CONNECT targets with `Host` while preserving custom target forms.
@@ -402,6 +492,80 @@ mod tests {
             &["authority.example"]
         ))
         .is_ok());
+    }
+
+    #[test]
+    fn host_syntax_and_normalised_comparison() {
+        for good in [
+            "a",
+            "API.example:443",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:80",
+            "a_b-c~d.test",
+            "a:",
+            "a:0",
+            "a:65535",
+        ] {
+            assert!(is_valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "a:99999",
+            "a:65536",
+            "a:8x",
+            "a b",
+            "a@b",
+            "a/b",
+            "a%41",
+            ":80",
+            "[::1",
+            "::1",
+            "[fe80::1%25eth0]",
+            "[v1.x]",
+            "a:80:80",
+            "[::1]x",
+            "a\\b",
+            "é",
+        ] {
+            assert!(!is_valid_host(bad.as_bytes()), "{bad}");
+        }
+        for (scheme, a, b) in [
+            ("http", "API.example", "api.example:80"),
+            ("HTTP", "api.example:", "api.example"),
+            ("https", "api.example:443", "Api.Example"),
+            ("wss", "[::1]:443", "[::1]"),
+            ("http", "a:8080", "A:08080"),
+        ] {
+            assert!(
+                same_authority(scheme.as_bytes(), a.as_bytes(), b.as_bytes()),
+                "{a} {b}"
+            );
+        }
+        for (scheme, a, b) in [
+            ("https", "api.example:80", "api.example"),
+            ("http", "api.example:443", "api.example"),
+            ("http", "api.example:8080", "api.example"),
+            ("http", "api.example", "other.example"),
+            ("", "api.example:80", "api.example"),
+        ] {
+            assert!(
+                !same_authority(scheme.as_bytes(), a.as_bytes(), b.as_bytes()),
+                "{a} {b}"
+            );
+        }
+        assert!(validate_request_authority(&request(
+            "GET",
+            "http://API.example/x",
+            &["api.example:80"]
+        ))
+        .is_ok());
+        assert!(validate_request_authority(&request(
+            "GET",
+            "http://api.example:99999/x",
+            &["api.example:99999"]
+        ))
+        .is_err());
     }
 
     #[test]

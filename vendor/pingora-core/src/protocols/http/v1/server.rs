@@ -36,8 +36,9 @@ use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use super::header::HeaderWriter;
 use crate::protocols::http::{
-    authority::validate_request_authority, body_buffer::FixedBuffer, date, HttpTask,
-    ReusableHttpStream,
+    authority::{is_valid_host, validate_request_authority},
+    body_buffer::FixedBuffer,
+    date, HttpTask, ReusableHttpStream,
 };
 use crate::protocols::{Digest, SocketAddr, Stream};
 use crate::utils::{BufRef, KVRef};
@@ -328,8 +329,7 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut detached_suffix = None;
         let header_timeout = self.header_read_timeout;
-        let head_started =
-            |from: tokio::time::Instant| header_timeout.map(|t| (from + t, t));
+        let head_started = |from: tokio::time::Instant| header_timeout.map(|t| (from + t, t));
         let mut head_deadline = if self.header_timer_from_start || already_read != 0 {
             head_started(tokio::time::Instant::now())
         } else {
@@ -537,16 +537,13 @@ impl HttpSession {
         // Reject an ambiguous authority before anything routes on it.
         validate_request_authority(req_header)?;
 
-        // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, or with a Host
-        // that is not a valid authority (empty is allowed).
+        // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, or (any version)
+        // with a Host that is empty or not a valid authority.
         match req_header.headers.get(http::header::HOST) {
             None if req_header.version >= http::Version::HTTP_11 => {
                 return Error::e_explain(InvalidHTTPHeader, "HTTP/1.1 request without Host");
             }
-            Some(host)
-                if !host.is_empty()
-                    && http::uri::Authority::try_from(host.as_bytes()).is_err() =>
-            {
+            Some(host) if !is_valid_host(host.as_bytes()) => {
                 return Error::e_explain(InvalidHTTPHeader, "invalid Host header");
             }
             _ => {}
@@ -572,6 +569,18 @@ impl HttpSession {
             // See https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.4.3
             if !self.is_chunked_encoding() {
                 return Error::e_explain(InvalidHTTPHeader, "non-chunked final Transfer-Encoding");
+            }
+            // modelgate: chunked at most once (RFC 9112 6.1). `chunked, chunked` was
+            // decoded once and forwarded as `chunked`, a body its sender framed twice.
+            let chunked = req_header
+                .headers
+                .get_all(TRANSFER_ENCODING)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .filter(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                .count();
+            if chunked > 1 {
+                return Error::e_explain(InvalidHTTPHeader, "chunked applied more than once");
             }
         }
 

@@ -32,8 +32,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::protocols::http::authority::{
-    has_ambiguous_port_suffix, raw_target_authority, validate_request_authority_fields,
-    RawTargetAuthority,
+    has_ambiguous_port_suffix, is_valid_host, raw_target_authority,
+    validate_request_authority_fields, RawTargetAuthority,
 };
 use crate::protocols::http::body_buffer::FixedBuffer;
 use crate::protocols::http::date::get_cached_date;
@@ -332,6 +332,23 @@ fn invalid_request_authority(request: &RequestHeader) -> bool {
     }
     if request.uri.authority().is_none() && !request.headers.contains_key(header::HOST) {
         debug!("rejecting downstream h2 request: missing authority");
+        return true;
+    }
+    // modelgate patch: `host` and `:authority` are held to the syntax HTTP/1 `Host` is
+    // (the h2 crate parses `:authority` with `http::uri::Authority`, which takes
+    // `a:99999`); CONNECT's `:authority` keeps its own checks below.
+    let is_connect = request.method == http::Method::CONNECT;
+    if request
+        .headers
+        .get(header::HOST)
+        .is_some_and(|host| !is_valid_host(host.as_bytes()))
+        || (!is_connect
+            && request
+                .uri
+                .authority()
+                .is_some_and(|a| !is_valid_host(a.as_str().as_bytes())))
+    {
+        debug!("rejecting downstream h2 request: invalid authority");
         return true;
     }
 

@@ -1,0 +1,398 @@
+//! One replica of a model, kept across config generations: its address and
+//! everything the proxy knows about it (in-flight count and age, typical time per
+//! request, health state, failure streak, ejection, slow-start ramp, last check).
+//!
+//! A [`Replica`] is created once per upstream and address by the upstream's
+//! [`super::ReplicaStore`] and shared by every generation's [`super::Backend`] for
+//! that address, so a request running on an old generation and one on the new
+//! generation count against the same cap. All state is atomic.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::clock;
+use super::report::LoadReport;
+
+/// Whether a backend may receive new requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BackendState {
+    /// Serving.
+    Up = 0,
+    /// Failing its health check or ejected; gets no new requests, running ones go on.
+    Down = 1,
+    /// Not checked yet; gets nothing until it passes once.
+    Unknown = 2,
+}
+
+impl BackendState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendState::Up => "up",
+            BackendState::Down => "down",
+            BackendState::Unknown => "unknown",
+        }
+    }
+}
+
+/// Answers needed before a replica's speed counts (one long request is not a
+/// trend); the fastest of them starts the running estimate.
+const FIRST_SAMPLES: usize = 4;
+
+/// One replica of one upstream, the same object in every config generation.
+#[derive(Debug)]
+pub struct Replica {
+    addr: SocketAddr,
+    /// `ip:port`, ready for logs and metric labels.
+    label: Arc<str>,
+    inflight: AtomicU32,
+    /// Sum of the start times (clock µs) of the requests in flight: with the count it
+    /// gives their total age without a list.
+    started_sum_us: AtomicU64,
+    /// Running low quantile (about the 11th percentile) of the time per request,
+    /// in microseconds (0: fewer than `FIRST_SAMPLES` answers so far).
+    latency_us: AtomicU32,
+    /// The first `FIRST_SAMPLES` samples, whose fastest starts the running estimate.
+    first: [AtomicU32; FIRST_SAMPLES],
+    recorded: AtomicU32,
+    state: AtomicU8,
+    /// Failures (connect errors, 5xx) in a row, for passive ejection.
+    consecutive_failures: AtomicU32,
+    /// How many times in a row this backend was ejected (the ejection time doubles).
+    ejections: AtomicU32,
+    /// Until when (clock ms) it stays ejected; 0 when not ejected.
+    ejected_until: AtomicU64,
+    /// Until when (clock ms) its share ramps up after (re)joining; 0 when not ramping.
+    ramp_until: AtomicU64,
+    /// When the last active health check finished (Unix ms); 0 before the first.
+    last_check_unix_ms: AtomicU64,
+    /// The replica's last own load report, in thousandths (`NONE`: not reported).
+    reported_queue: AtomicU32,
+    reported_running: AtomicU32,
+    reported_cache: AtomicU32,
+    /// When it came (clock ms; 0: never) and its wall-clock time (Unix ms).
+    reported_at_ms: AtomicU64,
+    reported_unix_ms: AtomicU64,
+}
+
+/// A gauge the last report did not carry.
+const NONE: u32 = u32::MAX;
+
+fn milli(x: Option<f64>) -> u32 {
+    x.map_or(NONE, |x| {
+        (x * 1000.0).round().clamp(0.0, f64::from(NONE - 1)) as u32
+    })
+}
+
+fn unmilli(x: u32) -> Option<f64> {
+    (x != NONE).then(|| f64::from(x) / 1000.0)
+}
+
+impl Replica {
+    pub(crate) fn new(addr: SocketAddr, state: BackendState) -> Arc<Replica> {
+        Arc::new(Replica {
+            addr,
+            label: addr.to_string().into(),
+            inflight: AtomicU32::new(0),
+            started_sum_us: AtomicU64::new(0),
+            latency_us: AtomicU32::new(0),
+            first: Default::default(),
+            recorded: AtomicU32::new(0),
+            state: AtomicU8::new(state as u8),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ramp_until: AtomicU64::new(0),
+            last_check_unix_ms: AtomicU64::new(0),
+            reported_queue: AtomicU32::new(NONE),
+            reported_running: AtomicU32::new(NONE),
+            reported_cache: AtomicU32::new(NONE),
+            reported_at_ms: AtomicU64::new(0),
+            reported_unix_ms: AtomicU64::new(0),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The label, shared (for access log lines written on another thread).
+    pub fn label_shared(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    /// Requests this proxy has on the backend right now.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight and their total age at clock time `now_us` (µs), read
+    /// consistently without a lock: the start-time sum is read on both sides of
+    /// the count, and a change in between means a slot was taken or freed
+    /// meanwhile, so the read is repeated (after three misses the age is left out).
+    #[inline]
+    pub(crate) fn work(&self, now_us: u64) -> (u32, u64) {
+        let v = self;
+        for _ in 0..3 {
+            let before = v.started_sum_us.load(Ordering::Acquire);
+            let n = v.inflight.load(Ordering::Acquire);
+            if v.started_sum_us.load(Ordering::Acquire) == before {
+                return (n, (u64::from(n) * now_us).saturating_sub(before));
+            }
+        }
+        (self.inflight(), 0)
+    }
+
+    /// Typical time per request of this replica (a running low quantile, see
+    /// [`Replica::record_latency`]), in microseconds; 0 until a few answers came back.
+    pub fn latency_us(&self) -> u32 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+
+    /// Folds one time per request into the running low quantile.
+    ///
+    /// The estimate starts as the fastest of the first `FIRST_SAMPLES`, then moves
+    /// toward each sample by a step proportional to itself: 1/64 up, 1/8 down, so
+    /// it settles where one sample in nine is faster, about the 11th percentile
+    /// (Ma, Muthukrishnan and Sandler, "Frugal Streaming for Estimating Quantiles",
+    /// 2013: a step up with weight q and down with weight 1 − q tracks the
+    /// q-quantile). A low quantile measures the replica rather than the requests it
+    /// happened to get: a replica that served a run of long requests (as the idle
+    /// one does when the balancer keeps short work off a busy one) still looks as
+    /// fast as it is (thirty long answers in a row move it 1.6x), while a replica
+    /// that really slows down for everything is seen within about a hundred answers
+    /// (8x slower: 3x within 70). Lock-free; concurrent updates may lose a step.
+    #[inline]
+    pub fn record_latency(&self, took: Duration) {
+        let v = self;
+        let sample = took.as_micros().clamp(1, u128::from(u32::MAX)) as u32;
+        let n = v.recorded.load(Ordering::Relaxed) as usize;
+        if n < FIRST_SAMPLES {
+            let n = v.recorded.fetch_add(1, Ordering::Relaxed) as usize;
+            if let Some(slot) = v.first.get(n) {
+                slot.store(sample, Ordering::Relaxed);
+            }
+            if n + 1 == FIRST_SAMPLES {
+                let mut first = [0u32; FIRST_SAMPLES];
+                for (f, s) in first.iter_mut().zip(&v.first) {
+                    *f = s.load(Ordering::Relaxed);
+                }
+                let fastest = first.iter().copied().min().unwrap_or(1);
+                v.latency_us.store(fastest.max(1), Ordering::Relaxed);
+            }
+            return;
+        }
+        let old = v.latency_us.load(Ordering::Relaxed);
+        if old == 0 {
+            return; // the first samples are still being folded in
+        }
+        let new = if sample > old {
+            old.saturating_add((old / 64).max(1).min(sample - old))
+        } else {
+            (old - (old / 8).max(1).min(old - sample)).max(1)
+        };
+        v.latency_us.store(new, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> BackendState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => BackendState::Up,
+            1 => BackendState::Down,
+            _ => BackendState::Unknown,
+        }
+    }
+
+    /// Moves to `state`; returns the previous one. Joining (to Up) starts the
+    /// slow-start ramp; the caller then lets queued requests at the new capacity
+    /// ([`super::WaitQueue::dispatch`]).
+    pub(crate) fn set_state(&self, state: BackendState, slow_start: Duration) -> BackendState {
+        let prev = self.state.swap(state as u8, Ordering::AcqRel);
+        let prev = match prev {
+            0 => BackendState::Up,
+            1 => BackendState::Down,
+            _ => BackendState::Unknown,
+        };
+        if prev != state && state == BackendState::Up && !slow_start.is_zero() {
+            self.ramp_until.store(
+                clock::now_ms() + slow_start.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        }
+        prev
+    }
+
+    /// May this replica be given a new request?
+    #[inline]
+    pub fn is_available(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == BackendState::Up as u8
+    }
+
+    /// During slow start, the share (0.1..1) of new requests this replica should get;
+    /// `None` once fully in.
+    #[inline]
+    pub(crate) fn ramp(&self, slow_start: Duration) -> Option<f64> {
+        let until = self.ramp_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let now = clock::now_ms();
+        if now >= until {
+            self.ramp_until.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let total = slow_start.as_millis().max(1) as f64;
+        let elapsed = total - (until - now) as f64;
+        Some((elapsed / total).clamp(0.1, 1.0))
+    }
+
+    /// Records an answer that was not a failure; clears the failure streak.
+    #[inline]
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a connect failure or 5xx; returns the streak length.
+    pub fn record_failure(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Takes the backend out for `base` doubled per ejection in a row (capped at 32×);
+    /// returns how long. A backend that stayed in for 5× `base` since its last
+    /// ejection starts its streak over.
+    pub(crate) fn eject(&self, base: Duration) -> Duration {
+        let now = clock::now_ms();
+        let last_until = self.ejected_until.load(Ordering::Relaxed);
+        if last_until != 0 && now > last_until + 5 * base.as_millis() as u64 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(5);
+        let dur = base * (1u32 << n);
+        self.ejected_until
+            .store(now + dur.as_millis() as u64, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.state
+            .store(BackendState::Down as u8, Ordering::Release);
+        dur
+    }
+
+    /// How long the running ejection still lasts (zero when none).
+    pub fn ejected_for(&self) -> Duration {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(clock::now_ms()))
+    }
+
+    /// Notes that an active health check just finished.
+    pub(crate) fn record_check(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_check_unix_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// When the last active health check finished, if any.
+    pub fn last_check(&self) -> Option<std::time::SystemTime> {
+        match self.last_check_unix_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    /// Is an ejection still running?
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && clock::now_ms() < until
+    }
+
+    /// Stores the replica's own load report, just received.
+    pub(crate) fn record_report(&self, r: &LoadReport) {
+        self.reported_queue.store(milli(r.queue), Ordering::Relaxed);
+        self.reported_running
+            .store(milli(r.running), Ordering::Relaxed);
+        self.reported_cache
+            .store(milli(r.cache_usage), Ordering::Relaxed);
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.reported_unix_ms.store(unix, Ordering::Relaxed);
+        self.reported_at_ms
+            .store(clock::now_ms(), Ordering::Release);
+    }
+
+    /// The last load report and when it came, if any.
+    pub fn reported(&self) -> Option<(LoadReport, std::time::SystemTime)> {
+        if self.reported_at_ms.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let report = LoadReport {
+            queue: unmilli(self.reported_queue.load(Ordering::Relaxed)),
+            running: unmilli(self.reported_running.load(Ordering::Relaxed)),
+            cache_usage: unmilli(self.reported_cache.load(Ordering::Relaxed)),
+        };
+        let at = std::time::UNIX_EPOCH
+            + Duration::from_millis(self.reported_unix_ms.load(Ordering::Relaxed));
+        Some((report, at))
+    }
+
+    /// Requests the replica said it holds (queued + running, rounded up) if it said
+    /// so within `ttl_ms` of clock time `now_ms`; 0 otherwise (no report, too old,
+    /// or reports off with `ttl_ms == 0`), so a silent replica is judged by what the
+    /// proxy sees alone.
+    #[inline]
+    pub(crate) fn reported_load(&self, now_ms: u64, ttl_ms: u64) -> u32 {
+        if ttl_ms == 0 {
+            return 0;
+        }
+        let at = self.reported_at_ms.load(Ordering::Acquire);
+        if at == 0 || now_ms.saturating_sub(at) > ttl_ms {
+            return 0;
+        }
+        let part = |a: &AtomicU32| match a.load(Ordering::Relaxed) {
+            NONE => 0,
+            x => u64::from(x),
+        };
+        let milli = part(&self.reported_queue) + part(&self.reported_running);
+        u32::try_from(milli.div_ceil(1000)).unwrap_or(u32::MAX)
+    }
+
+    /// Takes an in-flight slot if fewer than `cap` are taken (`cap == 0`: no limit);
+    /// returns when (clock µs) and how many requests were running before it.
+    #[inline]
+    pub(crate) fn take_slot(&self, cap: u32) -> Option<(u64, u32)> {
+        let v = self;
+        let started_us = clock::now_us();
+        // The start time goes in before the count (and out after it), so a pick that
+        // reads between the two sees the in-flight work younger, never older.
+        v.started_sum_us.fetch_add(started_us, Ordering::Release);
+        let ahead = if cap == 0 {
+            v.inflight.fetch_add(1, Ordering::Release)
+        } else {
+            match v
+                .inflight
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < cap).then_some(n + 1)
+                }) {
+                Ok(n) => n,
+                Err(_) => {
+                    v.started_sum_us.fetch_sub(started_us, Ordering::Release);
+                    return None;
+                }
+            }
+        };
+        Some((started_us, ahead))
+    }
+
+    /// Frees a slot taken at `started_us`.
+    #[inline]
+    pub(crate) fn release_slot(&self, started_us: u64) {
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.started_sum_us.fetch_sub(started_us, Ordering::Release);
+    }
+}

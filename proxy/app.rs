@@ -195,6 +195,9 @@ impl App {
                 app.server_options = Some(server_options(&config.listen.limits, false));
             }
             proxy.set_connection_gate(Arc::new(Gate(Arc::clone(&conns))));
+            let handshakes = tls::handshake::HandshakeCounter::register(metrics.registry())
+                .map_err(|e| StartError(vec![format!("metrics: {e}")]))?;
+            proxy.set_handshake_failures(handshakes);
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);
             proxy_addrs.push(addr);
             server.add_service(proxy);

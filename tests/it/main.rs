@@ -22,6 +22,7 @@ mod reload;
 mod replica;
 mod routing;
 mod slow_clients;
+mod status_page;
 mod streaming;
 mod support;
 mod tls;

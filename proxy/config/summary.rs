@@ -53,9 +53,10 @@ pub fn summary(cfg: &Config) -> String {
 
     let _ = writeln!(out, "upstreams:");
     for u in &cfg.upstreams {
-        let inflight = match u.max_inflight {
-            0 => "unlimited".to_string(),
-            n => n.to_string(),
+        let inflight = match (u.max_inflight_auto, u.max_inflight) {
+            (Some(a), _) => format!("auto {}..{}", a.min, a.max),
+            (None, 0) => "unlimited".to_string(),
+            (None, n) => n.to_string(),
         };
         let backends = match &u.backends {
             BackendSource::Static(list) => list

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::clock;
+use super::limit::{Answer, Bounds, LimitLearner};
 use super::report::LoadReport;
 
 /// Whether a backend may receive new requests.
@@ -75,6 +76,8 @@ pub struct Replica {
     /// When it came (clock ms; 0: never) and its wall-clock time (Unix ms).
     reported_at_ms: AtomicU64,
     reported_unix_ms: AtomicU64,
+    /// Its learned concurrency limit (used with `max_inflight = "auto"`).
+    limit: LimitLearner,
 }
 
 /// A gauge the last report did not carry.
@@ -111,7 +114,19 @@ impl Replica {
             reported_cache: AtomicU32::new(NONE),
             reported_at_ms: AtomicU64::new(0),
             reported_unix_ms: AtomicU64::new(0),
+            limit: LimitLearner::new(1),
         })
+    }
+
+    /// Its learned concurrency limit now, within `bounds`.
+    #[inline]
+    pub fn learned_limit(&self, bounds: Bounds) -> u32 {
+        self.limit.limit(bounds)
+    }
+
+    /// Folds one answer into the learned limit; returns the new limit if it moved.
+    pub(crate) fn learn_limit(&self, answer: Answer, bounds: Bounds) -> Option<u32> {
+        self.limit.on_answer(answer, bounds)
     }
 
     pub fn addr(&self) -> SocketAddr {

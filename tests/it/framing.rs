@@ -111,6 +111,16 @@ const REFUSED: &[(&str, &[u8])] = &[
     ("chunk size not hex", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
     ("chunk size overflowing", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFF1\r\nhello\r\n0\r\n\r\n"),
     ("chunk size with a sign", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n"),
+    ("chunk size line ended by a bare LF", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
+    ("chunk size with an extension ended by a bare LF", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x\nhello\r\n0\r\n\r\n"),
+    ("Transfer-Encoding chunked twice", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+    ("Transfer-Encoding with Content-Length on HTTP/1.0", b"POST / HTTP/1.0\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("Content-Length list with an empty member", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\nhello"),
+    ("Content-Length empty", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\nhello"),
+    ("Content-Length in hex", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello"),
+    ("a header line without a colon", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\nb\r\n\r\n"),
+    ("NUL in a header name", b"GET / HTTP/1.1\r\nHost: a\r\nX-\x00A: a\r\n\r\n"),
+    ("two Host headers, one empty", b"GET / HTTP/1.1\r\nHost: a\r\nHost:\r\n\r\n"),
 ];
 
 #[tokio::test]
@@ -181,6 +191,27 @@ async fn rfc9112_rules_where_they_allow_a_request_through() {
     .await;
     assert!(matches!(status(&resp), 200 | 400), "{resp}");
     assert!(!rec.seen().contains("/smuggled"), "{}", rec.seen());
+
+    // A Content-Length list of one repeated value is that value (RFC 9110 8.6), or refused.
+    rec.clear();
+    let (resp, _) = exchange(
+        proxy.http_addr(),
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\nhelloGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert!(matches!(status(&resp), 200 | 400), "{resp}");
+    assert!(!rec.seen().contains("/smuggled"), "{}", rec.seen());
+
+    // Transfer coding names are case-insensitive: `Chunked` is chunked.
+    rec.clear();
+    let (resp, _) = exchange(
+        proxy.http_addr(),
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(matches!(status(&resp), 200 | 400), "{resp}");
+    let seen = rec.seen().to_ascii_lowercase();
+    assert!(!seen.contains("content-length"), "{seen:?}");
 
     // A valid chunked body is forwarded with valid framing.
     rec.clear();
@@ -309,6 +340,89 @@ async fn h2_cr_lf_or_connection_headers_never_reach_an_http1_replica() {
         );
         // Refused as a stream error (RST_STREAM), a connection error (GOAWAY = 7)
         // or a 400 (HEADERS on stream 1).
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.0 == RST_STREAM || f.0 == 7 || (f.0 == HEADERS && f.2 == 1)),
+            "{what}: {frames:?}"
+        );
+    }
+    assert_eq!(h2().get(proxy.url("/")).send().await.unwrap().status(), 200);
+}
+
+const DATA: u8 = 0;
+
+/// An h2 request's `content-length` that disagrees with its DATA (RFC 9113 8.1.1:
+/// malformed) must never reach an HTTP/1.1 replica with that length, where it would
+/// frame the connection differently: `content-length: 0` with a whole request in the
+/// DATA (the H2.CL attack), a length longer than the DATA, and two lengths.
+#[tokio::test]
+async fn h2_content_length_that_disagrees_with_the_data_never_reaches_an_http1_replica() {
+    let rec = Recorder::start().await;
+    let proxy = proxy_to(&rec).await;
+    let smuggled: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let cases: &[(&str, Vec<Field>, &[u8])] = &[
+        (
+            "content-length 0 with DATA",
+            vec![(b"content-length", b"0")],
+            smuggled,
+        ),
+        (
+            "content-length longer than DATA",
+            vec![(b"content-length", b"100")],
+            smuggled,
+        ),
+        (
+            "content-length shorter than DATA",
+            vec![(b"content-length", b"5")],
+            smuggled,
+        ),
+        (
+            "two differing content-length",
+            vec![(b"content-length", b"5"), (b"content-length", b"35")],
+            smuggled,
+        ),
+        (
+            "content-length with a sign",
+            vec![(b"content-length", b"+35")],
+            smuggled,
+        ),
+    ];
+    for (what, extra, data) in cases {
+        rec.clear();
+        let mut s = h2_conn(proxy.http_addr()).await;
+        // POST (static index 3) instead of the block's GET.
+        let mut block = request_block(extra);
+        block[0] = 0x83;
+        s.write_all(&frame(HEADERS, END_HEADERS, 1, &block))
+            .await
+            .unwrap();
+        s.write_all(&frame(DATA, END_STREAM, 1, data))
+            .await
+            .unwrap();
+        let frames = read_frames(&mut s).await;
+        let seen = rec.seen();
+        // Whatever reached the replica is framed by what it was told: no byte past
+        // a declared length (where it would be read as the next request).
+        let lower = seen.to_ascii_lowercase();
+        if let Some(head_end) = lower.find("\r\n\r\n") {
+            let body = &lower[head_end + 4..];
+            let declared: Vec<usize> = lower[..head_end]
+                .lines()
+                .filter_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .collect();
+            match declared[..] {
+                [n] => assert!(body.len() <= n, "{what}: {seen:?}"),
+                [] => assert!(
+                    body.is_empty() || lower[..head_end].contains("transfer-encoding: chunked"),
+                    "{what}: {seen:?}"
+                ),
+                _ => panic!("{what}: several lengths reached the replica: {seen:?}"),
+            }
+        }
+        // Refused as a stream or connection error, or answered (a 400, or the 200 of
+        // a request forwarded with its true length).
         assert!(
             frames
                 .iter()

@@ -816,9 +816,12 @@ async fn absolute_form_authority_replaces_host_when_both_name_one_origin() {
     for over in H1_BOTH {
         for version in ["HTTP/1.1", "HTTP/1.0"] {
             for (target, host, status, want) in cases {
-                if host.is_none() && version == "HTTP/1.1" {
-                    continue;
-                }
+                // HTTP/1.1 requires Host even with an absolute-form target (RFC 9112 §3.2).
+                let status = if host.is_none() && version == "HTTP/1.1" {
+                    400
+                } else {
+                    status
+                };
                 let host = host.map_or(String::new(), |h| format!("host: {h}\r\n"));
                 let req = format!("GET {target} {version}\r\n{host}connection: close\r\n\r\n");
                 let before = replica.requests().len();

@@ -675,6 +675,17 @@ impl BodyReader {
                             "Got size {chunk_size}, payload_index: {payload_index}, chunk: {:?}",
                             String::from_utf8_lossy(buf).escape_default(),
                         );
+                        // modelgate: httparse takes any byte inside a chunk extension,
+                        // a bare LF too, where servers that end lines at LF see the
+                        // size line end and the chunk data start ("TERM.EXT"
+                        // smuggling). RFC 9112 7.1.1 allows no CTL there: refuse.
+                        if buf[..payload_index.saturating_sub(2)].contains(&b'\n') {
+                            self.body_state = self.body_state.done(0);
+                            return Error::e_explain(
+                                INVALID_CHUNK,
+                                "bare LF in a chunk size line",
+                            );
+                        }
                         let chunk_size = match usize::try_from(chunk_size) {
                             Ok(chunk_size) => chunk_size,
                             Err(_) => {
@@ -2389,6 +2400,17 @@ mod tests {
         assert_eq!(res, None);
         assert_eq!(body_reader.body_state, ParseState::Complete(0));
         assert_eq!(body_reader.get_body_overread(), None);
+    }
+
+    #[tokio::test]
+    async fn read_with_body_chunk_ext_bare_lf_refused() {
+        init_log();
+        let input = b"5;x\nhello\r\n0\r\n\r\n";
+        let mut mock_io = Builder::new().read(&input[..]).build();
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_chunked(b"");
+        let res = body_reader.read_body(&mut mock_io).await;
+        assert_eq!(res.unwrap_err().etype(), &INVALID_CHUNK);
     }
 
     #[tokio::test]

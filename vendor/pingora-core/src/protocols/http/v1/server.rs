@@ -570,6 +570,18 @@ impl HttpSession {
             if !self.is_chunked_encoding() {
                 return Error::e_explain(InvalidHTTPHeader, "non-chunked final Transfer-Encoding");
             }
+            // modelgate: chunked at most once (RFC 9112 6.1). `chunked, chunked` was
+            // decoded once and forwarded as `chunked`, a body its sender framed twice.
+            let chunked = req_header
+                .headers
+                .get_all(TRANSFER_ENCODING)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .filter(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                .count();
+            if chunked > 1 {
+                return Error::e_explain(InvalidHTTPHeader, "chunked applied more than once");
+            }
         }
 
         Ok(())

@@ -216,6 +216,13 @@ impl App {
         health.threads = Some(1);
         server.add_service(health);
 
+        let mut load = background_service(
+            "load reports",
+            crate::load::LoadService::new(Arc::clone(&shared), Arc::clone(&metrics)),
+        );
+        load.threads = Some(1);
+        server.add_service(load);
+
         let mut discovery = background_service(
             "dns discovery",
             crate::discovery::DiscoveryService::new(Arc::clone(&shared), Arc::clone(&metrics)),

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod edge;
 pub mod gateway;
 pub mod health;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod openai;

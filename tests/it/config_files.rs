@@ -223,11 +223,10 @@ fn broken() -> Vec<(String, Vec<&'static str>)> {
             vec![":11:"],
         ),
         (
-            format!("{listen}{VALID_TAIL}max_inflight = \"auto\"\n[upstream.u.load]\norca = true\nmetrics = \"/metrics\"\nqueue_metric = \"q\"\n"),
+            format!("{listen}{VALID_TAIL}max_inflight = \"auto\"\n[upstream.u.load]\norca = true\nmetrics = \"/metrics\"\nqueue_metric = \"q r\"\n"),
             vec![
                 ":11:16: upstream.u.max_inflight: expected a whole number >= 0, found \"auto\"",
-                ":14:11: upstream.u.load.metrics: polling the replicas' /metrics is not available in this build",
-                ":15:1: upstream.u.load.queue_metric: unknown key",
+                ":15:16: upstream.u.load.queue_metric: \"q r\" is not a metric name",
             ],
         ),
     ]

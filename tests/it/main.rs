@@ -13,6 +13,7 @@ mod edge;
 mod failures;
 mod framing;
 mod grpc;
+mod load_reports;
 mod logs;
 mod memory;
 mod observability;

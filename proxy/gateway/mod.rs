@@ -478,7 +478,9 @@ impl ProxyHttp for Gateway {
         ctx.first_byte = Some(now.saturating_duration_since(ctx.start));
         let status = upstream_response.status.as_u16();
         if let Some(started) = ctx.attempt_started {
-            lease.record_latency(now.saturating_duration_since(started));
+            let took = now.saturating_duration_since(started);
+            lease.record_latency(took);
+            lease.learn(took, status, route.pool.settings().cap);
         }
         if status < 500 {
             lease.backend().record_success();

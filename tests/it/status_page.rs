@@ -156,6 +156,21 @@ async fn the_status_page_charts_a_load_run_behind_the_admin_token() {
     assert_eq!(v["routes"][0]["name"], "all");
     assert!(v["config"]["generation"].as_u64().is_some());
 
+    // A reload of a broken file is refused; the page says so while the old config serves.
+    let good = std::fs::read_to_string(proxy.config_path()).unwrap();
+    std::fs::write(
+        proxy.config_path(),
+        good.replace("max_inflight = 1", "max_inflight = \"one\""),
+    )
+    .unwrap();
+    let resp = h1()
+        .post(proxy.admin_url("/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+
     // The page, with the token as the Basic password in the URL (the browser sends it
     // after the challenge, and with every request the page makes).
     let page = proxy
@@ -191,6 +206,15 @@ async fn the_status_page_charts_a_load_run_behind_the_admin_token() {
     assert!(
         dom.contains("upstream pool") && dom.contains("class=\"route\""),
         "{dom}"
+    );
+    let banner = dom
+        .split("<div id=\"reload-error\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</div>").next())
+        .unwrap_or_default();
+    assert!(
+        banner.starts_with("last reload rejected") && banner.contains("upstream.pool.max_inflight"),
+        "{banner}"
     );
     assert!(
         dom.contains("<span id=\"fetch-error\"></span>"),

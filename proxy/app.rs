@@ -195,6 +195,9 @@ impl App {
                 app.server_options = Some(server_options(&config.listen.limits, false));
             }
             proxy.set_connection_gate(Arc::new(Gate(Arc::clone(&conns))));
+            let handshakes = tls::handshake::HandshakeCounter::register(metrics.registry())
+                .map_err(|e| StartError(vec![format!("metrics: {e}")]))?;
+            proxy.set_handshake_failures(handshakes);
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);
             proxy_addrs.push(addr);
             server.add_service(proxy);
@@ -212,6 +215,13 @@ impl App {
             background_service("health checks", HealthService::new(Arc::clone(&shared)));
         health.threads = Some(1);
         server.add_service(health);
+
+        let mut load = background_service(
+            "load reports",
+            crate::load::LoadService::new(Arc::clone(&shared), Arc::clone(&metrics)),
+        );
+        load.threads = Some(1);
+        server.add_service(load);
 
         let mut discovery = background_service(
             "dns discovery",

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use crate::config::{HostMatch, Jwt, JwtKey};
+use crate::config::{GaugeSelector, HostMatch, Jwt, JwtKey, MetricsPage};
 use crate::edge::credentials::{bearer_token, presented, Presented};
 use crate::edge::keys::KeySet;
 use crate::edge::JwtAuth;
@@ -163,6 +163,37 @@ pub fn orca(data: &[u8]) {
     }
 }
 
+/// A replica's Prometheus `/metrics` page, read with the engines' own names and with
+/// named gauges: never panics, and a report carries only finite, non-negative values.
+pub fn metrics_page(data: &[u8]) {
+    let Ok(page) = std::str::from_utf8(data) else {
+        return;
+    };
+    let auto = MetricsPage {
+        path: "/metrics".into(),
+        queue: None,
+        running: None,
+        cache: None,
+    };
+    let named = MetricsPage {
+        queue: Some(GaugeSelector {
+            name: "q".into(),
+            labels: vec![("kind".into(), "waiting".into())],
+        }),
+        ..auto.clone()
+    };
+    for names in [&auto, &named] {
+        if let Ok(r) = crate::load::parse_page(page, names) {
+            for v in [r.report.queue, r.report.running, r.report.cache_usage]
+                .into_iter()
+                .flatten()
+            {
+                assert!(v.is_finite() && v >= 0.0, "{v} from {page:?}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +234,18 @@ mod tests {
             b"\xff\xff\xff",
         ] {
             credentials(seed);
+        }
+    }
+
+    #[test]
+    fn metrics_page_seeds() {
+        for seed in [
+            "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 3\nvllm:num_requests_running 2\nvllm:gpu_cache_usage_perc 0.5\n",
+            "q{kind=\"waiting\"} NaN\nq{kind=\"waiting\"} -1\nq{kind=\"waiting\"} +Inf\n",
+            "vllm:num_requests_waiting 1e400\n",
+            "\u{0}{{{",
+        ] {
+            metrics_page(seed.as_bytes());
         }
     }
 

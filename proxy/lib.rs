@@ -15,6 +15,7 @@ pub mod edge;
 pub mod fuzz;
 pub mod gateway;
 pub mod health;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod openai;

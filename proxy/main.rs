@@ -17,7 +17,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "modelgate",
     version,
-    about = "A reverse proxy and load balancer for model servers"
+    about = "A reverse proxy and load balancer for model servers",
+    after_help = "Examples:
+  modelgate demo                                  # demo replicas + the proxy; prints lines to try
+  modelgate check -c config/modelgate.toml        # validate a config and print what it serves
+  modelgate run -c config/modelgate.toml          # serve it (edits are picked up live)
+  modelgate cert --dir certs localhost 127.0.0.1  # development certificates for HTTPS
+
+Each command's --help has more."
 )]
 struct Cli {
     /// Log line format on stderr (filter with RUST_LOG, e.g. RUST_LOG=debug).
@@ -30,6 +37,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve with a config file.
+    #[command(after_help = "Examples:
+  modelgate run -c config/modelgate.toml
+  RUST_LOG=debug modelgate --log-format json run -c /etc/modelgate/modelgate.toml
+  modelgate run -c modelgate.toml --upgrade   # take over from the running process, then: kill -QUIT <old pid>")]
     Run {
         /// Config file.
         #[arg(short, long, default_value = "config/modelgate.toml")]
@@ -44,12 +55,21 @@ enum Command {
         upgrade_sock: Option<PathBuf>,
     },
     /// Validate a config file, print a summary (exit 0) or every error (exit 1).
+    #[command(after_help = "Example:
+  modelgate check -c config/examples/two-models.toml && modelgate run -c config/examples/two-models.toml
+
+On success it prints each route with its upstream, each upstream with its backends,
+caps, queue and health check; on failure every error as FILE:LINE:COL: key: what to do.")]
     Check {
         /// Config file.
         #[arg(short, long, default_value = "config/modelgate.toml")]
         config: PathBuf,
     },
     /// Start three demo model replicas and the proxy in front of them; no files needed.
+    #[command(after_help = "Examples:
+  modelgate demo                                   # HTTPS 127.0.0.1:8443, HTTP :8080, admin :9901
+  modelgate demo --http 127.0.0.1:18080 --https 127.0.0.1:18443 --admin 127.0.0.1:19901
+  modelgate demo --replica-only --listen 0.0.0.0:8000   # one stand-in model server")]
     Demo {
         /// Plain HTTP listener.
         #[arg(long, default_value = modelgate::demo::HTTP_ADDR)]
@@ -71,14 +91,34 @@ enum Command {
         #[arg(long, env = "HOSTNAME", default_value = "replica")]
         name: String,
     },
-    /// GET a URL; exit 0 on a 2xx answer, 1 otherwise (container health checks,
-    /// e.g. `modelgate probe http://127.0.0.1:9901/readyz`).
+    /// GET a URL; exit 0 on a 2xx answer, 1 otherwise (container health checks).
+    #[command(after_help = "Example:
+  modelgate probe http://127.0.0.1:9901/readyz --timeout 2")]
     Probe {
         /// A plain http:// URL.
         url: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3)]
         timeout: u64,
+    },
+    /// Write a development CA and a certificate for NAMEs, for `[tls] certs`.
+    ///
+    /// The certificate goes to DIR/NAME.crt + DIR/NAME.key (NAME: the first name), the
+    /// layout `[tls] certs` reads; the CA that signs it to DIR/ca/ca.crt + ca.key.
+    #[command(after_help = "Examples:
+  modelgate cert localhost 127.0.0.1 ::1
+  modelgate cert --dir certs api.example.com '*.example.com'
+
+The CA is made on the first run and reused after, so clients that trust it keep
+trusting new certificates. Trust it with curl --cacert DIR/ca/ca.crt, or system-wide
+on Debian: cp DIR/ca/ca.crt /usr/local/share/ca-certificates/ && update-ca-certificates")]
+    Cert {
+        /// Directory to write into (created if missing); `[tls] certs` points at it.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Host names, `*.` wildcards or IP addresses the certificate is for.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
     },
 }
 
@@ -126,6 +166,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Check { config } => check(&config),
+        Command::Cert { dir, names } => cert(&dir, &names),
         Command::Probe { url, timeout } => {
             match modelgate::probe::probe(&url, std::time::Duration::from_secs(timeout)) {
                 Ok(code) if (200..300).contains(&code) => ExitCode::SUCCESS,
@@ -201,6 +242,55 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(errors) => report_errors(path, &errors, "nothing was changed"),
     }
+}
+
+/// Writes development certificates and says how to trust and use them.
+fn cert(dir: &std::path::Path, names: &[String]) -> ExitCode {
+    let w = match modelgate::tls::dev::write_leaf(dir, names) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ca = w.ca.cert.display();
+    if w.ca.created {
+        println!(
+            "made a development CA: {ca} (its key {} stays private)",
+            w.ca.key.display()
+        );
+    } else {
+        println!("signed with the existing CA: {ca}");
+    }
+    println!(
+        "{} {} + {} for {} (valid until {})",
+        if w.replaced { "replaced" } else { "wrote" },
+        w.cert.display(),
+        w.key.display(),
+        names.join(", "),
+        w.not_after
+    );
+    let host = names
+        .iter()
+        .find(|n| !n.starts_with('*'))
+        .map_or("localhost", String::as_str);
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    print!(
+        "
+Serve them: point [tls] certs at {dir} (in the config file, a relative path is
+relative to the file). A running proxy picks up new or replaced pairs within seconds.
+
+Trust the CA (development only; never on machines you do not own):
+  curl:   curl --cacert {ca} https://{host}:8443/
+  Debian: sudo cp {ca} /usr/local/share/ca-certificates/modelgate-dev-ca.crt && sudo update-ca-certificates
+",
+        dir = dir.display(),
+    );
+    ExitCode::SUCCESS
 }
 
 /// Serves `path`. The config file is validated here; pools, routes and certificates

@@ -3,7 +3,7 @@
 //!
 //! With `listen.admin_token_file` set, every request but `/healthz` and `/readyz`
 //! (orchestrator probes) must carry `Authorization: Bearer <token>` (401 otherwise).
-//! Prometheus metrics and a status page.
+//! Prometheus metrics and a status page with 15 minutes of charts (`history`, `status`).
 //!
 //! It runs on its own thread, outside pingora's listener shutdown, so it keeps
 //! answering (`/readyz` = 503) while the proxy listeners drain, and a flood of proxy
@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod history;
 mod server;
+mod status;
 pub use server::AdminService;
 
 use http::StatusCode;
@@ -27,7 +29,8 @@ use crate::reload::{ReloadOutcome, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
 use crate::timefmt::rfc3339;
 
-/// The status page: self-contained, it polls `/upstreams` and renders it.
+/// The status page: self-contained, it polls `/status` (and `/upstreams`) and draws
+/// its charts as inline SVG.
 const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Shared state of the admin endpoints.
@@ -42,6 +45,7 @@ pub struct Admin {
     file: std::path::PathBuf,
     token: Option<String>,
     metrics: Arc<Metrics>,
+    history: Arc<history::History>,
 }
 
 impl Admin {
@@ -57,6 +61,7 @@ impl Admin {
             ready: AtomicBool::new(false),
             draining,
             metrics,
+            history: history::History::new(),
             reloader: None,
             file: std::path::PathBuf::new(),
             token: None,
@@ -80,15 +85,26 @@ impl Admin {
         self
     }
 
-    /// Does this request carry the bearer token (or is none required)?
+    /// Does this request carry the token (or is none required)? As a bearer token,
+    /// or as the password of HTTP Basic authentication (any user name), which is what
+    /// a browser sends for the status page after asking for it.
     pub fn authorized(&self, authorization: Option<&http::HeaderValue>) -> bool {
         let Some(token) = &self.token else {
             return true;
         };
-        let Some(given) = authorization
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
+        let Some(value) = authorization.and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let basic = value.strip_prefix("Basic ").and_then(|b| {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            text.split_once(':')
+                .map(|(_, password)| password.to_string())
+        });
+        let Some(given) = basic.as_deref().or_else(|| value.strip_prefix("Bearer ")) else {
             return false;
         };
         // Constant time in the token's length: no timing hint of the prefix matched.
@@ -149,6 +165,11 @@ impl Admin {
         }
     }
 
+    /// The task that samples the status page's history; runs until the process ends.
+    pub fn history_sampler(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        Arc::clone(&self.history).run(Arc::clone(&self.snapshot), self.metrics.registry().clone())
+    }
+
     async fn is_ready(&self) -> bool {
         if self.draining.load(Ordering::Relaxed) {
             return false;
@@ -195,6 +216,14 @@ impl Admin {
             })
             .collect();
         self.metrics.render(&pools)
+    }
+
+    /// Backends a reload removed, still finishing their requests, by upstream.
+    fn draining(&self) -> Vec<(Arc<str>, Arc<crate::upstream::Backend>)> {
+        self.reloader
+            .as_ref()
+            .map(|r| r.draining())
+            .unwrap_or_default()
     }
 
     fn upstreams(&self) -> serde_json::Value {
@@ -246,13 +275,7 @@ impl Admin {
                 )
             })
             .collect();
-        // Backends a reload removed, still finishing their requests.
-        let draining = self
-            .reloader
-            .as_ref()
-            .map(|r| r.draining())
-            .unwrap_or_default();
-        for (name, b) in draining {
+        for (name, b) in self.draining() {
             let entry = upstreams
                 .entry(name.to_string())
                 .or_insert_with(|| json!({ "queued": 0, "backends": [] }));
@@ -311,6 +334,7 @@ impl Admin {
             }
             ("GET", "/upstreams") => json_answer(StatusCode::OK, &self.upstreams()),
             ("GET", "/config") => json_answer(StatusCode::OK, &self.config_status()),
+            ("GET", "/status") => json_answer(StatusCode::OK, &self.status()),
             ("POST", "/reload") => self.reload().await,
 
             ("GET", "/metrics") => Answer {
@@ -325,7 +349,8 @@ impl Admin {
             },
             (
                 _,
-                "/healthz" | "/readyz" | "/upstreams" | "/config" | "/reload" | "/metrics" | "/",
+                "/healthz" | "/readyz" | "/upstreams" | "/config" | "/status" | "/reload"
+                | "/metrics" | "/",
             ) => json_answer(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({ "error": "method_not_allowed" }),

@@ -34,6 +34,7 @@ impl AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, _shutdown: ShutdownWatch) {
+        tokio::spawn(self.admin.history_sampler());
         // During a graceful upgrade the old process holds the address until it
         // exits: keep trying.
         let mut attempts = 0u32;
@@ -71,7 +72,15 @@ impl BackgroundService for AdminService {
                         } else {
                             super::unauthorized()
                         };
-                        let resp = http::Response::builder()
+                        let mut resp = http::Response::builder();
+                        if a.status == http::StatusCode::UNAUTHORIZED {
+                            // Lets a browser ask for the token (as the password).
+                            resp = resp.header(
+                                http::header::WWW_AUTHENTICATE,
+                                "Basic realm=\"modelgate admin\", charset=\"UTF-8\"",
+                            );
+                        }
+                        let resp = resp
                             .status(a.status)
                             .header(http::header::CONTENT_TYPE, a.content_type)
                             .header(http::header::CACHE_CONTROL, "no-store")

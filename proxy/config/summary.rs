@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use super::types::{AccessLog, BackendSource, CertSource, Config, HostMatch};
 
-/// Listeners, then one line per route (`name: host path -> upstream`), then one line per
-/// upstream (`name (balance, protocol, max_inflight N): backends`).
+/// Listeners; one line per route (`name  host path → upstream  (extras)`); per
+/// upstream a line of policy (balance, protocol, cap and queue, retries), a line of
+/// health check and one line per backend.
 pub fn summary(cfg: &Config) -> String {
     let mut out = String::new();
     let l = &cfg.listen;
@@ -41,49 +42,105 @@ pub fn summary(cfg: &Config) -> String {
         duration(l.shutdown_grace)
     );
 
-    let _ = writeln!(out, "routes:");
+    let _ = writeln!(out, "routes (host path → upstream):");
+    let width = cfg.routes.iter().map(|r| r.name.len()).max().unwrap_or(0);
     for r in &cfg.routes {
         let host = match &r.host {
             Some(HostMatch::Exact(h)) => h.clone(),
             Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}"),
             None => "(any host)".to_string(),
         };
-        let _ = writeln!(out, "  {}: {host} {} -> {}", r.name, r.path, r.upstream);
-    }
-
-    let _ = writeln!(out, "upstreams:");
-    for u in &cfg.upstreams {
-        let inflight = match u.max_inflight {
-            0 => "unlimited".to_string(),
-            n => n.to_string(),
-        };
-        let backends = match &u.backends {
-            BackendSource::Static(list) => list
-                .iter()
-                .map(|b| format!("{} (weight {})", b.addr, b.weight))
-                .collect::<Vec<_>>()
-                .join(", "),
-            BackendSource::Dns(d) => {
-                let mut parts: Vec<String> = d.names.iter().map(|n| format!("dns {n}")).collect();
-                parts.extend(
-                    d.fixed
-                        .iter()
-                        .map(|b| format!("{} (weight {})", b.addr, b.weight)),
-                );
-                format!(
-                    "{} (names resolved every {}, not now)",
-                    parts.join(", "),
-                    duration(d.every)
-                )
-            }
+        let mut extras = Vec::new();
+        let o = &r.openai;
+        if !o.models.is_empty() {
+            extras.push(format!("model {}", o.models.join("|")));
+        }
+        if !o.model_prefixes.is_empty() {
+            extras.push(format!("model prefix {}", o.model_prefixes.join("|")));
+        }
+        if r.strip_prefix {
+            extras.push("prefix stripped".to_string());
+        }
+        if r.rate_limit.is_some() {
+            extras.push("rate limited".to_string());
+        }
+        if r.auth.is_some() {
+            extras.push("auth".to_string());
+        }
+        let extras = if extras.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", extras.join(", "))
         };
         let _ = writeln!(
             out,
-            "  {} ({}, {}, max_inflight {inflight}): {backends}",
+            "  {:width$}  {host} {} → {}{extras}",
+            r.name, r.path, r.upstream
+        );
+    }
+
+    let _ = writeln!(out, "upstreams (→ backends):");
+    for u in &cfg.upstreams {
+        let cap = match u.max_inflight {
+            0 => "no cap".to_string(),
+            n => format!(
+                "cap {n} per backend, queue {} for {}",
+                u.queue.size,
+                duration(u.queue.timeout)
+            ),
+        };
+        let health = match &u.health {
+            Some(h) => format!(
+                "health GET {} every {} (down after {}, up after {})",
+                h.path,
+                duration(h.interval),
+                h.unhealthy_after,
+                h.healthy_after
+            ),
+            None => "no health check (backends serve at once)".to_string(),
+        };
+        let used_by: Vec<&str> = cfg
+            .routes
+            .iter()
+            .filter(|r| r.upstream == u.name)
+            .map(|r| r.name.as_str())
+            .collect();
+        let used_by = if used_by.is_empty() {
+            " (no route uses it)".to_string()
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  {}: {}, {}, {cap}, retries {}{used_by}",
             u.name,
             u.balance.name(),
-            u.protocol.name()
+            u.protocol.name(),
+            u.retries,
         );
+        let _ = writeln!(out, "    {health}");
+        let mut backends: Vec<String> = Vec::new();
+        let weighted = |b: &super::types::BackendAddr| match b.weight {
+            1 => b.addr.to_string(),
+            w => format!("{} (weight {w})", b.addr),
+        };
+        match &u.backends {
+            BackendSource::Static(list) => backends.extend(list.iter().map(weighted)),
+            BackendSource::Dns(d) => {
+                backends.extend(d.names.iter().map(|n| {
+                    format!(
+                        "dns {n} (every address it resolves to; looked up every {}, not now)",
+                        duration(d.every)
+                    )
+                }));
+                backends.extend(d.fixed.iter().map(weighted));
+            }
+        }
+        let last = backends.len().saturating_sub(1);
+        for (i, b) in backends.iter().enumerate() {
+            let branch = if i == last { "└─" } else { "├─" };
+            let _ = writeln!(out, "    {branch} {b}");
+        }
     }
     out
 }

@@ -312,8 +312,10 @@ fn minimal_defaults() {
         summary(&c),
         "listen: http 0.0.0.0:8080\n\
          workers: one per core, shutdown grace 30s, access log stderr\n\
-         routes:\n  chat: (any host) /v1/chat -> chat\n\
-         upstreams:\n  chat (least_outstanding, http1, max_inflight unlimited): 127.0.0.1:9001 (weight 1)\n"
+         routes (host path → upstream):\n  chat  (any host) /v1/chat → chat\n\
+         upstreams (→ backends):\n  chat: least_outstanding, http1, no cap, retries 1\n\
+         \x20   no health check (backends serve at once)\n\
+         \x20   └─ 127.0.0.1:9001\n"
     );
 }
 

@@ -277,12 +277,39 @@ pub struct Upstream {
 }
 
 /// `[upstream.NAME.load]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadReports {
     /// Ask for and read ORCA `endpoint-load-metrics` response headers.
     pub orca: bool,
-    /// How often a replica reports; a report older than three of these is ignored.
+    /// Poll each replica's Prometheus page (`metrics = "/metrics"`).
+    pub metrics: Option<MetricsPage>,
+    /// How often a replica reports (and its page is polled); a report older than
+    /// three of these is ignored.
     pub every: Duration,
+}
+
+/// A replica's Prometheus text page and the gauges read from it. A gauge not
+/// named here is found by the engine's own names (vLLM, SGLang, TGI, Triton,
+/// llama.cpp), detected from the page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MetricsPage {
+    /// Request path, e.g. `/metrics`.
+    pub path: String,
+    /// `queue_metric`: requests waiting inside the replica.
+    pub queue: Option<GaugeSelector>,
+    /// `running_metric`: requests it is working on.
+    pub running: Option<GaugeSelector>,
+    /// `cache_metric`: KV cache in use, 0..1.
+    pub cache: Option<GaugeSelector>,
+}
+
+/// A metric name with optional label matchers, as PromQL writes one:
+/// `name` or `name{label="value", ...}`. Series of that name whose labels
+/// include every matcher are read (and summed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GaugeSelector {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::reader::{Ctx, Field, TableReader};
 use super::types::{
-    BackendAddr, BackendSource, Balance, Discovery, Eject, HealthCheck, LoadReports, NamedBackend,
-    Protocol, Queue, RequestKey, RetryBudget, Upstream, UpstreamTls,
+    BackendAddr, BackendSource, Balance, Discovery, Eject, GaugeSelector, HealthCheck, LoadReports,
+    MetricsPage, NamedBackend, Protocol, Queue, RequestKey, RetryBudget, Upstream, UpstreamTls,
 };
 
 /// Defaults applied when a key is absent.
@@ -581,26 +581,74 @@ fn read_health(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<HealthCheck> {
     })
 }
 
-/// `[upstream.NAME.load]`: `orca = true`, `every = "250ms"`. `metrics` (polling
-/// the replicas' Prometheus page) is refused: this build does not poll yet.
+/// `[upstream.NAME.load]`: `orca = true` and/or `metrics = "/metrics"` (with
+/// `queue_metric`, `running_metric`, `cache_metric` to name other gauges), `every`.
 fn read_load(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<LoadReports> {
-    let mut t = cx.table(f, "[upstream.NAME.load] with orca = true")?;
+    let mut t = cx.table(
+        f,
+        "[upstream.NAME.load] with metrics = \"/metrics\" or orca = true",
+    )?;
     let orca = t.take("orca").map_or(Some(false), |f| cx.bool(&f));
     let every = t
         .take("every")
         .map_or(Some(DEFAULT_LOAD_EVERY), |f| cx.duration(&f, false));
-    if let Some(m) = t.take("metrics") {
-        cx.error(
-            &m.span(),
-            &m.path,
-            "polling the replicas' /metrics is not available in this build; use orca = true (vLLM, Triton) or remove it",
-        );
+    let path = match t.take("metrics") {
+        Some(f) => cx.http_path(&f, "/metrics").map(Some),
+        None => Some(None),
+    };
+    let mut gauges = Vec::new();
+    for key in ["queue_metric", "running_metric", "cache_metric"] {
+        let Some(g) = t.take(key) else {
+            gauges.push(Some(None));
+            continue;
+        };
+        if matches!(path, Some(None)) {
+            cx.error(
+                &g.span(),
+                &g.path,
+                "names a gauge of the replicas' Prometheus page; add metrics = \"/metrics\" or remove it",
+            );
+        }
+        gauges.push(read_gauge(cx, &g).map(Some));
     }
     t.finish(cx);
+    let [queue, running, cache] = <[Option<Option<GaugeSelector>>; 3]>::try_from(gauges).ok()?;
+    let metrics = path?.map(|path| MetricsPage {
+        path,
+        queue: queue.flatten(),
+        running: running.flatten(),
+        cache: cache.flatten(),
+    });
     Some(LoadReports {
         orca: orca?,
+        metrics,
         every: every?,
     })
+}
+
+/// A gauge as PromQL names one, `name` or `name{label="value", ...}`, read with
+/// the same Prometheus text parser that reads the replicas' pages.
+fn read_gauge(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<GaugeSelector> {
+    const EXAMPLE: &str =
+        "a metric name such as \"vllm:num_requests_waiting\" or 'nv_trt_llm_request_metrics{request_type=\"waiting\"}'";
+    let s = cx.string(f, EXAMPLE)?;
+    let parsed = (!s.contains(['\n', '\r', '#']))
+        .then(|| prom_text_format_parser::parse_scrape(&format!("{s} 0\n")))
+        .and_then(|(metrics, err)| match (err, &metrics[..]) {
+            (None, [m]) if m.samples.len() == 1 => Some(GaugeSelector {
+                name: m.name.clone(),
+                labels: m.samples[0]
+                    .labels
+                    .iter()
+                    .map(|l| (l.key.clone(), l.value.clone()))
+                    .collect(),
+            }),
+            _ => None,
+        });
+    if parsed.is_none() {
+        cx.error(&f.span(), &f.path, format!("{s:?} is not {EXAMPLE}"));
+    }
+    parsed
 }
 
 /// `ca`, `sni`, `client_cert`, `client_key`: only with `protocol = "https"`, and the client

@@ -2,7 +2,9 @@
 //! signed by it, written to a fresh temp directory so curl can trust the CA with
 //! `--cacert`. Nothing of value: the keys exist only for this run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use crate::tls::dev::{self, DevCa};
 
 /// Where the demo's certificate files are.
 #[derive(Debug, Clone)]
@@ -17,24 +19,9 @@ pub struct DemoCerts {
 /// Generates the CA and a `localhost` / `127.0.0.1` / `::1` certificate into a new
 /// directory under the system temp dir.
 pub fn generate() -> Result<DemoCerts, String> {
-    let err = |e: rcgen::Error| format!("demo: cannot generate a certificate: {e}");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "modelgate demo CA");
-    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
-    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
-
-    let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
-    let mut leaf_params = rcgen::CertificateParams::new(names).map_err(err)?;
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
-    let leaf_key = rcgen::KeyPair::generate().map_err(err)?;
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .map_err(err)?;
+    let ca = DevCa::generate("modelgate demo CA").map_err(|e| format!("demo: {e}"))?;
+    let names = ["localhost", "127.0.0.1", "::1"].map(String::from);
+    let leaf = ca.issue(&names).map_err(|e| format!("demo: {e}"))?;
 
     let dir = std::env::temp_dir().join(format!("modelgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
@@ -45,12 +32,11 @@ pub fn generate() -> Result<DemoCerts, String> {
         key: dir.join("localhost.key"),
         dir,
     };
-    write(&certs.ca, &ca.pem())?;
-    write(&certs.cert, &leaf.pem())?;
-    write(&certs.key, &leaf_key.serialize_pem())?;
+    let write = |path: &PathBuf, text: &str, private| {
+        dev::write(path, text, private).map_err(|e| format!("demo: {e}"))
+    };
+    write(&certs.ca, &ca.pem(), false)?;
+    write(&certs.cert, &leaf.cert_pem, false)?;
+    write(&certs.key, &leaf.key_pem, true)?;
     Ok(certs)
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("demo: cannot write {}: {e}", path.display()))
 }

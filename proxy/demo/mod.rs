@@ -195,7 +195,7 @@ the x-replica header):
 The burst: {BURST} requests at once; the first ones run at once, the queued ones take
 longer (see their times), the rest get {{"error":"overloaded"}} with status 503.
 
-Status page (per replica state and in-flight): http://{admin}/
+Status page (15 minutes of charts; each replica's state, in-flight and share): http://{admin}/
 Access log: one JSON line per request on stderr.
 
 Hot reload: the running config is {cfg}

@@ -7,6 +7,7 @@
 
 pub mod failures;
 pub mod headers;
+mod models;
 mod redirect;
 mod reject;
 
@@ -276,6 +277,9 @@ impl ProxyHttp for Gateway {
         {
             session.set_keepalive(None);
             return self.reject(session, ctx, Reject::BadRequest).await;
+        }
+        if let Some(group) = self.models_endpoint(session) {
+            return self.answer_models(session, ctx, &group).await;
         }
 
         let picked = {

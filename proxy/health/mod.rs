@@ -8,6 +8,10 @@
 //! replica still loading weights gets nothing); `unhealthy_after` failures in a row
 //! take it down, `healthy_after` passes bring it back. Requests already running on a
 //! backend that goes down are never cut.
+//!
+//! With `health.models`, a passing check is followed by `GET /v1/models` on the
+//! same schedule; its list is kept on the replica for modelgate's own `/v1/models`.
+//! A failed or unreadable list keeps the previous one and never moves the state.
 
 mod probe;
 
@@ -120,6 +124,8 @@ async fn check_backend(
 ) {
     let connector = pingora::connectors::http::Connector::new(None);
     let (mut passes, mut fails) = (0u32, 0u32);
+    // The last `/v1/models` fetch worked (a failure is logged once per streak).
+    let mut models_ok = true;
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -134,6 +140,23 @@ async fn check_backend(
             Err(_) => {
                 fails += 1;
                 passes = 0;
+            }
+        }
+        if check.models && result.is_ok() {
+            match probe::fetch_models(&connector, &backend, check.timeout).await {
+                Ok(list) => {
+                    backend.record_models(list);
+                    models_ok = true;
+                }
+                Err(why) => {
+                    if std::mem::replace(&mut models_ok, false) {
+                        log::warn!(
+                            "upstream {}: {} /v1/models not read ({why}); keeping its last list",
+                            upstream,
+                            backend.label()
+                        );
+                    }
+                }
             }
         }
         let state = backend.state();

@@ -363,6 +363,12 @@ impl Metrics {
         self.discovery_errors.with_label_values(&[upstream]).inc();
     }
 
+    /// The `modelgate_load_report_errors_total` series of `upstream`, for the
+    /// pollers of the replicas' pages (a background task, not the request path).
+    pub fn load_report_errors(&self, upstream: &str) -> IntCounter {
+        self.load_report_errors.with_label_values(&[upstream])
+    }
+
     /// The generation now serving.
     pub fn set_generation(&self, generation: u64) {
         self.generation

@@ -8,6 +8,7 @@
 //! (`stream_usage`), the gateway replays [`PreRead::replay`] from `request_body_filter`.
 
 pub mod body;
+pub mod models;
 pub mod route;
 pub mod tokens;
 
@@ -125,12 +126,6 @@ pub fn unsupported(config: &crate::config::Config, errors: &mut Vec<String>) {
         }
         if u.wake.is_some() {
             refuse(format!("upstream.{}.wake", u.name), "waking an autoscaler");
-        }
-        if u.health.as_ref().is_some_and(|h| h.models) {
-            refuse(
-                format!("upstream.{}.health.models", u.name),
-                "polling replicas' /v1/models",
-            );
         }
     }
 }

@@ -99,6 +99,27 @@ impl RouteGroup {
         Some((Arc::clone(r), Some(Arc::from(m))))
     }
 
+    /// Each route of the group once.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteEntry>> {
+        let mut seen: Vec<&Arc<RouteEntry>> = Vec::new();
+        self.plain
+            .iter()
+            .chain(self.by_name.values())
+            .chain(self.by_prefix.iter().map(|(_, r)| r))
+            .filter(move |r| {
+                let new = !seen.iter().any(|s| Arc::ptr_eq(s, r));
+                if new {
+                    seen.push(r);
+                }
+                new
+            })
+    }
+
+    /// The exact `model` names of the group's routes, with the route of each.
+    pub fn named(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<RouteEntry>)> {
+        self.by_name.iter()
+    }
+
     pub fn routes_by_model(&self) -> bool {
         !self.by_name.is_empty() || !self.by_prefix.is_empty()
     }

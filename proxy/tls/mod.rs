@@ -3,6 +3,8 @@
 //! under one listener policy (`policy`), and rotated without restart (`watch`).
 
 pub mod cert;
+pub mod dev;
+pub mod handshake;
 pub mod policy;
 pub mod resolver;
 pub mod source;
@@ -12,7 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::Config;
+use crate::config::{CertSource, Config, HostMatch};
 
 pub use resolver::SniResolver;
 pub use source::CertSet;
@@ -48,8 +50,13 @@ pub fn load(config: &Config) -> Result<(Option<Certs>, Vec<String>), Vec<String>
     let file = config.source.display();
     let prefix = |m: String| format!("{file}: tls.certs: {m}");
     policy::check_provider().map_err(|e| vec![prefix(e)])?;
-    let (set, warnings) = CertSet::load(&tls.certs, SystemTime::now())
-        .map_err(|errors| errors.into_iter().map(prefix).collect::<Vec<_>>())?;
+    let (set, warnings) = CertSet::load(&tls.certs, SystemTime::now()).map_err(|errors| {
+        let hint = dev_hint(config, &tls.certs);
+        errors
+            .into_iter()
+            .map(|e| prefix(format!("{e}{hint}")))
+            .collect::<Vec<_>>()
+    })?;
     let Some(store) = set.store() else {
         return Err(vec![prefix("no certificate pair; add at least one".into())]);
     };
@@ -69,4 +76,53 @@ pub fn load(config: &Config) -> Result<(Option<Certs>, Vec<String>), Vec<String>
         }),
         warnings.into_iter().map(prefix).collect(),
     ))
+}
+
+/// For a certificate directory with no pair at all (missing or empty): how to make
+/// development certificates for the config's hosts; empty otherwise.
+fn dev_hint(config: &Config, certs: &CertSource) -> String {
+    let CertSource::Dir(dir) = certs else {
+        return String::new();
+    };
+    if source::pairs(certs).is_ok_and(|(pairs, _)| !pairs.is_empty()) {
+        return String::new();
+    }
+    let mut names: Vec<String> = Vec::new();
+    for r in &config.routes {
+        let name = match &r.host {
+            Some(HostMatch::Exact(h)) => h.clone(),
+            Some(HostMatch::Wildcard(suffix)) => format!("'*{suffix}'"),
+            None => continue,
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        names.push("localhost".into());
+    }
+    format!(
+        "; for development, make a CA and a certificate with `modelgate cert --dir {} {}`",
+        tidy(dir).display(),
+        names.join(" ")
+    )
+}
+
+/// `config/examples/../../certs` -> `certs` (lexically; for messages).
+fn tidy(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in path.components() {
+        match (c, out.last()) {
+            (Component::CurDir, _) => {}
+            (Component::ParentDir, Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            _ => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return ".".into();
+    }
+    out.iter().collect()
 }

@@ -29,8 +29,8 @@ use super::replica::BackendState;
 use super::select::{Selector, Tried};
 use super::store::ReplicaStore;
 use crate::config::{
-    BackendAddr, BackendSource, Balance, Discovery, Eject, HealthCheck, Protocol, Queue,
-    RequestKey, Upstream,
+    BackendAddr, BackendSource, Balance, Discovery, Eject, HealthCheck, LoadReports, Protocol,
+    Queue, RequestKey, Upstream,
 };
 
 /// Per-pool request settings, copied out of the config once.
@@ -47,6 +47,8 @@ pub struct PoolSettings {
     pub protocol: Protocol,
     /// Ask replicas for ORCA load reports on each request.
     pub orca: bool,
+    /// `[upstream.NAME.load]`, for the pollers of the replicas' pages.
+    pub load: Option<LoadReports>,
     /// The names this upstream's backends are looked up by, if any.
     pub discovery: Option<Discovery>,
 }
@@ -156,7 +158,8 @@ impl Pool {
         let selector = match up.balance {
             Balance::LeastOutstanding => Selector::least_outstanding(
                 up.load
-                    .filter(|l| l.orca)
+                    .as_ref()
+                    .filter(|l| l.orca || l.metrics.is_some())
                     .map_or(Duration::ZERO, |l| l.every * 3),
             ),
             Balance::RoundRobin => Selector::round_robin(&backends),
@@ -193,7 +196,8 @@ impl Pool {
                 slow_start: up.slow_start,
                 health: up.health.clone(),
                 protocol: up.protocol,
-                orca: up.load.is_some_and(|l| l.orca),
+                orca: up.load.as_ref().is_some_and(|l| l.orca),
+                load: up.load.clone(),
                 discovery: match &up.backends {
                     BackendSource::Dns(d) => Some(d.clone()),
                     BackendSource::Static(_) => None,

@@ -12,8 +12,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
+
 use super::clock;
 use super::report::LoadReport;
+use crate::openai::models::ModelList;
 
 /// Whether a backend may receive new requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +78,8 @@ pub struct Replica {
     /// When it came (clock ms; 0: never) and its wall-clock time (Unix ms).
     reported_at_ms: AtomicU64,
     reported_unix_ms: AtomicU64,
+    /// The models the replica last listed on its `/v1/models` (`health.models`).
+    models: ArcSwapOption<ModelList>,
 }
 
 /// A gauge the last report did not carry.
@@ -111,6 +116,7 @@ impl Replica {
             reported_cache: AtomicU32::new(NONE),
             reported_at_ms: AtomicU64::new(0),
             reported_unix_ms: AtomicU64::new(0),
+            models: ArcSwapOption::empty(),
         })
     }
 
@@ -339,6 +345,16 @@ impl Replica {
         let at = std::time::UNIX_EPOCH
             + Duration::from_millis(self.reported_unix_ms.load(Ordering::Relaxed));
         Some((report, at))
+    }
+
+    /// Keeps the model list the replica just served on its `/v1/models`.
+    pub(crate) fn record_models(&self, models: ModelList) {
+        self.models.store(Some(Arc::new(models)));
+    }
+
+    /// The replica's last model list, if it ever served one.
+    pub fn models(&self) -> Option<Arc<ModelList>> {
+        self.models.load_full()
     }
 
     /// Requests the replica said it holds (queued + running, rounded up) if it said

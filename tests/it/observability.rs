@@ -360,29 +360,7 @@ async fn the_access_log_has_one_json_line_per_request() {
 
 /// The status page as headless Chromium renders it after its scripts ran.
 fn rendered(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = tools::command(tools::CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .expect("running chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    tools::chromium(url, "--dump-dom")
 }
 
 /// The rendered `<tr>` of backend `addr`, if any.

@@ -2,6 +2,7 @@
 //! token accounting from streams.
 
 mod mock;
+mod models;
 mod routing;
 mod tokens;
 

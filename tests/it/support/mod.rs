@@ -3,7 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod dns;
-mod model;
+pub mod model;
 mod proxy;
 pub mod raw;
 pub mod tls;

@@ -3,7 +3,9 @@
 //! it, first come first served), a per-request work time (`?ms=N`, else the
 //! default), an optional capacity knee (beyond `knee` requests at once each one
 //! slows down in proportion), and engine load reports: a Prometheus `/metrics`
-//! page with vLLM-style gauges and an ORCA `endpoint-load-metrics` header.
+//! page in the names of vLLM, SGLang, TGI, Triton or llama.cpp (or any page given),
+//! which can be made to fail or answer slowly, and an ORCA `endpoint-load-metrics`
+//! header.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,6 +44,56 @@ vllm:num_requests_running{model_name=\"b\"} 0\n\
 # HELP vllm:kv_cache_usage_perc KV cache usage.\n\
 # TYPE vllm:kv_cache_usage_perc gauge\n\
 vllm:kv_cache_usage_perc{model_name=\"a\"} 0.25\n";
+
+/// An SGLang-style page.
+pub const SGLANG_METRICS: &str =
+    "# HELP sglang:num_queue_reqs The number of requests in the waiting queue\n\
+# TYPE sglang:num_queue_reqs gauge\n\
+sglang:num_queue_reqs{model_name=\"a\"} {waiting}\n\
+# HELP sglang:num_running_reqs The number of running requests\n\
+# TYPE sglang:num_running_reqs gauge\n\
+sglang:num_running_reqs{model_name=\"a\"} {running}\n\
+# HELP sglang:token_usage The token usage\n\
+# TYPE sglang:token_usage gauge\n\
+sglang:token_usage{model_name=\"a\"} 0.25\n";
+
+/// A TGI-style page (unlabelled gauges, no HELP lines).
+pub const TGI_METRICS: &str = "# TYPE tgi_queue_size gauge\n\
+tgi_queue_size {waiting}\n\
+# TYPE tgi_batch_current_size gauge\n\
+tgi_batch_current_size {running}\n\
+# TYPE tgi_request_count counter\n\
+tgi_request_count 12\n";
+
+/// A Triton TensorRT-LLM-style page (the kind of request in a label).
+pub const TRITON_METRICS: &str = "# HELP nv_trt_llm_request_metrics TRT LLM request metrics\n\
+# TYPE nv_trt_llm_request_metrics gauge\n\
+nv_trt_llm_request_metrics{model=\"tensorrt_llm\",request_type=\"waiting\",version=\"1\"} {waiting}\n\
+nv_trt_llm_request_metrics{model=\"tensorrt_llm\",request_type=\"scheduled\",version=\"1\"} {running}\n\
+nv_trt_llm_request_metrics{model=\"tensorrt_llm\",request_type=\"max\",version=\"1\"} 512\n\
+# HELP nv_trt_llm_kv_cache_block_metrics TRT LLM KV cache block metrics\n\
+# TYPE nv_trt_llm_kv_cache_block_metrics gauge\n\
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=\"fraction\",model=\"tensorrt_llm\",version=\"1\"} 0.25\n";
+
+/// A llama.cpp-server-style page.
+pub const LLAMACPP_METRICS: &str =
+    "# HELP llamacpp:requests_processing Number of requests processing.\n\
+# TYPE llamacpp:requests_processing gauge\n\
+llamacpp:requests_processing {running}\n\
+# HELP llamacpp:requests_deferred Number of requests deferred.\n\
+# TYPE llamacpp:requests_deferred gauge\n\
+llamacpp:requests_deferred {waiting}\n";
+
+/// What `/metrics` does besides answering its page.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum PageFault {
+    #[default]
+    None,
+    /// Answers this status and no page.
+    Status(u16),
+    /// Answers the page after this long.
+    Slow(Duration),
+}
 
 /// Builder for a [`Model`].
 pub struct ModelBuilder {
@@ -90,6 +142,7 @@ impl ModelBuilder {
             running: AtomicU64::new(0),
             external_waiting: AtomicU64::new(0),
             metrics_scrapes: AtomicU64::new(0),
+            page_fault: Mutex::new(PageFault::None),
             garbage: Default::default(),
             last_orca_request: Mutex::new(None),
         });
@@ -122,6 +175,7 @@ struct Inner {
     /// Queue from clients that do not go through the proxy (shows in /metrics only).
     external_waiting: AtomicU64,
     metrics_scrapes: AtomicU64,
+    page_fault: Mutex<PageFault>,
     /// Send unreadable reports instead.
     garbage: std::sync::atomic::AtomicBool,
     /// The `endpoint-load-metrics-format` of the last request that sent one.
@@ -184,6 +238,11 @@ impl Model {
         self.inner.garbage.store(on, Ordering::SeqCst);
     }
 
+    /// Makes `/metrics` fail or slow from now on.
+    pub fn set_page_fault(&self, f: PageFault) {
+        *self.inner.page_fault.lock().unwrap() = f;
+    }
+
     pub fn set_reports(&self, r: Reports) {
         *self.inner.reports.lock().unwrap() = r;
     }
@@ -222,6 +281,12 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Full<Byte
         "/health" => return text(200, "ok".into()),
         "/metrics" => {
             inner.metrics_scrapes.fetch_add(1, Ordering::SeqCst);
+            let fault = *inner.page_fault.lock().unwrap();
+            match fault {
+                PageFault::None => {}
+                PageFault::Status(code) => return text(code, "engine error".into()),
+                PageFault::Slow(d) => tokio::time::sleep(d).await,
+            }
             let page = inner.reports.lock().unwrap().metrics.clone();
             return match page {
                 Some(p) => text(200, fill(&inner, &p)),

@@ -185,3 +185,37 @@ fn target_tmp() -> &'static Path {
 fn tools_dir() -> PathBuf {
     target_tmp().join("tools")
 }
+
+/// Runs headless Chromium on `url` with `action` (`--dump-dom`, or
+/// `--screenshot=FILE`) in a 1280x800 window, after the page's scripts had 4 s of
+/// virtual time; returns its stdout. The flags are those that work as root on a
+/// machine without outside network (no sandbox, no GPU, no background connections),
+/// with a fresh profile each time.
+pub fn chromium(url: &str, action: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = command(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1280,800",
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(action)
+        .arg(url)
+        .output()
+        .expect("running chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

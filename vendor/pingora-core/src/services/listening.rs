@@ -55,6 +55,17 @@ pub trait ConnectionGate: Send + Sync {
     ) -> Option<Box<dyn Send>>;
 }
 
+/// Told of every downstream handshake that fails (modelgate: counted and logged at
+/// DEBUG). Without one, each failure is logged at ERROR, as pingora does.
+pub trait HandshakeFailures: Send + Sync {
+    /// `error` is `None` when the handshake did not finish within its 60 s limit.
+    fn failed(
+        &self,
+        peer: Option<&crate::protocols::l4::socket::SocketAddr>,
+        error: Option<&pingora_error::Error>,
+    );
+}
+
 /// The type of service that is associated with a list of listening endpoints and a particular application
 pub struct Service<A> {
     name: String,
@@ -66,6 +77,7 @@ pub struct Service<A> {
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
     connection_gate: Option<Arc<dyn ConnectionGate>>,
+    handshake_failures: Option<Arc<dyn HandshakeFailures>>,
 }
 
 impl<A> Service<A> {
@@ -80,6 +92,7 @@ impl<A> Service<A> {
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
             connection_gate: None,
+            handshake_failures: None,
         }
     }
 
@@ -95,12 +108,18 @@ impl<A> Service<A> {
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
             connection_gate: None,
+            handshake_failures: None,
         }
     }
 
     /// Admit every accepted connection of this service through `gate`.
     pub fn set_connection_gate(&mut self, gate: Arc<dyn ConnectionGate>) {
         self.connection_gate = Some(gate);
+    }
+
+    /// Report failed downstream handshakes to `observer` instead of logging them.
+    pub fn set_handshake_failures(&mut self, observer: Arc<dyn HandshakeFailures>) {
+        self.handshake_failures = Some(observer);
     }
 
     /// Set a runtime options override for this service.
@@ -224,6 +243,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
         gate: Option<Arc<dyn ConnectionGate>>,
+        failures: Option<Arc<dyn HandshakeFailures>>,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -257,6 +277,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     };
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let failures = failures.clone();
                     current_handle().spawn(async move {
                         let _permit = permit;
                         let peer_addr = io.peer_addr();
@@ -264,6 +285,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
+                                    Err(e) if failures.is_some() => {
+                                        if let Some(f) = &failures {
+                                            f.failed(peer_addr.as_ref(), Some(&e));
+                                        }
+                                    }
                                     Err(e) => {
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
                                         if let Some(addr) = peer_addr {
@@ -274,9 +300,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                     }
                                 }
                             }
-                            Err(_) => {
-                                error!("Downstream handshake timeout");
-                            }
+                            Err(_) => match &failures {
+                                Some(f) => f.failed(peer_addr.as_ref(), None),
+                                None => error!("Downstream handshake timeout"),
+                            },
                         }
                     });
                 }
@@ -335,9 +362,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
                 let gate = self.connection_gate.clone();
+                let failures = self.handshake_failures.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown, gate).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, gate, failures).await;
                 });
 
                 handlers.push(jh);

@@ -56,10 +56,11 @@ async fn prepare_tls_stream<S: IO>(acceptor: &Acceptor, io: S) -> Result<TlsStre
 /// Perform TLS handshake for the given connection with the given configuration
 pub async fn handshake<S: IO>(acceptor: &Acceptor, io: S) -> Result<TlsStream<S>> {
     let mut stream = prepare_tls_stream(acceptor, io).await?;
+    // modelgate: the failure stays the cause (see `TlsStream::accept`).
     stream
         .accept()
         .await
-        .explain_err(TLSHandshakeFailure, |e| format!("TLS accept() failed: {e}"))?;
+        .or_err(TLSHandshakeFailure, "TLS accept() failed")?;
     Ok(stream)
 }
 

@@ -323,9 +323,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> InnerStream<T> {
             "TLS accept not available to perform handshake.",
         )?;
 
+        // modelgate: keep the I/O error as the cause (not only its text), so a
+        // handshake failure can be told apart by kind (alert, not TLS, closed).
         let stream = accept
             .await
-            .explain_err(TLSHandshakeFailure, |e| format!("tls connect error: {e}"))?;
+            .or_err(TLSHandshakeFailure, "tls accept error")?;
         self.stream = Some(RusTlsStream::Server(stream));
         Ok(())
     }

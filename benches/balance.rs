@@ -8,12 +8,19 @@
 //! loop of Poisson arrivals at 80% of that (the same seeded sequence for every proxy), and latency is measured from each request's scheduled start,
 //! so a stalled proxy cannot hide its queueing (no coordinated omission).
 //!
+//! Then (scenario c, [`outside_load`]): two replicas, one of them also loaded by
+//! clients that do not go through the proxy, so its queue shows only in its own
+//! `/metrics`; the share of proxied requests it gets and their p99 with
+//! `[upstream.m.load] metrics` on and off, beside nginx and HAProxy.
+//!
 //! Run with `bash benches/balance_compare.sh` (it builds the release binary and
-//! finds nginx and haproxy).
+//! finds nginx and haproxy); `SCENARIO=c` runs only the second table.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modelgate::demo::replica::{Replica, ReplicaHandle};
@@ -60,13 +67,26 @@ fn modelgate(
     balance: &str,
     r: &[ReplicaHandle],
 ) -> Proc {
+    let upstream = format!("balance = \"{balance}\"\nmax_inflight = 2\nqueue = {{ size = 10000, timeout = \"60s\" }}\n");
+    modelgate_with(bin, dir, port, balance, &upstream, r)
+}
+
+/// modelgate with `upstream` as the lines of `[upstream.m]` (after `backends`).
+fn modelgate_with(
+    bin: &str,
+    dir: &std::path::Path,
+    port: u16,
+    name: &str,
+    upstream: &str,
+    r: &[ReplicaHandle],
+) -> Proc {
     let backends: Vec<String> = r.iter().map(|r| format!("\"{}\"", r.addr())).collect();
     let cfg = format!(
         "[listen]\nhttp = \"127.0.0.1:{port}\"\nworkers = 1\n[log]\naccess = \"off\"\n[[route]]\nname = \"m\"\npath = \"/\"\nupstream = \"m\"\n\
-         [upstream.m]\nbackends = [{}]\nbalance = \"{balance}\"\nmax_inflight = 2\nqueue = {{ size = 10000, timeout = \"60s\" }}\n",
+         [upstream.m]\nbackends = [{}]\n{upstream}",
         backends.join(", ")
     );
-    let file = write(dir, &format!("modelgate-{balance}.toml"), &cfg);
+    let file = write(dir, &format!("modelgate-{name}.toml"), &cfg);
     spawn(
         Command::new(bin)
             .args(["run", "-c"])
@@ -122,44 +142,52 @@ struct Outcome {
     slow_share: f64,
 }
 
-/// Open-loop load at `RATE` for `secs`; latency counted from the scheduled start.
-async fn load(addr: SocketAddr, secs: u64, slow: &ReplicaHandle) -> Outcome {
+/// Open-loop load at `rate` for `secs`; latency counted from the scheduled start;
+/// the share of answers that came from the replica named `slow` (its `x-replica`).
+async fn load(addr: SocketAddr, secs: u64, rate: f64, slow: &str) -> Outcome {
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(512)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let url = format!("http://{addr}/v1/predict");
-    let n = (RATE * secs as f64) as usize;
-    let slow_before = slow.hits();
+    let n = (rate * secs as f64) as usize;
     let start = Instant::now() + Duration::from_millis(100);
     let mut tasks = Vec::with_capacity(n);
     // Poisson arrivals (exponential gaps, fixed seed): real clients come in bursts.
     let mut rng = fastrand::Rng::with_seed(7);
     let mut offset = 0.0;
     for _ in 0..n {
-        offset += -(1.0 - rng.f64()).ln() / RATE;
+        offset += -(1.0 - rng.f64()).ln() / rate;
         let at = start + Duration::from_secs_f64(offset);
-        let (c, url) = (client.clone(), url.clone());
+        let (c, url, slow) = (client.clone(), url.clone(), slow.to_string());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let ok = match c
+            let (ok, to_slow) = match c
                 .post(url)
                 .body("{\"input\":\"x\"}")
                 .timeout(Duration::from_secs(60))
                 .send()
                 .await
             {
-                Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
-                Err(_) => false,
+                Ok(r) => {
+                    let to_slow = r
+                        .headers()
+                        .get("x-replica")
+                        .is_some_and(|v| v == slow.as_str());
+                    (r.status() == 200 && r.bytes().await.is_ok(), to_slow)
+                }
+                Err(_) => (false, false),
             };
-            (at.elapsed(), ok)
+            (at.elapsed(), ok, to_slow)
         }));
     }
     let mut lat = Vec::with_capacity(n);
     let mut errors = 0;
+    let mut slow_hits = 0;
     for t in tasks {
-        let (d, ok) = t.await.unwrap_or((Duration::MAX, false));
+        let (d, ok, to_slow) = t.await.unwrap_or((Duration::MAX, false, false));
+        slow_hits += usize::from(to_slow);
         if ok {
             lat.push(d);
         } else {
@@ -178,7 +206,7 @@ async fn load(addr: SocketAddr, secs: u64, slow: &ReplicaHandle) -> Outcome {
         max: lat.last().copied().unwrap_or_default(),
         errors,
         total: n,
-        slow_share: (slow.hits() - slow_before) as f64 / n as f64,
+        slow_share: slow_hits as f64 / n as f64,
     }
 }
 
@@ -199,6 +227,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
+    if std::env::var("SCENARIO").as_deref() == Ok("c") {
+        rt.block_on(outside_load(&bin, secs));
+        return;
+    }
     rt.block_on(async {
         let r = vec![
             Replica::builder("fast-a").delay(FAST).concurrency(2).spawn().await.unwrap_or_else(|e| panic!("{e}")),
@@ -220,7 +252,7 @@ fn main() {
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             wait_up(addr).await;
             eprintln!("running {name} for {secs}s at {RATE} req/s ...");
-            let o = load(addr, secs, &r[2]).await;
+            let o = load(addr, secs, RATE, r[2].name()).await;
             let row = format!(
                 "| {name} | {:.0} | {:.0} | {:.0} | {}/{} | {:.1}% |",
                 o.p50.as_secs_f64() * 1e3,
@@ -242,4 +274,109 @@ fn main() {
             println!("{row}");
         }
     });
+    rt.block_on(outside_load(&bin, secs));
+}
+
+/// Proxied load in scenario c: 50% of one replica's capacity (2 slots / 50 ms).
+const RATE_C: f64 = 20.0;
+/// Clients that load replica A directly, each sending its next request as soon as
+/// the last is answered: A always runs 2 and has 4 waiting.
+const OUTSIDE_CLIENTS: usize = 6;
+
+/// Keeps `OUTSIDE_CLIENTS` requests on `r` until `stop`; counts the answers.
+fn outside_clients(r: &ReplicaHandle, stop: &Arc<AtomicBool>, done: &Arc<AtomicU64>) {
+    let url = format!("http://{}/v1/predict", r.addr());
+    for _ in 0..OUTSIDE_CLIENTS {
+        let (url, stop, done) = (url.clone(), Arc::clone(stop), Arc::clone(done));
+        tokio::spawn(async move {
+            let c = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            while !stop.load(Ordering::Relaxed) {
+                if c.post(&url)
+                    .body("{\"input\":\"outside\"}")
+                    .send()
+                    .await
+                    .is_ok()
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+}
+
+/// Scenario c: replica A is kept busy by clients that do not use the proxy; only
+/// its `/metrics` page (vLLM gauges) shows it. Each proxy gets the same Poisson
+/// load at `RATE_C`; the table gives the share that went to A and the latency.
+async fn outside_load(bin: &str, secs: u64) {
+    let r = vec![
+        Replica::builder("a-busy")
+            .delay(FAST)
+            .concurrency(2)
+            .spawn()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Replica::builder("b")
+            .delay(FAST)
+            .concurrency(2)
+            .spawn()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let outside = Arc::new(AtomicU64::new(0));
+    outside_clients(&r[0], &stop, &outside);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut rows = Vec::new();
+    type Start<'a> = Box<dyn Fn(u16) -> Proc + 'a>;
+    let plain = "balance = \"least_outstanding\"\n";
+    let polled = "balance = \"least_outstanding\"\n[upstream.m.load]\nmetrics = \"/metrics\"\nevery = \"250ms\"\n";
+    let systems: Vec<(&str, Start)> = vec![
+        (
+            "modelgate least_outstanding, load.metrics off",
+            Box::new(|p| modelgate_with(bin, dir.path(), p, "c-off", plain, &r)),
+        ),
+        (
+            "modelgate least_outstanding, load.metrics on",
+            Box::new(|p| modelgate_with(bin, dir.path(), p, "c-on", polled, &r)),
+        ),
+        ("nginx least_conn", Box::new(|p| nginx(dir.path(), p, &r))),
+        (
+            "haproxy leastconn, maxconn 2/server",
+            Box::new(|p| haproxy(dir.path(), p, &r)),
+        ),
+    ];
+    for (name, start) in &systems {
+        let port = free_port();
+        let _proc = start(port);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_up(addr).await;
+        // A first poll of the page (modelgate) before the load starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("running {name} for {secs}s at {RATE_C} req/s, A loaded from outside ...");
+        let before = outside.load(Ordering::Relaxed);
+        let o = load(addr, secs, RATE_C, r[0].name()).await;
+        let outside_rate = (outside.load(Ordering::Relaxed) - before) as f64 / secs as f64;
+        let row = format!(
+            "| {name} | {:.1}% | {:.0} | {:.0} | {:.0} | {}/{} | {outside_rate:.0} |",
+            o.slow_share * 100.0,
+            o.p50.as_secs_f64() * 1e3,
+            o.p99.as_secs_f64() * 1e3,
+            o.max.as_secs_f64() * 1e3,
+            o.errors,
+            o.total,
+        );
+        eprintln!("{row}");
+        rows.push(row);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    println!("\n(c) {secs} s of Poisson arrivals at {RATE_C} req/s through the proxy; 2 replicas with 2 slots of 50 ms; A also kept busy by {OUTSIDE_CLIENTS} clients that do not use the proxy\n");
+    println!("| proxy | share to A | p50 ms | p99 ms | max ms | errors | outside req/s on A |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
 }

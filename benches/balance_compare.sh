@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side latency of modelgate, nginx and HAProxy in front of slow replicas.
 # Usage: bash benches/balance_compare.sh   (SECS=20 per system by default)
+# Also scenario (c): a replica loaded by clients outside the proxy, load.metrics on vs
+# off; SCENARIO=c runs only that one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()

@@ -23,6 +23,7 @@ pub mod probe;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;
+pub mod supervise;
 pub mod timefmt;
 pub mod tls;
 pub mod upstream;

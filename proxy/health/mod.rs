@@ -15,8 +15,6 @@
 
 mod probe;
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +24,8 @@ use pingora::services::background::BackgroundService;
 
 use crate::config::HealthCheck;
 use crate::snapshot::SharedSnapshot;
-use crate::upstream::{Backend, BackendState, Replica, WaitQueue};
-
-/// How often the supervisor looks for new or removed pools. Short, because a
-/// backend added by a reload gets traffic only after its first passing check.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+use crate::supervise::supervise;
+use crate::upstream::{Backend, BackendState, WaitQueue};
 
 /// The background service that runs all health checks.
 pub struct HealthService {
@@ -43,74 +38,32 @@ impl HealthService {
     }
 }
 
-/// What a running checker was started with; a change restarts it.
-struct Checker {
-    replica: Arc<Replica>,
-    check: HealthCheck,
-    slow_start: Duration,
-    protocol: crate::config::Protocol,
-    /// Aborts the checker when dropped.
-    _task: AbortOnDrop,
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Checkers by (upstream, address), kept while the live generation has that
-        // replica with the same check settings.
-        let mut running: HashMap<(Arc<str>, SocketAddr), Checker> = HashMap::new();
-        loop {
-            let snap = self.snapshot.load_full();
-            let mut live = HashSet::new();
+        // A checker runs while the live generation has its replica with the same
+        // check, slow start and protocol.
+        supervise(&self.snapshot, &mut shutdown, |snap, tasks| {
             for pool in &snap.pools {
-                let Some(check) = pool.settings().health.clone() else {
+                let settings = pool.settings();
+                let Some(check) = &settings.health else {
                     continue;
                 };
-                let settings = pool.settings();
                 for backend in pool.backends() {
-                    let key = (Arc::clone(pool.name()), backend.addr());
-                    let same = running.get(&key).is_some_and(|c| {
-                        Arc::ptr_eq(&c.replica, backend.replica())
-                            && c.check == check
-                            && c.slow_start == settings.slow_start
-                            && c.protocol == settings.protocol
-                    });
-                    if !same {
-                        let task = tokio::spawn(check_backend(
+                    let same = (check.clone(), settings.slow_start, settings.protocol);
+                    tasks.keep(pool.name(), backend, same, || {
+                        tokio::spawn(check_backend(
                             Arc::clone(pool.name()),
                             Arc::clone(backend),
                             Arc::clone(pool.store().queue()),
                             settings.slow_start,
                             check.clone(),
-                        ));
-                        running.insert(
-                            key.clone(),
-                            Checker {
-                                replica: Arc::clone(backend.replica()),
-                                check: check.clone(),
-                                slow_start: settings.slow_start,
-                                protocol: settings.protocol,
-                                _task: AbortOnDrop(task.abort_handle()),
-                            },
-                        );
-                    }
-                    live.insert(key);
+                        ))
+                    });
                 }
             }
-            running.retain(|key, _| live.contains(key));
-            tokio::select! {
-                _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+        })
+        .await;
     }
 }
 

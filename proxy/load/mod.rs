@@ -15,8 +15,6 @@
 mod fetch;
 mod page;
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,13 +25,11 @@ use prometheus::IntCounter;
 
 pub use page::{parse_page, Engine, PageError, PageReport, ENGINES};
 
-use crate::config::{MetricsPage, Protocol};
+use crate::config::MetricsPage;
 use crate::metrics::Metrics;
 use crate::snapshot::SharedSnapshot;
-use crate::upstream::{Backend, Replica};
-
-/// How often the supervisor looks for new, changed or removed replicas.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+use crate::supervise::supervise;
+use crate::upstream::Backend;
 
 /// The background service that polls every replica's page.
 pub struct LoadService {
@@ -47,31 +43,12 @@ impl LoadService {
     }
 }
 
-/// What a running poller was started with; a change restarts it.
-struct Poller {
-    replica: Arc<Replica>,
-    page: MetricsPage,
-    every: Duration,
-    protocol: Protocol,
-    /// Aborts the poller when dropped.
-    _task: AbortOnDrop,
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[async_trait]
 impl BackgroundService for LoadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut running: HashMap<(Arc<str>, SocketAddr), Poller> = HashMap::new();
-        loop {
-            let snap = self.snapshot.load_full();
-            let mut live = HashSet::new();
+        // A poller runs while the live generation has its replica with the same
+        // page, interval and protocol.
+        supervise(&self.snapshot, &mut shutdown, |snap, tasks| {
             for pool in &snap.pools {
                 let settings = pool.settings();
                 let Some((page, every)) = settings
@@ -82,41 +59,20 @@ impl BackgroundService for LoadService {
                     continue;
                 };
                 for backend in pool.backends() {
-                    let key = (Arc::clone(pool.name()), backend.addr());
-                    let same = running.get(&key).is_some_and(|p| {
-                        Arc::ptr_eq(&p.replica, backend.replica())
-                            && p.page == *page
-                            && p.every == every
-                            && p.protocol == settings.protocol
-                    });
-                    if !same {
-                        let task = tokio::spawn(poll_backend(
+                    let same = (page.clone(), every, settings.protocol);
+                    tasks.keep(pool.name(), backend, same, || {
+                        tokio::spawn(poll_backend(
                             Arc::clone(pool.name()),
                             Arc::clone(backend),
                             page.clone(),
                             every,
                             self.metrics.load_report_errors(pool.name()),
-                        ));
-                        running.insert(
-                            key.clone(),
-                            Poller {
-                                replica: Arc::clone(backend.replica()),
-                                page: page.clone(),
-                                every,
-                                protocol: settings.protocol,
-                                _task: AbortOnDrop(task.abort_handle()),
-                            },
-                        );
-                    }
-                    live.insert(key);
+                        ))
+                    });
                 }
             }
-            running.retain(|key, _| live.contains(key));
-            tokio::select! {
-                _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+        })
+        .await;
     }
 }
 

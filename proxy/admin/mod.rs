@@ -262,7 +262,7 @@ impl Admin {
                 let backends: Vec<_> = pool
                     .backends()
                     .iter()
-                    .map(|b| backend(b, b.state().name(), queued, pool.settings().max_inflight))
+                    .map(|b| backend(b, b.state().name(), queued, pool.settings().cap.of(b)))
                     .collect();
                 (
                     pool.name().to_string(),

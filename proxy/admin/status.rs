@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::Admin;
 use crate::config::HostMatch;
+use crate::upstream::Cap;
 
 impl Admin {
     /// The status page's data.
@@ -57,6 +58,7 @@ impl Admin {
                     "addr": b.label(),
                     "state": state,
                     "inflight": b.inflight(),
+                    "max_inflight": pool.settings().cap.of(b),
                     "weight": b.weight(),
                     "share": shares.get(b.label()).copied(),
                     "latency_ms": (b.latency_us() > 0).then(|| f64::from(b.latency_us()) / 1000.0),
@@ -77,7 +79,11 @@ impl Admin {
             upstreams.insert(
                 pool.name().to_string(),
                 json!({
-                    "max_inflight": s.max_inflight,
+                    "max_inflight": match s.cap {
+                        Cap::Unlimited => json!(0),
+                        Cap::Fixed(n) => json!(n),
+                        Cap::Learned(_) => json!("auto"),
+                    },
                     "queue_size": s.queue.size,
                     "queued": pool.queued(),
                     "charts": charts,

@@ -81,13 +81,11 @@ pub fn summary(cfg: &Config) -> String {
 
     let _ = writeln!(out, "upstreams (→ backends):");
     for u in &cfg.upstreams {
-        let cap = match u.max_inflight {
-            0 => "no cap".to_string(),
-            n => format!(
-                "cap {n} per backend, queue {} for {}",
-                u.queue.size,
-                duration(u.queue.timeout)
-            ),
+        let queue = format!("queue {} for {}", u.queue.size, duration(u.queue.timeout));
+        let cap = match (u.max_inflight_auto, u.max_inflight) {
+            (Some(a), _) => format!("cap learned per backend ({}..{}), {queue}", a.min, a.max),
+            (None, 0) => "no cap".to_string(),
+            (None, n) => format!("cap {n} per backend, {queue}"),
         };
         let health = match &u.health {
             Some(h) => format!(

@@ -346,7 +346,15 @@ fn broken_files() {
         // Wrong type.
         (
             with_upstream("max_inflight = \"four\""),
-            vec!["config/modelgate.toml:11:16: upstream.chat.max_inflight: expected a whole number >= 0, found \"four\"; use 0 for unlimited"],
+            vec!["config/modelgate.toml:11:16: upstream.chat.max_inflight: expected a whole number >= 0, found \"four\"; use 0 for unlimited, or \"auto\" to learn each replica's limit"],
+        ),
+        (
+            with_upstream("max_inflight = \"auto\"\nmax_inflight_min = 8\nmax_inflight_max = 4"),
+            vec!["config/modelgate.toml:13:20: upstream.chat.max_inflight_max: 4 is below max_inflight_min = 8; raise it to at least 8"],
+        ),
+        (
+            with_upstream("max_inflight = \"auto\"\nmax_inflight_min = 0"),
+            vec!["config/modelgate.toml:12:20: upstream.chat.max_inflight_min: expected a whole number >= 1, found 0; the smallest limit a replica is ever given"],
         ),
         (
             MINIMAL.replace("http = \"0.0.0.0:8080\"", "http = 8080"),
@@ -492,6 +500,28 @@ fn broken_files() {
         }
     }
     assert_eq!(failures, 0);
+}
+
+#[test]
+fn learned_max_inflight() {
+    let up = |extra: &str| ok(&with_upstream(extra)).config.upstreams[0].clone();
+    let auto = up("max_inflight = \"auto\"");
+    assert_eq!(
+        (auto.max_inflight, auto.max_inflight_auto),
+        (0, Some(AutoLimit { min: 1, max: 256 }))
+    );
+    let bounded = up("max_inflight = \"auto\"\nmax_inflight_min = 2\nmax_inflight_max = 16");
+    assert_eq!(
+        bounded.max_inflight_auto,
+        Some(AutoLimit { min: 2, max: 16 })
+    );
+    let fixed = ok(&with_upstream("max_inflight = 4\nmax_inflight_max = 16"));
+    assert_eq!(fixed.config.upstreams[0].max_inflight_auto, None);
+    let warned: Vec<String> = fixed.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warned,
+        ["config/modelgate.toml:12:20: upstream.chat.max_inflight_max: ignored: it bounds a learned limit; set max_inflight = \"auto\" to use it"]
+    );
 }
 
 #[test]

@@ -254,8 +254,10 @@ pub struct Upstream {
     pub balance: Balance,
     /// For `consistent_hash`; defaults to the client address.
     pub hash_key: RequestKey,
-    /// Per backend; 0 = unlimited.
+    /// Per backend; 0 = unlimited (or learned, with `max_inflight_auto`).
     pub max_inflight: u32,
+    /// `max_inflight = "auto"`: each replica's limit is learned between these bounds.
+    pub max_inflight_auto: Option<AutoLimit>,
     pub queue: Queue,
     /// Other backends tried after the first (default 1).
     pub retries: u32,
@@ -274,6 +276,15 @@ pub struct Upstream {
     pub wake: Option<Wake>,
     /// `[upstream.NAME.load]`: the replicas' own load reports.
     pub load: Option<LoadReports>,
+}
+
+/// The bounds of a learned in-flight limit (`max_inflight_min`, `max_inflight_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoLimit {
+    /// At least 1.
+    pub min: u32,
+    /// At least `min`.
+    pub max: u32,
 }
 
 /// `[upstream.NAME.load]`.

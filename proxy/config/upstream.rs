@@ -5,11 +5,18 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
 
-use super::reader::{Ctx, Field, TableReader};
+use toml::de::DeValue;
+
+use super::reader::{join, Ctx, Field, TableReader};
 use super::types::{
-    BackendAddr, BackendSource, Balance, Discovery, Eject, GaugeSelector, HealthCheck, LoadReports,
-    MetricsPage, NamedBackend, Protocol, Queue, RequestKey, RetryBudget, Upstream, UpstreamTls,
+    AutoLimit, BackendAddr, BackendSource, Balance, Discovery, Eject, GaugeSelector, HealthCheck,
+    LoadReports, MetricsPage, NamedBackend, Protocol, Queue, RequestKey, RetryBudget, Upstream,
+    UpstreamTls,
 };
+
+/// `max_inflight_min` and `max_inflight_max` with `max_inflight = "auto"`.
+pub const DEFAULT_AUTO_MIN: u32 = 1;
+pub const DEFAULT_AUTO_MAX: u32 = 256;
 
 /// Defaults applied when a key is absent.
 pub const DEFAULT_QUEUE: Queue = Queue {
@@ -43,6 +50,7 @@ impl Upstream {
             balance: Balance::LeastOutstanding,
             hash_key: RequestKey::ClientAddr,
             max_inflight: 0,
+            max_inflight_auto: None,
             queue: DEFAULT_QUEUE,
             retries: DEFAULT_RETRIES,
             retry_non_idempotent: false,
@@ -144,9 +152,7 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
             );
         }
     }
-    let max_inflight = t
-        .take("max_inflight")
-        .map_or(Some(0), |f| cx.uint(&f, 0, U32_MAX, "use 0 for unlimited"));
+    let (max_inflight, max_inflight_auto) = read_max_inflight(cx, &mut t);
     let queue = t
         .take("queue")
         .map_or(Some(DEFAULT_QUEUE), |f| read_queue(cx, &f));
@@ -197,6 +203,7 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         balance: balance?,
         hash_key: hash_key?,
         max_inflight: max_inflight?,
+        max_inflight_auto: max_inflight_auto?,
         queue: queue?,
         retries: retries?,
         retry_non_idempotent: retry_non_idempotent?,
@@ -579,6 +586,58 @@ fn read_health(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<HealthCheck> {
         expect_status: expect_status?,
         models: models?,
     })
+}
+
+/// `max_inflight` (a number, 0 for unlimited, or `"auto"`) with `max_inflight_min`
+/// and `max_inflight_max` (default 1 and 256), which apply only to `"auto"`.
+fn read_max_inflight(
+    cx: &mut Ctx<'_>,
+    t: &mut TableReader<'_, '_>,
+) -> (Option<u32>, Option<Option<AutoLimit>>) {
+    const HINT: &str = "use 0 for unlimited, or \"auto\" to learn each replica's limit";
+    let auto = match t.take("max_inflight") {
+        None => Some((0, false)),
+        Some(f) => match f.value.get_ref() {
+            DeValue::String(s) if s.as_ref() == "auto" => Some((0, true)),
+            _ => cx.uint(&f, 0, U32_MAX, HINT).map(|n| (n, false)),
+        },
+    };
+    let min = t.take("max_inflight_min");
+    let max = t.take("max_inflight_max");
+    let Some((fixed, auto)) = auto else {
+        return (None, Some(None));
+    };
+    if !auto {
+        for f in [&min, &max].into_iter().flatten() {
+            cx.warn(
+                &f.span(),
+                &f.path,
+                "ignored: it bounds a learned limit; set max_inflight = \"auto\" to use it",
+            );
+        }
+        return (Some(fixed), Some(None));
+    }
+    let min: Option<u32> = min.map_or(Some(DEFAULT_AUTO_MIN), |f| {
+        cx.uint(&f, 1, U32_MAX, "the smallest limit a replica is ever given")
+    });
+    let max_span = max.as_ref().map(|f| (f.span(), f.path.clone()));
+    let max: Option<u32> = max.map_or(Some(DEFAULT_AUTO_MAX), |f| {
+        cx.uint(&f, 1, U32_MAX, "the largest limit a replica is ever given")
+    });
+    let (Some(min), Some(max)) = (min, max) else {
+        return (Some(0), None);
+    };
+    if min > max {
+        let (span, path) =
+            max_span.unwrap_or_else(|| (t.span(), join(t.path(), "max_inflight_max")));
+        cx.error(
+            &span,
+            &path,
+            format!("{max} is below max_inflight_min = {min}; raise it to at least {min}"),
+        );
+        return (Some(0), None);
+    }
+    (Some(0), Some(Some(AutoLimit { min, max })))
 }
 
 /// `[upstream.NAME.load]`: `orca = true` and/or `metrics = "/metrics"` (with

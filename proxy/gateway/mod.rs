@@ -7,6 +7,7 @@
 
 pub mod failures;
 pub mod headers;
+mod keepalive;
 mod models;
 mod redirect;
 mod reject;
@@ -188,6 +189,11 @@ pub struct RequestCtx {
     start: Instant,
     /// Arrival to the (last attempt's) response headers.
     first_byte: Option<Duration>,
+    /// The stream's head was sent while queued (`sse_keepalive`).
+    early_head: bool,
+    /// A replica's answer continues the early head: failures can no longer be
+    /// reported as an SSE error event.
+    spliced: bool,
 }
 
 impl RequestCtx {
@@ -233,6 +239,8 @@ impl ProxyHttp for Gateway {
             resend: false,
             start: Instant::now(),
             first_byte: None,
+            early_head: false,
+            spliced: false,
         }
     }
 
@@ -357,11 +365,20 @@ impl ProxyHttp for Gateway {
         }
         // Free the previous attempt's slot before queueing for the next one.
         ctx.lease = None;
-        match route
-            .pool
-            .admit(&ctx.tried, ctx.hash, client_gone(session))
-            .await
-        {
+        let keepalive = route
+            .api
+            .sse_keepalive
+            .filter(|_| keepalive::wants_stream(session, ctx));
+        let admission = match keepalive {
+            Some(every) => keepalive::admit(session, ctx, &route.pool, every).await,
+            None => {
+                route
+                    .pool
+                    .admit(&ctx.tried, ctx.hash, client_gone(session))
+                    .await
+            }
+        };
+        match admission {
             Admission::Leased(lease, waited) => {
                 ctx.tried.push(lease.backend().index());
                 ctx.queue_wait += waited;
@@ -411,6 +428,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if upstream.version != http::Version::HTTP_2 {
+            headers::single_content_length(upstream)?;
             let backend = ctx.lease.as_ref().map(|l| l.backend());
             headers::for_http1(upstream, backend.map_or("", |b| headers::backend_host(b)))?;
         }
@@ -461,7 +479,9 @@ impl ProxyHttp for Gateway {
         ctx.first_byte = Some(now.saturating_duration_since(ctx.start));
         let status = upstream_response.status.as_u16();
         if let Some(started) = ctx.attempt_started {
-            lease.record_latency(now.saturating_duration_since(started));
+            let took = now.saturating_duration_since(started);
+            lease.record_latency(took);
+            lease.learn(took, status, route.pool.settings().cap);
         }
         if status < 500 {
             lease.backend().record_success();
@@ -502,6 +522,25 @@ impl ProxyHttp for Gateway {
             );
             e.set_retry(true);
             return Err(e.into_up());
+        }
+        if ctx.early_head {
+            if !upstream_response.status.is_success() {
+                // The client already has a 200 head: the answer becomes an error event.
+                ctx.status_retry = true;
+                ctx.reject = Some(Reject::BadGateway);
+                log_failure(
+                    ctx,
+                    failures::Reason::Status(status),
+                    &format_args!("answered {status} to a stream already started"),
+                    false,
+                );
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "backend refused a stream whose head was sent",
+                )
+                .into_up());
+            }
+            ctx.spliced = true;
         }
         Ok(())
     }
@@ -575,8 +614,10 @@ impl ProxyHttp for Gateway {
         if std::mem::take(&mut ctx.status_retry) {
             return e; // decided in upstream_response_filter
         }
-        let replayable_body =
-            !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        // A head sent early (`sse_keepalive`) is not the replica's: nothing of the
+        // replica's answer has reached the client until it is spliced in.
+        let replayable_body = !session.as_ref().retry_buffer_truncated()
+            && (session.response_written().is_none() || (ctx.early_head && !ctx.spliced));
         // A pooled connection that broke before any answer was most likely closed by
         // the replica while idle (keep-alive timeout, restart), not a failure of the
         // replica: send the request again to it, whatever the method, and count no
@@ -624,6 +665,12 @@ impl ProxyHttp for Gateway {
                 // may be half read): say so, so clients do not reuse it and fail.
                 session.set_keepalive(None);
                 if let Err(err) = r.send(session, ctx.request_id.as_ref(), ctx.openai).await {
+                    log::debug!("could not send {} to client: {err}", r.status());
+                }
+                r.status()
+            }
+            Some(r) if ctx.early_head && !ctx.spliced => {
+                if let Err(err) = keepalive::send_error(session, r).await {
                     log::debug!("could not send {} to client: {err}", r.status());
                 }
                 r.status()

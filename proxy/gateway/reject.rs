@@ -87,7 +87,7 @@ impl Reject {
     }
 
     /// The same answer in OpenAI's error shape.
-    fn openai_body(self) -> &'static [u8] {
+    pub(super) fn openai_body(self) -> &'static [u8] {
         macro_rules! openai {
             ($message:literal, $type:literal, $param:literal, $code:literal) => {
                 concat!(

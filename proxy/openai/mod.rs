@@ -109,14 +109,6 @@ pub fn unsupported(config: &crate::config::Config, errors: &mut Vec<String>) {
             "{file}: {key}: {what} is not available in this build; remove it"
         ));
     };
-    for (i, r) in config.routes.iter().enumerate() {
-        if r.openai.sse_keepalive.is_some() {
-            refuse(
-                format!("route[{i}].sse_keepalive"),
-                "keeping queued streams alive",
-            );
-        }
-    }
     for u in &config.upstreams {
         if u.hold.is_some() {
             refuse(

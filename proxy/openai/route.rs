@@ -23,7 +23,8 @@ pub struct RouteGroup {
     by_prefix: Vec<(Box<str>, Arc<RouteEntry>)>,
     /// Some route of the group has `api = "openai"`.
     openai: bool,
-    /// Some route needs to know whether the request streams (`stream_usage`).
+    /// Some route needs to know whether the request streams (`stream_usage`,
+    /// `sse_keepalive`).
     wants_stream: bool,
     read_limit: u64,
     /// The auth and rate limit every request passes before its body is read.
@@ -45,7 +46,7 @@ impl RouteGroup {
     /// plain route). Config validation guarantees names and the plain route are unique.
     pub fn add(&mut self, entry: Arc<RouteEntry>, names: &[String], prefixes: &[String]) {
         self.openai |= entry.api.openai;
-        self.wants_stream |= entry.api.stream_usage;
+        self.wants_stream |= entry.api.stream_usage || entry.api.sse_keepalive.is_some();
         let limit = entry.max_body.unwrap_or(DEFAULT_READ_LIMIT);
         self.read_limit = self.read_limit.max(limit);
         self.gate.add(&entry.edge);
@@ -64,15 +65,15 @@ impl RouteGroup {
     }
 
     /// The route for a request with this method and content type, before its body is read.
-    /// Only POSTs that may carry JSON are read for a model; anything else goes to the plain
-    /// route.
+    /// Only POSTs that may carry JSON are read (for a model, or for `stream` where a route
+    /// needs it); anything else goes to the plain route.
     pub fn pick(&self, method: &http::Method, content_type: Option<&[u8]>) -> Pick<'_> {
         let json = content_type.is_none_or(|ct| {
             !ct.starts_with(b"multipart/")
                 && !ct.starts_with(b"text/")
                 && !ct.starts_with(b"image/")
         });
-        if self.routes_by_model() && method == http::Method::POST && json {
+        if (self.routes_by_model() || self.wants_stream) && method == http::Method::POST && json {
             return Pick::ByModel;
         }
         match &self.plain {

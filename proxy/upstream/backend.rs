@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 
+use super::balancer::Cap;
+use super::limit::Answer;
 use super::queue::WaitQueue;
 use super::replica::Replica;
 
@@ -106,6 +108,27 @@ impl Lease {
     #[inline]
     pub fn record_latency(&self, took: Duration) {
         self.backend.record_latency(took / (self.ahead + 1));
+    }
+
+    /// Feeds this request's answer (time to response headers, status) to the
+    /// backend's learned limit when `cap` is learned. When the limit grows, the
+    /// wait queue gets the new slots at once.
+    pub fn learn(&self, took: Duration, status: u16, cap: Cap) {
+        let Cap::Learned(bounds) = cap else {
+            return;
+        };
+        let answer = Answer {
+            took_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            concurrency: self.ahead + 1,
+            overloaded: status == 429 || status == 503,
+        };
+        if let Some(limit) = self.backend.replica.learn_limit(answer, bounds) {
+            log::debug!(
+                "backend {}: learned max_inflight {limit}",
+                self.backend.label()
+            );
+            self.queue.dispatch();
+        }
     }
 }
 

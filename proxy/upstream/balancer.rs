@@ -5,9 +5,49 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::{Backend, Lease};
+use super::limit::Bounds;
 use super::queue::WaitQueue;
 use super::select::{Selector, Tried};
-use crate::config::Queue;
+use crate::config::{AutoLimit, Queue};
+
+/// The in-flight cap of each backend of one generation (`max_inflight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// `max_inflight = 0`.
+    Unlimited,
+    /// The same number for every backend.
+    Fixed(u32),
+    /// `max_inflight = "auto"`: each replica's learned limit, within these bounds.
+    Learned(Bounds),
+}
+
+impl Cap {
+    /// The cap that `max_inflight` (and `max_inflight_auto`) configure.
+    pub fn from_config(max_inflight: u32, auto: Option<AutoLimit>) -> Cap {
+        match (auto, max_inflight) {
+            (Some(a), _) => Cap::Learned(Bounds {
+                min: a.min,
+                max: a.max,
+            }),
+            (None, 0) => Cap::Unlimited,
+            (None, n) => Cap::Fixed(n),
+        }
+    }
+
+    /// Backend `b`'s cap now (0: unlimited).
+    #[inline]
+    pub fn of(self, b: &Backend) -> u32 {
+        match self {
+            Cap::Unlimited => 0,
+            Cap::Fixed(n) => n,
+            Cap::Learned(bounds) => b.replica().learned_limit(bounds),
+        }
+    }
+
+    pub fn is_limited(self) -> bool {
+        self != Cap::Unlimited
+    }
+}
 
 /// Pools larger than this skip the wait-or-run estimate (it scans every backend).
 const WAIT_ESTIMATE_MAX_BACKENDS: usize = 64;
@@ -29,8 +69,7 @@ pub enum Pick {
 pub struct Balancer {
     backends: Box<[Arc<Backend>]>,
     selector: Selector,
-    /// Per backend; 0 = unlimited.
-    cap: u32,
+    cap: Cap,
     slow_start: Duration,
     queue: Queue,
 }
@@ -39,7 +78,7 @@ impl Balancer {
     pub(crate) fn new(
         backends: Box<[Arc<Backend>]>,
         selector: Selector,
-        cap: u32,
+        cap: Cap,
         slow_start: Duration,
         queue: Queue,
     ) -> Self {
@@ -86,14 +125,15 @@ impl Balancer {
                     if may_wait && self.better_to_wait(&self.backends[i], tried, queue.len()) {
                         return Pick::AllBusy;
                     }
-                    if let Some(lease) = self.backends[i].try_acquire(cap, queue) {
+                    let b = &self.backends[i];
+                    if let Some(lease) = b.try_acquire(cap.of(b), queue) {
                         return Pick::Leased(lease);
                     }
                 }
                 None => break,
             }
         }
-        if cap > 0 && self.has_untried(tried) {
+        if cap.is_limited() && self.has_untried(tried) {
             Pick::AllBusy
         } else {
             Pick::NoneHealthy
@@ -108,7 +148,7 @@ impl Balancer {
     fn better_to_wait(&self, chosen: &Backend, tried: &Tried, queued: usize) -> bool {
         let cap = self.cap;
         let chosen_us = chosen.latency_us();
-        if cap == 0
+        if !cap.is_limited()
             || chosen_us == 0
             || self.queue.size == 0
             || self.backends.len() > WAIT_ESTIMATE_MAX_BACKENDS
@@ -119,13 +159,14 @@ impl Balancer {
         let (mut slots_per_us, mut fastest_us) = (0.0f64, u32::MAX);
         for b in self.backends.iter() {
             let us = b.latency_us();
+            let slots = cap.of(b);
             if us != 0
                 && us < chosen_us
-                && b.inflight() >= cap
+                && b.inflight() >= slots
                 && b.is_available()
                 && !tried.contains(b.index())
             {
-                slots_per_us += f64::from(cap) / f64::from(us);
+                slots_per_us += f64::from(slots) / f64::from(us);
                 fastest_us = fastest_us.min(us);
             }
         }

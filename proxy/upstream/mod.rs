@@ -8,6 +8,7 @@ mod balance_tests;
 mod balancer;
 mod budget;
 mod clock;
+mod limit;
 mod peer;
 mod pool;
 mod queue;
@@ -17,7 +18,8 @@ mod select;
 mod store;
 
 pub use backend::{Backend, Lease};
-pub use balancer::{Balancer, Pick};
+pub use balancer::{Balancer, Cap, Pick};
+pub use limit::{Answer, LimitLearner};
 pub use pool::{Pool, PoolSettings};
 pub use queue::{Admission, WaitQueue};
 pub use replica::{BackendState, Replica};

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::Backend;
-use super::balancer::{Balancer, Pick};
+use super::balancer::{Balancer, Cap, Pick};
 use super::budget::Budget;
 use super::peer::{peer_for, UpstreamTlsFiles};
 use super::queue::Admission;
@@ -38,7 +38,8 @@ use crate::config::{
 pub struct PoolSettings {
     pub retries: u32,
     pub retry_non_idempotent: bool,
-    pub max_inflight: u32,
+    /// Each backend's in-flight cap (`max_inflight`, fixed or learned).
+    pub cap: Cap,
     pub queue: Queue,
     pub hash_key: Option<RequestKey>,
     pub eject: Option<Eject>,
@@ -168,7 +169,7 @@ impl Pool {
         let balancer = Arc::new(Balancer::new(
             backends,
             selector,
-            up.max_inflight,
+            Cap::from_config(up.max_inflight, up.max_inflight_auto),
             up.slow_start,
             up.queue,
         ));
@@ -189,7 +190,7 @@ impl Pool {
             settings: PoolSettings {
                 retries: up.retries,
                 retry_non_idempotent: up.retry_non_idempotent,
-                max_inflight: up.max_inflight,
+                cap: Cap::from_config(up.max_inflight, up.max_inflight_auto),
                 queue: up.queue,
                 hash_key: (up.balance == Balance::ConsistentHash).then(|| up.hash_key.clone()),
                 eject: up.eject,
@@ -452,7 +453,7 @@ mod tests {
         assert_eq!(kept_busy.inflight(), 1, "in-flight count carried over");
         assert!(kept_busy.same_replica(lease.backend()));
         assert_eq!(by_addr(other.addr()).state(), BackendState::Down);
-        assert_eq!(next.settings().max_inflight, 1);
+        assert_eq!(next.settings().cap, Cap::Fixed(1));
         // The kept busy backend is at the new cap; the new one takes the next request.
         match next.pick(&Tried::default(), 0) {
             Pick::Leased(l) => assert_eq!(l.backend().label(), "127.0.0.1:3"),

@@ -15,6 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 
 use super::clock;
+use super::limit::{Answer, Bounds, LimitLearner};
 use super::report::LoadReport;
 use crate::openai::models::ModelList;
 
@@ -78,6 +79,8 @@ pub struct Replica {
     /// When it came (clock ms; 0: never) and its wall-clock time (Unix ms).
     reported_at_ms: AtomicU64,
     reported_unix_ms: AtomicU64,
+    /// Its learned concurrency limit (used with `max_inflight = "auto"`).
+    limit: LimitLearner,
     /// The models the replica last listed on its `/v1/models` (`health.models`).
     models: ArcSwapOption<ModelList>,
 }
@@ -116,8 +119,20 @@ impl Replica {
             reported_cache: AtomicU32::new(NONE),
             reported_at_ms: AtomicU64::new(0),
             reported_unix_ms: AtomicU64::new(0),
+            limit: LimitLearner::new(1),
             models: ArcSwapOption::empty(),
         })
+    }
+
+    /// Its learned concurrency limit now, within `bounds`.
+    #[inline]
+    pub fn learned_limit(&self, bounds: Bounds) -> u32 {
+        self.limit.limit(bounds)
+    }
+
+    /// Folds one answer into the learned limit; returns the new limit if it moved.
+    pub(crate) fn learn_limit(&self, answer: Answer, bounds: Bounds) -> Option<u32> {
+        self.limit.on_answer(answer, bounds)
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::Backend;
+use super::balancer::Cap;
 use super::clock;
 
 /// Most attempts one request can make (the first plus `retries`, which is at most 10).
@@ -145,11 +146,11 @@ impl Selector {
         &self,
         backends: &[Arc<Backend>],
         tried: &Tried,
-        cap: u32,
+        cap: Cap,
         hash: u64,
         slow_start: Duration,
     ) -> Option<usize> {
-        let ok = |i: usize| eligible(&backends[i], i, tried, cap, slow_start);
+        let ok = |i: usize| eligible(&backends[i], i, tried, cap.of(&backends[i]), slow_start);
         match self {
             Selector::LeastOutstanding { report_ttl_ms } => {
                 least_outstanding(backends, *report_ttl_ms, ok)

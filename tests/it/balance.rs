@@ -322,3 +322,75 @@ async fn unreadable_orca_reports_are_counted_and_never_fail_closed() {
         "{metrics}"
     );
 }
+
+/// `n` clients, each sending `each` requests to `path` one after another; every
+/// answer must be a 200.
+async fn closed_loop(proxy: &TestProxy, n: usize, each: usize, path: &str) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url) = (h1(), proxy.url(path));
+            tokio::spawn(async move {
+                for _ in 0..each {
+                    let resp = client.get(&url).send().await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    resp.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Each backend's `max_inflight` as `/upstreams` shows it.
+async fn limits(proxy: &TestProxy) -> Vec<u64> {
+    let v = proxy.admin_json("/upstreams").await;
+    v["upstreams"]["pool"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["max_inflight"].as_u64().unwrap())
+        .collect()
+}
+
+const AUTO: &str = "max_inflight = \"auto\"\nqueue = { size = 64, timeout = \"60s\" }";
+
+/// A replica that serves one request at a time (a Flask dev server) behind
+/// `max_inflight = "auto"`: the proxy tries 2, sees every answer take twice as
+/// long, and keeps 1, so requests wait in its own queue rather than inside the
+/// replica. 230 answers end between two probes (at 192 and after 272: a probe
+/// lasts two windows of 16 and the interval doubles after each probe that finds
+/// queueing).
+#[tokio::test]
+async fn learned_limit_is_one_for_a_replica_that_serves_one_at_a_time() {
+    let m = Model::builder("serial")
+        .work(Duration::from_millis(25))
+        .spawn()
+        .await;
+    let proxy = TestProxy::start(&pool_config(&models(&[&m]), AUTO)).await;
+    assert_eq!(limits(&proxy).await, [1], "starts at max_inflight_min");
+    closed_loop(&proxy, 5, 46, "/work").await;
+    assert_eq!(m.hits(), 230);
+    assert_eq!(limits(&proxy).await, [1]);
+}
+
+/// A replica that runs 4 at once and slows down in proportion beyond 4 (a
+/// capacity knee), 12 clients: the learned limit settles at the knee.
+#[tokio::test]
+async fn learned_limit_finds_a_replica_s_capacity_knee() {
+    let m = Model::builder("knee")
+        .slots(64)
+        .knee(4)
+        .work(Duration::from_millis(60))
+        .spawn()
+        .await;
+    let proxy = TestProxy::start(&pool_config(
+        &models(&[&m]),
+        &format!("{AUTO}\nmax_inflight_max = 32"),
+    ))
+    .await;
+    closed_loop(&proxy, 12, 40, "/work").await;
+    let learned = limits(&proxy).await[0];
+    assert!((3..=5).contains(&learned), "learned {learned}");
+}

@@ -897,6 +897,21 @@ impl Session {
     }
 
     pub async fn write_response_tasks(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
+        // modelgate: when the application already sent the final response head
+        // itself (an early `200 text/event-stream` while the request was queued),
+        // the upstream's head is not sent (the session would refuse it with a
+        // warning); its body continues the response.
+        if self
+            .downstream_session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational())
+        {
+            for task in tasks.iter_mut() {
+                if let HttpTask::Header(_, end) = task {
+                    *task = HttpTask::Body(None, *end);
+                }
+            }
+        }
         let mut seen_upgraded = self.downstream_task_seen_upgraded || self.was_upgraded();
         for task in tasks.iter_mut() {
             self.downstream_response_task_filter(task, &mut seen_upgraded)

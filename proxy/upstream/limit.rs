@@ -1,0 +1,347 @@
+//! Learned concurrency limit per replica, for `max_inflight = "auto"`.
+//!
+//! The limit is the number of requests the replica may run at once; more wait in
+//! the upstream's queue, where they are visible and bounded. It is learned from
+//! what the proxy sees, in the manner of TCP Vegas (Brakmo and Peterson, "TCP
+//! Vegas: End to End Congestion Avoidance on a Global Internet", 1995) as adapted
+//! to request concurrency by Netflix's concurrency-limits library (`VegasLimit`,
+//! `AIMDLimit`): compare the time to answer when the replica is full with the time
+//! when it is idle; a replica that queues inside answers later the more it holds.
+//!
+//! - **Baseline**: the median time to response headers of the last
+//!   [`BASELINE`] requests sent to an idle replica (nothing else of ours running
+//!   there), and of the full windows that showed no queueing (so it follows the
+//!   replica while it is never idle).
+//! - **Full**: the median time of the requests sent while the replica held at
+//!   least `limit` (and at least 2), over windows of [`WINDOW`] answers.
+//! - At each full window, `ratio = full / baseline`. One request queued inside a
+//!   replica that runs `L − 1` at once makes the ratio up to `L / (L − 1)`, so above
+//!   [`queueing_above`]`(L) = max(1.2, 1 + 1 / (3 (L − 1)))` in two windows in a row
+//!   (one may be a busy host) the replica is judged to queue: the limit steps down (to the last good value while still in slow
+//!   start). At most [`NO_QUEUEING_BELOW`] it is not: the limit steps up (doubling
+//!   in slow start, as TCP does, then by one). In between it holds. With the limit
+//!   at 1 no request is ever sent to a full replica, so a window of answers at the
+//!   limit lets it try 2.
+//! - An answer of 429 or 503 (the replica says it is overloaded) cuts the limit at
+//!   once to at most 0.9 × limit and below the count it was sent at (AIMD's
+//!   multiplicative decrease).
+//! - Every decrease doubles how many windows pass before the next step up (up to
+//!   [`MAX_PROBE_BACKOFF`]), so a replica whose knee has been found is probed past
+//!   it rarely; a step up whose first window finds no queueing resets that.
+//!
+//! Medians, because model requests vary in size by orders of magnitude: in a
+//! window of 16 with one request in ten 20x longer, the mean swings by half either
+//! way and reads as queueing that is not there, while the median is the typical
+//! request's time in both windows. A request sent behind another on a replica
+//! that serves one at a time waits for the rest of it, which moves the median by
+//! half a request or more.
+//!
+//! A replica that never fills up (light load) keeps its limit: nothing is learned
+//! about a knee no request reached.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+/// Answers per decision.
+pub const WINDOW: usize = 16;
+/// Answers to an idle replica kept for the baseline.
+pub const BASELINE: usize = 32;
+/// `full / baseline` at or below which the limit may grow.
+pub const NO_QUEUEING_BELOW: f64 = 1.1;
+/// The most windows skipped before trying a higher limit again.
+pub const MAX_PROBE_BACKOFF: u32 = 64;
+/// Baseline answers needed before any judgement.
+const MIN_BASELINE: usize = 4;
+
+/// `full / baseline` above which a replica at limit `limit` (at least 2) is judged
+/// to queue inside: a third of the way to what one queued request would show at
+/// most, and never under 1.2 so noise at large limits does not read as queueing.
+pub fn queueing_above(limit: u32) -> f64 {
+    (1.0 + 1.0 / (3.0 * f64::from(limit.max(2) - 1))).max(1.2)
+}
+
+/// The bounds of a learned limit (`max_inflight_min`, `max_inflight_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: u32,
+    pub max: u32,
+}
+
+/// One answer, as the limit learner sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    /// Time to response headers, in microseconds.
+    pub took_us: u64,
+    /// Requests of ours the replica was running when this one was sent, this one
+    /// included (so at least 1).
+    pub concurrency: u32,
+    /// The replica answered 429 or 503.
+    pub overloaded: bool,
+}
+
+/// A replica's learned concurrency limit. The current limit is one atomic read;
+/// answers are folded in under a short lock (only on upstreams with
+/// `max_inflight = "auto"`).
+#[derive(Debug)]
+pub struct LimitLearner {
+    limit: AtomicU32,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The last answers to an idle replica (a ring), and how many were ever seen.
+    baseline: [u64; BASELINE],
+    baseline_n: usize,
+    /// This window's answers from a full replica.
+    full: [u64; WINDOW],
+    full_n: usize,
+    /// Answers at the limit while the limit is 1 (no full samples can exist).
+    at_limit_n: usize,
+    slow_start: bool,
+    last_good: u32,
+    /// Windows left before the next step up, and the current backoff.
+    probe_wait: u32,
+    probe_backoff: u32,
+    /// The limit was just raised and its first full window is not judged yet.
+    probing: bool,
+    /// Full windows in a row that showed queueing.
+    strikes: u32,
+}
+
+impl LimitLearner {
+    /// A learner starting at `initial` (the bounds' minimum, normally), in slow start.
+    pub fn new(initial: u32) -> Self {
+        LimitLearner {
+            limit: AtomicU32::new(initial.max(1)),
+            state: Mutex::new(State {
+                baseline: [0; BASELINE],
+                baseline_n: 0,
+                full: [0; WINDOW],
+                full_n: 0,
+                at_limit_n: 0,
+                slow_start: true,
+                last_good: initial.max(1),
+                probe_wait: 0,
+                probe_backoff: 1,
+                probing: false,
+                strikes: 0,
+            }),
+        }
+    }
+
+    /// The current limit, within `b`.
+    #[inline]
+    pub fn limit(&self, b: Bounds) -> u32 {
+        self.limit
+            .load(Ordering::Relaxed)
+            .clamp(b.min.max(1), b.max.max(1))
+    }
+
+    /// Folds one answer in; returns the new limit when it changed.
+    pub fn on_answer(&self, a: Answer, b: Bounds) -> Option<u32> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = self.limit(b);
+        let next = s.fold(a, limit, b);
+        let next = next.clamp(b.min.max(1), b.max.max(1));
+        if next == limit {
+            return None;
+        }
+        self.limit.store(next, Ordering::Relaxed);
+        Some(next)
+    }
+}
+
+impl State {
+    fn fold(&mut self, a: Answer, limit: u32, b: Bounds) -> u32 {
+        if a.overloaded {
+            let cut = ((f64::from(limit) * 0.9) as u32)
+                .min(a.concurrency.saturating_sub(1))
+                .max(b.min.max(1));
+            return self.stepped_down(cut);
+        }
+        if a.concurrency <= 1 {
+            self.baseline[self.baseline_n % BASELINE] = a.took_us;
+            self.baseline_n = self.baseline_n.saturating_add(1);
+        }
+        if limit == 1 {
+            if a.concurrency == 1 {
+                self.at_limit_n += 1;
+            }
+            if self.at_limit_n < WINDOW || self.baseline_n < MIN_BASELINE {
+                return limit;
+            }
+            self.at_limit_n = 0;
+            return self.step_up(limit);
+        }
+        if a.concurrency < limit.max(2) {
+            return limit;
+        }
+        self.full[self.full_n] = a.took_us;
+        self.full_n += 1;
+        if self.full_n < WINDOW {
+            return limit;
+        }
+        self.full_n = 0;
+        if self.baseline_n < MIN_BASELINE {
+            return limit;
+        }
+        let full = median(&mut self.full.clone());
+        let mut base = self.baseline;
+        let base = median(&mut base[..self.baseline_n.min(BASELINE)]).max(1);
+        let ratio = full as f64 / base as f64;
+        if ratio > queueing_above(limit) {
+            // One slow window may be the host, not the replica: act on two in a row.
+            self.strikes += 1;
+            if self.strikes < 2 {
+                return limit;
+            }
+            let down = if self.slow_start {
+                self.last_good.min(limit - 1)
+            } else {
+                limit - 1
+            };
+            self.stepped_down(down)
+        } else if ratio <= NO_QUEUEING_BELOW {
+            self.strikes = 0;
+            // An uncongested window is a baseline sample too: the baseline follows
+            // the replica (and the host) while the replica is never idle.
+            self.baseline[self.baseline_n % BASELINE] = full;
+            self.baseline_n = self.baseline_n.saturating_add(1);
+            if self.probing {
+                // The raised limit did not queue: the next probe may come soon.
+                self.probe_backoff = 1;
+            }
+            self.step_up(limit)
+        } else {
+            self.strikes = 0;
+            self.probing = false;
+            self.probe_wait = self.probe_wait.saturating_sub(1);
+            limit
+        }
+    }
+
+    fn step_up(&mut self, limit: u32) -> u32 {
+        self.probing = false;
+        if self.probe_wait > 0 {
+            self.probe_wait -= 1;
+            return limit;
+        }
+        self.probing = true;
+        self.last_good = limit;
+        if self.slow_start {
+            limit.saturating_mul(2)
+        } else {
+            limit + 1
+        }
+    }
+
+    fn stepped_down(&mut self, to: u32) -> u32 {
+        self.slow_start = false;
+        self.probing = false;
+        self.strikes = 0;
+        self.full_n = 0;
+        self.at_limit_n = 0;
+        self.probe_wait = self.probe_backoff;
+        self.probe_backoff = (self.probe_backoff * 2).min(MAX_PROBE_BACKOFF);
+        to.max(1)
+    }
+}
+
+/// The lower median of `v` (reordered); 0 for an empty slice.
+fn median(v: &mut [u64]) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let mid = (v.len() - 1) / 2;
+    *v.select_nth_unstable(mid).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Bounds = Bounds { min: 1, max: 256 };
+    const T: u64 = 50_000;
+
+    /// Feeds `n` answers from a replica that is always full (closed-loop clients,
+    /// more than the limit): each is sent at the current limit and takes
+    /// `took(limit)`. Returns the limit seen at each answer.
+    fn saturate(l: &LimitLearner, n: usize, mut took: impl FnMut(u32) -> u64) -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                let limit = l.limit(B);
+                let answer = Answer {
+                    took_us: took(limit),
+                    concurrency: limit,
+                    overloaded: false,
+                };
+                l.on_answer(answer, B);
+                limit
+            })
+            .collect()
+    }
+
+    fn share(limits: &[u32], f: impl Fn(u32) -> bool) -> f64 {
+        limits.iter().filter(|&&l| f(l)).count() as f64 / limits.len() as f64
+    }
+
+    /// A replica that runs 4 at once and slows down in proportion beyond that.
+    #[test]
+    fn finds_the_knee_of_a_replica_with_four_slots() {
+        let l = LimitLearner::new(1);
+        let limits = saturate(&l, 4000, |n| T * u64::from(n.max(4)) / 4);
+        let late = &limits[1000..];
+        assert!(share(late, |l| l == 4) > 0.8, "{:?}", &late[..64]);
+        assert!(late.iter().all(|&l| (3..=8).contains(&l)));
+    }
+
+    /// A replica that serves one request at a time (a Flask dev server), with
+    /// 10% of requests 20x longer: every request waits for all sent before it.
+    #[test]
+    fn learns_one_for_a_replica_that_serves_one_at_a_time() {
+        fastrand::seed(7);
+        let size = || if fastrand::u8(..10) == 0 { 20 * T } else { T };
+        let l = LimitLearner::new(1);
+        let limits = saturate(&l, 4000, |n| (0..n).map(|_| size()).sum());
+        let late = &limits[500..];
+        assert!(share(late, |l| l == 1) > 0.9, "{:?}", &late[..64]);
+    }
+
+    /// A replica that batches (vLLM-like: 64 at once at the same speed), with the
+    /// same mixed sizes: the limit grows far past where a serial one stops.
+    #[test]
+    fn grows_for_a_replica_that_runs_many_at_once() {
+        fastrand::seed(11);
+        let l = LimitLearner::new(1);
+        let limits = saturate(&l, 4000, |n| {
+            let own = if fastrand::u8(..10) == 0 { 20 * T } else { T };
+            own * u64::from(n.max(64)) / 64
+        });
+        assert!(
+            limits[3000..].iter().all(|&l| l >= 16),
+            "{:?}",
+            &limits[3000..3064]
+        );
+    }
+
+    #[test]
+    fn an_overloaded_answer_cuts_the_limit_at_once() {
+        let l = LimitLearner::new(1);
+        saturate(&l, 300, |_| T);
+        let before = l.limit(B);
+        assert!(before >= 10, "grew to {before}");
+        let cut = l.on_answer(
+            Answer {
+                took_us: T,
+                concurrency: 8,
+                overloaded: true,
+            },
+            B,
+        );
+        assert_eq!(cut, Some(7), "below the count it was sent at");
+        assert_eq!(l.limit(B), 7);
+        let bounds = Bounds { min: 9, max: 12 };
+        assert_eq!(l.limit(bounds), 9, "never below max_inflight_min");
+    }
+}

@@ -11,6 +11,8 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway;
 pub mod health;
 pub mod load;

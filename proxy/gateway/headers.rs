@@ -49,15 +49,32 @@ pub fn header_bytes(req: &RequestHeader) -> usize {
         .fold(uri, |n, (k, v)| n + k.as_str().len() + v.len())
 }
 
-/// The declared request body length, if any.
+/// The declared request body length, if any. pingora has already refused differing
+/// values, so the first of a list (`5, 5`) or of repeated fields is the length.
 pub fn content_length(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let value = req.headers.get(http::header::CONTENT_LENGTH)?.as_bytes();
+    let first = value.split(|&b| b == b',').next()?;
+    std::str::from_utf8(first).ok()?.trim().parse().ok()
+}
+
+/// Sends a `Content-Length` that arrived as a list or as repeated fields (identical
+/// values: RFC 9110 8.6 lets a recipient take them as one) on as one plain value, so
+/// no replica's parser has to agree with ours about lists.
+pub fn single_content_length(upstream: &mut RequestHeader) -> Result<()> {
+    let mut values = upstream
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter();
+    let (Some(first), more) = (values.next(), values.next().is_some()) else {
+        return Ok(());
+    };
+    if !more && !first.as_bytes().contains(&b',') {
+        return Ok(());
+    }
+    if let Some(n) = content_length(upstream) {
+        upstream.insert_header(http::header::CONTENT_LENGTH, n)?;
+    }
+    Ok(())
 }
 
 /// The consistent-hash key of a request: the named header, or the client address
@@ -227,4 +244,35 @@ pub fn for_http1(upstream: &mut RequestHeader, default_host: &str) -> Result<()>
         upstream.insert_header(http::header::COOKIE, joined)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_lists_and_repeats_go_on_as_one_value() {
+        let head = |values: &[&str]| {
+            let mut h = RequestHeader::build("POST", b"/", None).unwrap();
+            for v in values {
+                h.append_header(http::header::CONTENT_LENGTH, *v).unwrap();
+            }
+            h
+        };
+        for values in [&["5, 5"][..], &["5", "5"], &[" 5 ,5"]] {
+            let mut h = head(values);
+            assert_eq!(content_length(&h), Some(5), "{values:?}");
+            single_content_length(&mut h).unwrap();
+            let sent: Vec<_> = h
+                .headers
+                .get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .collect();
+            assert_eq!(sent, ["5"], "{values:?}");
+        }
+        let mut plain = head(&["7"]);
+        single_content_length(&mut plain).unwrap();
+        assert_eq!(plain.headers[http::header::CONTENT_LENGTH], "7");
+        assert_eq!(content_length(&head(&[])), None);
+    }
 }

@@ -432,6 +432,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if upstream.version != http::Version::HTTP_2 {
+            headers::single_content_length(upstream)?;
             let backend = ctx.lease.as_ref().map(|l| l.backend());
             headers::for_http1(upstream, backend.map_or("", |b| headers::backend_host(b)))?;
         }

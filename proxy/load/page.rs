@@ -223,12 +223,14 @@ mod tests {
     }
 
     /// vLLM v1 (prometheus_client output): two models on one server, histograms
-    /// and counters around the gauges.
+    /// and counters around the gauges, a labelled gauge with no series yet.
     #[test]
     fn vllm_page() {
         let page = r#"# HELP python_gc_objects_collected_total Objects collected during gc
 # TYPE python_gc_objects_collected_total counter
 python_gc_objects_collected_total{generation="0"} 11093.0
+# HELP vllm:lora_requests_info Running stats on lora requests.
+# TYPE vllm:lora_requests_info gauge
 # HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 3.0

@@ -220,21 +220,11 @@ async fn concurrent_short_requests_spread_over_the_free_replicas() {
 /// shows the report on `/upstreams` and `/metrics`.
 #[tokio::test]
 async fn orca_reports_steer_work_away_from_a_replica_busy_with_other_clients() {
-    let reports = Reports {
+    let (busy, idle) = crate::support::model::busy_and_idle(Reports {
         metrics: None,
         orca: true,
-    };
-    let busy = Model::builder("busy")
-        .slots(4)
-        .reports(reports.clone())
-        .spawn()
-        .await;
-    let idle = Model::builder("idle")
-        .slots(4)
-        .reports(reports)
-        .spawn()
-        .await;
-    busy.set_external_waiting(20);
+    })
+    .await;
     let proxy = TestProxy::start(&pool_config(
         &models(&[&busy, &idle]),
         "[upstream.pool.load]\norca = true\nevery = \"2s\"",

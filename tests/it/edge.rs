@@ -819,7 +819,7 @@ async fn twenty_thousand_distinct_keys_keep_the_limiter_bounded() {
 }
 
 #[tokio::test]
-#[ignore = "a million requests through a debug build: about 15 minutes on 2 busy cores; run with --ignored"]
+#[ignore = "a million requests through a debug build: about 25 minutes on 2 busy cores; run with --ignored"]
 async fn a_million_distinct_keys_keep_the_limiter_bounded() {
     distinct_keys_stay_bounded(1_000_000).await;
 }

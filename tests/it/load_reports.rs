@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::support::model::{
-    PageFault, LLAMACPP_METRICS, SGLANG_METRICS, TGI_METRICS, TRITON_METRICS,
+    busy_and_idle, PageFault, LLAMACPP_METRICS, SGLANG_METRICS, TGI_METRICS, TRITON_METRICS,
 };
 use crate::support::*;
 
@@ -42,21 +42,11 @@ async fn reported(proxy: &TestProxy, m: &Model) -> Value {
 /// Of 40 short requests sent one after another, how many reach the replica whose
 /// page shows a queue of 20 from clients that do not use the proxy.
 async fn share_to_busy(page: &str, metrics_on: bool) -> usize {
-    let reports = Reports {
+    let (busy, idle) = busy_and_idle(Reports {
         metrics: Some(page.to_string()),
         orca: false,
-    };
-    let busy = Model::builder("busy")
-        .slots(4)
-        .reports(reports.clone())
-        .spawn()
-        .await;
-    let idle = Model::builder("idle")
-        .slots(4)
-        .reports(reports)
-        .spawn()
-        .await;
-    busy.set_external_waiting(20);
+    })
+    .await;
     let load = if metrics_on {
         polled("1s")
     } else {

@@ -248,6 +248,24 @@ impl Model {
     }
 }
 
+/// Two 4-slot replicas that report with `reports`, named `busy` and `idle`; `busy`
+/// also holds a queue of 20 from clients that do not go through the proxy (seen
+/// only in its reports).
+pub async fn busy_and_idle(reports: Reports) -> (Model, Model) {
+    let busy = Model::builder("busy")
+        .slots(4)
+        .reports(reports.clone())
+        .spawn()
+        .await;
+    let idle = Model::builder("idle")
+        .slots(4)
+        .reports(reports)
+        .spawn()
+        .await;
+    busy.set_external_waiting(20);
+    (busy, idle)
+}
+
 async fn serve(listener: TcpListener, inner: Arc<Inner>) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {

@@ -13,8 +13,12 @@
 //! `/metrics`; the share of proxied requests it gets and their p99 with
 //! `[upstream.m.load] metrics` on and off, beside nginx and HAProxy.
 //!
+//! Scenarios (b) and (d) are in [`mixed`]: replicas that serve one request at a
+//! time under mixed long and short requests, and a replica with a capacity knee
+//! behind a learned `max_inflight`.
+//!
 //! Run with `bash benches/balance_compare.sh` (it builds the release binary and
-//! finds nginx and haproxy); `SCENARIO=c` runs only the second table.
+//! finds nginx and haproxy); `SCENARIO=b`, `c` or `d` runs only that table.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,9 +84,28 @@ fn modelgate_with(
     upstream: &str,
     r: &[ReplicaHandle],
 ) -> Proc {
+    modelgate_listening(
+        bin,
+        dir,
+        &format!("http = \"127.0.0.1:{port}\""),
+        name,
+        upstream,
+        r,
+    )
+}
+
+/// modelgate with `listen` as the lines of `[listen]` besides `workers = 1`.
+fn modelgate_listening(
+    bin: &str,
+    dir: &std::path::Path,
+    listen: &str,
+    name: &str,
+    upstream: &str,
+    r: &[ReplicaHandle],
+) -> Proc {
     let backends: Vec<String> = r.iter().map(|r| format!("\"{}\"", r.addr())).collect();
     let cfg = format!(
-        "[listen]\nhttp = \"127.0.0.1:{port}\"\nworkers = 1\n[log]\naccess = \"off\"\n[[route]]\nname = \"m\"\npath = \"/\"\nupstream = \"m\"\n\
+        "[listen]\n{listen}\nworkers = 1\n[log]\naccess = \"off\"\n[[route]]\nname = \"m\"\npath = \"/\"\nupstream = \"m\"\n\
          [upstream.m]\nbackends = [{}]\n{upstream}",
         backends.join(", ")
     );
@@ -112,10 +135,21 @@ fn nginx(dir: &std::path::Path, port: u16, r: &[ReplicaHandle]) -> Proc {
 }
 
 fn haproxy(dir: &std::path::Path, port: u16, r: &[ReplicaHandle]) -> Proc {
+    haproxy_with(dir, port, r, Some(2))
+}
+
+/// HAProxy `leastconn` with `maxconn` per server (`None`: no per-server cap).
+fn haproxy_with(
+    dir: &std::path::Path,
+    port: u16,
+    r: &[ReplicaHandle],
+    maxconn: Option<u32>,
+) -> Proc {
+    let cap = maxconn.map_or(String::new(), |n| format!(" maxconn {n}"));
     let servers: String = r
         .iter()
         .enumerate()
-        .map(|(i, r)| format!("  server r{i} {} maxconn 2\n", r.addr()))
+        .map(|(i, r)| format!("  server r{i} {}{cap}\n", r.addr()))
         .collect();
     let cfg = format!(
         "global\n  maxconn 4000\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout queue 60s\n\
@@ -227,9 +261,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    if std::env::var("SCENARIO").as_deref() == Ok("c") {
-        rt.block_on(outside_load(&bin, secs));
-        return;
+    match std::env::var("SCENARIO").as_deref() {
+        Ok("b") => return rt.block_on(mixed::one_at_a_time(&bin, secs)),
+        Ok("c") => return rt.block_on(outside_load(&bin, secs)),
+        Ok("d") => return rt.block_on(mixed::knee(&bin, secs)),
+        _ => {}
     }
     rt.block_on(async {
         let r = vec![
@@ -274,8 +310,13 @@ fn main() {
             println!("{row}");
         }
     });
+    rt.block_on(mixed::one_at_a_time(&bin, secs));
     rt.block_on(outside_load(&bin, secs));
+    rt.block_on(mixed::knee(&bin, secs));
 }
+
+#[path = "balance/mixed.rs"]
+mod mixed;
 
 /// Proxied load in scenario c: 50% of one replica's capacity (2 slots / 50 ms).
 const RATE_C: f64 = 20.0;

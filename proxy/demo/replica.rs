@@ -71,6 +71,7 @@ impl Replica {
             health_status: 200,
             fail: None,
             concurrency: None,
+            knee: None,
             models: vec!["demo".to_owned()],
             prefill_per_token: DEFAULT_PREFILL_PER_TOKEN,
         }
@@ -87,6 +88,7 @@ pub struct ReplicaBuilder {
     health_status: u16,
     fail: Option<u16>,
     concurrency: Option<usize>,
+    knee: Option<usize>,
     models: Vec<String>,
     prefill_per_token: Duration,
 }
@@ -96,6 +98,14 @@ impl ReplicaBuilder {
     /// replica, as a model server with `n` slots does (default: unlimited).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = Some(n.max(1));
+        self
+    }
+
+    /// A capacity knee: with more than `n` requests running at once, each one's
+    /// service time grows in proportion (`delay × running / n`), as a GPU replica
+    /// past its batch size does.
+    pub fn knee(mut self, n: usize) -> Self {
+        self.knee = Some(n.max(1));
         self
     }
 
@@ -164,6 +174,7 @@ impl ReplicaBuilder {
                 .map(|n| (n, Arc::new(tokio::sync::Semaphore::new(n)))),
             waiting: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            knee: self.knee,
             openai: openai::State::new(self.models, self.prefill_per_token),
             shutdown,
         });
@@ -276,6 +287,8 @@ pub(super) struct Inner {
     /// Requests waiting for a slot, and holding one (vLLM's waiting/running).
     waiting: AtomicU64,
     running: AtomicU64,
+    /// Requests run at once before each slows down (see [`ReplicaBuilder::knee`]).
+    knee: Option<usize>,
     pub(super) openai: openai::State,
     shutdown: watch::Sender<bool>,
 }
@@ -293,10 +306,18 @@ impl Drop for Slot {
 }
 
 impl Inner {
-    /// The service time of one request, spent in one of the replica's slots.
-    async fn work(self: &Arc<Self>) {
+    /// The service time of one request (`base`, or the replica's delay), spent in
+    /// one of the replica's slots and stretched past the knee.
+    async fn work(self: &Arc<Self>, base: Option<Duration>) {
         let _slot = self.slot().await;
-        tokio::time::sleep(self.delay()).await;
+        let mut took = base.unwrap_or_else(|| self.delay());
+        if let Some(knee) = self.knee {
+            let running = self.running.load(Ordering::SeqCst).max(1) as u32;
+            if running as usize > knee {
+                took = took * running / knee as u32;
+            }
+        }
+        tokio::time::sleep(took).await;
     }
 
     /// Waits for a free slot (counted as waiting meanwhile) and takes it.
@@ -446,7 +467,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<RespBody>
     if let Some(endpoint) = openai::Endpoint::of(req.method(), path) {
         openai::serve(&inner, endpoint, req, guard).await
     } else if req.method() == Method::POST && path == "/v1/predict" {
-        inner.work().await;
+        inner.work(work_param(req.uri().query())).await;
         match digest(req.into_body()).await {
             Ok(d) => {
                 let body = serde_json::json!({
@@ -476,7 +497,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<RespBody>
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         add_replica_header(&inner, resp)
     } else {
-        inner.work().await;
+        inner.work(work_param(req.uri().query())).await;
         let method = req.method().to_string();
         let path_query = req
             .uri()
@@ -537,6 +558,15 @@ fn add_replica_header(inner: &Inner, mut resp: Response<RespBody>) -> Response<R
         resp.headers_mut().insert("x-replica", v);
     }
     resp
+}
+
+/// The service time asked for with `?ms=N`, if any.
+fn work_param(query: Option<&str>) -> Option<Duration> {
+    query?
+        .split('&')
+        .find_map(|p| p.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
 }
 
 fn stream_params(query: Option<&str>, default_interval: Duration) -> (u64, Duration) {

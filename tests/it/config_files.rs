@@ -223,10 +223,10 @@ fn broken() -> Vec<(String, Vec<&'static str>)> {
             vec![":11:"],
         ),
         (
-            format!("{listen}{VALID_TAIL}max_inflight = \"auto\"\n[upstream.u.load]\norca = true\nmetrics = \"/metrics\"\nqueue_metric = \"q r\"\n"),
+            format!("{listen}{VALID_TAIL}max_inflight = \"auto\"\nmax_inflight_min = 0\n[upstream.u.load]\norca = true\nmetrics = \"/metrics\"\nqueue_metric = \"q r\"\n"),
             vec![
-                ":11:16: upstream.u.max_inflight: expected a whole number >= 0, found \"auto\"",
-                ":15:16: upstream.u.load.queue_metric: \"q r\" is not a metric name",
+                ":12:20: upstream.u.max_inflight_min: expected a whole number >= 1, found 0",
+                ":16:16: upstream.u.load.queue_metric: \"q r\" is not a metric name",
             ],
         ),
     ]

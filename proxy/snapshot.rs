@@ -75,7 +75,6 @@ impl Snapshot {
     /// requests stay queued). Touches nothing live until [`Snapshot::publish`].
     pub fn build_next(config: &Config, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
         let mut errors = Vec::new();
-        crate::openai::unsupported(config, &mut errors);
         let mut by_name: HashMap<&str, Arc<Pool>> = HashMap::new();
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for up in &config.upstreams {

@@ -5,6 +5,7 @@
 //! the route (and through it the pool) out of the current snapshot once and keeps it
 //! in the request context, so a reload mid-request changes nothing for it.
 
+mod cold;
 pub mod failures;
 pub mod headers;
 mod keepalive;
@@ -369,7 +370,7 @@ impl ProxyHttp for Gateway {
             .api
             .sse_keepalive
             .filter(|_| keepalive::wants_stream(session, ctx));
-        let admission = match keepalive {
+        let mut admission = match keepalive {
             Some(every) => keepalive::admit(session, ctx, &route.pool, every).await,
             None => {
                 route
@@ -378,6 +379,9 @@ impl ProxyHttp for Gateway {
                     .await
             }
         };
+        if matches!(admission, Admission::NoneHealthy) && ctx.tried.is_empty() {
+            admission = self.cold_start(session, ctx, &route.pool).await;
+        }
         match admission {
             Admission::Leased(lease, waited) => {
                 ctx.tried.push(lease.backend().index());

@@ -14,6 +14,7 @@
 //! A failed or unreadable list keeps the previous one and never moves the state.
 
 mod probe;
+pub mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,7 +125,8 @@ async fn check_backend(
         if next != state {
             backend.set_state(next, slow_start);
             if next == BackendState::Up {
-                queue.dispatch(); // queued requests may take the new capacity
+                queue.end_cold(); // a later cold period wakes the upstream again
+                queue.dispatch(); // queued (and held) requests may take the new capacity
             }
             match &result {
                 Ok(()) => log::info!(

@@ -67,6 +67,7 @@ pub struct Metrics {
     generation: IntGauge,
     access_log_dropped: IntCounter,
     discovery_errors: IntCounterVec,
+    wake_calls: IntCounterVec,
     time_to_first_token: HistogramVec,
     inter_token_latency: HistogramVec,
     tokens: IntCounterVec,
@@ -254,6 +255,12 @@ impl Metrics {
                 "DNS lookups of an upstream's names that failed or came back empty (the last known backends stay).",
                 &["upstream"],
             )?,
+            wake_calls: counter_vec(
+                r,
+                "modelgate_wake_calls_total",
+                "Calls of an upstream's wake URL, one per cold period, by result (ok: a 2xx answer).",
+                &["upstream", "result"],
+            )?,
             time_to_first_token: histogram_vec(
                 r,
                 "modelgate_time_to_first_token_seconds",
@@ -361,6 +368,12 @@ impl Metrics {
     /// request path).
     pub fn discovery_error(&self, upstream: &str) {
         self.discovery_errors.with_label_values(&[upstream]).inc();
+    }
+
+    /// Counts a call of `upstream`'s wake URL (once per cold period, not per request).
+    pub fn wake_call(&self, upstream: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.wake_calls.with_label_values(&[upstream, result]).inc();
     }
 
     /// The `modelgate_load_report_errors_total` series of `upstream`, for the

@@ -101,27 +101,6 @@ pub enum BodyError {
     Invalid,
 }
 
-/// OpenAI keys that validate but are not served by this build yet.
-pub fn unsupported(config: &crate::config::Config, errors: &mut Vec<String>) {
-    let file = config.source.display();
-    let mut refuse = |key: String, what: &str| {
-        errors.push(format!(
-            "{file}: {key}: {what} is not available in this build; remove it"
-        ));
-    };
-    for u in &config.upstreams {
-        if u.hold.is_some() {
-            refuse(
-                format!("upstream.{}.hold", u.name),
-                "holding requests for a ready replica",
-            );
-        }
-        if u.wake.is_some() {
-            refuse(format!("upstream.{}.wake", u.name), "waking an autoscaler");
-        }
-    }
-}
-
 /// The most recent bytes kept to spot a key split across two chunks.
 const KEY_OVERLAP: usize = 8;
 

@@ -30,7 +30,7 @@ use super::select::{Selector, Tried};
 use super::store::ReplicaStore;
 use crate::config::{
     BackendAddr, BackendSource, Balance, Discovery, Eject, HealthCheck, LoadReports, Protocol,
-    Queue, RequestKey, Upstream,
+    Queue, RequestKey, Upstream, Wake,
 };
 
 /// Per-pool request settings, copied out of the config once.
@@ -52,6 +52,10 @@ pub struct PoolSettings {
     pub load: Option<LoadReports>,
     /// The names this upstream's backends are looked up by, if any.
     pub discovery: Option<Discovery>,
+    /// How long a request waits for a first ready replica (`hold`).
+    pub hold: Option<Duration>,
+    /// Called once per cold period (`wake`).
+    pub wake: Option<Wake>,
 }
 
 /// One generation of one upstream.
@@ -203,6 +207,8 @@ impl Pool {
                     BackendSource::Dns(d) => Some(d.clone()),
                     BackendSource::Static(_) => None,
                 },
+                hold: up.hold,
+                wake: up.wake.clone(),
             },
             store,
             budget: Budget::new(&up.retry_budget),
@@ -294,6 +300,25 @@ impl Pool {
         self.store
             .queue()
             .admit(&self.balancer, tried, hash, client_gone)
+            .await
+    }
+
+    /// Waits in the upstream's queue, up to `hold` (and the queue's size), for a
+    /// replica to become ready when none is; [`Admission::NoneHealthy`] when none
+    /// does in time or the queue is full.
+    pub async fn hold<F>(
+        &self,
+        hold: Duration,
+        tried: &Tried,
+        hash: u64,
+        client_gone: F,
+    ) -> Admission
+    where
+        F: Future<Output = ()>,
+    {
+        self.store
+            .queue()
+            .hold(&self.balancer, hold, tried, hash, client_gone)
             .await
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,8 @@ pub struct WaitQueue {
     inner: Mutex<Waiters>,
     /// The newest published generation's balancer, which hands out freed slots.
     balancer: ArcSwapOption<Balancer>,
+    /// In a cold period (no replica ready) whose wake call was made.
+    cold: AtomicBool,
 }
 
 impl WaitQueue {
@@ -119,6 +121,52 @@ impl WaitQueue {
                 _ => Admission::Overloaded,
             };
         };
+        let timeout = balancer.queue().timeout;
+        self.wait(
+            id,
+            rx,
+            started,
+            timeout,
+            Admission::QueueTimeout,
+            client_gone,
+        )
+        .await
+    }
+
+    /// Waits in line, up to `hold` and the queue's size, for a replica to become
+    /// ready when none is (`hold`): a replica coming up dispatches the queue.
+    pub async fn hold<F>(
+        self: &Arc<Self>,
+        balancer: &Balancer,
+        hold: Duration,
+        tried: &Tried,
+        hash: u64,
+        client_gone: F,
+    ) -> Admission
+    where
+        F: Future<Output = ()>,
+    {
+        let started = Instant::now();
+        let Some((id, rx)) = self.push(balancer.queue().size, tried, hash) else {
+            return Admission::NoneHealthy;
+        };
+        self.wait(id, rx, started, hold, Admission::NoneHealthy, client_gone)
+            .await
+    }
+
+    /// Waits for waiter `id`'s slot, for at most `timeout` (then `expired`).
+    async fn wait<F>(
+        self: &Arc<Self>,
+        id: u64,
+        rx: oneshot::Receiver<Lease>,
+        started: Instant,
+        timeout: Duration,
+        expired: Admission,
+        client_gone: F,
+    ) -> Admission
+    where
+        F: Future<Output = ()>,
+    {
         let mut guard = Dequeue {
             queue: self,
             id: Some(id),
@@ -130,13 +178,26 @@ impl WaitQueue {
                 Ok(lease) => Admission::Leased(lease, started.elapsed()),
                 Err(_) => Admission::NoneHealthy,
             },
-            _ = tokio::time::sleep(balancer.queue().timeout) => Admission::QueueTimeout,
+            _ = tokio::time::sleep(timeout) => expired,
             _ = client_gone => Admission::ClientGone,
         };
         if matches!(outcome, Admission::Leased(..)) {
             guard.id = None; // dispatch already removed it
         }
         outcome
+    }
+
+    /// Marks the start of a cold period (no replica ready); true for the first
+    /// caller of the period, who wakes the upstream (`wake`).
+    pub fn begin_cold(&self) -> bool {
+        !self.cold.swap(true, Ordering::AcqRel)
+    }
+
+    /// A replica is ready again: the next cold period wakes the upstream anew.
+    pub fn end_cold(&self) {
+        if self.cold.load(Ordering::Relaxed) {
+            self.cold.store(false, Ordering::Release);
+        }
     }
 
     /// Adds a waiter unless `capacity` are already waiting.

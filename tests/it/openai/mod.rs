@@ -1,6 +1,7 @@
 //! The OpenAI front door: the mock OpenAI replica, routing by model, `/v1/models`,
 //! token accounting from streams.
 
+mod cold;
 mod keepalive;
 mod mock;
 mod models;

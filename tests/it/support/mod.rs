@@ -70,6 +70,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An address on 127.0.0.1 that refuses connections for as long as the returned
+/// socket lives: its port is bound, so no other test's listener can take it (as
+/// one could take a [`free_port`] between the check and the use), but never
+/// listens.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
+        .expect("binding 127.0.0.1:0");
+    let addr = socket.local_addr().expect("its address");
+    (socket, addr)
+}
+
 /// A proxy config with one route `/` to one upstream `pool` of `backends` (TOML
 /// array items), plus `extra` lines in `[upstream.pool]`.
 pub fn pool_config(backends: &str, extra: &str) -> String {

@@ -8,15 +8,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-/// An address where nothing listens.
-fn dead_backend() -> String {
-    format!("\"127.0.0.1:{}\"", free_port())
+/// An address where nothing listens (quoted for a `backends` list), refusing for
+/// as long as the returned socket lives.
+fn dead_backend() -> (tokio::net::TcpSocket, String) {
+    let (held, addr) = refusing_addr();
+    (held, format!("\"{addr}\""))
 }
 
 #[tokio::test]
 async fn connect_failures_are_retried_on_a_live_backend() {
     let live = Replica::builder("live").spawn().await.unwrap();
-    let backends = format!("{}, \"{}\"", dead_backend(), live.addr());
+    let (_held, dead) = dead_backend();
+    let backends = format!("{dead}, \"{}\"", live.addr());
     let proxy = TestProxy::start(&pool_config(
         &backends,
         "retries = 1\nbalance = \"round_robin\"\nretry_budget = { percent = 100 }",
@@ -42,7 +45,8 @@ async fn connect_failures_are_retried_on_a_live_backend() {
 
 #[tokio::test]
 async fn all_backends_dead_is_502_bad_gateway() {
-    let backends = format!("{}, {}", dead_backend(), dead_backend());
+    let ((_a, dead_a), (_b, dead_b)) = (dead_backend(), dead_backend());
+    let backends = format!("{dead_a}, {dead_b}");
     let proxy = TestProxy::start(&pool_config(&backends, "retries = 1")).await;
     for client in [h1(), h2()] {
         let (s, v) = status_and_body(client.get(proxy.url("/x")).send().await.unwrap()).await;
@@ -183,12 +187,8 @@ async fn inflight_counts_return_to_zero_on_every_exit_path() {
         .spawn()
         .await
         .unwrap();
-    let backends = format!(
-        "{}, \"{}\", \"{}\"",
-        dead_backend(),
-        fast.addr(),
-        slow.addr()
-    );
+    let (_held, dead) = dead_backend();
+    let backends = format!("{dead}, \"{}\", \"{}\"", fast.addr(), slow.addr());
     let proxy = TestProxy::start(&pool_config(
         &backends,
         "retries = 2\nbalance = \"round_robin\"",

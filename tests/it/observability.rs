@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    backend_list, eventually, free_port, h1, pool_config, spawn_replicas, tools, TestProxy,
+    backend_list, eventually, h1, pool_config, refusing_addr, spawn_replicas, tools, TestProxy,
     PATIENCE,
 };
 
@@ -73,7 +73,7 @@ fn promtool_check(text: &str) {
 async fn every_answer_is_counted_exactly_and_the_exposition_is_valid() {
     let ok = spawn_replicas(&["ok"], Duration::ZERO).await;
     let busy = spawn_replicas(&["busy"], Duration::from_secs(3)).await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let (_held, dead) = refusing_addr();
     let proxy = TestProxy::start(&format!(
         r#"
 [listen]

@@ -268,14 +268,7 @@ async fn orca_reports_steer_work_away_from_a_replica_busy_with_other_clients() {
         .clone();
     assert_eq!(b["reported"]["queue"], 20.0, "{b}");
     assert!(b["reported"]["at"].is_string(), "{b}");
-    let metrics = h1()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.admin_text("/metrics").await;
     assert!(
         metrics.contains(&format!(
             "modelgate_backend_reported_queue{{backend=\"{}\",upstream=\"pool\"}} 20",
@@ -313,14 +306,7 @@ async fn unreadable_orca_reports_are_counted_and_never_fail_closed() {
     for _ in 0..3 {
         assert_eq!(served_by(&h1(), proxy.url("/x")).await, "m");
     }
-    let metrics = h1()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.admin_text("/metrics").await;
     assert!(
         metrics.contains("modelgate_load_report_errors_total{upstream=\"pool\"} 3"),
         "{metrics}"

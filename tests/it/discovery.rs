@@ -64,21 +64,6 @@ async fn backends(proxy: &TestProxy) -> Vec<(String, String)> {
     out
 }
 
-async fn metric(proxy: &TestProxy, line_start: &str) -> f64 {
-    let text = h1()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Clients sending requests back to back until stopped; counts answers that were not 200.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -232,16 +217,16 @@ timeout = "90ms"
 
     // DNS fails, then answers with nothing: the last known set stays, errors are counted.
     let errors = r#"modelgate_discovery_errors_total{upstream="pool"} "#;
-    let errors_before = metric(&proxy, errors).await;
+    let errors_before = metric_value(&proxy, errors).await;
     dns.set(NAME, Answer::Fail);
     eventually("failed lookups are counted", PATIENCE, || async {
-        metric(&proxy, errors).await >= errors_before + 2.0
+        metric_value(&proxy, errors).await >= errors_before + 2.0
     })
     .await;
     dns.set(NAME, Answer::Addrs(Vec::new()));
-    let errors_mid = metric(&proxy, errors).await;
+    let errors_mid = metric_value(&proxy, errors).await;
     eventually("empty answers are counted", PATIENCE, || async {
-        metric(&proxy, errors).await >= errors_mid + 2.0
+        metric_value(&proxy, errors).await >= errors_mid + 2.0
     })
     .await;
     wait_for_set(&proxy, port, &[3, 4], "the last known set is kept").await;

@@ -11,13 +11,7 @@ use crate::support::*;
 const SUMMARY_PATIENCE: Duration = Duration::from_secs(40);
 
 async fn scrape(proxy: &TestProxy) -> String {
-    h1().get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    proxy.admin_text("/metrics").await
 }
 
 fn metric(text: &str, series: &str) -> f64 {

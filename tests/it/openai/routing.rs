@@ -204,14 +204,7 @@ async fn unknown_models_and_bad_bodies_get_openai_errors() {
     assert_eq!(resp.status(), 200);
     assert_eq!(f.a.hits() + f.b.hits(), 1);
 
-    let metrics = client
-        .get(f.proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = f.proxy.admin_text("/metrics").await;
     assert!(
         metrics.contains(r#"modelgate_rejected_total{reason="model_not_found",upstream=""} 1"#),
         "{metrics}"

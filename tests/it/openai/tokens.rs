@@ -76,14 +76,7 @@ backends = ["{}"]
     assert_eq!(resp.status(), 200);
     assert!(r.last_openai_request().unwrap()["stream_options"].is_null());
 
-    let text = client
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = proxy.admin_text("/metrics").await;
     let labels = r#"{kind="prompt",route="chat",upstream="llm"}"#;
     assert_eq!(
         sample(&text, &format!("modelgate_tokens_total{labels}")),

@@ -141,14 +141,7 @@ pub async fn spawn_replicas(
 /// The value of the first `/metrics` line of `proxy` starting with `series`
 /// (e.g. `name{label="v"}`), or 0 when there is none.
 pub async fn metric_value(proxy: &TestProxy, series: &str) -> f64 {
-    let text = h1()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = proxy.admin_text("/metrics").await;
     text.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())

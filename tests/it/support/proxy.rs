@@ -191,6 +191,19 @@ impl TestProxy {
             .unwrap_or_else(|e| panic!("GET {path} on the admin listener: not JSON: {e}"))
     }
 
+    /// The text answer of an admin endpoint (`/metrics`), with no token. Panics,
+    /// naming the path, when it cannot be read.
+    pub async fn admin_text(&self, path: &str) -> String {
+        super::h1()
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on the admin listener: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on the admin listener: {e}"))
+    }
+
     /// Process id of the proxy.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -229,19 +229,22 @@ async fn load(addr: SocketAddr, secs: u64, rate: f64, slow: &str) -> Outcome {
         }
     }
     lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
     Outcome {
-        p50: pct(0.50),
-        p99: pct(0.99),
+        p50: pct(&lat, 0.50),
+        p99: pct(&lat, 0.99),
         max: lat.last().copied().unwrap_or_default(),
         errors,
         total: n,
         slow_share: slow_hits as f64 / n as f64,
     }
+}
+
+/// The `p` quantile (0..1) of sorted latencies; zero when there are none.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }
 
 fn main() {

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use modelgate::demo::replica::Replica;
 
-use super::{free_port, haproxy_with, modelgate_listening, modelgate_with, nginx, wait_up, Proc};
+use super::{
+    free_port, haproxy_with, modelgate_listening, modelgate_with, nginx, pct, wait_up, Proc,
+};
 
 const SHORT_MS: u64 = 50;
 const LONG_MS: u64 = 1000;
@@ -29,12 +31,6 @@ struct Mixed {
     long_p99: Duration,
     errors: usize,
     total: usize,
-}
-
-fn pct(v: &[Duration], p: f64) -> Duration {
-    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default()
 }
 
 /// Open-loop Poisson load with one request in ten long, latency from each

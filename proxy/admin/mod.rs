@@ -24,7 +24,7 @@ pub use server::AdminService;
 use http::StatusCode;
 use serde_json::json;
 
-use crate::metrics::{BackendState, Metrics, PoolState};
+use crate::metrics::{BackendState, ClassState, Metrics, PoolState};
 use crate::reload::{ReloadOutcome, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
 use crate::timefmt::rfc3339;
@@ -211,6 +211,15 @@ impl Admin {
                             reported_running: reported.running,
                             reported_cache_usage: reported.cache_usage,
                         }
+                    })
+                    .collect(),
+                classes: pool
+                    .class_counts()
+                    .into_iter()
+                    .map(|(name, waiting, inflight)| ClassState {
+                        name,
+                        waiting,
+                        inflight,
                     })
                     .collect(),
             })

@@ -11,6 +11,7 @@ mod load;
 mod openai;
 mod reader;
 mod route;
+mod schedule;
 mod summary;
 pub mod types;
 mod units;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use edge::{DEFAULT_LIMITS, DEFAULT_MAX_KEYS};
 pub use error::{ConfigError, ConfigErrors};
+pub use schedule::{FairShare, Priority, PriorityClass, DEFAULT_MAX_WAIT_BEHIND, MAX_CLASSES};
 pub use summary::summary;
 pub use types::*;
 pub use units::{parse_duration, parse_size};

@@ -27,7 +27,7 @@ impl Gateway {
         }
         match settings.hold {
             Some(hold) => {
-                pool.hold(hold, &ctx.tried, ctx.hash, client_gone(session))
+                pool.hold(hold, &ctx.tried, ctx.ticket, ctx.hash, client_gone(session))
                     .await
             }
             None => Admission::NoneHealthy,

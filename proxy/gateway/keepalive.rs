@@ -42,7 +42,7 @@ pub(super) async fn admit(
     pool: &Pool,
     every: Duration,
 ) -> Admission {
-    let admit = pool.admit(&ctx.tried, ctx.hash, std::future::pending());
+    let admit = pool.admit(&ctx.tried, ctx.ticket, ctx.hash, std::future::pending());
     tokio::pin!(admit);
     if !ctx.early_head {
         tokio::select! {

@@ -38,7 +38,9 @@ use crate::openai::tokens::{Kind, TokenMeter, TokenSink};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
-use crate::upstream::{parse_orca, Admission, Lease, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER};
+use crate::upstream::{
+    parse_orca, Admission, Lease, Ticket, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER,
+};
 
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
@@ -158,6 +160,8 @@ pub struct RequestCtx {
     tried: Tried,
     /// Hash of the consistent-hash key, when the pool uses one.
     hash: u64,
+    /// Its priority class and fair-share flow in the pool's wait queue.
+    ticket: Ticket,
     request_id: Option<HeaderValue>,
     /// Set when the proxy decided the answer itself.
     reject: Option<Reject>,
@@ -225,6 +229,7 @@ impl ProxyHttp for Gateway {
             lease: None,
             tried: Tried::default(),
             hash: 0,
+            ticket: Ticket::default(),
             request_id: None,
             reject: None,
             openai: false,
@@ -339,6 +344,10 @@ impl ProxyHttp for Gateway {
         if let Some(key) = &route.pool.settings().hash_key {
             ctx.hash = headers::hash_key(session, key);
         }
+        ctx.ticket = route.pool.discipline().ticket(
+            session.req_header(),
+            ctx.consumer.as_ref().map(Consumer::name),
+        );
         route.pool.record_request();
         ctx.route = Some(route);
         Ok(false)
@@ -375,7 +384,7 @@ impl ProxyHttp for Gateway {
             None => {
                 route
                     .pool
-                    .admit(&ctx.tried, ctx.hash, client_gone(session))
+                    .admit(&ctx.tried, ctx.ticket, ctx.hash, client_gone(session))
                     .await
             }
         };
@@ -751,6 +760,21 @@ impl ProxyHttp for Gateway {
         if !ctx.tried.is_empty() {
             up.queue_wait(ctx.queue_wait.as_secs_f64());
             up.retries(u64::from(retries));
+        }
+        if let Some(route) = &ctx.route {
+            let class = ctx.ticket.class;
+            if let Some(c) = route
+                .pool
+                .discipline()
+                .class_name(class)
+                .and_then(|name| up.class(class, name))
+            {
+                if let Some(r) = ctx.reject {
+                    c.rejected(r.reason());
+                } else if !ctx.tried.is_empty() {
+                    c.queue_wait(ctx.queue_wait.as_secs_f64());
+                }
+            }
         }
         if let Some(t) = ctx.first_byte {
             up.first_byte(t.as_secs_f64());

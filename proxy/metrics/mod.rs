@@ -8,6 +8,9 @@
 //! from the live snapshot when `/metrics` is scraped.
 
 pub mod access;
+mod classes;
+
+pub use classes::{ClassMetrics, ClassState};
 
 use std::sync::{Arc, OnceLock};
 
@@ -71,6 +74,8 @@ pub struct Metrics {
     time_to_first_token: HistogramVec,
     inter_token_latency: HistogramVec,
     tokens: IntCounterVec,
+    /// Per priority class of a wait queue.
+    classes: classes::ClassFamilies,
     /// Handles for requests that matched no route (`route=""`, `upstream=""`).
     unrouted: OnceLock<Arc<RouteMetrics>>,
 }
@@ -285,6 +290,7 @@ impl Metrics {
                 "Tokens of answered requests as the model server counted them, by kind (prompt or completion).",
                 &["route", "upstream", "kind"],
             )?,
+            classes: classes::ClassFamilies::new(r)?,
             reloads,
             generation,
             access_log_dropped,
@@ -322,6 +328,7 @@ impl Metrics {
                 load_report_errors: self.load_report_errors.with_label_values(&[upstream]),
                 rejected: self.rejected.clone(),
                 reasons: Default::default(),
+                classes: classes::ClassHandles::new(&self.classes, upstream),
             },
         }
     }
@@ -349,6 +356,7 @@ impl Metrics {
                     load_report_errors: self.load_report_errors.with_label_values(&[""]),
                     rejected: self.rejected.clone(),
                     reasons: Default::default(),
+                    classes: classes::ClassHandles::new(&self.classes, ""),
                 },
             })
         })
@@ -407,6 +415,7 @@ impl Metrics {
         self.reported_queue.reset();
         self.reported_running.reset();
         self.reported_cache_usage.reset();
+        self.classes.render(pools);
         for p in pools {
             self.queue_depth
                 .with_label_values(&[p.upstream])
@@ -467,6 +476,8 @@ pub struct PoolState<'a> {
     pub upstream: &'a str,
     pub queued: usize,
     pub backends: Vec<BackendState<'a>>,
+    /// Per priority class (empty without `priority`).
+    pub classes: Vec<ClassState<'a>>,
 }
 
 /// A backend's live state, read at scrape time.
@@ -547,6 +558,7 @@ pub struct UpstreamMetrics {
     load_report_errors: IntCounter,
     rejected: IntCounterVec,
     reasons: [OnceLock<IntCounter>; REASONS.len()],
+    classes: classes::ClassHandles,
 }
 
 impl UpstreamMetrics {
@@ -571,6 +583,11 @@ impl UpstreamMetrics {
     /// A replica's load report could not be read.
     pub fn load_report_error(&self) {
         self.load_report_errors.inc();
+    }
+
+    /// The handles of priority class number `i`, named `name` (at most 8 classes).
+    pub fn class(&self, i: u8, name: &str) -> Option<&ClassMetrics> {
+        self.classes.get(i, name)
     }
 
     /// Counts a request the proxy answered itself, `reason` being its `error` value.
@@ -646,9 +663,16 @@ mod tests {
                     reported_cache_usage: None,
                 },
             ],
+            classes: vec![ClassState {
+                name: "batch",
+                waiting: 2,
+                inflight: 1,
+            }],
         }];
         let t = String::from_utf8(m.render(&pools)).unwrap();
         assert!(t.contains("modelgate_queue_depth{upstream=\"llm\"} 3"));
+        assert!(t.contains("modelgate_class_queue_depth{class=\"batch\",upstream=\"llm\"} 2"));
+        assert!(t.contains("modelgate_class_inflight{class=\"batch\",upstream=\"llm\"} 1"));
         assert!(t.contains("modelgate_backend_up{backend=\"10.0.0.2:80\",upstream=\"llm\"} 0"));
         assert!(
             t.contains("modelgate_backend_inflight{backend=\"10.0.0.1:80\",upstream=\"llm\"} 2")

@@ -14,6 +14,9 @@ mod pool;
 mod queue;
 mod replica;
 mod report;
+mod sched;
+#[cfg(test)]
+mod sched_tests;
 mod select;
 mod store;
 
@@ -24,5 +27,6 @@ pub use pool::{Pool, PoolSettings};
 pub use queue::{Admission, WaitQueue};
 pub use replica::{BackendState, Replica};
 pub use report::{parse_orca, LoadReport, ORCA_FORMAT_HEADER, ORCA_HEADER};
+pub use sched::{Discipline, Ticket};
 pub use select::{Selector, Tried, MAX_ATTEMPTS};
 pub use store::ReplicaStore;

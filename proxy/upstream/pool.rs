@@ -269,9 +269,13 @@ impl Pool {
                 }
             }
         }
-        self.store
-            .queue()
-            .publish(Arc::clone(&self.balancer), Arc::clone(&self.discipline));
+        let queue = self.store.queue();
+        if self.backends().iter().any(|b| b.is_available()) {
+            // However the replica got ready (a check, a lookup, a reload, checks
+            // switched off), the cold period is over: the next one wakes anew.
+            queue.end_cold();
+        }
+        queue.publish(Arc::clone(&self.balancer), Arc::clone(&self.discipline));
     }
 
     /// Per priority class of this generation, highest first: its name, requests
@@ -304,6 +308,7 @@ impl Pool {
             if me.state() == BackendState::Down {
                 log::info!("upstream {name}: {} back after ejection", me.label());
                 me.set_state(BackendState::Up, slow_start);
+                queue.end_cold();
                 queue.dispatch();
             }
         });

@@ -19,6 +19,7 @@ pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod openai;
+pub mod prepare;
 pub mod probe;
 pub mod reload;
 pub mod routing;

@@ -19,6 +19,7 @@ mod load;
 pub mod logging;
 mod metrics;
 mod openai;
+mod prepare;
 mod probe;
 mod reload;
 mod routing;
@@ -29,9 +30,9 @@ mod tls;
 mod upstream;
 
 pub use app::{App, StartOptions};
+pub use prepare::{prepare, Prepared};
 pub use probe::probe;
-pub use snapshot::Snapshot;
-pub use tls::{check as check_certs, dev::write_leaf as write_dev_cert};
+pub use tls::dev::write_leaf as write_dev_cert;
 
 /// The per-request pieces the criterion benches in `benches/` time on their own.
 #[doc(hidden)]

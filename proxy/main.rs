@@ -206,25 +206,14 @@ fn main() -> ExitCode {
 }
 
 /// Loads and fully validates a file for `check`: syntax, keys, values, then everything
-/// the server would build from it (pools, certificates). Returns the config and its warnings.
+/// the server would build from it ([`modelgate::prepare`], as `run` and reloads do).
+/// Returns the config and its warnings.
 fn load(path: &std::path::Path) -> Result<(config::Loaded, Vec<String>), Vec<String>> {
     let loaded =
         config::load(path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    let snapshot = modelgate::Snapshot::build(&loaded.config);
-    let certs = modelgate::check_certs(&loaded.config);
-    let mut errors = snapshot.err().unwrap_or_default();
-    let tls_warnings = match certs {
-        Ok(w) => w,
-        Err(e) => {
-            errors.extend(e);
-            Vec::new()
-        }
-    };
-    if !errors.is_empty() {
-        return Err(errors);
-    }
+    let prepared = modelgate::prepare(&loaded.config, None)?;
     let mut warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
-    warnings.extend(tls_warnings);
+    warnings.extend(prepared.warnings);
     Ok((loaded, warnings))
 }
 
@@ -296,7 +285,7 @@ Trust the CA (development only; never on machines you do not own):
 }
 
 /// Serves `path`. The config file is validated here; pools, routes and certificates
-/// are validated once, by `App::build_with`, which reports them the same way.
+/// by `App::build_with` through the same `prepare` as `check`.
 fn run(path: &std::path::Path, opts: &modelgate::StartOptions) -> ExitCode {
     let loaded = match config::load(path) {
         Ok(l) => l,

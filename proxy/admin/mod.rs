@@ -218,14 +218,6 @@ impl Admin {
         self.metrics.render(&pools)
     }
 
-    /// Backends a reload removed, still finishing their requests, by upstream.
-    fn draining(&self) -> Vec<(Arc<str>, Arc<crate::upstream::Backend>)> {
-        self.reloader
-            .as_ref()
-            .map(|r| r.draining())
-            .unwrap_or_default()
-    }
-
     fn upstreams(&self) -> serde_json::Value {
         let snap = self.snapshot.load();
         let backend = |b: &crate::upstream::Backend, state: &str, queued: usize, cap: u32| {
@@ -275,12 +267,12 @@ impl Admin {
                 )
             })
             .collect();
-        for (name, b) in self.draining() {
+        for (name, b) in snap.draining() {
             let entry = upstreams
                 .entry(name.to_string())
                 .or_insert_with(|| json!({ "queued": 0, "backends": [] }));
             if let Some(list) = entry["backends"].as_array_mut() {
-                list.push(backend(&b, "draining", 0, 0));
+                list.push(backend(b, "draining", 0, 0));
             }
         }
         json!({ "generation": snap.generation, "upstreams": upstreams })

@@ -355,7 +355,13 @@ impl ProxyHttp for Gateway {
             .sse_keepalive
             .filter(|_| keepalive::wants_stream(session, ctx));
         let mut admission = match keepalive {
-            Some(every) => keepalive::admit(session, ctx, &route.pool, every).await,
+            Some(every) => {
+                let queued = route
+                    .pool
+                    .admit(&ctx.tried, ctx.hash, std::future::pending());
+                let id = ctx.request_id.as_ref();
+                keepalive::wait(session, &mut ctx.early_head, id, every, queued).await
+            }
             None => {
                 route
                     .pool
@@ -364,7 +370,7 @@ impl ProxyHttp for Gateway {
             }
         };
         if matches!(admission, Admission::NoneHealthy) && ctx.tried.is_empty() {
-            admission = self.cold_start(session, ctx, &route.pool).await;
+            admission = self.cold_start(session, ctx, &route.pool, keepalive).await;
         }
         match admission {
             Admission::Leased(lease, waited) => {
@@ -716,10 +722,19 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let total = ctx.start.elapsed();
         let aborted = e.is_some_and(client_went_away);
-        // 499 (as nginx): the client left before any answer reached it.
-        let status = session
-            .response_written()
-            .map_or(499, |r| r.status.as_u16());
+        let status = match session.response_written() {
+            // A head sent early (`sse_keepalive`) that no replica's answer followed
+            // counts as what the stream stands for: the error its event carried,
+            // or 499 when the client left first.
+            Some(_) if ctx.early_head && !ctx.spliced => match ctx.reject {
+                Some(r) if !aborted => r.status(),
+                _ if aborted => 499,
+                _ => 200,
+            },
+            Some(r) => r.status.as_u16(),
+            // 499 (as nginx): the client left before any answer reached it.
+            None => 499,
+        };
         let retries = ctx.tried.len().saturating_sub(1) as u32;
         let m: &RouteMetrics = match &ctx.route {
             Some(route) => route

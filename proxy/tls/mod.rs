@@ -36,13 +36,9 @@ pub(crate) struct Certs {
     pub stats: Arc<TlsStats>,
 }
 
-/// Loads and checks every certificate pair of `[tls]` (none when absent). Errors and
-/// warnings read `FILE: tls.certs: CERTFILE: what is wrong; how to fix it`.
-pub fn check(config: &Config) -> Result<Vec<String>, Vec<String>> {
-    load(config).map(|(_, warnings)| warnings)
-}
-
-/// Loads `[tls]` for serving, with the warnings found (see [`check`]).
+/// Loads and checks every certificate pair of `[tls]` for serving (none when absent),
+/// with the warnings found. Errors and warnings read
+/// `FILE: tls.certs: CERTFILE: what is wrong; how to fix it`.
 pub(crate) fn load(config: &Config) -> Result<(Option<Certs>, Vec<String>), Vec<String>> {
     let Some(tls) = &config.tls else {
         return Ok((None, Vec::new()));

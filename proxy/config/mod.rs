@@ -13,7 +13,7 @@ mod reader;
 mod route;
 mod schedule;
 mod summary;
-pub mod types;
+mod types;
 mod units;
 mod upstream;
 
@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use edge::{DEFAULT_LIMITS, DEFAULT_MAX_KEYS};
 pub use error::{ConfigError, ConfigErrors};
-pub use schedule::{FairShare, Priority, PriorityClass, DEFAULT_MAX_WAIT_BEHIND, MAX_CLASSES};
+pub use schedule::{FairShare, Priority, PriorityClass, MAX_CLASSES};
 pub use summary::summary;
 pub use types::*;
 pub use units::{parse_duration, parse_size};

@@ -13,10 +13,10 @@ use super::upstream::{read_queue, DEFAULT_QUEUE};
 /// Most priority classes an upstream may name (the queue keeps fixed per-class arrays).
 pub const MAX_CLASSES: usize = 8;
 /// Default of `priority.max_wait_behind`.
-pub const DEFAULT_MAX_WAIT_BEHIND: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_MAX_WAIT_BEHIND: Duration = Duration::from_secs(10);
 /// The class a request without the header (or with an unknown one) gets, unless
 /// `priority.default` names another.
-pub const DEFAULT_CLASS: &str = "default";
+pub(crate) const DEFAULT_CLASS: &str = "default";
 
 const PRIORITY_EXAMPLE: &str =
     "{ header = \"x-priority\", classes = [\"interactive\", \"default\", \"batch\"] }";

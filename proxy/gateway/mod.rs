@@ -6,7 +6,7 @@
 //! in the request context, so a reload mid-request changes nothing for it.
 
 mod cold;
-pub mod failures;
+pub(crate) mod failures;
 pub mod headers;
 mod keepalive;
 mod models;
@@ -25,8 +25,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType, RetryType};
 
-pub use redirect::HttpsRedirect;
-pub use reject::Reject;
+pub(crate) use redirect::HttpsRedirect;
+pub(crate) use reject::Reject;
 
 use crate::config::ConnLimits;
 use crate::edge::credentials::X_API_KEY;
@@ -45,7 +45,7 @@ use crate::upstream::{
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
 /// The proxy application: shared, immutable except through the snapshot swap.
-pub struct Gateway {
+pub(crate) struct Gateway {
     snapshot: SharedSnapshot,
     /// `X-Forwarded-Proto` for requests arriving on this service's listeners.
     scheme: &'static str,
@@ -89,7 +89,7 @@ fn log_failure(
 }
 
 impl Gateway {
-    pub fn new(
+    pub(crate) fn new(
         snapshot: SharedSnapshot,
         scheme: &'static str,
         active: Arc<AtomicUsize>,
@@ -109,7 +109,7 @@ impl Gateway {
     }
 
     /// Applies the `[listen]` limits: header count and size (431), keep-alive timeout.
-    pub fn with_limits(mut self, limits: ConnLimits) -> Self {
+    pub(crate) fn with_limits(mut self, limits: ConnLimits) -> Self {
         self.limits = limits;
         self
     }
@@ -117,13 +117,13 @@ impl Gateway {
     /// While `flag` is set, HTTP/1.1 responses close their connection, so clients
     /// stop reusing it before the listener goes away (pingora drops idle
     /// keep-alive connections when it stops, racing a client's next request).
-    pub fn closing_when(mut self, flag: Arc<AtomicBool>) -> Self {
+    pub(crate) fn closing_when(mut self, flag: Arc<AtomicBool>) -> Self {
         self.draining = Some(flag);
         self
     }
 
     /// Answers every request with 308 to the same URL on HTTPS (`redirect_http_to_https`).
-    pub fn redirecting(mut self, redirect: HttpsRedirect) -> Self {
+    pub(crate) fn redirecting(mut self, redirect: HttpsRedirect) -> Self {
         self.redirect = Some(redirect);
         self
     }
@@ -150,7 +150,7 @@ impl Drop for Active {
 }
 
 /// Per-request state, created empty by `new_ctx` and filled as the hooks run.
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     _active: Active,
     /// The matched route of the generation current when the request arrived.
     route: Option<Arc<RouteEntry>>,
@@ -199,22 +199,6 @@ pub struct RequestCtx {
     /// A replica's answer continues the early head: failures can no longer be
     /// reported as an SSE error event.
     spliced: bool,
-}
-
-impl RequestCtx {
-    pub fn route(&self) -> Option<&Arc<RouteEntry>> {
-        self.route.as_ref()
-    }
-
-    pub fn backend_label(&self) -> Option<&str> {
-        self.lease.as_ref().map(|l| l.backend().label())
-    }
-
-    /// Who sent the request (API key name or JWT `sub`), once the route's `auth`
-    /// accepted it; `None` on routes without auth.
-    pub fn consumer(&self) -> Option<&Consumer> {
-        self.consumer.as_ref()
-    }
 }
 
 #[async_trait]

@@ -69,9 +69,9 @@ impl ClassFamilies {
 
 /// One class's live state, read at scrape time.
 pub struct ClassState<'a> {
-    pub name: &'a str,
-    pub waiting: u32,
-    pub inflight: u32,
+    pub(crate) name: &'a str,
+    pub(crate) waiting: u32,
+    pub(crate) inflight: u32,
 }
 
 /// One class's handles for the request path.
@@ -82,12 +82,12 @@ pub struct ClassMetrics {
 }
 
 impl ClassMetrics {
-    pub fn queue_wait(&self, seconds: f64) {
+    pub(crate) fn queue_wait(&self, seconds: f64) {
         self.wait.observe(seconds);
     }
 
     /// Counts a refusal by the queue; other reasons are not the class's doing.
-    pub fn rejected(&self, reason: &str) {
+    pub(crate) fn rejected(&self, reason: &str) {
         match reason {
             "overloaded" => self.overloaded.inc(),
             "queue_timeout" => self.queue_timeout.inc(),

@@ -23,8 +23,8 @@ use crate::config::{FairShare, Queue, Upstream, MAX_CLASSES};
 /// flow 0: what every request of an upstream without scheduling gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ticket {
-    pub class: u8,
-    pub flow: u64,
+    pub(crate) class: u8,
+    pub(crate) flow: u64,
 }
 
 /// One class's limits.
@@ -51,7 +51,7 @@ pub struct Discipline {
 impl Discipline {
     /// The rules `up` configures; without `priority` one class with the upstream's
     /// queue, without `fair_share` one flow per class (arrival order).
-    pub fn from_config(up: &Upstream) -> Discipline {
+    pub(crate) fn from_config(up: &Upstream) -> Discipline {
         let (header, classes, default, max_wait_behind) = match &up.priority {
             Some(p) => (
                 Some(p.header.as_str().into()),
@@ -91,12 +91,12 @@ impl Discipline {
     /// Are requests sorted into classes (`priority`)? Only then is each class's
     /// in-flight count kept.
     #[inline]
-    pub fn has_classes(&self) -> bool {
+    pub(crate) fn has_classes(&self) -> bool {
         self.header.is_some()
     }
 
     /// The class names, highest first (empty without `priority`).
-    pub fn class_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn class_names(&self) -> impl Iterator<Item = &str> {
         self.classes
             .iter()
             .filter(|_| self.has_classes())
@@ -107,7 +107,7 @@ impl Discipline {
     /// unknown: the default class) and its flow from `consumer` (the name the
     /// route's auth accepted) or the fair-share header. A request without a
     /// consumer or header value is in flow 0 with every other such request.
-    pub fn ticket(&self, req: &RequestHeader, consumer: Option<&str>) -> Ticket {
+    pub(crate) fn ticket(&self, req: &RequestHeader, consumer: Option<&str>) -> Ticket {
         let class = match &self.header {
             Some(h) => req
                 .headers
@@ -133,13 +133,13 @@ impl Discipline {
     }
 
     /// The name of class number `class`, with `priority`.
-    pub fn class_name(&self, class: u8) -> Option<&str> {
+    pub(crate) fn class_name(&self, class: u8) -> Option<&str> {
         self.has_classes().then(|| &*self.class(class).name)
     }
 
     /// The queue limits of `class` (the upstream's, without `priority`).
     #[inline]
-    pub fn queue(&self, class: u8) -> Queue {
+    pub(crate) fn queue(&self, class: u8) -> Queue {
         self.class(class).queue
     }
 
@@ -151,15 +151,10 @@ impl Discipline {
 
     /// How many of `slots` (the upstream's in-flight slots) `class` may use; `None`: all.
     #[inline]
-    pub fn share_cap(&self, class: u8, slots: u32) -> Option<u32> {
+    pub(crate) fn share_cap(&self, class: u8, slots: u32) -> Option<u32> {
         self.class(class)
             .max_share
             .map(|pct| (u64::from(slots) * u64::from(pct) / 100).max(1) as u32)
-    }
-
-    /// Does any class have a share cap?
-    pub fn has_share_caps(&self) -> bool {
-        self.classes.iter().any(|c| c.max_share.is_some())
     }
 
     /// The service order of a waiter: smaller goes first. A waiter that has waited
@@ -214,17 +209,17 @@ pub(crate) struct Flows {
 impl Flows {
     /// Waiters of `class` now.
     #[inline]
-    pub fn class_len(&self, class: u8) -> u32 {
+    pub(crate) fn class_len(&self, class: u8) -> u32 {
         self.class_len[usize::from(class) % MAX_CLASSES]
     }
 
-    pub fn class_lens(&self) -> [u32; MAX_CLASSES] {
+    pub(crate) fn class_lens(&self) -> [u32; MAX_CLASSES] {
         self.class_len
     }
 
     /// A waiter of `t` joins: returns its flow's slot. A flow that was not
     /// backlogged starts at the least service of its class's backlogged flows.
-    pub fn join(&mut self, t: Ticket) -> u32 {
+    pub(crate) fn join(&mut self, t: Ticket) -> u32 {
         self.class_len[usize::from(t.class) % MAX_CLASSES] += 1;
         let mut least = None::<u64>;
         for (i, f) in self.slots.iter_mut().enumerate() {
@@ -256,7 +251,7 @@ impl Flows {
     }
 
     /// A waiter of `class` in flow slot `flow` leaves; `served`: it got a slot.
-    pub fn leave(&mut self, class: u8, flow: u32, served: bool) {
+    pub(crate) fn leave(&mut self, class: u8, flow: u32, served: bool) {
         let c = &mut self.class_len[usize::from(class) % MAX_CLASSES];
         *c = c.saturating_sub(1);
         let Some(f) = self.slots.get_mut(flow as usize) else {
@@ -271,7 +266,7 @@ impl Flows {
 
     /// The attained service of flow slot `flow`.
     #[inline]
-    pub fn served(&self, flow: u32) -> u64 {
+    pub(crate) fn served(&self, flow: u32) -> u64 {
         self.slots.get(flow as usize).map_or(0, |f| f.served)
     }
 }

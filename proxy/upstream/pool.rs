@@ -83,18 +83,24 @@ impl Pool {
     /// Nothing live changes until [`Pool::publish`], so a build that is thrown
     /// away changes nothing.
     ///
-    /// Names in the backends keep what they resolved to in `prev` when `prev` looked
-    /// up the same names; otherwise they have no address until discovery answers.
+    /// Names in the backends start from what `prev` last resolved (or, when `prev`
+    /// looked nothing up, from `prev`'s backends) until the first lookup under the
+    /// new settings answers and replaces them: a reload that changes the names, the
+    /// resolver or `every` never leaves the upstream with fewer backends while the
+    /// new lookups are pending, or failing.
     pub fn build_next(up: &Upstream, prev: Option<&Pool>) -> Result<Arc<Pool>, String> {
         let resolved = match (&up.backends, prev) {
-            (BackendSource::Dns(d), Some(p))
-                if p.settings
-                    .discovery
-                    .as_ref()
-                    .is_some_and(|pd| pd.names == d.names && pd.resolver == d.resolver) =>
-            {
+            (BackendSource::Dns(_), Some(p)) if p.settings.discovery.is_some() => {
                 p.resolved.to_vec()
             }
+            (BackendSource::Dns(_), Some(p)) => p
+                .backends()
+                .iter()
+                .map(|b| BackendAddr {
+                    addr: b.addr(),
+                    weight: b.weight(),
+                })
+                .collect(),
             _ => Vec::new(),
         };
         Pool::build_resolved(up, prev, resolved)

@@ -291,7 +291,7 @@ impl Parts {
         reloader: Option<Arc<Reloader>>,
     ) -> Result<GenBackgroundService<AdminService>, StartError> {
         let token = match &config.listen.admin_token_file {
-            Some(path) => Some(read_token(path).map_err(|e| {
+            Some(path) => Some(crate::admin::read_token(path).map_err(|e| {
                 StartError(vec![format!(
                     "{}: listen.admin_token_file: {e}",
                     config.source.display()
@@ -371,20 +371,6 @@ fn new_server(config: &Config, opts: &StartOptions) -> Server {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     server
-}
-
-/// The admin bearer token: the file's content without surrounding whitespace.
-fn read_token(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!(
-            "{} is empty; put the bearer token in it",
-            path.display()
-        ));
-    }
-    Ok(token.to_string())
 }
 
 /// One upgrade socket per config file, so instances on one host do not collide.

@@ -286,6 +286,32 @@ pub(crate) struct Answer {
     pub body: Vec<u8>,
 }
 
+/// The admin bearer token: the file's content without surrounding whitespace. Fails,
+/// naming the file, when it cannot be read or holds only whitespace.
+pub(crate) fn read_token(path: &std::path::Path) -> Result<String, String> {
+    // Not a device or a pipe: the config loader reads it too, and must not block.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(format!(
+            "{} is not a regular file; put the bearer token in a file",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read {}: {e}; put the bearer token in that file",
+            path.display()
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "{} is empty; put the bearer token in it",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
 fn text(status: StatusCode, body: &str) -> Answer {
     Answer {
         status,

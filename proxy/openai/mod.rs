@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod models;
+pub mod prompt;
 pub mod route;
 pub mod tokens;
 

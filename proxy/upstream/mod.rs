@@ -2,6 +2,7 @@
 //! in-flight caps and the wait queue, selection policies, passive ejection and the
 //! retry budget.
 
+mod affinity;
 mod backend;
 #[cfg(test)]
 mod balance_tests;
@@ -17,6 +18,7 @@ mod report;
 mod select;
 mod store;
 
+pub use affinity::{affinity_key, Affinity, PrefixIndex, PrefixKey};
 pub use backend::{Backend, Lease};
 pub use balancer::{Balancer, Cap, Pick};
 pub use limit::{Answer, LimitLearner};

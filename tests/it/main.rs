@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admission;
+mod affinity;
 mod balance;
 mod config_files;
 mod demo;

@@ -180,10 +180,9 @@ impl PrefixIndex {
                 *owners
             } else {
                 let mut next: Owners = [0; OWNERS];
-                let mut n = 0;
-                for &o in owners.iter().filter(|&&o| o != 0 && held.contains(&o)) {
-                    next[n] = o;
-                    n += 1;
+                let still = owners.iter().filter(|&&o| o != 0 && held.contains(&o));
+                for (slot, &o) in next.iter_mut().zip(still) {
+                    *slot = o;
                 }
                 next
             };

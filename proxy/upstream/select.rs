@@ -183,8 +183,8 @@ impl Selector {
             Selector::CacheAffinity {
                 report_ttl_ms,
                 guard,
-            } => affinity::pick(backends, hash, *guard, *report_ttl_ms, clock::now_us(), &ok)
-                .or_else(|| least_outstanding(backends, *report_ttl_ms, &ok)),
+            } => affinity::pick(backends, hash, *guard, *report_ttl_ms, clock::now_us(), ok)
+                .or_else(|| least_outstanding(backends, *report_ttl_ms, ok)),
             Selector::ConsistentHash { ring } => {
                 if ring.is_empty() {
                     return None;

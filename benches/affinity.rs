@@ -4,13 +4,15 @@
 //!
 //! Run with `cargo bench --bench affinity`.
 
+#![allow(clippy::print_stdout)] // the numbers are the output
+
 use std::alloc::System;
 use std::hint::black_box;
 use std::num::NonZeroUsize;
 use std::time::Instant;
 
-use modelgate::openai::prompt::prompt_blocks;
-use modelgate::upstream::PrefixIndex;
+use modelgate::bench::prompt::prompt_blocks;
+use modelgate::bench::PrefixIndex;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]

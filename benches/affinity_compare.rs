@@ -17,6 +17,8 @@
 //! replicas: `REPLICAS=127.0.0.1:18080,127.0.0.1:18081,127.0.0.1:18082
 //! RESTART="bash benches/llama.sh stop; bash benches/llama.sh start 3"`.
 
+#![allow(clippy::print_stdout)] // the numbers are the output
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -9,9 +9,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::background::background_service;
+use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{Admin, AdminService};
@@ -23,8 +25,9 @@ use crate::gateway::{Gateway, HttpsRedirect};
 use crate::health::HealthService;
 use crate::metrics::access::AccessLog;
 use crate::metrics::Metrics;
+use crate::prepare::prepare;
 use crate::reload::{ConfigWatch, Reloader, Trigger};
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::snapshot::SharedSnapshot;
 use crate::tls::{self, TlsStats};
 
 /// Why the server could not start. Each message is ready to print to an operator.
@@ -70,211 +73,75 @@ impl App {
         App::build_with(config, &StartOptions::default())
     }
 
-    /// [`App::build`] with start options (graceful upgrade).
+    /// [`App::build`] with start options (graceful upgrade). The steps: prepare the
+    /// config ([`crate::prepare`], as `check` and reloads do), check the listener
+    /// addresses, set up metrics and the access log, then add the proxy listeners,
+    /// the background services, the config reloader and the admin listener.
     pub fn build_with(config: &Config, opts: &StartOptions) -> Result<App, StartError> {
-        let snapshot = Snapshot::build(config);
-        let certs = tls::load(config);
-        let (snapshot, certs) = match (snapshot, certs) {
-            (Ok(s), Ok((c, warnings))) => {
-                for w in &warnings {
-                    log::warn!("{w}");
-                }
-                (s, c)
-            }
-            (s, c) => {
-                let mut errors = s.err().unwrap_or_default();
-                errors.extend(c.err().unwrap_or_default());
-                return Err(StartError(errors));
-            }
-        };
+        let prepared = prepare(config, None).map_err(StartError)?;
+        for w in &prepared.warnings {
+            log::warn!("{w}");
+        }
         if !opts.upgrade {
             check_bindable(config)?;
         }
-        let metrics = Metrics::new(prometheus::Registry::new())
-            .map_err(|e| StartError(vec![format!("metrics: {e}")]))?;
-        metrics.set_generation(snapshot.generation);
-        let access_log = match &config.log.access {
-            AccessLogTarget::Off => None,
-            AccessLogTarget::Stderr => Some(AccessLog::start(None, Arc::clone(&metrics))),
-            AccessLogTarget::File(path) => Some(AccessLog::start(Some(path), Arc::clone(&metrics))),
-        }
-        .transpose()
-        .map_err(|e| {
-            StartError(vec![format!(
-                "{}: log.access: cannot open the access log: {e}",
-                config.source.display()
-            )])
-        })?;
-        let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let metrics = Metrics::new(prometheus::Registry::new()).map_err(metrics_error)?;
+        metrics.set_generation(prepared.snapshot.generation);
+        let access_log = open_access_log(config, &metrics)?;
+        let mut server = new_server(config, opts);
+        let parts = Parts {
+            conf: Arc::clone(&server.configuration),
+            snapshot: Arc::new(ArcSwap::from_pointee(prepared.snapshot)),
+            metrics,
+            access_log,
+            drain: Drain::new(config.listen.shutdown_grace),
+            conns: ConnectionLimits::new(&config.listen.limits),
+        };
+        EdgeCollector::new(Arc::clone(&parts.snapshot), Arc::clone(&parts.conns))
+            .and_then(|c| parts.metrics.registry().register(Box::new(c)))
+            .map_err(metrics_error)?;
 
-        let threads = match config.listen.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let grace = config.listen.shutdown_grace.as_secs();
-        let conf = ServerConf {
-            threads,
-            work_stealing: true,
-            grace_period_seconds: Some(grace),
-            graceful_shutdown_timeout_seconds: Some(1),
-            upgrade_sock: opts
-                .upgrade_sock
-                .clone()
-                .unwrap_or_else(|| default_upgrade_sock(&config.source))
-                .display()
-                .to_string(),
-            ..ServerConf::default()
-        };
-        let opt = pingora::server::configuration::Opt {
-            upgrade: opts.upgrade,
-            ..Default::default()
-        };
-        let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
-        server.bootstrap();
-        let conf = Arc::clone(&server.configuration);
-
-        let drain = Drain {
-            draining: Arc::new(AtomicBool::new(false)),
-            terminating: Arc::new(AtomicBool::new(false)),
-            active: Arc::new(AtomicUsize::new(0)),
-            grace: config.listen.shutdown_grace,
-        };
-        let conns = ConnectionLimits::new(&config.listen.limits);
-        EdgeCollector::new(Arc::clone(&shared), Arc::clone(&conns))
-            .and_then(|c| metrics.registry().register(Box::new(c)))
-            .map_err(|e| StartError(vec![format!("metrics: {e}")]))?;
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            let mut gateway = Gateway::new(
-                Arc::clone(&shared),
-                "http",
-                Arc::clone(&drain.active),
-                Arc::clone(&metrics),
-                access_log.clone(),
-            )
-            .closing_when(Arc::clone(&drain.draining))
-            .with_limits(config.listen.limits);
-            if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https)
-            {
-                gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
-            }
-            let mut proxy =
-                pingora::proxy::http_proxy_service_with_name(&conf, gateway, "proxy http");
-            if let Some(app) = proxy.app_logic_mut() {
-                app.server_options = Some(server_options(&config.listen.limits, true));
-            }
-            proxy.set_connection_gate(Arc::new(Gate(Arc::clone(&conns))));
-            proxy.add_tcp(&addr.to_string());
+            server.add_service(parts.http_listener(config, addr));
             proxy_addrs.push(addr);
-            server.add_service(proxy);
         }
-
         let mut tls_stats = None;
         let mut cert_watcher = None;
-        if let (Some(addr), Some(certs)) = (config.listen.https, certs) {
-            let settings = tls::policy::listener_settings(certs.resolver.clone()).map_err(|e| {
-                StartError(vec![format!(
-                    "{}: listen.https: {e}",
-                    config.source.display()
-                )])
-            })?;
-            let mut proxy = pingora::proxy::http_proxy_service_with_name(
-                &conf,
-                Gateway::new(
-                    Arc::clone(&shared),
-                    "https",
-                    Arc::clone(&drain.active),
-                    Arc::clone(&metrics),
-                    access_log.clone(),
-                )
-                .closing_when(Arc::clone(&drain.draining))
-                .with_limits(config.listen.limits),
-                "proxy https",
-            );
-            if let Some(app) = proxy.app_logic_mut() {
-                app.server_options = Some(server_options(&config.listen.limits, false));
-            }
-            proxy.set_connection_gate(Arc::new(Gate(Arc::clone(&conns))));
-            let handshakes = tls::handshake::HandshakeCounter::register(metrics.registry())
-                .map_err(|e| StartError(vec![format!("metrics: {e}")]))?;
-            proxy.set_handshake_failures(handshakes);
-            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        if let (Some(addr), Some(certs)) = (config.listen.https, prepared.certs) {
+            server.add_service(parts.https_listener(config, addr, certs.resolver)?);
             proxy_addrs.push(addr);
-            server.add_service(proxy);
             let watcher = background_service("tls certificate watcher", certs.watcher);
             cert_watcher = Some(watcher.task());
             server.add_service(watcher);
             tls_stats = Some(certs.stats);
         }
-
-        let mut edge = background_service("edge", EdgeService::new(Arc::clone(&shared)));
-        edge.threads = Some(1);
-        server.add_service(edge);
-
-        let mut health =
-            background_service("health checks", HealthService::new(Arc::clone(&shared)));
-        health.threads = Some(1);
-        server.add_service(health);
-
-        let mut load = background_service(
-            "load reports",
-            crate::load::LoadService::new(Arc::clone(&shared), Arc::clone(&metrics)),
-        );
-        load.threads = Some(1);
-        server.add_service(load);
-
-        let mut discovery = background_service(
-            "dns discovery",
-            crate::discovery::DiscoveryService::new(Arc::clone(&shared), Arc::clone(&metrics)),
-        );
-        discovery.threads = Some(1);
-        server.add_service(discovery);
-
+        parts.add_background_services(&mut server);
         // Only a config read from a file can be reloaded (not the demo's).
         let reloader = config.source.is_file().then(|| {
             Arc::new(Reloader::new(
                 config,
-                Arc::clone(&shared),
+                Arc::clone(&parts.snapshot),
                 cert_watcher,
-                Arc::clone(&metrics),
+                Arc::clone(&parts.metrics),
             ))
         });
         if let Some(reloader) = &reloader {
-            let mut watch =
-                background_service("config watch", ConfigWatch::new(Arc::clone(reloader)));
-            watch.threads = Some(1);
-            server.add_service(watch);
+            server.add_service(one_thread(background_service(
+                "config watch",
+                ConfigWatch::new(Arc::clone(reloader)),
+            )));
         }
-
         if let Some(addr) = config.listen.admin {
-            let token = match &config.listen.admin_token_file {
-                Some(path) => Some(read_token(path).map_err(|e| {
-                    StartError(vec![format!(
-                        "{}: listen.admin_token_file: {e}",
-                        config.source.display()
-                    )])
-                })?),
-                None => None,
-            };
-            let admin = Admin::new(
-                Arc::clone(&shared),
-                proxy_addrs,
-                Arc::clone(&drain.draining),
-                Arc::clone(&metrics),
-            )
-            .with_reload(reloader.clone(), config.source.clone())
-            .with_token(token);
-            let mut svc = background_service("admin", AdminService::new(admin, addr));
-            svc.threads = Some(1);
-            server.add_service(svc);
+            server.add_service(parts.admin(config, addr, proxy_addrs, reloader.clone())?);
         }
         Ok(App {
             server,
-            drain,
+            drain: parts.drain,
             tls_stats,
             reloader,
-            metrics,
-            snapshot: shared,
+            metrics: parts.metrics,
+            snapshot: parts.snapshot,
         })
     }
 
@@ -315,6 +182,195 @@ fn server_options(limits: &ConnLimits, h2c: bool) -> HttpServerOptions {
     opts.h2_idle_timeout = Some(limits.keepalive_timeout);
     opts.header_read_timeout = Some(limits.header_read_timeout);
     opts
+}
+
+/// What the services of one server share.
+struct Parts {
+    conf: Arc<ServerConf>,
+    snapshot: SharedSnapshot,
+    metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
+    drain: Drain,
+    conns: Arc<ConnectionLimits>,
+}
+
+impl Parts {
+    /// The request path of one proxy listener (`scheme`: `http` or `https`).
+    fn gateway(&self, scheme: &'static str, limits: ConnLimits) -> Gateway {
+        Gateway::new(
+            Arc::clone(&self.snapshot),
+            scheme,
+            Arc::clone(&self.drain.active),
+            Arc::clone(&self.metrics),
+            self.access_log.clone(),
+        )
+        .closing_when(Arc::clone(&self.drain.draining))
+        .with_limits(limits)
+    }
+
+    /// A proxy listener's pingora service, with our server options and the
+    /// connection limits, not yet bound to an address.
+    fn proxy_service(
+        &self,
+        gateway: Gateway,
+        name: &str,
+        limits: &ConnLimits,
+        h2c: bool,
+    ) -> Service<HttpProxy<Gateway>> {
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(&self.conf, gateway, name);
+        if let Some(app) = proxy.app_logic_mut() {
+            app.server_options = Some(server_options(limits, h2c));
+        }
+        proxy.set_connection_gate(Arc::new(Gate(Arc::clone(&self.conns))));
+        proxy
+    }
+
+    /// `listen.http`: plain HTTP/1.1 and h2c, redirecting to HTTPS when asked.
+    fn http_listener(&self, config: &Config, addr: SocketAddr) -> Service<HttpProxy<Gateway>> {
+        let limits = config.listen.limits;
+        let mut gateway = self.gateway("http", limits);
+        if let (true, Some(https)) = (config.listen.redirect_http_to_https, config.listen.https) {
+            gateway = gateway.redirecting(HttpsRedirect { port: https.port() });
+        }
+        let mut proxy = self.proxy_service(gateway, "proxy http", &limits, true);
+        proxy.add_tcp(&addr.to_string());
+        proxy
+    }
+
+    /// `listen.https`: TLS with the certificates of `[tls]`, failed handshakes counted.
+    fn https_listener(
+        &self,
+        config: &Config,
+        addr: SocketAddr,
+        resolver: Arc<tls::SniResolver>,
+    ) -> Result<Service<HttpProxy<Gateway>>, StartError> {
+        let settings = tls::policy::listener_settings(resolver).map_err(|e| {
+            StartError(vec![format!(
+                "{}: listen.https: {e}",
+                config.source.display()
+            )])
+        })?;
+        let limits = config.listen.limits;
+        let gateway = self.gateway("https", limits);
+        let mut proxy = self.proxy_service(gateway, "proxy https", &limits, false);
+        let handshakes = tls::handshake::HandshakeCounter::register(self.metrics.registry())
+            .map_err(metrics_error)?;
+        proxy.set_handshake_failures(handshakes);
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        Ok(proxy)
+    }
+
+    /// The tasks that keep the live snapshot current: rate-limit upkeep, health
+    /// checks, load reports and DNS discovery, one thread each.
+    fn add_background_services(&self, server: &mut Server) {
+        let (snapshot, metrics) = (&self.snapshot, &self.metrics);
+        server.add_service(one_thread(background_service(
+            "edge",
+            EdgeService::new(Arc::clone(snapshot)),
+        )));
+        server.add_service(one_thread(background_service(
+            "health checks",
+            HealthService::new(Arc::clone(snapshot)),
+        )));
+        server.add_service(one_thread(background_service(
+            "load reports",
+            crate::load::LoadService::new(Arc::clone(snapshot), Arc::clone(metrics)),
+        )));
+        server.add_service(one_thread(background_service(
+            "dns discovery",
+            crate::discovery::DiscoveryService::new(Arc::clone(snapshot), Arc::clone(metrics)),
+        )));
+    }
+
+    /// `listen.admin`: the admin API, guarded by `listen.admin_token_file` when set.
+    fn admin(
+        &self,
+        config: &Config,
+        addr: SocketAddr,
+        proxy_addrs: Vec<SocketAddr>,
+        reloader: Option<Arc<Reloader>>,
+    ) -> Result<GenBackgroundService<AdminService>, StartError> {
+        let token = match &config.listen.admin_token_file {
+            Some(path) => Some(read_token(path).map_err(|e| {
+                StartError(vec![format!(
+                    "{}: listen.admin_token_file: {e}",
+                    config.source.display()
+                )])
+            })?),
+            None => None,
+        };
+        let admin = Admin::new(
+            Arc::clone(&self.snapshot),
+            proxy_addrs,
+            Arc::clone(&self.drain.draining),
+            Arc::clone(&self.metrics),
+        )
+        .with_reload(reloader, config.source.clone())
+        .with_token(token);
+        Ok(one_thread(background_service(
+            "admin",
+            AdminService::new(admin, addr),
+        )))
+    }
+}
+
+/// A background service that needs no more than one thread.
+fn one_thread<T>(mut service: GenBackgroundService<T>) -> GenBackgroundService<T> {
+    service.threads = Some(1);
+    service
+}
+
+fn metrics_error(e: prometheus::Error) -> StartError {
+    StartError(vec![format!("metrics: {e}")])
+}
+
+/// `log.access`: the access log writer, when on.
+fn open_access_log(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<AccessLog>, StartError> {
+    let file = match &config.log.access {
+        AccessLogTarget::Off => return Ok(None),
+        AccessLogTarget::Stderr => None,
+        AccessLogTarget::File(path) => Some(path.as_path()),
+    };
+    AccessLog::start(file, Arc::clone(metrics))
+        .map(Some)
+        .map_err(|e| {
+            StartError(vec![format!(
+                "{}: log.access: cannot open the access log: {e}",
+                config.source.display()
+            )])
+        })
+}
+
+/// The pingora server: `listen.workers` threads (0: one per core), the shutdown
+/// grace period, and the socket a graceful upgrade takes the listeners over on.
+fn new_server(config: &Config, opts: &StartOptions) -> Server {
+    let threads = match config.listen.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let conf = ServerConf {
+        threads,
+        work_stealing: true,
+        grace_period_seconds: Some(config.listen.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: opts
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| default_upgrade_sock(&config.source))
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    };
+    let opt = pingora::server::configuration::Opt {
+        upgrade: opts.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+    server
 }
 
 /// The admin bearer token: the file's content without surrounding whitespace.
@@ -379,6 +435,15 @@ struct Drain {
 }
 
 impl Drain {
+    fn new(grace: Duration) -> Drain {
+        Drain {
+            draining: Arc::new(AtomicBool::new(false)),
+            terminating: Arc::new(AtomicBool::new(false)),
+            active: Arc::new(AtomicUsize::new(0)),
+            grace,
+        }
+    }
+
     /// How often [`Drain::idle`] looks at the count of requests in progress.
     const POLL: Duration = Duration::from_millis(50);
 

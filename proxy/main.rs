@@ -1,13 +1,15 @@
 //! The `modelgate` command: parses the command line and hands over to the library.
 //! This is the only place that prints results for humans and picks exit codes.
 
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use modelgate::app::App;
 use modelgate::config;
 use modelgate::logging::{self, LogFormat};
+use modelgate::App;
 
 /// mimalloc: pingora allocates per request; it measured noticeably cheaper than glibc's.
 #[global_allocator]
@@ -160,7 +162,7 @@ fn main() -> ExitCode {
             upgrade_sock,
         } => run(
             &config,
-            &modelgate::app::StartOptions {
+            &modelgate::StartOptions {
                 upgrade,
                 upgrade_sock,
             },
@@ -168,7 +170,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Cert { dir, names } => cert(&dir, &names),
         Command::Probe { url, timeout } => {
-            match modelgate::probe::probe(&url, std::time::Duration::from_secs(timeout)) {
+            match modelgate::probe(&url, std::time::Duration::from_secs(timeout)) {
                 Ok(code) if (200..300).contains(&code) => ExitCode::SUCCESS,
                 Ok(code) => {
                     eprintln!("{url}: answered {code}");
@@ -204,25 +206,14 @@ fn main() -> ExitCode {
 }
 
 /// Loads and fully validates a file for `check`: syntax, keys, values, then everything
-/// the server would build from it (pools, certificates). Returns the config and its warnings.
+/// the server would build from it ([`modelgate::prepare`], as `run` and reloads do).
+/// Returns the config and its warnings.
 fn load(path: &std::path::Path) -> Result<(config::Loaded, Vec<String>), Vec<String>> {
     let loaded =
         config::load(path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    let snapshot = modelgate::snapshot::Snapshot::build(&loaded.config);
-    let certs = modelgate::tls::check(&loaded.config);
-    let mut errors = snapshot.err().unwrap_or_default();
-    let tls_warnings = match certs {
-        Ok(w) => w,
-        Err(e) => {
-            errors.extend(e);
-            Vec::new()
-        }
-    };
-    if !errors.is_empty() {
-        return Err(errors);
-    }
+    let prepared = modelgate::prepare(&loaded.config, None)?;
     let mut warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
-    warnings.extend(tls_warnings);
+    warnings.extend(prepared.warnings);
     Ok((loaded, warnings))
 }
 
@@ -246,7 +237,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 /// Writes development certificates and says how to trust and use them.
 fn cert(dir: &std::path::Path, names: &[String]) -> ExitCode {
-    let w = match modelgate::tls::dev::write_leaf(dir, names) {
+    let w = match modelgate::write_dev_cert(dir, names) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("{e}");
@@ -294,8 +285,8 @@ Trust the CA (development only; never on machines you do not own):
 }
 
 /// Serves `path`. The config file is validated here; pools, routes and certificates
-/// are validated once, by `App::build_with`, which reports them the same way.
-fn run(path: &std::path::Path, opts: &modelgate::app::StartOptions) -> ExitCode {
+/// by `App::build_with` through the same `prepare` as `check`.
+fn run(path: &std::path::Path, opts: &modelgate::StartOptions) -> ExitCode {
     let loaded = match config::load(path) {
         Ok(l) => l,
         Err(e) => {

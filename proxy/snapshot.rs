@@ -13,7 +13,7 @@ use crate::edge::RouteEdge;
 use crate::metrics::RouteMetrics;
 use crate::openai::{RouteApi, RouteGroup};
 use crate::routing::RouteTable;
-use crate::upstream::Pool;
+use crate::upstream::{Backend, Pool};
 
 /// What a matched request needs from its route.
 #[derive(Debug)]
@@ -46,10 +46,13 @@ pub struct Snapshot {
     edges: Vec<(Arc<str>, RouteEdge)>,
     /// The config this generation was built from (discovery rebuilds pools from it).
     pub config: Arc<Config>,
+    /// Backends an earlier generation had and this one dropped that were still
+    /// running requests when it was built, by upstream name (see [`Snapshot::draining`]).
+    draining: Vec<(Arc<str>, Arc<Backend>)>,
 }
 
 /// The live snapshot, shared by the proxy, the admin listener and the reloader.
-pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+pub(crate) type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -58,7 +61,7 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 static PUBLISHING: Mutex<()> = Mutex::new(());
 
 /// Waits for, then holds, the right to publish a snapshot built from the live one.
-pub fn publishing() -> MutexGuard<'static, ()> {
+pub(crate) fn publishing() -> MutexGuard<'static, ()> {
     // The guarded value is `()`: a poisoned lock is as good as any.
     PUBLISHING.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -84,7 +87,7 @@ impl Snapshot {
                     by_name.insert(up.name.as_str(), Arc::clone(&pool));
                     pools.push(pool);
                 }
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(format!("{}: {e}", config.source.display())),
             }
         }
         let mut edges = Vec::with_capacity(config.routes.len());
@@ -105,6 +108,7 @@ impl Snapshot {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
             loaded_at: SystemTime::now(),
             routes: route_table(config, &by_name, &edges),
+            draining: prev.map(|p| p.draining_after(&pools)).unwrap_or_default(),
             pools,
             edges,
             config: Arc::new(config.clone()),
@@ -142,6 +146,7 @@ impl Snapshot {
             generation: self.generation,
             loaded_at: self.loaded_at,
             routes: route_table(&self.config, &by_name, &self.edges),
+            draining: self.draining_after(&pools),
             pools,
             edges: self.edges.clone(),
             config: Arc::clone(&self.config),
@@ -158,6 +163,34 @@ impl Snapshot {
             pool.publish();
         }
         next
+    }
+
+    /// Backends that earlier generations dropped and that still finish requests
+    /// (`draining` on `/upstreams`), with their upstream's name.
+    pub fn draining(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Backend>)> {
+        self.draining
+            .iter()
+            .filter(|(_, b)| b.inflight() > 0)
+            .map(|(name, b)| (name, b))
+    }
+
+    /// What stays draining when `next` (the pools of the following generation)
+    /// replaces this one: this one's backends that `next` drops and that run requests
+    /// now, and those already draining that still do and did not come back.
+    fn draining_after(&self, next: &[Arc<Pool>]) -> Vec<(Arc<str>, Arc<Backend>)> {
+        let kept = |name: &str, b: &Backend| {
+            next.iter()
+                .find(|p| &**p.name() == name)
+                .is_some_and(|p| p.backends().iter().any(|n| n.same_replica(b)))
+        };
+        let live = self
+            .pools
+            .iter()
+            .flat_map(|p| p.backends().iter().map(move |b| (p.name(), b)));
+        live.chain(self.draining.iter().map(|(name, b)| (name, b)))
+            .filter(|(name, b)| b.inflight() > 0 && !kept(name, b))
+            .map(|(name, b)| (Arc::clone(name), Arc::clone(b)))
+            .collect()
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {

@@ -18,7 +18,7 @@ use crate::upstream::{Backend, Replica};
 const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 
 /// A task per (upstream, replica address) and the settings `S` it runs with.
-pub struct ReplicaTasks<S> {
+pub(crate) struct ReplicaTasks<S> {
     running: HashMap<(Arc<str>, SocketAddr), Running<S>>,
     /// Kept since the last [`ReplicaTasks::sweep`].
     live: HashSet<(Arc<str>, SocketAddr)>,
@@ -52,7 +52,7 @@ impl<S: PartialEq> ReplicaTasks<S> {
     /// Keeps `backend` of `upstream` running with `settings`: its task goes on when
     /// one runs for the same replica object with equal settings; otherwise `start`
     /// spawns a new one (and the old one, if any, is aborted).
-    pub fn keep(
+    pub(crate) fn keep(
         &mut self,
         upstream: &Arc<str>,
         backend: &Arc<Backend>,
@@ -79,7 +79,7 @@ impl<S: PartialEq> ReplicaTasks<S> {
     }
 
     /// Stops the tasks not kept since the last sweep.
-    pub fn sweep(&mut self) {
+    pub(crate) fn sweep(&mut self) {
         let live = std::mem::take(&mut self.live);
         self.running.retain(|key, _| live.contains(key));
     }
@@ -87,7 +87,7 @@ impl<S: PartialEq> ReplicaTasks<S> {
 
 /// Calls `each` with the live generation every 100 ms, then stops the tasks it
 /// did not keep, until `shutdown`.
-pub async fn supervise<S: PartialEq>(
+pub(crate) async fn supervise<S: PartialEq>(
     snapshot: &SharedSnapshot,
     shutdown: &mut ShutdownWatch,
     mut each: impl FnMut(&Snapshot, &mut ReplicaTasks<S>),

@@ -49,7 +49,6 @@ impl Admin {
                 })
             })
             .collect();
-        let draining = self.draining();
         let mut upstreams = serde_json::Map::new();
         for pool in &snap.pools {
             let (charts, shares) = self.history.upstream_json(pool.name());
@@ -70,9 +69,8 @@ impl Admin {
                 .map(|b| backend(b, b.state().name()))
                 .collect();
             backends.extend(
-                draining
-                    .iter()
-                    .filter(|(name, _)| name == pool.name())
+                snap.draining()
+                    .filter(|(name, _)| *name == pool.name())
                     .map(|(_, b)| backend(b, "draining")),
             );
             let s = pool.settings();

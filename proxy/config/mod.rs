@@ -13,7 +13,7 @@ mod openai;
 mod reader;
 mod route;
 mod summary;
-pub mod types;
+mod types;
 mod units;
 mod upstream;
 

@@ -9,7 +9,7 @@ use pingora::proxy::Session;
 
 /// Why a request was answered by the proxy rather than a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
+pub(crate) enum Reject {
     NoRoute,
     /// The body's `model` matches no route of its host and path (404).
     ModelNotFound,
@@ -37,7 +37,7 @@ impl From<crate::edge::gate::Refusal> for Reject {
 }
 
 impl Reject {
-    pub fn status(self) -> u16 {
+    pub(crate) fn status(self) -> u16 {
         match self {
             Reject::NoRoute | Reject::ModelNotFound => 404,
             Reject::NoHealthyBackend | Reject::Overloaded | Reject::QueueTimeout => 503,
@@ -52,7 +52,7 @@ impl Reject {
     }
 
     /// The `reason` label and the JSON `error` value.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Reject::NoRoute => "no_route",
             Reject::ModelNotFound => "model_not_found",
@@ -139,7 +139,7 @@ impl Reject {
     }
 
     /// The full response header, ready to write (`openai`: for the OpenAI-shaped body).
-    pub fn header(
+    pub(crate) fn header(
         self,
         request_id: Option<&http::HeaderValue>,
         openai: bool,
@@ -162,7 +162,7 @@ impl Reject {
     }
 
     /// Writes this answer as the whole response, in OpenAI's shape when `openai`.
-    pub async fn send(
+    pub(crate) async fn send(
         self,
         session: &mut Session,
         request_id: Option<&http::HeaderValue>,

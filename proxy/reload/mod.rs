@@ -1,10 +1,10 @@
 //! Hot reload: read -> validate -> build -> swap, all or nothing, triggered by a
 //! change of the config file, `SIGHUP` or `POST /reload` on the admin listener.
 //!
-//! A reload reads the file, validates it exactly as `modelgate check` does (every
-//! error with file:line:col), refuses changes that only a restart can apply (the
-//! `[listen]` and `[log]` sections, turning TLS on or off), builds the next
-//! [`Snapshot`] from the live one (kept backends keep their health state, in-flight
+//! A reload reads the file, validates and builds it with [`crate::prepare`] exactly
+//! as `modelgate check` and `modelgate run` do (which also refuses changes that only a
+//! restart can apply: the `[listen]` and `[log]` sections, turning TLS on or off),
+//! building the next [`Snapshot`] from the live one (kept backends keep their health state, in-flight
 //! counts and queued requests; see `upstream::pool`), and publishes it in one
 //! atomic swap. Anything short of that leaves the live generation untouched, and the
 //! errors are logged and kept for `GET /config`.
@@ -18,17 +18,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-pub use watch::ConfigWatch;
+pub(crate) use watch::ConfigWatch;
 
-use crate::config::{self, Config, Listen, Log, Tls};
+use crate::config::{self, Config, Tls};
 use crate::metrics::Metrics;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::CertWatcher;
-use crate::upstream::Backend;
 
 /// What asked for a reload (for logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// `SIGHUP`.
     Signal,
     /// `POST /reload`.
@@ -38,7 +37,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Trigger::Signal => "SIGHUP",
             Trigger::Admin => "POST /reload",
@@ -49,7 +48,7 @@ impl Trigger {
 
 /// The result of one reload attempt.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ReloadOutcome {
+pub(crate) enum ReloadOutcome {
     /// The new generation is live.
     Applied { generation: u64, took: Duration },
     /// Nothing changed; the live generation keeps serving. Each line is ready for
@@ -57,19 +56,9 @@ pub enum ReloadOutcome {
     Rejected { errors: Vec<String> },
 }
 
-impl ReloadOutcome {
-    /// `ok` or `error`, the `result` label of the reload counter.
-    pub fn result(&self) -> &'static str {
-        match self {
-            ReloadOutcome::Applied { .. } => "ok",
-            ReloadOutcome::Rejected { .. } => "error",
-        }
-    }
-}
-
 /// What `GET /config` shows.
 #[derive(Debug, Clone)]
-pub struct Status {
+pub(crate) struct Status {
     pub file: PathBuf,
     pub generation: u64,
     pub loaded_at: SystemTime,
@@ -78,90 +67,10 @@ pub struct Status {
     pub last_error_at: Option<SystemTime>,
 }
 
-/// Settings only a restart (or a graceful upgrade) can change.
-#[derive(Debug, Clone, PartialEq)]
-struct Fixed {
-    listen: Listen,
-    log: Log,
-    tls: bool,
-}
-
-impl Fixed {
-    fn of(config: &Config) -> Fixed {
-        Fixed {
-            listen: config.listen.clone(),
-            log: config.log.clone(),
-            tls: config.tls.is_some(),
-        }
-    }
-
-    /// One message per setting that differs, naming the key.
-    fn changes(&self, next: &Fixed, file: &Path) -> Vec<String> {
-        let (a, b) = (&self.listen, &next.listen);
-        let mut changed: Vec<(&str, String, String)> = Vec::new();
-        let mut diff = |key: &'static str, x: String, y: String| {
-            if x != y {
-                changed.push((key, x, y));
-            }
-        };
-        let addr = |a: Option<std::net::SocketAddr>| a.map_or("none".into(), |a| a.to_string());
-        diff("listen.http", addr(a.http), addr(b.http));
-        diff("listen.https", addr(a.https), addr(b.https));
-        diff("listen.admin", addr(a.admin), addr(b.admin));
-        diff(
-            "listen.admin_token_file",
-            format!("{:?}", a.admin_token_file),
-            format!("{:?}", b.admin_token_file),
-        );
-        diff(
-            "listen.redirect_http_to_https",
-            a.redirect_http_to_https.to_string(),
-            b.redirect_http_to_https.to_string(),
-        );
-        diff(
-            "listen.shutdown_grace",
-            format!("{:?}", a.shutdown_grace),
-            format!("{:?}", b.shutdown_grace),
-        );
-        diff(
-            "listen.workers",
-            a.workers.to_string(),
-            b.workers.to_string(),
-        );
-        diff(
-            "listen (connection and header limits)",
-            format!("{:?}", a.limits),
-            format!("{:?}", b.limits),
-        );
-        diff(
-            "log.access",
-            format!("{:?}", self.log.access),
-            format!("{:?}", next.log.access),
-        );
-        diff(
-            "tls",
-            if self.tls { "on" } else { "off" }.into(),
-            if next.tls { "on" } else { "off" }.into(),
-        );
-        changed
-            .into_iter()
-            .map(|(key, from, to)| {
-                format!(
-                    "{}: {key}: changed from {from} to {to}; this cannot be applied by a reload: \
-                     restart modelgate, or start a new one with `modelgate run --upgrade` and send \
-                     SIGQUIT to this one (graceful upgrade)",
-                    file.display()
-                )
-            })
-            .collect()
-    }
-}
-
 /// Reloads the config file into the live snapshot. Reloads run one at a time.
-pub struct Reloader {
+pub(crate) struct Reloader {
     path: PathBuf,
     shared: SharedSnapshot,
-    fixed: Fixed,
     certs: Option<Arc<CertWatcher>>,
     /// Counts reloads and shows the generation serving.
     metrics: Arc<Metrics>,
@@ -175,14 +84,12 @@ struct State {
     /// Hash of the file content the last attempt read (good or bad), so the file
     /// watch does not retry content it has already seen.
     seen: Option<u64>,
-    /// Backends removed by a reload that still run requests, by upstream name.
-    draining: Vec<(Arc<str>, Arc<Backend>)>,
 }
 
 impl Reloader {
     /// A reloader for the file `config` was loaded from, now served by `shared`.
     /// `certs` is the HTTPS listener's certificate watcher, if any.
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         shared: SharedSnapshot,
         certs: Option<Arc<CertWatcher>>,
@@ -192,7 +99,6 @@ impl Reloader {
         let seen = std::fs::read(&config.source).ok().map(|b| content_hash(&b));
         Reloader {
             path: config.source.clone(),
-            fixed: Fixed::of(config),
             certs,
             metrics,
             state: Mutex::new(State {
@@ -205,14 +111,13 @@ impl Reloader {
                 },
                 tls: config.tls.clone(),
                 seen,
-                draining: Vec::new(),
             }),
             shared,
         }
     }
 
     /// The config file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -222,26 +127,18 @@ impl Reloader {
     }
 
     /// What `GET /config` shows.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.lock().status.clone()
     }
 
-    /// Backends removed by a reload that still finish requests (`draining` on
-    /// `/upstreams`), by upstream name; those done are forgotten.
-    pub fn draining(&self) -> Vec<(Arc<str>, Arc<Backend>)> {
-        let mut state = self.lock();
-        state.draining.retain(|(_, b)| b.inflight() > 0);
-        state.draining.clone()
-    }
-
     /// Hash of the file content last read by a reload attempt.
-    pub fn seen(&self) -> Option<u64> {
+    pub(crate) fn seen(&self) -> Option<u64> {
         self.lock().seen
     }
 
     /// Reads, validates, builds and swaps in the config file. On any error the live
     /// generation keeps serving and the errors are logged and kept for `/config`.
-    pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
+    pub(crate) fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let started = Instant::now();
         let mut state = self.lock();
         let publishing = crate::snapshot::publishing();
@@ -294,42 +191,15 @@ impl Reloader {
         })?;
         let loaded = config::parse(&text, &self.path)
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-        let config = loaded.config;
         for w in &loaded.warnings {
             log::warn!("{w}");
         }
-        let refused = self.fixed.changes(&Fixed::of(&config), &self.path);
-        if !refused.is_empty() {
-            return Err(refused);
+        let config = loaded.config;
+        let prepared = crate::prepare::prepare(&config, Some(&self.shared.load()))?;
+        for w in &prepared.warnings {
+            log::warn!("{w}");
         }
-        let mut errors = Vec::new();
-        if let Err(e) = crate::tls::check(&config) {
-            errors.extend(e);
-        }
-        let live = self.shared.load_full();
-        let next = Snapshot::build_next(&config, Some(&live));
-        let next = match next {
-            Ok(next) if errors.is_empty() => next,
-            Ok(_) => return Err(errors),
-            Err(e) => {
-                errors.extend(e);
-                return Err(errors);
-            }
-        };
-        let next = Snapshot::publish(&self.shared, next);
-        for pool in &live.pools {
-            let successor = next.pool(pool.name());
-            for b in pool.backends() {
-                let kept =
-                    successor.is_some_and(|s| s.backends().iter().any(|n| n.same_replica(b)));
-                if !kept && b.inflight() > 0 {
-                    state
-                        .draining
-                        .push((Arc::clone(pool.name()), Arc::clone(b)));
-                }
-            }
-        }
-        state.draining.retain(|(_, b)| b.inflight() > 0);
+        let next = Snapshot::publish(&self.shared, prepared.snapshot);
         if let (Some(watcher), Some(tls)) = (&self.certs, &config.tls) {
             if state.tls.as_ref() != Some(tls) {
                 watcher.set_source(tls.certs.clone());
@@ -345,6 +215,6 @@ impl Reloader {
 }
 
 /// Hash of a config file's bytes.
-pub fn content_hash(bytes: &[u8]) -> u64 {
+pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }

@@ -19,7 +19,7 @@
 //!   [`crate::config::DEFAULT_AFFINITY_BLOCKS`]); the least recently used block is forgotten first.
 //! - A request's match is the longest run of its leading blocks that one replica holds;
 //!   it counts when it covers at least `affinity_threshold` of the request's blocks.
-//! - The guard ([`Guard`]): the matched replica is passed over when its load exceeds
+//! - The guard ([`AffinityGuard`]): the matched replica is passed over when its load exceeds
 //!   the least-loaded eligible replica's by more than `abs` requests *and* is more than
 //!   `rel` times it. Load is the least-outstanding view: requests in flight, or the
 //!   replica's own fresh report of queued plus running requests, whichever is larger.
@@ -38,11 +38,11 @@ use super::backend::Backend;
 use crate::config::{AffinityGuard, AffinityKey};
 
 /// Text bytes per block (about 16 tokens of English, llm-d's default block).
-pub const BLOCK_BYTES: usize = 64;
+pub(crate) const BLOCK_BYTES: usize = 64;
 /// Blocks of a request that count (the first 64 KiB of its text).
-pub const MAX_BLOCKS: usize = 1024;
+pub(crate) const MAX_BLOCKS: usize = 1024;
 /// Replicas remembered per block.
-pub const OWNERS: usize = 4;
+pub(crate) const OWNERS: usize = 4;
 
 /// The replicas a block was last sent to, most recent first (0: empty place).
 type Owners = [u32; OWNERS];
@@ -60,7 +60,7 @@ pub(crate) fn next_id() -> u32 {
 
 /// The chained block keys of one request's affinity text, built as the text is fed.
 #[derive(Debug, Clone)]
-pub struct PrefixKey {
+pub(crate) struct PrefixKey {
     blocks: Vec<u64>,
     partial: [u8; BLOCK_BYTES],
     fill: usize,
@@ -74,7 +74,7 @@ impl Default for PrefixKey {
 
 impl PrefixKey {
     /// An empty key sized for about `bytes` of text (one allocation).
-    pub fn with_capacity(bytes: usize) -> PrefixKey {
+    pub(crate) fn with_capacity(bytes: usize) -> PrefixKey {
         PrefixKey {
             blocks: Vec::with_capacity((bytes / BLOCK_BYTES + 1).min(MAX_BLOCKS)),
             partial: [0; BLOCK_BYTES],
@@ -83,7 +83,7 @@ impl PrefixKey {
     }
 
     /// Appends `text` to the affinity text.
-    pub fn feed(&mut self, mut text: &[u8]) {
+    pub(crate) fn feed(&mut self, mut text: &[u8]) {
         while !text.is_empty() && self.blocks.len() < MAX_BLOCKS {
             let n = (BLOCK_BYTES - self.fill).min(text.len());
             self.partial[self.fill..self.fill + n].copy_from_slice(&text[..n]);
@@ -103,7 +103,7 @@ impl PrefixKey {
     }
 
     /// Closes the text (its partial last block counts) and returns the block keys.
-    pub fn finish(mut self) -> Vec<u64> {
+    pub(crate) fn finish(mut self) -> Vec<u64> {
         if self.fill > 0 && self.blocks.len() < MAX_BLOCKS {
             self.push_block();
         }
@@ -112,7 +112,7 @@ impl PrefixKey {
 }
 
 /// The key of a request keyed by one opaque value (`affinity_key = "header:NAME"`).
-pub fn affinity_key(value: &[u8]) -> Vec<u64> {
+pub(crate) fn affinity_key(value: &[u8]) -> Vec<u64> {
     vec![xxh3_64_with_seed(value, 0)]
 }
 
@@ -225,20 +225,20 @@ impl PrefixIndex {
     }
 }
 
-/// An upstream's cache-affinity settings and its prefix index.
+/// An upstream's cache-affinity key, threshold and prefix index (the guard is the
+/// selector's).
 #[derive(Debug, Clone)]
-pub struct Affinity {
-    pub key: AffinityKey,
+pub(crate) struct Affinity {
+    pub(crate) key: AffinityKey,
     /// Share of a request's blocks a match must cover (`affinity_threshold`).
-    pub threshold: f64,
-    pub guard: AffinityGuard,
-    pub index: Arc<PrefixIndex>,
+    pub(crate) threshold: f64,
+    pub(crate) index: Arc<PrefixIndex>,
 }
 
 impl Affinity {
     /// The balancer hint for a request whose affinity text has `blocks`: the replicas
     /// holding its longest prefix when that covers at least the threshold, else 0.
-    pub fn hint(&self, blocks: &[u64]) -> u64 {
+    pub(crate) fn hint(&self, blocks: &[u64]) -> u64 {
         if blocks.is_empty() {
             return 0;
         }
@@ -251,7 +251,7 @@ impl Affinity {
     }
 
     /// Remembers that the request with `blocks` went to `backend`.
-    pub fn record(&self, blocks: &[u64], backend: &Backend) {
+    pub(crate) fn record(&self, blocks: &[u64], backend: &Backend) {
         if !blocks.is_empty() {
             self.index.record(blocks, backend.replica().affinity_id());
         }
@@ -352,7 +352,6 @@ mod tests {
         let aff = Affinity {
             key: AffinityKey::Prompt,
             threshold: 0.5,
-            guard: AffinityGuard::default(),
             index: Arc::new(index()),
         };
         let head = "h".repeat(64 * 4);

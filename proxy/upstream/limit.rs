@@ -43,20 +43,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 /// Answers per decision.
-pub const WINDOW: usize = 16;
+pub(super) const WINDOW: usize = 16;
 /// Answers to an idle replica kept for the baseline.
-pub const BASELINE: usize = 32;
+pub(super) const BASELINE: usize = 32;
 /// `full / baseline` at or below which the limit may grow.
-pub const NO_QUEUEING_BELOW: f64 = 1.1;
+pub(super) const NO_QUEUEING_BELOW: f64 = 1.1;
 /// The most windows skipped before trying a higher limit again.
-pub const MAX_PROBE_BACKOFF: u32 = 64;
+pub(super) const MAX_PROBE_BACKOFF: u32 = 64;
 /// Baseline answers needed before any judgement.
 const MIN_BASELINE: usize = 4;
 
 /// `full / baseline` above which a replica at limit `limit` (at least 2) is judged
 /// to queue inside: a third of the way to what one queued request would show at
 /// most, and never under 1.2 so noise at large limits does not read as queueing.
-pub fn queueing_above(limit: u32) -> f64 {
+pub(super) fn queueing_above(limit: u32) -> f64 {
     (1.0 + 1.0 / (3.0 * f64::from(limit.max(2) - 1))).max(1.2)
 }
 
@@ -69,7 +69,7 @@ pub struct Bounds {
 
 /// One answer, as the limit learner sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// Time to response headers, in microseconds.
     pub took_us: u64,
     /// Requests of ours the replica was running when this one was sent, this one
@@ -83,7 +83,7 @@ pub struct Answer {
 /// answers are folded in under a short lock (only on upstreams with
 /// `max_inflight = "auto"`).
 #[derive(Debug)]
-pub struct LimitLearner {
+pub(crate) struct LimitLearner {
     limit: AtomicU32,
     state: Mutex<State>,
 }
@@ -111,7 +111,7 @@ struct State {
 
 impl LimitLearner {
     /// A learner starting at `initial` (the bounds' minimum, normally), in slow start.
-    pub fn new(initial: u32) -> Self {
+    pub(crate) fn new(initial: u32) -> Self {
         LimitLearner {
             limit: AtomicU32::new(initial.max(1)),
             state: Mutex::new(State {
@@ -132,14 +132,14 @@ impl LimitLearner {
 
     /// The current limit, within `b`.
     #[inline]
-    pub fn limit(&self, b: Bounds) -> u32 {
+    pub(crate) fn limit(&self, b: Bounds) -> u32 {
         self.limit
             .load(Ordering::Relaxed)
             .clamp(b.min.max(1), b.max.max(1))
     }
 
     /// Folds one answer in; returns the new limit when it changed.
-    pub fn on_answer(&self, a: Answer, b: Bounds) -> Option<u32> {
+    pub(crate) fn on_answer(&self, a: Answer, b: Bounds) -> Option<u32> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let limit = self.limit(b);
         let next = s.fold(a, limit, b);

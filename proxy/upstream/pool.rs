@@ -59,7 +59,7 @@ pub struct PoolSettings {
     /// Called once per cold period (`wake`).
     pub wake: Option<Wake>,
     /// `balance = "cache_affinity"`: the key, threshold and the upstream's prefix index.
-    pub affinity: Option<Affinity>,
+    pub(crate) affinity: Option<Affinity>,
 }
 
 /// One generation of one upstream.
@@ -178,7 +178,6 @@ impl Pool {
         let affinity = up.affinity.as_ref().map(|a| Affinity {
             key: a.key.clone(),
             threshold: a.threshold,
-            guard: a.guard,
             // What the upstream's replicas hold outlives a reload; a new bound starts over.
             index: prev
                 .and_then(|p| p.settings.affinity.as_ref())
@@ -285,7 +284,13 @@ impl Pool {
                 }
             }
         }
-        self.store.queue().publish(Arc::clone(&self.balancer));
+        let queue = self.store.queue();
+        if self.backends().iter().any(|b| b.is_available()) {
+            // However the replica got ready (a check, a lookup, a reload, checks
+            // switched off), the cold period is over: the next one wakes anew.
+            queue.end_cold();
+        }
+        queue.publish(Arc::clone(&self.balancer));
     }
 
     /// Brings an ejected backend back when its ejection ends (pools without checks).
@@ -302,6 +307,7 @@ impl Pool {
             if me.state() == BackendState::Down {
                 log::info!("upstream {name}: {} back after ejection", me.label());
                 me.set_state(BackendState::Up, slow_start);
+                queue.end_cold();
                 queue.dispatch();
             }
         });

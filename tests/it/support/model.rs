@@ -150,7 +150,7 @@ impl ModelBuilder {
         Model {
             addr,
             inner,
-            task: Arc::new(AbortOnDrop(task)),
+            _task: Arc::new(AbortOnDrop(task)),
         }
     }
 }
@@ -187,7 +187,8 @@ struct Inner {
 pub struct Model {
     addr: SocketAddr,
     inner: Arc<Inner>,
-    task: Arc<AbortOnDrop>,
+    /// Held for its drop: the server stops with the last handle.
+    _task: Arc<AbortOnDrop>,
 }
 
 impl Model {

@@ -20,6 +20,9 @@
 //! Run with `bash benches/balance_compare.sh` (it builds the release binary and
 //! finds nginx and haproxy); `SCENARIO=b`, `c` or `d` runs only that table.
 
+#![allow(clippy::print_stdout, clippy::print_stderr)] // the tables are the output
+#![allow(unreachable_pub)] // a bench crate has no public API
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

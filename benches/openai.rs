@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use modelgate::openai::body::{scan, Want};
-use modelgate::openai::tokens::{Kind, TokenMeter, TokenSink};
+use modelgate::bench::body::{scan, Want};
+use modelgate::bench::tokens::{Kind, TokenMeter, TokenSink};
 use std::time::{Duration, Instant};
 
 /// A chat request the way the OpenAI SDK sends it: messages first, model after.

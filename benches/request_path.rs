@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderValue, Method, Uri};
-use modelgate::gateway::headers;
-use modelgate::metrics::access::{self, AccessLog, Entry};
-use modelgate::metrics::Metrics;
-use modelgate::routing::{request_host, RouteTable};
+use modelgate::bench::access::{self, AccessLog, Entry};
+use modelgate::bench::headers;
+use modelgate::bench::Metrics;
+use modelgate::bench::{request_host, RouteTable};
 use pingora::http::RequestHeader;
 
 /// A typical OpenAI-style request head from a client library.

@@ -2,8 +2,8 @@
 //! A lookup must not grow with the number of routes.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use modelgate::bench::RouteTable;
 use modelgate::config::HostMatch;
-use modelgate::routing::RouteTable;
 
 fn table(n: usize) -> RouteTable<usize> {
     let mut t = RouteTable::default();

@@ -2,8 +2,8 @@
 //! including taking and releasing the in-flight slot.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use modelgate::bench::{Pick, Pool, Tried};
 use modelgate::config::{BackendAddr, BackendSource, Balance, Upstream};
-use modelgate::upstream::{Pick, Pool, Tried};
 
 fn upstream(n: usize, balance: Balance) -> Upstream {
     let backends = (0..n)

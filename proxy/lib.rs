@@ -5,26 +5,41 @@
 //! validated `Config`; `snapshot` builds one immutable generation of routes and pools
 //! from it; `app` wires listeners, the admin endpoint and background work together.
 
-pub mod admin;
-pub mod app;
+mod admin;
+mod app;
 pub mod config;
 pub mod demo;
-pub mod discovery;
-pub mod edge;
+mod discovery;
+mod edge;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod gateway;
-pub mod health;
-pub mod load;
+mod gateway;
+mod health;
+mod load;
 pub mod logging;
-pub mod metrics;
-pub mod openai;
-pub mod prepare;
-pub mod probe;
-pub mod reload;
-pub mod routing;
-pub mod snapshot;
-pub mod supervise;
-pub mod timefmt;
-pub mod tls;
-pub mod upstream;
+mod metrics;
+mod openai;
+mod prepare;
+mod probe;
+mod reload;
+mod routing;
+mod snapshot;
+mod supervise;
+mod timefmt;
+mod tls;
+mod upstream;
+
+pub use app::{App, StartOptions};
+pub use prepare::{prepare, Prepared};
+pub use probe::probe;
+pub use tls::dev::write_leaf as write_dev_cert;
+
+/// The per-request pieces the criterion benches in `benches/` time on their own.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::gateway::headers;
+    pub use crate::metrics::{access, Metrics};
+    pub use crate::openai::{body, tokens};
+    pub use crate::routing::{request_host, RouteTable};
+    pub use crate::upstream::{Pick, Pool, Tried};
+}

@@ -10,9 +10,9 @@ use crate::tls::{self, Certs};
 /// Everything built from a config, not yet live.
 pub struct Prepared {
     /// The next generation of routes and pools; publish it with [`Snapshot::publish`].
-    pub snapshot: Snapshot,
+    pub(crate) snapshot: Snapshot,
     /// The HTTPS listener's certificates, when `[tls]` is set.
-    pub certs: Option<Certs>,
+    pub(crate) certs: Option<Certs>,
     /// Problems that do not stop serving (a certificate close to expiry), each ready
     /// for an operator.
     pub warnings: Vec<String>,

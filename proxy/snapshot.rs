@@ -52,7 +52,7 @@ pub struct Snapshot {
 }
 
 /// The live snapshot, shared by the proxy, the admin listener and the reloader.
-pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+pub(crate) type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -61,7 +61,7 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 static PUBLISHING: Mutex<()> = Mutex::new(());
 
 /// Waits for, then holds, the right to publish a snapshot built from the live one.
-pub fn publishing() -> MutexGuard<'static, ()> {
+pub(crate) fn publishing() -> MutexGuard<'static, ()> {
     // The guarded value is `()`: a poisoned lock is as good as any.
     PUBLISHING.lock().unwrap_or_else(|p| p.into_inner())
 }

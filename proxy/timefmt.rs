@@ -11,12 +11,12 @@ const MILLIS: &[BorrowedFormatItem<'_>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
 /// `2026-11-22T03:57:00Z` (whole seconds).
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     format_utc(t, SECONDS)
 }
 
 /// `2026-11-22T03:52:42.123Z` (milliseconds).
-pub fn rfc3339_millis(t: SystemTime) -> String {
+pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
     format_utc(t, MILLIS)
 }
 

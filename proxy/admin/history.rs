@@ -19,9 +19,9 @@ use serde_json::{json, Value};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// Time between chart points.
-pub const STEP: Duration = Duration::from_secs(5);
+pub(crate) const STEP: Duration = Duration::from_secs(5);
 /// Points kept per upstream: 15 minutes.
-pub const POINTS: usize = 180;
+pub(crate) const POINTS: usize = 180;
 /// Queue depth and in-flight are read this many times per point.
 const TICKS_PER_STEP: u32 = 5;
 /// Weight of the newest in-flight sample in a backend's moving average (about one
@@ -33,7 +33,7 @@ const CAPACITY_REASONS: [&str; 3] = ["overloaded", "queue_timeout", "no_healthy_
 
 /// One point of an upstream's charts. `None`: nothing finished in that step.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Point {
+pub(crate) struct Point {
     /// Unix time, seconds.
     pub t: u64,
     /// Requests per second: 1xx-3xx answers.
@@ -61,7 +61,7 @@ pub struct Point {
 
 /// A histogram's cumulative state: count per bucket (cumulative, as exposed), total.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Hist {
+pub(crate) struct Hist {
     /// (upper bound, cumulative count), finite bounds only, ascending.
     pub buckets: Vec<(f64, u64)>,
     pub count: u64,
@@ -102,7 +102,7 @@ impl Hist {
 
     /// The `q` quantile (0..1) of the observations, by linear interpolation inside the
     /// bucket that holds it; beyond the last finite bound, that bound. `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
         if self.count == 0 {
             return None;
         }
@@ -121,7 +121,7 @@ impl Hist {
 
 /// Cumulative totals of one upstream at one instant.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub ok: u64,
     pub client_error: u64,
     pub server_error: u64,
@@ -139,7 +139,7 @@ fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> &'a str {
 }
 
 /// Totals per upstream, read from gathered metric families.
-pub fn totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
+pub(crate) fn totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
     let mut out: HashMap<String, Totals> = HashMap::new();
     for f in families {
         let name = f.name();
@@ -181,7 +181,7 @@ pub fn totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
 }
 
 /// The point for the `secs` seconds between totals `prev` and `now`.
-pub fn point(t: u64, prev: &Totals, now: &Totals, secs: f64) -> Point {
+pub(crate) fn point(t: u64, prev: &Totals, now: &Totals, secs: f64) -> Point {
     let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
     let server = now.server_error.saturating_sub(prev.server_error);
     let rejected = now.rejected.saturating_sub(prev.rejected).min(server);
@@ -225,7 +225,7 @@ struct State {
 
 /// The sampled history of every upstream. One per admin listener.
 #[derive(Debug, Default)]
-pub struct History {
+pub(crate) struct History {
     state: Mutex<State>,
 }
 
@@ -236,12 +236,16 @@ fn unix_now() -> u64 {
 }
 
 impl History {
-    pub fn new() -> Arc<History> {
+    pub(crate) fn new() -> Arc<History> {
         Arc::new(History::default())
     }
 
     /// Samples forever, once a second (a chart point every [`STEP`]).
-    pub async fn run(self: Arc<Self>, snapshot: SharedSnapshot, registry: prometheus::Registry) {
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        snapshot: SharedSnapshot,
+        registry: prometheus::Registry,
+    ) {
         let mut tick = tokio::time::interval(STEP / TICKS_PER_STEP);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -262,7 +266,7 @@ impl History {
     }
 
     /// Reads the live pools (every tick) and, with `families`, closes a point.
-    pub fn sample(
+    pub(crate) fn sample(
         &self,
         snap: &Snapshot,
         families: Option<&[MetricFamily]>,
@@ -338,7 +342,7 @@ impl History {
 
     /// The charts of upstream `name` as columns (`t`, `ok`, ... each an array, `null`
     /// where nothing finished), and each backend's share of the work.
-    pub fn upstream_json(&self, name: &str) -> (Value, HashMap<String, f64>) {
+    pub(crate) fn upstream_json(&self, name: &str) -> (Value, HashMap<String, f64>) {
         let st = self.lock();
         let shares = History::shares(&st, name);
         let Some(series) = st.series.get(name) else {

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub mod history;
+pub(crate) mod history;
 mod server;
 mod status;
-pub use server::AdminService;
+pub(crate) use server::AdminService;
 
 use http::StatusCode;
 use serde_json::json;
@@ -34,7 +34,7 @@ use crate::timefmt::rfc3339;
 const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Shared state of the admin endpoints.
-pub struct Admin {
+pub(crate) struct Admin {
     snapshot: SharedSnapshot,
     /// The proxy listeners that must accept connections before `/readyz` says yes.
     listeners: Vec<SocketAddr>,
@@ -49,7 +49,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(
+    pub(crate) fn new(
         snapshot: SharedSnapshot,
         listeners: Vec<SocketAddr>,
         draining: Arc<AtomicBool>,
@@ -69,7 +69,7 @@ impl Admin {
     }
 
     /// Enables `POST /reload` and names the config file on `GET /config`.
-    pub fn with_reload(
+    pub(crate) fn with_reload(
         mut self,
         reloader: Option<Arc<Reloader>>,
         file: std::path::PathBuf,
@@ -80,7 +80,7 @@ impl Admin {
     }
 
     /// Requires `Authorization: Bearer <token>` on every request.
-    pub fn with_token(mut self, token: Option<String>) -> Self {
+    pub(crate) fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;
         self
     }
@@ -88,7 +88,7 @@ impl Admin {
     /// Does this request carry the token (or is none required)? As a bearer token,
     /// or as the password of HTTP Basic authentication (any user name), which is what
     /// a browser sends for the status page after asking for it.
-    pub fn authorized(&self, authorization: Option<&http::HeaderValue>) -> bool {
+    pub(crate) fn authorized(&self, authorization: Option<&http::HeaderValue>) -> bool {
         let Some(token) = &self.token else {
             return true;
         };
@@ -166,7 +166,7 @@ impl Admin {
     }
 
     /// The task that samples the status page's history; runs until the process ends.
-    pub fn history_sampler(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn history_sampler(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         Arc::clone(&self.history).run(Arc::clone(&self.snapshot), self.metrics.registry().clone())
     }
 
@@ -256,7 +256,7 @@ impl Admin {
 }
 
 /// A complete admin answer.
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub body: Vec<u8>,
@@ -290,7 +290,7 @@ fn json_answer(status: StatusCode, value: &serde_json::Value) -> Answer {
 
 impl Admin {
     /// Answers one admin request.
-    pub async fn answer(&self, method: &http::Method, path: &str) -> Answer {
+    pub(crate) async fn answer(&self, method: &http::Method, path: &str) -> Answer {
         match (method.as_str(), path) {
             ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
             ("GET", "/readyz") => {

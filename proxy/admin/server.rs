@@ -17,13 +17,13 @@ use pingora::services::background::BackgroundService;
 use super::Admin;
 
 /// Serves [`Admin`] on one address.
-pub struct AdminService {
+pub(crate) struct AdminService {
     admin: Arc<Admin>,
     addr: SocketAddr,
 }
 
 impl AdminService {
-    pub fn new(admin: Admin, addr: SocketAddr) -> Self {
+    pub(crate) fn new(admin: Admin, addr: SocketAddr) -> Self {
         AdminService {
             admin: Arc::new(admin),
             addr,

@@ -11,9 +11,9 @@ use super::types::{Auth, AuthMethod, ConnLimits, Jwt, JwtKey, RateKey, RateLimit
 /// Default of `rate_limit.max_keys`: about 5 MB of limiter state per route.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Default of `jwt.leeway`.
-pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 /// Default of `jwt.refresh` (JWKS).
-pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
+pub(super) const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
 
 /// Defaults of the `[listen]` limits.
 pub const DEFAULT_LIMITS: ConnLimits = ConnLimits {
@@ -26,9 +26,9 @@ pub const DEFAULT_LIMITS: ConnLimits = ConnLimits {
 };
 
 /// The most header fields pingora's HTTP/1 parser accepts; more is a 400 before any limit of ours.
-pub const PARSER_MAX_HEADERS: usize = 256;
+pub(super) const PARSER_MAX_HEADERS: usize = 256;
 /// The largest request head pingora's HTTP/1 parser reads.
-pub const PARSER_MAX_HEAD_BYTES: usize = 1_048_575;
+pub(super) const PARSER_MAX_HEAD_BYTES: usize = 1_048_575;
 
 /// The limits keys of `[listen]` (taken out of `t`; missing keys get their default).
 pub(crate) fn read_limits(cx: &mut Ctx<'_>, t: &mut TableReader<'_, '_>) -> Option<ConnLimits> {

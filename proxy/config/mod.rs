@@ -12,7 +12,7 @@ mod openai;
 mod reader;
 mod route;
 mod summary;
-pub mod types;
+mod types;
 mod units;
 mod upstream;
 

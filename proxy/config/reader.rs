@@ -25,7 +25,7 @@ pub(crate) struct Ctx<'s> {
 }
 
 impl<'s> Ctx<'s> {
-    pub fn new(src: &'s str, file: &Path) -> Self {
+    pub(super) fn new(src: &'s str, file: &Path) -> Self {
         let line_starts = std::iter::once(0)
             .chain(src.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
@@ -40,7 +40,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// 1-based line and column (in characters) of a byte offset.
-    pub fn position(&self, offset: usize) -> (usize, usize) {
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.src.len());
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let start = self
@@ -56,7 +56,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// 1-based line of the start of a span.
-    pub fn line(&self, span: &Range<usize>) -> usize {
+    pub(super) fn line(&self, span: &Range<usize>) -> usize {
         self.position(span.start).0
     }
 
@@ -71,18 +71,18 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    pub fn error(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
+    pub(super) fn error(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
         let e = self.make(span, key, message.into());
         self.errors.push(e);
     }
 
-    pub fn warn(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
+    pub(super) fn warn(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
         let w = self.make(span, key, message.into());
         self.warnings.push(w);
     }
 
     /// A path from the config, relative ones anchored at the config file's directory.
-    pub fn resolve(&self, p: &str) -> PathBuf {
+    pub(super) fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_path_buf()
@@ -107,7 +107,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// Reports "expected {expected}, found {value}" (plus "; {hint}" when the hint is not empty).
-    pub fn expected(&mut self, f: &Field<'_, '_>, expected: &str, hint: &str) {
+    pub(super) fn expected(&mut self, f: &Field<'_, '_>, expected: &str, hint: &str) {
         let mut msg = format!("expected {expected}, found {}", self.found(f.value));
         if !hint.is_empty() {
             msg.push_str("; ");
@@ -117,7 +117,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// A string value.
-    pub fn string<'a>(&mut self, f: &Field<'a, '_>, expected: &str) -> Option<&'a str> {
+    pub(super) fn string<'a>(&mut self, f: &Field<'a, '_>, expected: &str) -> Option<&'a str> {
         match f.value.get_ref() {
             DeValue::String(s) => Some(s.as_ref()),
             _ => {
@@ -128,7 +128,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// A string value that is not blank.
-    pub fn nonempty<'a>(&mut self, f: &Field<'a, '_>, expected: &str) -> Option<&'a str> {
+    pub(super) fn nonempty<'a>(&mut self, f: &Field<'a, '_>, expected: &str) -> Option<&'a str> {
         let s = self.string(f, expected)?;
         if s.trim().is_empty() {
             self.expected(f, expected, "");
@@ -137,7 +137,7 @@ impl<'s> Ctx<'s> {
         Some(s)
     }
 
-    pub fn bool(&mut self, f: &Field<'_, '_>) -> Option<bool> {
+    pub(super) fn bool(&mut self, f: &Field<'_, '_>) -> Option<bool> {
         match f.value.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             _ => {
@@ -148,7 +148,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// A whole number in `lo..=hi`, converted to `T`.
-    pub fn uint<T: TryFrom<i128>>(
+    pub(super) fn uint<T: TryFrom<i128>>(
         &mut self,
         f: &Field<'_, '_>,
         lo: i128,
@@ -174,7 +174,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// A number (integer or float) greater than zero.
-    pub fn positive_number(&mut self, f: &Field<'_, '_>, hint: &str) -> Option<f64> {
+    pub(super) fn positive_number(&mut self, f: &Field<'_, '_>, hint: &str) -> Option<f64> {
         let value = match f.value.get_ref() {
             DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix())
                 .ok()
@@ -192,7 +192,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// A duration string; zero only when `allow_zero`.
-    pub fn duration(&mut self, f: &Field<'_, '_>, allow_zero: bool) -> Option<Duration> {
+    pub(super) fn duration(&mut self, f: &Field<'_, '_>, allow_zero: bool) -> Option<Duration> {
         let expected = if allow_zero {
             r#"a duration such as "0s", "500ms" or "2s""#
         } else {
@@ -225,7 +225,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// A byte size: a whole number of bytes or a string such as `"20MiB"`.
-    pub fn size(&mut self, f: &Field<'_, '_>) -> Option<u64> {
+    pub(super) fn size(&mut self, f: &Field<'_, '_>) -> Option<u64> {
         match f.value.get_ref() {
             DeValue::Integer(_) => self.uint(f, 0, i128::from(u64::MAX), ""),
             DeValue::String(s) => match parse_size(s) {
@@ -248,7 +248,7 @@ impl<'s> Ctx<'s> {
 
     /// An `ip:port` socket address with a non-zero port. `name_hint` says what to do with a
     /// host name (names are never resolved here).
-    pub fn addr(
+    pub(super) fn addr(
         &mut self,
         f: &Field<'_, '_>,
         example: &str,
@@ -281,13 +281,13 @@ impl<'s> Ctx<'s> {
     }
 
     /// A file or directory path, resolved against the config file's directory.
-    pub fn path(&mut self, f: &Field<'_, '_>, example: &str) -> Option<PathBuf> {
+    pub(super) fn path(&mut self, f: &Field<'_, '_>, example: &str) -> Option<PathBuf> {
         let s = self.nonempty(f, &format!("a file path such as {example:?}"))?;
         Some(self.resolve(s))
     }
 
     /// A URL path (or path prefix): starts with `/`, no spaces, no query or fragment.
-    pub fn http_path(&mut self, f: &Field<'_, '_>, example: &str) -> Option<String> {
+    pub(super) fn http_path(&mut self, f: &Field<'_, '_>, example: &str) -> Option<String> {
         let expected = format!("a path starting with \"/\" such as {example:?}");
         let s = self.string(f, &expected)?;
         let valid = s.starts_with('/')
@@ -307,7 +307,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// One of a fixed set of words.
-    pub fn choice<T: Copy>(
+    pub(super) fn choice<T: Copy>(
         &mut self,
         f: &Field<'_, '_>,
         all: &[T],
@@ -332,7 +332,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// `"ip"` (the client address) or `"header:NAME"` (stored lower-case).
-    pub fn request_key(&mut self, f: &Field<'_, '_>) -> Option<RequestKey> {
+    pub(super) fn request_key(&mut self, f: &Field<'_, '_>) -> Option<RequestKey> {
         let valid = match f.value.get_ref() {
             DeValue::String(s) if s.as_ref() == "ip" => Some(RequestKey::ClientAddr),
             DeValue::String(s) => header_key(s).map(RequestKey::Header),
@@ -349,7 +349,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// A table (inline or not), ready to read its keys.
-    pub fn table<'a, 'i>(
+    pub(super) fn table<'a, 'i>(
         &mut self,
         f: &Field<'a, 'i>,
         example: &str,
@@ -364,7 +364,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// An array; items come with their own key paths (`key[0]`, `key[1]`, ...).
-    pub fn array<'a, 'i>(
+    pub(super) fn array<'a, 'i>(
         &mut self,
         f: &Field<'a, 'i>,
         example: &str,
@@ -407,7 +407,7 @@ pub(crate) struct Field<'a, 'i> {
 }
 
 impl Field<'_, '_> {
-    pub fn span(&self) -> Range<usize> {
+    pub(super) fn span(&self) -> Range<usize> {
         self.value.span()
     }
 }
@@ -440,7 +440,7 @@ pub(crate) struct TableReader<'a, 'i> {
 }
 
 impl<'a, 'i> TableReader<'a, 'i> {
-    pub fn new(table: &'a DeTable<'i>, span: Range<usize>, path: String) -> Self {
+    pub(super) fn new(table: &'a DeTable<'i>, span: Range<usize>, path: String) -> Self {
         TableReader {
             table,
             span,
@@ -449,17 +449,17 @@ impl<'a, 'i> TableReader<'a, 'i> {
         }
     }
 
-    pub fn path(&self) -> &str {
+    pub(super) fn path(&self) -> &str {
         &self.path
     }
 
     /// Where the table starts (its header, or its opening brace); used for missing keys.
-    pub fn span(&self) -> Range<usize> {
+    pub(super) fn span(&self) -> Range<usize> {
         self.span.clone()
     }
 
     /// The value of `key`, if present; either way the key counts as known.
-    pub fn take(&mut self, key: &'static str) -> Option<Field<'a, 'i>> {
+    pub(super) fn take(&mut self, key: &'static str) -> Option<Field<'a, 'i>> {
         self.asked.push(key);
         self.table.get(key).map(|value| Field {
             path: join(&self.path, key),
@@ -468,7 +468,7 @@ impl<'a, 'i> TableReader<'a, 'i> {
     }
 
     /// Like [`take`](Self::take), but a missing key is an error: "missing; add {example}".
-    pub fn require(
+    pub(super) fn require(
         &mut self,
         cx: &mut Ctx<'_>,
         key: &'static str,
@@ -492,7 +492,7 @@ impl<'a, 'i> TableReader<'a, 'i> {
     }
 
     /// All entries, for tables whose keys are names (e.g. `[upstream.NAME]`): `(name, name span, field)`.
-    pub fn entries(&self) -> Vec<(&'a str, Range<usize>, Field<'a, 'i>)> {
+    pub(super) fn entries(&self) -> Vec<(&'a str, Range<usize>, Field<'a, 'i>)> {
         self.table
             .iter()
             .map(|(k, value)| {
@@ -510,7 +510,7 @@ impl<'a, 'i> TableReader<'a, 'i> {
     }
 
     /// Reports every key that was never asked for, suggesting the closest known key.
-    pub fn finish(self, cx: &mut Ctx<'_>) {
+    pub(super) fn finish(self, cx: &mut Ctx<'_>) {
         for (k, _) in self.table.iter() {
             let key = k.get_ref().as_ref();
             if self.asked.contains(&key) {

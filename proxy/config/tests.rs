@@ -280,7 +280,8 @@ fn full_example() {
     assert_eq!(ch.tls, UpstreamTls::default());
 
     let s = summary(&c);
-    println!("{s}");
+    assert!(s.starts_with("listen: "), "{s}");
+    assert!(s.contains("chat.models.svc.cluster.local"), "{s}");
 }
 
 const MINIMAL: &str = r#"[listen]
@@ -326,6 +327,7 @@ fn with_upstream(extra: &str) -> String {
 
 /// Each broken file and every error it must produce, exactly.
 #[test]
+#[allow(clippy::print_stderr)] // every mismatch is printed before the one assertion
 fn broken_files() {
     let cases: Vec<(String, Vec<&str>)> = vec![
         // Unknown key with a suggestion.

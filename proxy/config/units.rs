@@ -8,7 +8,7 @@ const SIZE_HELP: &str = r#"write a whole number and a unit (B, KB, MB, GB, KiB, 
 
 /// The longest duration accepted anywhere: one year. Longer values are almost certainly
 /// mistakes, and keeping them bounded means `Instant + Duration` can never overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A non-negative decimal number as written, split at the decimal point.
 struct Number<'s> {

@@ -15,29 +15,29 @@ use super::types::{
 };
 
 /// `max_inflight_min` and `max_inflight_max` with `max_inflight = "auto"`.
-pub const DEFAULT_AUTO_MIN: u32 = 1;
-pub const DEFAULT_AUTO_MAX: u32 = 256;
+pub(super) const DEFAULT_AUTO_MIN: u32 = 1;
+pub(super) const DEFAULT_AUTO_MAX: u32 = 256;
 
 /// Defaults applied when a key is absent.
-pub const DEFAULT_QUEUE: Queue = Queue {
+pub(super) const DEFAULT_QUEUE: Queue = Queue {
     size: 256,
     timeout: Duration::from_secs(30),
 };
-pub const DEFAULT_RETRIES: u32 = 1;
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_EJECT: Eject = Eject {
+pub(super) const DEFAULT_RETRIES: u32 = 1;
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_EJECT: Eject = Eject {
     consecutive: 5,
     duration: Duration::from_secs(30),
 };
-pub const DEFAULT_DISCOVER_EVERY: Duration = Duration::from_secs(5);
-pub const DEFAULT_HEALTH_PATH: &str = "/health";
-pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
-pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
-pub const DEFAULT_HEALTHY_AFTER: u32 = 2;
-pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
-pub const DEFAULT_LOAD_EVERY: Duration = Duration::from_millis(250);
+pub(super) const DEFAULT_DISCOVER_EVERY: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_HEALTH_PATH: &str = "/health";
+pub(super) const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub(super) const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const DEFAULT_HEALTHY_AFTER: u32 = 2;
+pub(super) const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+pub(super) const DEFAULT_LOAD_EVERY: Duration = Duration::from_millis(250);
 
 impl Upstream {
     /// An upstream of `backends` with every other setting at its default, as a file

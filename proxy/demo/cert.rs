@@ -8,7 +8,7 @@ use crate::tls::dev::{self, DevCa};
 
 /// Where the demo's certificate files are.
 #[derive(Debug, Clone)]
-pub struct DemoCerts {
+pub(crate) struct DemoCerts {
     pub dir: PathBuf,
     /// The CA to give clients (`curl --cacert`).
     pub ca: PathBuf,
@@ -18,7 +18,7 @@ pub struct DemoCerts {
 
 /// Generates the CA and a `localhost` / `127.0.0.1` / `::1` certificate into a new
 /// directory under the system temp dir.
-pub fn generate() -> Result<DemoCerts, String> {
+pub(crate) fn generate() -> Result<DemoCerts, String> {
     let ca = DevCa::generate("modelgate demo CA").map_err(|e| format!("demo: {e}"))?;
     let names = ["localhost", "127.0.0.1", "::1"].map(String::from);
     let leaf = ca.issue(&names).map_err(|e| format!("demo: {e}"))?;

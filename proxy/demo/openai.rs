@@ -32,9 +32,9 @@ use tokio::sync::mpsc;
 use super::replica::{InflightBody, InflightGuard, Inner, Slot, WORDS};
 
 /// Prompt tokens per prefix-cache block.
-pub const BLOCK_TOKENS: usize = 16;
+pub(crate) const BLOCK_TOKENS: usize = 16;
 /// Completion tokens when the request sets no `max_tokens`.
-pub const DEFAULT_MAX_TOKENS: u64 = 16;
+pub(crate) const DEFAULT_MAX_TOKENS: u64 = 16;
 /// Cached prefix blocks remembered before the cache is emptied.
 const CACHE_BLOCKS: usize = 100_000;
 

@@ -37,14 +37,14 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Looks names up with hickory-resolver.
-pub struct Resolver {
+pub(crate) struct Resolver {
     inner: TokioResolver,
 }
 
 impl Resolver {
     /// A resolver asking `server` (UDP, then TCP for long answers), or the system's
     /// configured servers when `None`. Fails when the system configuration cannot be read.
-    pub fn new(server: Option<SocketAddr>) -> Result<Resolver, String> {
+    pub(crate) fn new(server: Option<SocketAddr>) -> Result<Resolver, String> {
         let mut builder = match server {
             Some(addr) => {
                 let conn = |mut c: ConnectionConfig| {
@@ -80,7 +80,7 @@ impl Resolver {
     /// Every A and AAAA record of every name, as a backend with the name's port and
     /// weight, sorted and without duplicates. Fails, naming the name, when a lookup
     /// fails or a name has no address.
-    pub async fn resolve(&self, names: &[NamedBackend]) -> Result<Vec<BackendAddr>, String> {
+    pub(crate) async fn resolve(&self, names: &[NamedBackend]) -> Result<Vec<BackendAddr>, String> {
         let mut out = BTreeSet::new();
         for name in names {
             let found = self
@@ -104,13 +104,13 @@ impl Resolver {
 }
 
 /// The background service that follows the names of every upstream that has some.
-pub struct DiscoveryService {
+pub(crate) struct DiscoveryService {
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
 }
 
 impl DiscoveryService {
-    pub fn new(snapshot: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(snapshot: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
         DiscoveryService { snapshot, metrics }
     }
 }

@@ -14,7 +14,7 @@ use crate::config::ConnLimits;
 
 /// Counts open connections, overall and per client IP, across every proxy listener.
 #[derive(Debug, Default)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// 0 = unlimited.
     max: usize,
     /// 0 = unlimited.
@@ -29,20 +29,20 @@ pub struct ConnectionLimits {
 
 /// Why a connection was refused (the `reason` label of the refusal counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     MaxConnections,
     MaxConnectionsPerIp,
 }
 
 /// Held for as long as a connection is open.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     limits: Arc<ConnectionLimits>,
     ip: Option<IpAddr>,
 }
 
 impl ConnectionLimits {
-    pub fn new(limits: &ConnLimits) -> Arc<ConnectionLimits> {
+    pub(crate) fn new(limits: &ConnLimits) -> Arc<ConnectionLimits> {
         Arc::new(ConnectionLimits {
             max: limits.max_connections,
             max_per_ip: limits.max_connections_per_ip,
@@ -51,7 +51,7 @@ impl ConnectionLimits {
     }
 
     /// Admits one more connection from `ip`, or says which limit it would break.
-    pub fn try_admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Permit, Refused> {
+    pub(crate) fn try_admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Permit, Refused> {
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
         if self.max > 0 && open > self.max {
             self.open.fetch_sub(1, Ordering::AcqRel);
@@ -79,12 +79,12 @@ impl ConnectionLimits {
     }
 
     /// Client connections open now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
     /// Connections refused so far by `reason`.
-    pub fn refused(&self, reason: Refused) -> u64 {
+    pub(crate) fn refused(&self, reason: Refused) -> u64 {
         match reason {
             Refused::MaxConnections => self.refused_total.load(Ordering::Relaxed),
             Refused::MaxConnectionsPerIp => self.refused_per_ip.load(Ordering::Relaxed),
@@ -92,7 +92,8 @@ impl ConnectionLimits {
     }
 
     /// Distinct client addresses with a connection open (only tracked with a per-IP limit).
-    pub fn addresses(&self) -> usize {
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
         self.by_ip.len()
     }
 }
@@ -111,7 +112,7 @@ impl Drop for Permit {
 
 impl Refused {
     /// The `reason` label.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Refused::MaxConnections => "max_connections",
             Refused::MaxConnectionsPerIp => "max_connections_per_ip",
@@ -120,7 +121,7 @@ impl Refused {
 }
 
 /// The pingora hook: one gate shared by the HTTP and HTTPS listeners.
-pub struct Gate(pub Arc<ConnectionLimits>);
+pub(crate) struct Gate(pub Arc<ConnectionLimits>);
 
 impl ConnectionGate for Gate {
     fn admit(&self, peer: Option<&SocketAddr>) -> Option<Box<dyn Send>> {

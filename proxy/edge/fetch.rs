@@ -15,7 +15,7 @@ const MAX_BODY: usize = 1024 * 1024;
 
 /// GETs `url` (`https://`, or `http://` for a loopback address as config allows) and
 /// returns the body of a 200 answer. Errors are one line for the log.
-pub async fn get(url: &str) -> Result<Vec<u8>, String> {
+pub(crate) async fn get(url: &str) -> Result<Vec<u8>, String> {
     match tokio::time::timeout(TIMEOUT, get_inner(url)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no complete answer within {TIMEOUT:?}")),

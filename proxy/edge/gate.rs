@@ -31,7 +31,7 @@ pub enum Refusal {
 /// Runs a rate limit and an authentication in their order: a limit by IP or header
 /// first (so guessing credentials is rate limited too), then `authenticate` (skipped
 /// when `None`), then a limit by consumer. Returns the consumer authenticated.
-pub fn admit(
+pub(crate) fn admit(
     limit: Option<&RouteLimit>,
     authenticate: Option<&dyn Fn() -> Result<Option<Consumer>, Denied>>,
     client: Option<IpAddr>,
@@ -130,7 +130,7 @@ impl GroupGate {
 /// `rate_limit` by the same key the endpoint's combined limit ([`RouteEdge::gate`]),
 /// keeping `prev`'s buckets (the first route's previous gate) when it is unchanged.
 /// `edges` holds each of `routes`' edges, in the same order.
-pub fn attach<'p>(
+pub(crate) fn attach<'p>(
     routes: &[config::Route],
     edges: &mut [(Arc<str>, RouteEdge)],
     prev: impl Fn(&str) -> Option<&'p RouteEdge>,

@@ -15,7 +15,7 @@ type KeyDigest = [u8; 32];
 
 /// One parsed keys file: key digests to consumers. Holds no key in the clear.
 #[derive(Debug, Default)]
-pub struct KeySet {
+pub(crate) struct KeySet {
     by_digest: HashMap<KeyDigest, Consumer>,
 }
 
@@ -25,7 +25,7 @@ impl KeySet {
     /// A key without a name is known by `key-` and the first 8 hex digits of its
     /// SHA-256, which identifies it without revealing it. Errors name the line, never
     /// the key.
-    pub fn parse(text: &str) -> Result<KeySet, Vec<String>> {
+    pub(crate) fn parse(text: &str) -> Result<KeySet, Vec<String>> {
         let mut set = KeySet::default();
         let mut errors = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -84,17 +84,17 @@ impl KeySet {
     /// The consumer owning `key`, if any. The map is indexed by SHA-256 digest (timing
     /// reveals nothing about a key from a guess's digest) and the digest is then
     /// compared in constant time.
-    pub fn lookup(&self, key: &[u8]) -> Option<&Consumer> {
+    pub(crate) fn lookup(&self, key: &[u8]) -> Option<&Consumer> {
         let d = digest(key);
         let (stored, consumer) = self.by_digest.get_key_value(&d)?;
         bool::from(stored.ct_eq(&d)).then_some(consumer)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_digest.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
     }
 }

@@ -25,7 +25,7 @@ use crate::config::RateLimit as RateLimitConfig;
 
 /// A key store of at most `cap` GCRA states plus a shared overflow state.
 #[derive(Debug)]
-pub struct BoundedStore {
+pub(crate) struct BoundedStore {
     map: DashMap<u64, InMemoryState, foldhash::fast::FixedState>,
     overflow: InMemoryState,
     cap: usize,

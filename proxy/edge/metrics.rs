@@ -12,7 +12,7 @@ use super::conn::{ConnectionLimits, Refused};
 use crate::snapshot::SharedSnapshot;
 
 /// Registered once on the metrics registry; every scrape reads the live values.
-pub struct EdgeCollector {
+pub(crate) struct EdgeCollector {
     snapshot: SharedSnapshot,
     conns: Arc<ConnectionLimits>,
     rate_limit_keys: IntGaugeVec,
@@ -21,7 +21,10 @@ pub struct EdgeCollector {
 }
 
 impl EdgeCollector {
-    pub fn new(snapshot: SharedSnapshot, conns: Arc<ConnectionLimits>) -> prometheus::Result<Self> {
+    pub(crate) fn new(
+        snapshot: SharedSnapshot,
+        conns: Arc<ConnectionLimits>,
+    ) -> prometheus::Result<Self> {
         Ok(EdgeCollector {
             snapshot,
             conns,

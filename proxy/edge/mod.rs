@@ -7,14 +7,14 @@
 //! [`EdgeService`] does the background work: re-reading keys files, refreshing JWKS
 //! and evicting idle rate-limit keys.
 
-pub mod conn;
-pub mod credentials;
-pub mod fetch;
-pub mod gate;
-pub mod jwt;
-pub mod keys;
-pub mod limit;
-pub mod metrics;
+pub(crate) mod conn;
+pub(crate) mod credentials;
+pub(crate) mod fetch;
+pub(crate) mod gate;
+pub(crate) mod jwt;
+pub(crate) mod keys;
+pub(crate) mod limit;
+pub(crate) mod metrics;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,9 +28,9 @@ use pingora::services::background::BackgroundService;
 use crate::config::{self, AuthMethod, RateKey};
 use crate::snapshot::SharedSnapshot;
 use credentials::Presented;
-pub use jwt::JwtAuth;
-pub use keys::ApiKeys;
-pub use limit::RateLimit;
+pub(crate) use jwt::JwtAuth;
+pub(crate) use keys::ApiKeys;
+pub(crate) use limit::RateLimit;
 
 /// The authenticated client: an API key's name, or a JWT's `sub`. Cheap to clone;
 /// safe to log (never a secret).
@@ -190,21 +190,21 @@ impl RouteEdge {
 }
 
 /// How often keys files are checked and idle rate-limit keys evicted.
-pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
 /// Background work of the edge: keys files, JWKS refresh, rate-limit eviction.
-pub struct EdgeService {
+pub(crate) struct EdgeService {
     snapshot: SharedSnapshot,
 }
 
 impl EdgeService {
-    pub fn new(snapshot: SharedSnapshot) -> Self {
+    pub(crate) fn new(snapshot: SharedSnapshot) -> Self {
         EdgeService { snapshot }
     }
 
     /// One pass over the live generation's routes: re-read changed keys files and
     /// evict idle rate-limit keys.
-    pub fn housekeeping(&self) {
+    pub(crate) fn housekeeping(&self) {
         let snapshot = self.snapshot.load();
         for edge in snapshot.edges() {
             if let Some(l) = &edge.rate_limit {
@@ -224,7 +224,7 @@ impl EdgeService {
     }
 
     /// Fetches every JWKS that is due.
-    pub async fn refresh_jwks(&self) {
+    pub(crate) async fn refresh_jwks(&self) {
         let snapshot = self.snapshot.load_full();
         for edge in snapshot.edges() {
             if let Some(RouteAuth {

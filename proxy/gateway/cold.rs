@@ -1,19 +1,24 @@
 //! Requests that find no ready replica (all `unknown` while loading, or down):
 //! `wake` is called once per cold period and, with `hold`, the request waits in
-//! the upstream's queue for a replica to come up instead of a 503 at once.
+//! the upstream's queue for a replica to come up instead of a 503 at once (a held
+//! stream gets SSE keep-alives, as a queued one does).
+
+use std::time::Duration;
 
 use pingora::proxy::Session;
 
-use super::{client_gone, Gateway, RequestCtx};
+use super::{client_gone, keepalive, Gateway, RequestCtx};
 use crate::upstream::{Admission, Pool};
 
 impl Gateway {
-    /// What a request gets when its upstream has no ready replica.
+    /// What a request gets when its upstream has no ready replica. A stream on a
+    /// route with `sse_keepalive` (`keepalive`) is kept alive while held.
     pub(super) async fn cold_start(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         pool: &Pool,
+        keepalive: Option<Duration>,
     ) -> Admission {
         let settings = pool.settings();
         if let Some(wake) = &settings.wake {
@@ -25,12 +30,19 @@ impl Gateway {
                 );
             }
         }
-        match settings.hold {
-            Some(hold) => {
+        let Some(hold) = settings.hold else {
+            return Admission::NoneHealthy;
+        };
+        match keepalive {
+            Some(every) => {
+                let held = pool.hold(hold, &ctx.tried, ctx.hash, std::future::pending());
+                let id = ctx.request_id.as_ref();
+                keepalive::wait(session, &mut ctx.early_head, id, every, held).await
+            }
+            None => {
                 pool.hold(hold, &ctx.tried, ctx.hash, client_gone(session))
                     .await
             }
-            None => Admission::NoneHealthy,
         }
     }
 }

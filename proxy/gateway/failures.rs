@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use pingora::{Error, ErrorType};
 
 /// How long identical failures are summed up before they are reported again.
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 
 /// Why an attempt on a backend failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub(crate) enum Reason {
     Refused,
     ConnectTimeout,
     ConnectError,
@@ -32,7 +32,7 @@ pub enum Reason {
 
 impl Reason {
     /// Classifies a pingora error raised while connecting.
-    pub fn of_connect(e: &Error) -> Reason {
+    pub(crate) fn of_connect(e: &Error) -> Reason {
         match e.etype() {
             ErrorType::ConnectRefused => Reason::Refused,
             ErrorType::ConnectTimedout => Reason::ConnectTimeout,
@@ -41,7 +41,7 @@ impl Reason {
     }
 
     /// Classifies a pingora error raised after the connection was made.
-    pub fn of_proxy(e: &Error) -> Reason {
+    pub(crate) fn of_proxy(e: &Error) -> Reason {
         match e.etype() {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::Timeout,
             ErrorType::ConnectRefused => Reason::Refused,
@@ -51,7 +51,7 @@ impl Reason {
     }
 
     /// The machine-readable name (the `reason` field).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Reason::Refused => "connection_refused",
             Reason::ConnectTimeout => "connect_timeout",
@@ -78,7 +78,7 @@ impl Reason {
 
 /// One failed attempt, as the gateway saw it.
 #[derive(Clone, Copy)]
-pub struct Failure<'a> {
+pub(crate) struct Failure<'a> {
     pub request_id: &'a str,
     pub route: &'a str,
     pub upstream: &'a Arc<str>,
@@ -99,7 +99,7 @@ struct Window {
 }
 
 /// The process-wide failure summary.
-pub struct FailureLog {
+pub(crate) struct FailureLog {
     windows: Mutex<HashMap<Key, Window>>,
 }
 
@@ -119,7 +119,7 @@ static LOG: LazyLock<FailureLog> = LazyLock::new(|| {
 });
 
 /// Records one failed attempt in the process-wide log.
-pub fn record(f: &Failure<'_>) {
+pub(crate) fn record(f: &Failure<'_>) {
     LOG.record(f, Instant::now());
 }
 

@@ -1,13 +1,15 @@
 //! Streams kept alive while queued (`sse_keepalive`): a streaming request that
 //! waits for a slot longer than the interval gets its `200 text/event-stream` head
 //! at once and an SSE comment every interval, so idle timeouts in front of the
-//! proxy do not cut it; the replica's stream then continues the response.
+//! proxy do not cut it; the replica's stream then continues the response. Requests
+//! held for a replica to come up (`hold`) are kept alive the same way.
 //!
 //! Once that head is out the replica's status and headers cannot reach the client:
 //! a replica answer that is not 2xx (after retries), a queue timeout or a failure
 //! before the replica's first byte becomes one SSE `data:` event holding the
 //! OpenAI-shaped error, and the stream ends.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,7 +17,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use super::{client_gone, Reject, RequestCtx, X_REQUEST_ID};
-use crate::upstream::{Admission, Pool};
+use crate::upstream::Admission;
 
 /// The comment sent every interval (ignored by SSE clients, RFC-less but in the
 /// WHATWG event-stream grammar: a line starting with `:`).
@@ -32,34 +34,36 @@ pub(super) fn wants_stream(session: &Session, ctx: &RequestCtx) -> bool {
             .is_some_and(|v| memchr::memmem::find(v.as_bytes(), b"text/event-stream").is_some())
 }
 
-/// Waits for a slot like [`Pool::admit`], but once the request has waited `every`
-/// (or at once, on a retry after the head went out) sends the stream's head and
-/// then a comment every `every`. A client that leaves (seen while waiting for the
-/// first interval, or as a failed write) leaves the queue.
-pub(super) async fn admit(
+/// Waits for `admission` (the pool's queue, or a `hold` for a replica to come up),
+/// but once the request has waited `every` (or at once, when the head already went
+/// out: a retry, or a hold after the queue) sends the stream's head and then a
+/// comment every `every`. `admission` must not watch the client itself: a client that
+/// leaves is seen here (while waiting for the first interval, or as a failed write),
+/// and dropping `admission` takes the request out of the queue.
+pub(super) async fn wait(
     session: &mut Session,
-    ctx: &mut RequestCtx,
-    pool: &Pool,
+    early_head: &mut bool,
+    request_id: Option<&http::HeaderValue>,
     every: Duration,
+    admission: impl Future<Output = Admission>,
 ) -> Admission {
-    let admit = pool.admit(&ctx.tried, ctx.hash, std::future::pending());
-    tokio::pin!(admit);
-    if !ctx.early_head {
+    tokio::pin!(admission);
+    if !*early_head {
         tokio::select! {
-            a = &mut admit => return a,
+            a = &mut admission => return a,
             () = client_gone(session) => return Admission::ClientGone,
             () = tokio::time::sleep(every) => {}
         }
-        if send_head(session, ctx.request_id.as_ref()).await.is_err() {
+        if send_head(session, request_id).await.is_err() {
             return Admission::ClientGone;
         }
-        ctx.early_head = true;
+        *early_head = true;
     }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            a = &mut admit => return a,
+            a = &mut admission => return a,
             _ = tick.tick() => {
                 let sent = session
                     .write_response_body(Some(Bytes::from_static(COMMENT)), false)

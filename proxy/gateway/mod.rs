@@ -6,7 +6,7 @@
 //! in the request context, so a reload mid-request changes nothing for it.
 
 mod cold;
-pub mod failures;
+pub(crate) mod failures;
 pub mod headers;
 mod keepalive;
 mod models;
@@ -25,8 +25,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType, RetryType};
 
-pub use redirect::HttpsRedirect;
-pub use reject::Reject;
+pub(crate) use redirect::HttpsRedirect;
+pub(crate) use reject::Reject;
 
 use crate::config::ConnLimits;
 use crate::edge::credentials::X_API_KEY;
@@ -43,7 +43,7 @@ use crate::upstream::{parse_orca, Admission, Lease, Tried, ORCA_FORMAT_HEADER, O
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
 /// The proxy application: shared, immutable except through the snapshot swap.
-pub struct Gateway {
+pub(crate) struct Gateway {
     snapshot: SharedSnapshot,
     /// `X-Forwarded-Proto` for requests arriving on this service's listeners.
     scheme: &'static str,
@@ -87,7 +87,7 @@ fn log_failure(
 }
 
 impl Gateway {
-    pub fn new(
+    pub(crate) fn new(
         snapshot: SharedSnapshot,
         scheme: &'static str,
         active: Arc<AtomicUsize>,
@@ -107,7 +107,7 @@ impl Gateway {
     }
 
     /// Applies the `[listen]` limits: header count and size (431), keep-alive timeout.
-    pub fn with_limits(mut self, limits: ConnLimits) -> Self {
+    pub(crate) fn with_limits(mut self, limits: ConnLimits) -> Self {
         self.limits = limits;
         self
     }
@@ -115,13 +115,13 @@ impl Gateway {
     /// While `flag` is set, HTTP/1.1 responses close their connection, so clients
     /// stop reusing it before the listener goes away (pingora drops idle
     /// keep-alive connections when it stops, racing a client's next request).
-    pub fn closing_when(mut self, flag: Arc<AtomicBool>) -> Self {
+    pub(crate) fn closing_when(mut self, flag: Arc<AtomicBool>) -> Self {
         self.draining = Some(flag);
         self
     }
 
     /// Answers every request with 308 to the same URL on HTTPS (`redirect_http_to_https`).
-    pub fn redirecting(mut self, redirect: HttpsRedirect) -> Self {
+    pub(crate) fn redirecting(mut self, redirect: HttpsRedirect) -> Self {
         self.redirect = Some(redirect);
         self
     }
@@ -148,7 +148,7 @@ impl Drop for Active {
 }
 
 /// Per-request state, created empty by `new_ctx` and filled as the hooks run.
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     _active: Active,
     /// The matched route of the generation current when the request arrived.
     route: Option<Arc<RouteEntry>>,
@@ -195,22 +195,6 @@ pub struct RequestCtx {
     /// A replica's answer continues the early head: failures can no longer be
     /// reported as an SSE error event.
     spliced: bool,
-}
-
-impl RequestCtx {
-    pub fn route(&self) -> Option<&Arc<RouteEntry>> {
-        self.route.as_ref()
-    }
-
-    pub fn backend_label(&self) -> Option<&str> {
-        self.lease.as_ref().map(|l| l.backend().label())
-    }
-
-    /// Who sent the request (API key name or JWT `sub`), once the route's `auth`
-    /// accepted it; `None` on routes without auth.
-    pub fn consumer(&self) -> Option<&Consumer> {
-        self.consumer.as_ref()
-    }
 }
 
 #[async_trait]
@@ -371,7 +355,13 @@ impl ProxyHttp for Gateway {
             .sse_keepalive
             .filter(|_| keepalive::wants_stream(session, ctx));
         let mut admission = match keepalive {
-            Some(every) => keepalive::admit(session, ctx, &route.pool, every).await,
+            Some(every) => {
+                let queued = route
+                    .pool
+                    .admit(&ctx.tried, ctx.hash, std::future::pending());
+                let id = ctx.request_id.as_ref();
+                keepalive::wait(session, &mut ctx.early_head, id, every, queued).await
+            }
             None => {
                 route
                     .pool
@@ -380,7 +370,7 @@ impl ProxyHttp for Gateway {
             }
         };
         if matches!(admission, Admission::NoneHealthy) && ctx.tried.is_empty() {
-            admission = self.cold_start(session, ctx, &route.pool).await;
+            admission = self.cold_start(session, ctx, &route.pool, keepalive).await;
         }
         match admission {
             Admission::Leased(lease, waited) => {
@@ -732,10 +722,19 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let total = ctx.start.elapsed();
         let aborted = e.is_some_and(client_went_away);
-        // 499 (as nginx): the client left before any answer reached it.
-        let status = session
-            .response_written()
-            .map_or(499, |r| r.status.as_u16());
+        let status = match session.response_written() {
+            // A head sent early (`sse_keepalive`) that no replica's answer followed
+            // counts as what the stream stands for: the error its event carried,
+            // or 499 when the client left first.
+            Some(_) if ctx.early_head && !ctx.spliced => match ctx.reject {
+                Some(r) if !aborted => r.status(),
+                _ if aborted => 499,
+                _ => 200,
+            },
+            Some(r) => r.status.as_u16(),
+            // 499 (as nginx): the client left before any answer reached it.
+            None => 499,
+        };
         let retries = ctx.tried.len().saturating_sub(1) as u32;
         let m: &RouteMetrics = match &ctx.route {
             Some(route) => route

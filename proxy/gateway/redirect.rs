@@ -11,13 +11,13 @@ use crate::routing::request_host;
 
 /// Where redirects point: the HTTPS port, omitted from URLs when it is 443.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpsRedirect {
+pub(crate) struct HttpsRedirect {
     pub port: u16,
 }
 
 impl HttpsRedirect {
     /// Writes the 308 (or a 400 when the request names no usable host) as the whole response.
-    pub async fn send(
+    pub(crate) async fn send(
         self,
         session: &mut Session,
         request_id: Option<&HeaderValue>,

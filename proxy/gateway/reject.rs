@@ -19,7 +19,7 @@ macro_rules! rejects {
     )*) => {
         /// Why a request was answered by the proxy rather than a backend.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Reject {
+        pub(crate) enum Reject {
             $( $(#[$doc])* $variant $(($field))?, )*
         }
 
@@ -31,23 +31,23 @@ macro_rules! rejects {
 
         impl Reject {
             /// Every reason, in declaration order ([`Reject::slot`] indexes it).
-            pub const REASONS: &'static [&'static str] = &[$( $reason, )*];
+            pub(crate) const REASONS: &'static [&'static str] = &[$( $reason, )*];
 
             /// This answer's position in [`Reject::REASONS`].
-            pub fn slot(self) -> usize {
+            pub(crate) fn slot(self) -> usize {
                 match self {
                     $( Reject::$variant { .. } => Slot::$variant as usize, )*
                 }
             }
 
-            pub fn status(self) -> u16 {
+            pub(crate) fn status(self) -> u16 {
                 match self {
                     $( Reject::$variant { .. } => $status, )*
                 }
             }
 
             /// The `reason` label and the JSON `error` value.
-            pub fn reason(self) -> &'static str {
+            pub(crate) fn reason(self) -> &'static str {
                 Self::REASONS[self.slot()]
             }
 
@@ -133,7 +133,7 @@ impl Reject {
     }
 
     /// The full response header, ready to write (`openai`: for the OpenAI-shaped body).
-    pub fn header(
+    pub(crate) fn header(
         self,
         request_id: Option<&http::HeaderValue>,
         openai: bool,
@@ -156,7 +156,7 @@ impl Reject {
     }
 
     /// Writes this answer as the whole response, in OpenAI's shape when `openai`.
-    pub async fn send(
+    pub(crate) async fn send(
         self,
         session: &mut Session,
         request_id: Option<&http::HeaderValue>,

@@ -14,7 +14,7 @@
 //! A failed or unreadable list keeps the previous one and never moves the state.
 
 mod probe;
-pub mod wake;
+pub(crate) mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +29,12 @@ use crate::supervise::supervise;
 use crate::upstream::{Backend, BackendState, WaitQueue};
 
 /// The background service that runs all health checks.
-pub struct HealthService {
+pub(crate) struct HealthService {
     snapshot: SharedSnapshot,
 }
 
 impl HealthService {
-    pub fn new(snapshot: SharedSnapshot) -> Self {
+    pub(crate) fn new(snapshot: SharedSnapshot) -> Self {
         HealthService { snapshot }
     }
 }

@@ -18,7 +18,7 @@ use crate::upstream::Backend;
 const MODELS_MAX_BYTES: usize = 1024 * 1024;
 
 /// Ok when the backend answered the expected status (any 2xx by default) in time.
-pub async fn probe(
+pub(super) async fn probe(
     connector: &Connector,
     backend: &Backend,
     check: &HealthCheck,
@@ -48,7 +48,7 @@ pub async fn probe(
 
 /// The models the backend lists on `GET /v1/models` (OpenAI's list shape), within
 /// `timeout`. Any other answer is an error; the caller keeps the last good list.
-pub async fn fetch_models(
+pub(super) async fn fetch_models(
     connector: &Connector,
     backend: &Backend,
     timeout: Duration,

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Calls `wake` in the background for `upstream`.
-pub fn spawn(upstream: Arc<str>, wake: Wake, metrics: Arc<Metrics>) {
+pub(crate) fn spawn(upstream: Arc<str>, wake: Wake, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         let result = tokio::time::timeout(TIMEOUT, call(&wake))
             .await

@@ -11,7 +11,7 @@ use crate::upstream::Backend;
 const MAX_PAGE: usize = 8 << 20;
 
 /// The page's text, or why there is none (connect, status, size, encoding).
-pub async fn fetch(
+pub(super) async fn fetch(
     connector: &Connector,
     backend: &Backend,
     path: &str,

@@ -23,7 +23,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 
-pub use page::{parse_page, Engine, PageError, PageReport, ENGINES};
+pub(crate) use page::{parse_page, PageReport};
 
 use crate::config::MetricsPage;
 use crate::metrics::Metrics;
@@ -32,13 +32,13 @@ use crate::supervise::supervise;
 use crate::upstream::Backend;
 
 /// The background service that polls every replica's page.
-pub struct LoadService {
+pub(crate) struct LoadService {
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
 }
 
 impl LoadService {
-    pub fn new(snapshot: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(snapshot: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
         LoadService { snapshot, metrics }
     }
 }

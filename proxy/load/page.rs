@@ -32,7 +32,7 @@ const fn gauge_where(name: &'static str, key: &'static str, value: &'static str)
 
 /// A model server family and the names of its load gauges.
 #[derive(Debug)]
-pub struct Engine {
+pub(crate) struct Engine {
     /// For logs: `vLLM`, `SGLang`, `TGI`, `Triton TensorRT-LLM`, `llama.cpp`.
     pub name: &'static str,
     queue: Gauge,
@@ -43,7 +43,7 @@ pub struct Engine {
 
 /// The engines recognised, each by the names of its gauges (from each engine's
 /// metrics documentation).
-pub static ENGINES: [Engine; 5] = [
+pub(crate) static ENGINES: [Engine; 5] = [
     Engine {
         name: "vLLM",
         queue: gauge("vllm:num_requests_waiting"),
@@ -86,7 +86,7 @@ pub static ENGINES: [Engine; 5] = [
 
 /// Why a page gave no report.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PageError {
+pub(crate) enum PageError {
     /// Not Prometheus text (the parser's message).
     Unreadable(String),
     /// Readable, but none of the gauges looked for is on it.
@@ -107,7 +107,7 @@ impl std::fmt::Display for PageError {
 
 /// What one page said: the report and the engine recognised (if any).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PageReport {
+pub(crate) struct PageReport {
     pub report: LoadReport,
     pub engine: Option<&'static str>,
 }
@@ -117,7 +117,7 @@ pub struct PageReport {
 /// first engine in [`ENGINES`] whose queue or running gauge is on the page.
 /// Negative and non-finite values count as absent. Errors when the page does not
 /// parse or carries none of the gauges looked for.
-pub fn parse_page(page: &str, names: &MetricsPage) -> Result<PageReport, PageError> {
+pub(crate) fn parse_page(page: &str, names: &MetricsPage) -> Result<PageReport, PageError> {
     let (metrics, err) = parse_scrape(page);
     if metrics.is_empty() {
         return Err(match err {

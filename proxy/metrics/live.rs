@@ -7,19 +7,19 @@ use prometheus::core::Desc;
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 /// One family being filled: a name, its help, its type and label names.
-pub struct Family {
+pub(crate) struct Family {
     family: MetricFamily,
     labels: &'static [&'static str],
 }
 
 impl Family {
     /// A gauge family with `labels` (the label names, in the order values are given).
-    pub fn gauge(name: &str, help: &str, labels: &'static [&'static str]) -> Family {
+    pub(crate) fn gauge(name: &str, help: &str, labels: &'static [&'static str]) -> Family {
         Family::new(name, help, MetricType::GAUGE, labels)
     }
 
     /// A counter family with `labels`; its values are totals since the process started.
-    pub fn counter(name: &str, help: &str, labels: &'static [&'static str]) -> Family {
+    pub(crate) fn counter(name: &str, help: &str, labels: &'static [&'static str]) -> Family {
         Family::new(name, help, MetricType::COUNTER, labels)
     }
 
@@ -32,7 +32,7 @@ impl Family {
     }
 
     /// The family's description, for `Collector::desc`.
-    pub fn desc(&self) -> prometheus::Result<Desc> {
+    pub(crate) fn desc(&self) -> prometheus::Result<Desc> {
         Desc::new(
             self.family.name().to_string(),
             self.family.help().to_string(),
@@ -42,7 +42,7 @@ impl Family {
     }
 
     /// Adds the series with label values `values` (as many as the label names).
-    pub fn push(&mut self, values: &[&str], value: f64) {
+    pub(crate) fn push(&mut self, values: &[&str], value: f64) {
         let mut pairs: Vec<LabelPair> = self
             .labels
             .iter()
@@ -71,7 +71,7 @@ impl Family {
     }
 
     /// The finished family; `None` when it has no series (the encoder refuses empty ones).
-    pub fn done(self) -> Option<MetricFamily> {
+    pub(crate) fn done(self) -> Option<MetricFamily> {
         (!self.family.get_metric().is_empty()).then_some(self.family)
     }
 }

@@ -8,8 +8,8 @@
 //! them from the live snapshot when `/metrics` is scraped.
 
 pub mod access;
-pub mod live;
-pub mod pools;
+pub(crate) mod live;
+pub(crate) mod pools;
 
 use std::sync::{Arc, OnceLock};
 
@@ -21,12 +21,12 @@ use prometheus::{
 };
 
 /// Latency buckets for model servers: 5 ms to 5 minutes.
-pub const BUCKETS: &[f64] = &[
+pub(crate) const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
 /// Inter-token latency buckets: 1 ms to 5 s.
-pub const TOKEN_GAP_BUCKETS: &[f64] = &[
+pub(crate) const TOKEN_GAP_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
@@ -460,7 +460,7 @@ impl UpstreamMetrics {
     }
 
     /// Counts a request the proxy answered itself (`reason` label: [`Reject::reason`]).
-    pub fn rejected(&self, r: Reject) {
+    pub(crate) fn rejected(&self, r: Reject) {
         self.reasons[r.slot()]
             .get_or_init(|| self.rejected.with_label_values(&[&self.name, r.reason()]))
             .inc();

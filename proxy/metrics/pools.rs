@@ -40,13 +40,13 @@ const REPORTED_CACHE_USAGE: (&str, &str) = (
 );
 
 /// Registered once on the metrics registry; every scrape reads the live pools.
-pub struct PoolCollector {
+pub(crate) struct PoolCollector {
     snapshot: SharedSnapshot,
     descs: Vec<Desc>,
 }
 
 impl PoolCollector {
-    pub fn new(snapshot: SharedSnapshot) -> prometheus::Result<PoolCollector> {
+    pub(crate) fn new(snapshot: SharedSnapshot) -> prometheus::Result<PoolCollector> {
         let descs = families()
             .iter()
             .map(Family::desc)

@@ -8,8 +8,8 @@
 //! (`stream_usage`), the gateway replays [`PreRead::replay`] from `request_body_filter`.
 
 pub mod body;
-pub mod models;
-pub mod route;
+pub(crate) mod models;
+pub(crate) mod route;
 pub mod tokens;
 
 use std::time::Duration;
@@ -17,8 +17,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
-pub use body::{Fields, Scan, Want};
-pub use route::{Pick, RouteGroup};
+pub(crate) use body::{Scan, Want};
+pub(crate) use route::{Pick, RouteGroup};
 
 /// What a route does for OpenAI traffic (from its `api`, `stream_usage` and
 /// `sse_keepalive` keys).
@@ -32,7 +32,7 @@ pub struct RouteApi {
 
 /// What `request_filter` read of a body, and what the rest of the request needs of it.
 #[derive(Debug, Default)]
-pub struct PreRead {
+pub(crate) struct PreRead {
     /// Bytes to send upstream in place of the first body chunk of each attempt (with
     /// that chunk appended, when it is one pingora read later): set when pingora's
     /// retry buffer could not keep the bytes read, or when the body was rewritten.
@@ -47,7 +47,7 @@ pub struct PreRead {
 impl PreRead {
     /// Decides what to replay once the route is known: a streaming request on a
     /// `stream_usage` route that did not ask for usage gets it asked for.
-    pub fn new(session: &Session, read: BodyRead, api: &RouteApi) -> PreRead {
+    pub(crate) fn new(session: &Session, read: BodyRead, api: &RouteApi) -> PreRead {
         let mut pre = PreRead {
             stream: read.stream,
             ..PreRead::default()
@@ -68,7 +68,7 @@ impl PreRead {
     /// The first body chunk of an attempt: the replay, followed by `chunk` when that
     /// is body pingora read after `request_filter` (a rewritten body is complete, so
     /// only the replay goes).
-    pub fn replay_with(&self, chunk: Option<Bytes>) -> Option<Bytes> {
+    pub(crate) fn replay_with(&self, chunk: Option<Bytes>) -> Option<Bytes> {
         let replay = self.replay.as_ref()?;
         match chunk {
             Some(c) if !c.is_empty() && self.rewritten_len.is_none() => {
@@ -84,7 +84,7 @@ impl PreRead {
 
 /// The body bytes read by [`read_fields`] and the stream keys found.
 #[derive(Debug)]
-pub struct BodyRead {
+pub(crate) struct BodyRead {
     pub bytes: Bytes,
     /// The whole body was read.
     pub complete: bool,
@@ -94,7 +94,7 @@ pub struct BodyRead {
 
 /// Why a body could not be routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// More than the limit was read without finding what was needed.
     TooLarge,
     /// Not a JSON object, or the `model` is not a string.
@@ -108,7 +108,7 @@ const KEY_OVERLAP: usize = 8;
 /// at most `limit` bytes, and hands the model found to `decide` while the bytes it
 /// borrows are alive. Turns on pingora's retry buffering first, so what is read here
 /// is sent upstream too. Client connection errors come back as the outer `Err`.
-pub async fn read_fields<T>(
+pub(crate) async fn read_fields<T>(
     session: &mut Session,
     want: Want,
     limit: u64,

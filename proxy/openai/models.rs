@@ -10,7 +10,7 @@ use super::RouteGroup;
 use crate::snapshot::RouteEntry;
 
 /// The OpenAI path listing models.
-pub const PATH: &str = "/v1/models";
+pub(crate) const PATH: &str = "/v1/models";
 
 /// One model as a replica's `/v1/models` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -24,18 +24,18 @@ pub struct Card {
 }
 
 /// A replica's model list, as last fetched.
-pub type ModelList = Vec<Card>;
+pub(crate) type ModelList = Vec<Card>;
 
 /// Whether a request asks for the model list: `GET` on a path ending in
 /// `/v1/models` (so `/v1/models` and a prefixed `/openai/v1/models` both are).
 #[inline]
-pub fn is_list_request(req: &pingora::http::RequestHeader) -> bool {
+pub(crate) fn is_list_request(req: &pingora::http::RequestHeader) -> bool {
     req.method == http::Method::GET && req.uri.path().ends_with(PATH)
 }
 
 /// Reads a `/v1/models` answer: `{"object":"list","data":[{"id":...},...]}`.
 /// Fields other than `id`, `created` and `owned_by` are ignored.
-pub fn parse_list(body: &[u8]) -> Result<ModelList, String> {
+pub(crate) fn parse_list(body: &[u8]) -> Result<ModelList, String> {
     #[derive(Deserialize)]
     struct List {
         data: Vec<Card>,
@@ -65,7 +65,7 @@ struct OutCard<'a> {
 /// seconds; `owned_by` = the upstream), and every model an available replica of
 /// such a route's upstream listed itself (`health.models`) that this endpoint routes
 /// to that upstream (the replica's card wins).
-pub fn list(
+pub(crate) fn list(
     group: &RouteGroup,
     reachable: impl Fn(&RouteEntry) -> bool,
     loaded_at: u64,

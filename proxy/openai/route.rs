@@ -11,7 +11,7 @@ use crate::snapshot::RouteEntry;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Bodies read to find the model when no route of the group sets `max_body`.
-pub const DEFAULT_READ_LIMIT: u64 = 32 * 1024 * 1024;
+pub(crate) const DEFAULT_READ_LIMIT: u64 = 32 * 1024 * 1024;
 
 /// The routes of one host and path prefix.
 #[derive(Debug, Default)]

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-pub use watch::ConfigWatch;
+pub(crate) use watch::ConfigWatch;
 
 use crate::config::{self, Config, Tls};
 use crate::metrics::Metrics;
@@ -27,7 +27,7 @@ use crate::tls::CertWatcher;
 
 /// What asked for a reload (for logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// `SIGHUP`.
     Signal,
     /// `POST /reload`.
@@ -37,7 +37,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Trigger::Signal => "SIGHUP",
             Trigger::Admin => "POST /reload",
@@ -48,7 +48,7 @@ impl Trigger {
 
 /// The result of one reload attempt.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ReloadOutcome {
+pub(crate) enum ReloadOutcome {
     /// The new generation is live.
     Applied { generation: u64, took: Duration },
     /// Nothing changed; the live generation keeps serving. Each line is ready for
@@ -56,19 +56,9 @@ pub enum ReloadOutcome {
     Rejected { errors: Vec<String> },
 }
 
-impl ReloadOutcome {
-    /// `ok` or `error`, the `result` label of the reload counter.
-    pub fn result(&self) -> &'static str {
-        match self {
-            ReloadOutcome::Applied { .. } => "ok",
-            ReloadOutcome::Rejected { .. } => "error",
-        }
-    }
-}
-
 /// What `GET /config` shows.
 #[derive(Debug, Clone)]
-pub struct Status {
+pub(crate) struct Status {
     pub file: PathBuf,
     pub generation: u64,
     pub loaded_at: SystemTime,
@@ -78,7 +68,7 @@ pub struct Status {
 }
 
 /// Reloads the config file into the live snapshot. Reloads run one at a time.
-pub struct Reloader {
+pub(crate) struct Reloader {
     path: PathBuf,
     shared: SharedSnapshot,
     certs: Option<Arc<CertWatcher>>,
@@ -99,7 +89,7 @@ struct State {
 impl Reloader {
     /// A reloader for the file `config` was loaded from, now served by `shared`.
     /// `certs` is the HTTPS listener's certificate watcher, if any.
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         shared: SharedSnapshot,
         certs: Option<Arc<CertWatcher>>,
@@ -127,7 +117,7 @@ impl Reloader {
     }
 
     /// The config file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -137,18 +127,18 @@ impl Reloader {
     }
 
     /// What `GET /config` shows.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.lock().status.clone()
     }
 
     /// Hash of the file content last read by a reload attempt.
-    pub fn seen(&self) -> Option<u64> {
+    pub(crate) fn seen(&self) -> Option<u64> {
         self.lock().seen
     }
 
     /// Reads, validates, builds and swaps in the config file. On any error the live
     /// generation keeps serving and the errors are logged and kept for `/config`.
-    pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
+    pub(crate) fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let started = Instant::now();
         let mut state = self.lock();
         let publishing = crate::snapshot::publishing();
@@ -225,6 +215,6 @@ impl Reloader {
 }
 
 /// Hash of a config file's bytes.
-pub fn content_hash(bytes: &[u8]) -> u64 {
+pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }

@@ -17,15 +17,15 @@ use pingora::services::background::BackgroundService;
 use super::{content_hash, Reloader, Trigger};
 
 /// How often the file is read.
-pub const POLL_EVERY: Duration = Duration::from_millis(200);
+pub(super) const POLL_EVERY: Duration = Duration::from_millis(200);
 
 /// The background service that watches the config file.
-pub struct ConfigWatch {
+pub(crate) struct ConfigWatch {
     reloader: Arc<Reloader>,
 }
 
 impl ConfigWatch {
-    pub fn new(reloader: Arc<Reloader>) -> Self {
+    pub(crate) fn new(reloader: Arc<Reloader>) -> Self {
         ConfigWatch { reloader }
     }
 }

@@ -14,17 +14,9 @@ mod path;
 use std::collections::HashMap;
 
 pub use host::request_host;
-pub use path::{normalize_path, without_params, PathError};
+pub(crate) use path::{normalize_path, without_params, PathError};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// One entry of a route table, keyed by host and path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteKey {
-    /// `None` matches any host; `Some("*.example.com")` a wildcard.
-    pub host: Option<String>,
-    pub path: String,
-}
 
 /// Routes of one host, by path prefix.
 #[derive(Debug)]
@@ -190,7 +182,7 @@ impl<T> RouteTable<T> {
 
 /// The path to send upstream when a route strips its prefix: `/v1/vision/predict`
 /// under prefix `/v1/vision` becomes `/predict`; the prefix itself becomes `/`.
-pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
+pub(crate) fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
     let keep = prefix.trim_end_matches('/').len();
     match path.get(keep..) {
         Some("") | None => "/",

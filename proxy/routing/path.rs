@@ -37,7 +37,7 @@ pub enum PathError {
 /// The normalised form of `path` (the path component only, without the query).
 /// Borrows when `path` is already normal, which is the common case and costs one
 /// scan. Paths that do not start with `/` (`*` of `OPTIONS *`) are returned as is.
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.contains(&b'\\') {
         return Err(PathError::AmbiguousSeparator);
@@ -87,7 +87,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// The path as a Java servlet container resolves it: `;` parameters dropped from
 /// every segment (`/a;x=1/b;y` → `/a/b`), then normalised. `None` when `path` has no
 /// `;`, the common case, which costs one scan.
-pub fn without_params(path: &str) -> Option<String> {
+pub(crate) fn without_params(path: &str) -> Option<String> {
     if !path.contains(';') {
         return None;
     }

@@ -15,23 +15,21 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A certificate this close to its expiry is served, with a warning.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+pub(crate) const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// A checked pair, ready to hand to rustls.
 #[derive(Debug, Clone)]
-pub struct LoadedCert {
+pub(crate) struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     /// Lower-case DNS names from the SAN extension (the subject CN when there is no
     /// SAN), as written: `api.example.com` or `*.example.com`.
     pub names: Vec<String>,
-    /// Expiry, in seconds since the Unix epoch.
-    pub not_after: i64,
     /// Set when the certificate expires within [`EXPIRY_WARNING`].
     pub warning: Option<String>,
 }
 
 /// Hashes the bytes of a pair, to tell a real change from a touched file.
-pub fn digest(cert: &[u8], key: &[u8]) -> u64 {
+pub(crate) fn digest(cert: &[u8], key: &[u8]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&(cert.len() as u64).to_le_bytes());
     h.update(cert);
@@ -41,14 +39,19 @@ pub fn digest(cert: &[u8], key: &[u8]) -> u64 {
 
 /// Reads and checks the pair at `cert_path` / `key_path` as of `now`. The error
 /// names the file at fault, says what is wrong and how to fix it.
-pub fn load(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result<LoadedCert, String> {
+#[cfg(test)]
+pub(crate) fn load(
+    cert_path: &Path,
+    key_path: &Path,
+    now: SystemTime,
+) -> Result<LoadedCert, String> {
     let cert = read(cert_path)?;
     let key = read(key_path)?;
     parse(cert_path, &cert, key_path, &key, now)
 }
 
 /// Reads a whole file; the error names it.
-pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| {
         format!(
             "{}: cannot read: {e}; check the path and its permissions",
@@ -58,7 +61,7 @@ pub fn read(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// Checks a pair already read into memory (see [`load`]).
-pub fn parse(
+pub(crate) fn parse(
     cert_path: &Path,
     cert_pem: &[u8],
     key_path: &Path,
@@ -127,7 +130,6 @@ pub fn parse(
     Ok(LoadedCert {
         key: Arc::new(certified),
         names,
-        not_after,
         warning,
     })
 }
@@ -152,7 +154,7 @@ fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
 }
 
 /// Parses PEM certificates (a CA bundle, say) and checks each is X.509.
-pub fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = parse_chain(path, pem)?;
     for (i, c) in certs.iter().enumerate() {
         X509Certificate::from_der(c).map_err(|e| {
@@ -168,7 +170,7 @@ pub fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static
 
 /// Reads and checks a client certificate and key for mutual TLS to a backend:
 /// returns the DER chain and the DER key.
-pub fn load_client_pair(
+pub(crate) fn load_client_pair(
     cert_path: &Path,
     key_path: &Path,
     now: SystemTime,

@@ -13,21 +13,21 @@ const CA_DAYS: i64 = 10 * 365;
 /// How long a new leaf is valid (about two years).
 const LEAF_DAYS: i64 = 825;
 /// The subdirectory of a certificate directory that holds the CA.
-pub const CA_DIR: &str = "ca";
+pub(crate) const CA_DIR: &str = "ca";
 
 fn err(what: &str) -> impl Fn(rcgen::Error) -> String + '_ {
     move |e| format!("cannot {what}: {e}")
 }
 
 /// A certificate authority that signs development leaves.
-pub struct DevCa {
+pub(crate) struct DevCa {
     key: rcgen::KeyPair,
     cert: rcgen::Certificate,
 }
 
 /// A leaf certificate and its key, both PEM.
 #[derive(Debug, Clone)]
-pub struct Leaf {
+pub(crate) struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
     /// Expiry, as `YYYY-MM-DD`.
@@ -36,7 +36,7 @@ pub struct Leaf {
 
 impl DevCa {
     /// A new CA named `common_name`, valid for ten years from yesterday.
-    pub fn generate(common_name: &str) -> Result<DevCa, String> {
+    pub(crate) fn generate(common_name: &str) -> Result<DevCa, String> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
             .map_err(err("make a CA certificate"))?;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -60,7 +60,7 @@ impl DevCa {
 
     /// The CA of `cert_pem` and `key_pem` (as written by [`DevCa::write`]), to sign more
     /// leaves that clients trusting it already accept.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<DevCa, String> {
+    pub(crate) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<DevCa, String> {
         let key = rcgen::KeyPair::from_pem(key_pem).map_err(err("read the CA key"))?;
         let params = rcgen::CertificateParams::from_ca_cert_pem(cert_pem)
             .map_err(err("read the CA certificate"))?;
@@ -74,7 +74,7 @@ impl DevCa {
 
     /// Loads the CA of certificate directory `dir` (`dir/ca/`), or makes one there.
     /// Returns it and whether it is new.
-    pub fn load_or_create(dir: &Path) -> Result<(DevCa, CaFiles), String> {
+    pub(crate) fn load_or_create(dir: &Path) -> Result<(DevCa, CaFiles), String> {
         let files = CaFiles::of(dir);
         if files.cert.is_file() && files.key.is_file() {
             let read = |p: &Path| {
@@ -100,18 +100,13 @@ impl DevCa {
     }
 
     /// The CA certificate, PEM: what clients are told to trust.
-    pub fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.cert.pem()
-    }
-
-    /// The CA key, PEM.
-    pub fn key_pem(&self) -> String {
-        self.key.serialize_pem()
     }
 
     /// A leaf for `names` (DNS names, `*.` wildcards or IP addresses), valid for about
     /// two years from yesterday, named after the first.
-    pub fn issue(&self, names: &[String]) -> Result<Leaf, String> {
+    pub(crate) fn issue(&self, names: &[String]) -> Result<Leaf, String> {
         let Some(first) = names.first() else {
             return Err("no name given; name at least one host (e.g. localhost)".into());
         };
@@ -160,7 +155,7 @@ impl CaFiles {
 
 /// The file stem a leaf for `names` is written under: the first name, with a
 /// wildcard's `*` spelled `wildcard` and an IPv6 address's `:` as `-`.
-pub fn stem(names: &[String]) -> String {
+pub(crate) fn stem(names: &[String]) -> String {
     names
         .first()
         .map(|n| n.replace('*', "wildcard").replace(':', "-"))
@@ -203,7 +198,7 @@ pub fn write_leaf(dir: &Path, names: &[String]) -> Result<Written, String> {
 
 /// Writes `text` to `path` (private: mode 0600) through a temp file renamed into place,
 /// so a watcher never reads half a file.
-pub fn write(path: &Path, text: &str, private: bool) -> Result<(), String> {
+pub(crate) fn write(path: &Path, text: &str, private: bool) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: std::io::Error| format!("{}: cannot write: {e}", path.display());

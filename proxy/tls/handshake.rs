@@ -11,7 +11,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 /// Why a handshake failed: the `reason` label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// Not finished within pingora's 60 s handshake limit.
     Timeout,
     /// The client closed or reset the connection before finishing.
@@ -37,7 +37,7 @@ const REASONS: [Reason; 6] = [
 ];
 
 impl Reason {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Reason::Timeout => "timeout",
             Reason::Closed => "closed",
@@ -50,7 +50,7 @@ impl Reason {
 
     /// The reason of a failed handshake (`None`: timed out), from the I/O error and
     /// rustls error at the root of pingora's error.
-    pub fn of(error: Option<&pingora::Error>) -> Reason {
+    pub(crate) fn of(error: Option<&pingora::Error>) -> Reason {
         let Some(e) = error else {
             return Reason::Timeout;
         };
@@ -89,7 +89,7 @@ impl Reason {
 }
 
 /// Counts and logs the failed handshakes of the HTTPS listener (see the module docs).
-pub struct HandshakeCounter {
+pub(crate) struct HandshakeCounter {
     /// One counter per [`REASONS`] entry, resolved once.
     counters: Vec<IntCounter>,
 }
@@ -97,7 +97,7 @@ pub struct HandshakeCounter {
 impl HandshakeCounter {
     /// Registers `modelgate_tls_handshake_failures_total{reason}` on `registry`, every
     /// reason at 0.
-    pub fn register(registry: &Registry) -> prometheus::Result<Arc<HandshakeCounter>> {
+    pub(crate) fn register(registry: &Registry) -> prometheus::Result<Arc<HandshakeCounter>> {
         let vec = IntCounterVec::new(
             Opts::new(
                 "modelgate_tls_handshake_failures_total",
@@ -114,7 +114,7 @@ impl HandshakeCounter {
     }
 
     /// Counts one failure.
-    pub fn count(&self, reason: Reason) {
+    pub(crate) fn count(&self, reason: Reason) {
         if let Some(c) = REASONS
             .iter()
             .position(|&r| r == reason)

@@ -2,13 +2,13 @@
 //! directory or a list (`source`), picked per handshake by SNI (`resolver`), served
 //! under one listener policy (`policy`), and rotated without restart (`watch`).
 
-pub mod cert;
-pub mod dev;
-pub mod handshake;
-pub mod policy;
-pub mod resolver;
-pub mod source;
-pub mod watch;
+pub(crate) mod cert;
+pub(crate) mod dev;
+pub(crate) mod handshake;
+pub(crate) mod policy;
+pub(crate) mod resolver;
+pub(crate) mod source;
+pub(crate) mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,14 +17,14 @@ use std::time::SystemTime;
 use crate::config::{CertSource, Config, HostMatch};
 use crate::metrics::live::Family;
 
-pub use resolver::SniResolver;
-pub use source::CertSet;
-pub use watch::CertWatcher;
+pub(crate) use resolver::SniResolver;
+pub(crate) use source::CertSet;
+pub(crate) use watch::CertWatcher;
 
 /// Counters of certificate rotation, exported as
 /// `modelgate_tls_cert_reloads_total{result="ok"|"error"}` (see [`TlsStats::collector`]).
 #[derive(Debug, Default)]
-pub struct TlsStats {
+pub(crate) struct TlsStats {
     /// Times a changed set of certificates was swapped in.
     pub reloaded: AtomicU64,
     /// Changed certificate pairs refused (the previous one kept serving).
@@ -33,7 +33,7 @@ pub struct TlsStats {
 
 impl TlsStats {
     /// A collector for the metrics registry that reads these counters at each scrape.
-    pub fn collector(self: &Arc<Self>) -> prometheus::Result<TlsCollector> {
+    pub(crate) fn collector(self: &Arc<Self>) -> prometheus::Result<TlsCollector> {
         let desc = TlsCollector::family().desc()?;
         Ok(TlsCollector {
             stats: Arc::clone(self),
@@ -44,7 +44,7 @@ impl TlsStats {
 
 /// `modelgate_tls_cert_reloads_total{result}`: `ok` counts certificate sets swapped
 /// in, `error` changed pairs refused (the previous pair kept serving).
-pub struct TlsCollector {
+pub(crate) struct TlsCollector {
     stats: Arc<TlsStats>,
     desc: prometheus::core::Desc,
 }
@@ -77,20 +77,16 @@ impl prometheus::core::Collector for TlsCollector {
 }
 
 /// The HTTPS listener's certificates: loaded, served, and watched for changes.
-pub struct Certs {
+pub(crate) struct Certs {
     pub resolver: Arc<SniResolver>,
     pub watcher: CertWatcher,
     pub stats: Arc<TlsStats>,
 }
 
-/// Loads and checks every certificate pair of `[tls]` (none when absent). Errors and
-/// warnings read `FILE: tls.certs: CERTFILE: what is wrong; how to fix it`.
-pub fn check(config: &Config) -> Result<Vec<String>, Vec<String>> {
-    load(config).map(|(_, warnings)| warnings)
-}
-
-/// Loads `[tls]` for serving, with the warnings found (see [`check`]).
-pub fn load(config: &Config) -> Result<(Option<Certs>, Vec<String>), Vec<String>> {
+/// Loads and checks every certificate pair of `[tls]` for serving (none when absent),
+/// with the warnings found. Errors and warnings read
+/// `FILE: tls.certs: CERTFILE: what is wrong; how to fix it`.
+pub(crate) fn load(config: &Config) -> Result<(Option<Certs>, Vec<String>), Vec<String>> {
     let Some(tls) = &config.tls else {
         return Ok((None, Vec::new()));
     };

@@ -18,7 +18,9 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::tls::{CryptoProvider, ResolvesServerCert};
 
 /// Listener settings for the HTTPS endpoint, serving certificates from `resolver`.
-pub fn listener_settings(resolver: Arc<dyn ResolvesServerCert>) -> Result<TlsSettings, String> {
+pub(crate) fn listener_settings(
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<TlsSettings, String> {
     check_provider()?;
     // The paths are unused once a resolver is set; nothing is read from disk.
     let mut settings = TlsSettings::intermediate("", "")
@@ -30,7 +32,7 @@ pub fn listener_settings(resolver: Arc<dyn ResolvesServerCert>) -> Result<TlsSet
 
 /// Fails when the process-wide crypto provider offers a suite outside the policy
 /// (another crate installed a different provider, say).
-pub fn check_provider() -> Result<(), String> {
+pub(crate) fn check_provider() -> Result<(), String> {
     pingora::tls::install_default_crypto_provider();
     let provider = CryptoProvider::get_default().ok_or("no TLS crypto provider is installed")?;
     let bad: Vec<String> = provider

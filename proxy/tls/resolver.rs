@@ -13,7 +13,7 @@ use super::cert::LoadedCert;
 
 /// An immutable set of certificates indexed by the names they serve.
 #[derive(Debug)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     exact: HashMap<Box<str>, Arc<CertifiedKey>>,
     /// `*.example.com` is stored under `example.com`.
     wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
@@ -23,7 +23,7 @@ pub struct CertStore {
 impl CertStore {
     /// Indexes `certs` (in priority order: an earlier cert keeps a name a later one
     /// also lists) with `default` served when nothing matches.
-    pub fn new<'a>(
+    pub(crate) fn new<'a>(
         certs: impl IntoIterator<Item = &'a LoadedCert>,
         default: &LoadedCert,
     ) -> CertStore {
@@ -46,7 +46,7 @@ impl CertStore {
     }
 
     /// The certificate for a (lower-case) SNI name, or the default without one.
-    pub fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
+    pub(crate) fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
         let Some(name) = sni else {
             return &self.default;
         };
@@ -66,25 +66,26 @@ impl CertStore {
 
 /// The rustls hook: reads the current [`CertStore`] for every handshake.
 #[derive(Debug)]
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     store: ArcSwap<CertStore>,
 }
 
 impl SniResolver {
-    pub fn new(store: CertStore) -> SniResolver {
+    pub(crate) fn new(store: CertStore) -> SniResolver {
         SniResolver {
             store: ArcSwap::from_pointee(store),
         }
     }
 
     /// The set handshakes use right now.
-    pub fn current(&self) -> Arc<CertStore> {
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> Arc<CertStore> {
         self.store.load_full()
     }
 
     /// Serves `store` to every handshake from now on; handshakes already done keep
     /// the certificate they got.
-    pub fn replace(&self, store: CertStore) {
+    pub(crate) fn replace(&self, store: CertStore) {
         self.store.store(Arc::new(store));
     }
 }

@@ -14,7 +14,7 @@ const DEFAULT_NAME: &str = "default";
 
 /// One pair's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairPaths {
+pub(crate) struct PairPaths {
     /// `NAME` for a directory pair; the certificate path for a listed pair.
     pub name: String,
     pub cert: PathBuf,
@@ -25,7 +25,7 @@ pub struct PairPaths {
 /// The pairs a source names right now, in priority order. A directory is listed
 /// afresh each call; a `.crt` without its `.key` (or the reverse) is reported in
 /// `orphans` rather than failing the whole directory.
-pub fn pairs(source: &CertSource) -> Result<(Vec<PairPaths>, Vec<String>), String> {
+pub(crate) fn pairs(source: &CertSource) -> Result<(Vec<PairPaths>, Vec<String>), String> {
     match source {
         CertSource::List(list) => Ok((
             list.iter()
@@ -99,7 +99,7 @@ fn scan_dir(dir: &Path) -> Result<(Vec<PairPaths>, Vec<String>), String> {
 
 /// A loaded pair and the digest of the bytes it was loaded from.
 #[derive(Debug, Clone)]
-pub struct Slot {
+pub(crate) struct Slot {
     pub pair: PairPaths,
     pub cert: LoadedCert,
     pub digest: u64,
@@ -107,14 +107,14 @@ pub struct Slot {
 
 /// Every pair of a source, loaded and checked.
 #[derive(Debug, Clone)]
-pub struct CertSet {
+pub(crate) struct CertSet {
     pub slots: Vec<Slot>,
 }
 
 impl CertSet {
     /// Loads every pair; fails listing every bad file (a directory's unmatched
     /// `.crt`/`.key` included). Warnings are for certificates close to expiry.
-    pub fn load(
+    pub(crate) fn load(
         source: &CertSource,
         now: SystemTime,
     ) -> Result<(CertSet, Vec<String>), Vec<String>> {
@@ -151,7 +151,7 @@ impl CertSet {
     }
 
     /// The lookup structure for the resolver; `None` when the set is empty.
-    pub fn store(&self) -> Option<CertStore> {
+    pub(crate) fn store(&self) -> Option<CertStore> {
         let default = self
             .slots
             .iter()

@@ -23,7 +23,7 @@ use super::TlsStats;
 use crate::config::CertSource;
 
 /// How often the files are looked at.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Every this many polls, files are read and hashed even if their metadata did not change.
 const FULL_READ_EVERY: u32 = 10;
 
@@ -62,7 +62,7 @@ struct State {
 }
 
 /// The background service that keeps the resolver's certificates current.
-pub struct CertWatcher {
+pub(crate) struct CertWatcher {
     source: Mutex<CertSource>,
     resolver: Arc<SniResolver>,
     stats: Arc<TlsStats>,
@@ -71,7 +71,7 @@ pub struct CertWatcher {
 
 impl CertWatcher {
     /// Watches the pairs of `set` (already loaded from `source` and served by `resolver`).
-    pub fn new(
+    pub(crate) fn new(
         source: CertSource,
         set: CertSet,
         resolver: Arc<SniResolver>,
@@ -98,7 +98,7 @@ impl CertWatcher {
 
     /// Switches to another certificate source (a config reload changed `[tls].certs`);
     /// the next poll loads it, pair by pair, with the same keep-the-good-one rule.
-    pub fn set_source(&self, source: CertSource) {
+    pub(crate) fn set_source(&self, source: CertSource) {
         if let Ok(mut s) = self.source.lock() {
             *s = source;
         }
@@ -109,7 +109,7 @@ impl CertWatcher {
 
     /// Looks at every file once and swaps in what changed. Returns whether the
     /// served set changed.
-    pub fn poll(&self, now: SystemTime) -> bool {
+    pub(crate) fn poll(&self, now: SystemTime) -> bool {
         let source = match self.source.lock() {
             Ok(s) => s.clone(),
             Err(_) => return false,

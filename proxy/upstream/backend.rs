@@ -104,10 +104,12 @@ impl Lease {
     /// serves one at a time that removes the time spent queued inside it, so a
     /// busy replica does not look slow for being busy (its load is counted
     /// already); on one that batches it understates every replica alike, which
-    /// keeps them comparable.
+    /// keeps them comparable. A replica's first estimate is no slower than the
+    /// fastest of its peers in the upstream (see [`Replica::record_latency_among`]).
     #[inline]
     pub fn record_latency(&self, took: Duration) {
-        self.backend.record_latency(took / (self.ahead + 1));
+        self.backend
+            .record_latency_among(took / (self.ahead + 1), || self.queue.fastest_latency_us());
     }
 
     /// Feeds this request's answer (time to response headers, status) to the

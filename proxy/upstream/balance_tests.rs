@@ -336,3 +336,51 @@ fn a_run_of_long_requests_does_not_make_a_replica_look_slow() {
     }
     assert_eq!(to_a, 100, "every short request goes to the idle replica");
 }
+
+/// A replica's first answers may all be long requests: while one replica is busy
+/// with a long request the short ones go around it to the other, and the next
+/// long one finds the pool idle and may land on the same replica again. Its
+/// first estimate must not then make it look slower than a peer busy with a long
+/// request (two replicas that serve one at a time: 1.5 s and 5 ms requests, the
+/// long ones of the first four rounds all on `a`).
+#[tokio::test(start_paused = true)]
+async fn a_replica_whose_first_answers_were_long_is_not_judged_slower_than_a_busy_peer() {
+    const LONG_ONE: Duration = Duration::from_millis(1500);
+    const SHORT_ONE: Duration = Duration::from_millis(5);
+    for seed in 0..20 {
+        fastrand::seed(seed);
+        let pool = pool(2);
+        let queue = pool.store().queue();
+        let (a, b) = (&pool.backends()[0], &pool.backends()[1]);
+        for round in 0..8 {
+            let long = if round < 4 {
+                a.try_acquire(0, queue)
+                    .unwrap_or_else(|| panic!("uncapped acquire"))
+            } else {
+                match pool.pick(&Tried::default(), 0) {
+                    Pick::Leased(l) => l,
+                    other => panic!("{other:?}"),
+                }
+            };
+            let busy = long.backend().index();
+            for k in 0..10 {
+                let short = match pool.pick(&Tried::default(), 0) {
+                    Pick::Leased(l) => l,
+                    other => panic!("{other:?}"),
+                };
+                assert_ne!(
+                    short.backend().index(),
+                    busy,
+                    "seed {seed}, round {round}: short request {k} went to the busy replica \
+                     (typical a {} µs, b {} µs)",
+                    a.latency_us(),
+                    b.latency_us()
+                );
+                tokio::time::advance(SHORT_ONE).await;
+                short.record_latency(SHORT_ONE);
+            }
+            tokio::time::advance(LONG_ONE).await;
+            long.record_latency(LONG_ONE);
+        }
+    }
+}

@@ -10,7 +10,7 @@ const SLOTS: usize = 10;
 
 /// Requests and retries per tenth of the window, in a ring of atomic counters.
 #[derive(Debug)]
-pub struct Budget {
+pub(super) struct Budget {
     percent: u64,
     min_retries: u64,
     slot_ms: u64,
@@ -21,7 +21,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(cfg: &RetryBudget) -> Self {
+    pub(super) fn new(cfg: &RetryBudget) -> Self {
         Budget {
             percent: u64::from(cfg.percent),
             min_retries: u64::from(cfg.min_retries),
@@ -51,12 +51,12 @@ impl Budget {
 
     /// Counts a request (its first attempt).
     #[inline]
-    pub fn record_request(&self) {
+    pub(super) fn record_request(&self) {
         self.requests[self.slot()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget if the window allows it.
-    pub fn try_retry(&self) -> bool {
+    pub(super) fn try_retry(&self) -> bool {
         let current = self.slot();
         let epoch = clock::now_ms() / self.slot_ms;
         let (mut requests, mut retries) = (0, 0);

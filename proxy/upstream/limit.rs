@@ -25,9 +25,16 @@
 //! - An answer of 429 or 503 (the replica says it is overloaded) cuts the limit at
 //!   once to at most 0.9 × limit and below the count it was sent at (AIMD's
 //!   multiplicative decrease).
+//! - A raised limit is a probe, and probing costs: requests sent above a replica's
+//!   knee wait inside it, behind whatever it runs. So a probe is judged on its
+//!   first [`PROBE_WINDOW`] answers at the new limit, and one such window that
+//!   shows queueing steps back at once (no second strike: a wrongly failed probe
+//!   only delays the next one).
 //! - Every decrease doubles how many windows pass before the next step up (up to
-//!   [`MAX_PROBE_BACKOFF`]), so a replica whose knee has been found is probed past
-//!   it rarely; a step up whose first window finds no queueing resets that.
+//!   [`MAX_PROBE_BACKOFF`]), and the next step up also waits [`PROBE_HOLD`] times
+//!   that factor in time (5 s, 10 s, ... up to 320 s), so a replica whose knee
+//!   has been found is probed past it rarely in wall time too, however fast its
+//!   windows fill; a step up whose first window finds no queueing resets that.
 //!
 //! Medians, because model requests vary in size by orders of magnitude: in a
 //! window of 16 with one request in ten 20x longer, the mean swings by half either
@@ -41,22 +48,29 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use super::clock;
 
 /// Answers per decision.
-pub const WINDOW: usize = 16;
+pub(super) const WINDOW: usize = 16;
+/// Answers at a just-raised limit that decide whether it stays.
+pub(super) const PROBE_WINDOW: usize = 8;
+/// The least time between a step down and the next step up, per unit of backoff.
+pub(super) const PROBE_HOLD: Duration = Duration::from_secs(5);
 /// Answers to an idle replica kept for the baseline.
-pub const BASELINE: usize = 32;
+pub(super) const BASELINE: usize = 32;
 /// `full / baseline` at or below which the limit may grow.
-pub const NO_QUEUEING_BELOW: f64 = 1.1;
+pub(super) const NO_QUEUEING_BELOW: f64 = 1.1;
 /// The most windows skipped before trying a higher limit again.
-pub const MAX_PROBE_BACKOFF: u32 = 64;
+pub(super) const MAX_PROBE_BACKOFF: u32 = 64;
 /// Baseline answers needed before any judgement.
 const MIN_BASELINE: usize = 4;
 
 /// `full / baseline` above which a replica at limit `limit` (at least 2) is judged
 /// to queue inside: a third of the way to what one queued request would show at
 /// most, and never under 1.2 so noise at large limits does not read as queueing.
-pub fn queueing_above(limit: u32) -> f64 {
+pub(super) fn queueing_above(limit: u32) -> f64 {
     (1.0 + 1.0 / (3.0 * f64::from(limit.max(2) - 1))).max(1.2)
 }
 
@@ -69,7 +83,7 @@ pub struct Bounds {
 
 /// One answer, as the limit learner sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// Time to response headers, in microseconds.
     pub took_us: u64,
     /// Requests of ours the replica was running when this one was sent, this one
@@ -83,7 +97,7 @@ pub struct Answer {
 /// answers are folded in under a short lock (only on upstreams with
 /// `max_inflight = "auto"`).
 #[derive(Debug)]
-pub struct LimitLearner {
+pub(crate) struct LimitLearner {
     limit: AtomicU32,
     state: Mutex<State>,
 }
@@ -103,6 +117,8 @@ struct State {
     /// Windows left before the next step up, and the current backoff.
     probe_wait: u32,
     probe_backoff: u32,
+    /// No step up before this clock time (µs).
+    hold_until_us: u64,
     /// The limit was just raised and its first full window is not judged yet.
     probing: bool,
     /// Full windows in a row that showed queueing.
@@ -111,7 +127,7 @@ struct State {
 
 impl LimitLearner {
     /// A learner starting at `initial` (the bounds' minimum, normally), in slow start.
-    pub fn new(initial: u32) -> Self {
+    pub(crate) fn new(initial: u32) -> Self {
         LimitLearner {
             limit: AtomicU32::new(initial.max(1)),
             state: Mutex::new(State {
@@ -124,6 +140,7 @@ impl LimitLearner {
                 last_good: initial.max(1),
                 probe_wait: 0,
                 probe_backoff: 1,
+                hold_until_us: 0,
                 probing: false,
                 strikes: 0,
             }),
@@ -132,14 +149,14 @@ impl LimitLearner {
 
     /// The current limit, within `b`.
     #[inline]
-    pub fn limit(&self, b: Bounds) -> u32 {
+    pub(crate) fn limit(&self, b: Bounds) -> u32 {
         self.limit
             .load(Ordering::Relaxed)
             .clamp(b.min.max(1), b.max.max(1))
     }
 
     /// Folds one answer in; returns the new limit when it changed.
-    pub fn on_answer(&self, a: Answer, b: Bounds) -> Option<u32> {
+    pub(crate) fn on_answer(&self, a: Answer, b: Bounds) -> Option<u32> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let limit = self.limit(b);
         let next = s.fold(a, limit, b);
@@ -179,21 +196,24 @@ impl State {
         }
         self.full[self.full_n] = a.took_us;
         self.full_n += 1;
-        if self.full_n < WINDOW {
+        let window = if self.probing { PROBE_WINDOW } else { WINDOW };
+        if self.full_n < window {
             return limit;
         }
+        let mut full = self.full;
+        let full = median(&mut full[..window]);
         self.full_n = 0;
         if self.baseline_n < MIN_BASELINE {
             return limit;
         }
-        let full = median(&mut self.full.clone());
         let mut base = self.baseline;
         let base = median(&mut base[..self.baseline_n.min(BASELINE)]).max(1);
         let ratio = full as f64 / base as f64;
         if ratio > queueing_above(limit) {
-            // One slow window may be the host, not the replica: act on two in a row.
+            // One slow window may be the host, not the replica: act on two in a
+            // row, except on a probe, which steps back at once.
             self.strikes += 1;
-            if self.strikes < 2 {
+            if self.strikes < 2 && !self.probing {
                 return limit;
             }
             let down = if self.slow_start {
@@ -227,6 +247,9 @@ impl State {
             self.probe_wait -= 1;
             return limit;
         }
+        if self.hold_until_us > clock::now_us() {
+            return limit;
+        }
         self.probing = true;
         self.last_good = limit;
         if self.slow_start {
@@ -243,6 +266,8 @@ impl State {
         self.full_n = 0;
         self.at_limit_n = 0;
         self.probe_wait = self.probe_backoff;
+        self.hold_until_us = clock::now_us()
+            .saturating_add(PROBE_HOLD.as_micros() as u64 * u64::from(self.probe_backoff));
         self.probe_backoff = (self.probe_backoff * 2).min(MAX_PROBE_BACKOFF);
         to.max(1)
     }
@@ -266,58 +291,156 @@ mod tests {
 
     /// Feeds `n` answers from a replica that is always full (closed-loop clients,
     /// more than the limit): each is sent at the current limit and takes
-    /// `took(limit)`. Returns the limit seen at each answer.
-    fn saturate(l: &LimitLearner, n: usize, mut took: impl FnMut(u32) -> u64) -> Vec<u32> {
-        (0..n)
-            .map(|_| {
-                let limit = l.limit(B);
-                let answer = Answer {
-                    took_us: took(limit),
-                    concurrency: limit,
-                    overloaded: false,
-                };
-                l.on_answer(answer, B);
-                limit
-            })
-            .collect()
+    /// `took(limit)`; the paused clock moves by `took / limit` per answer (that
+    /// many run at once). Returns the limit seen at each answer.
+    async fn saturate(l: &LimitLearner, n: usize, mut took: impl FnMut(u32) -> u64) -> Vec<u32> {
+        let mut seen = Vec::with_capacity(n);
+        for _ in 0..n {
+            let limit = l.limit(B);
+            let took_us = took(limit);
+            tokio::time::advance(Duration::from_micros(took_us / u64::from(limit))).await;
+            let answer = Answer {
+                took_us,
+                concurrency: limit,
+                overloaded: false,
+            };
+            l.on_answer(answer, B);
+            seen.push(limit);
+        }
+        seen
     }
 
     fn share(limits: &[u32], f: impl Fn(u32) -> bool) -> f64 {
         limits.iter().filter(|&&l| f(l)).count() as f64 / limits.len() as f64
     }
 
+    /// Indexes at which the limit rose above 1.
+    fn probes(limits: &[u32]) -> Vec<usize> {
+        (1..limits.len())
+            .filter(|&i| limits[i] > 1 && limits[i - 1] == 1)
+            .collect()
+    }
+
     /// A replica that runs 4 at once and slows down in proportion beyond that.
-    #[test]
-    fn finds_the_knee_of_a_replica_with_four_slots() {
+    #[tokio::test(start_paused = true)]
+    async fn finds_the_knee_of_a_replica_with_four_slots() {
         let l = LimitLearner::new(1);
-        let limits = saturate(&l, 4000, |n| T * u64::from(n.max(4)) / 4);
+        let limits = saturate(&l, 4000, |n| T * u64::from(n.max(4)) / 4).await;
         let late = &limits[1000..];
-        assert!(share(late, |l| l == 4) > 0.8, "{:?}", &late[..64]);
+        assert!(share(late, |l| l == 4) > 0.9, "{:?}", &late[..64]);
         assert!(late.iter().all(|&l| (3..=8).contains(&l)));
     }
 
     /// A replica that serves one request at a time (a Flask dev server), with
     /// 10% of requests 20x longer: every request waits for all sent before it.
-    #[test]
-    fn learns_one_for_a_replica_that_serves_one_at_a_time() {
+    #[tokio::test(start_paused = true)]
+    async fn learns_one_for_a_replica_that_serves_one_at_a_time() {
         fastrand::seed(7);
         let size = || if fastrand::u8(..10) == 0 { 20 * T } else { T };
         let l = LimitLearner::new(1);
-        let limits = saturate(&l, 4000, |n| (0..n).map(|_| size()).sum());
+        let limits = saturate(&l, 4000, |n| (0..n).map(|_| size()).sum()).await;
         let late = &limits[500..];
-        assert!(share(late, |l| l == 1) > 0.9, "{:?}", &late[..64]);
+        assert!(share(late, |l| l == 1) > 0.97, "{:?}", &late[..64]);
+    }
+
+    /// A probe above the knee of a replica that serves one at a time costs its
+    /// first window of answers at the raised limit, no more.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_finds_queueing_steps_back_after_its_first_window() {
+        let l = LimitLearner::new(1);
+        let limits = saturate(&l, 200, |n| T * u64::from(n)).await;
+        let raised = limits.iter().filter(|&&l| l == 2).count();
+        // 10 s of answers: slow start's probe, and one more after 5 s.
+        assert_eq!(probes(&limits).len(), 2, "{limits:?}");
+        assert_eq!(raised, 2 * PROBE_WINDOW, "{limits:?}");
+    }
+
+    /// However fast a replica answers, after a failed probe the next waits at
+    /// least `PROBE_HOLD` (then 2x, 4x, ...) in time: a replica that answers in
+    /// 1 ms fills a window every 16 ms and would otherwise be probed every
+    /// fraction of a second.
+    #[tokio::test(start_paused = true)]
+    async fn probes_after_a_failed_one_are_spaced_in_time() {
+        let l = LimitLearner::new(1);
+        let start = tokio::time::Instant::now();
+        let mut at = Vec::new();
+        let mut last = 1;
+        // 1 ms per request, one at a time; 10 minutes.
+        for _ in 0..600_000 {
+            let limit = l.limit(B);
+            if limit > 1 && last == 1 {
+                at.push(start.elapsed());
+            }
+            last = limit;
+            let took_us = 1000 * u64::from(limit);
+            tokio::time::advance(Duration::from_micros(took_us / u64::from(limit))).await;
+            l.on_answer(
+                Answer {
+                    took_us,
+                    concurrency: limit,
+                    overloaded: false,
+                },
+                B,
+            );
+        }
+        let gaps: Vec<f64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        // Holds of 5, 10, 20, 40, 80, 160, 320 s (plus the probe itself).
+        assert!(at.len() <= 8, "probes at {at:?}");
+        for (k, gap) in gaps.iter().enumerate() {
+            let hold = PROBE_HOLD.as_secs_f64() * f64::from(1u32 << k.min(6));
+            assert!(
+                *gap >= hold,
+                "probe {} came {gap} s after the last ({at:?})",
+                k + 1
+            );
+        }
+    }
+
+    /// The mixed workload of benchmark (b) on one replica that serves one at a
+    /// time: at 4.8 answers a second for a minute, the limit is above 1 for a
+    /// few probes' first windows only.
+    #[tokio::test(start_paused = true)]
+    async fn a_serial_replica_under_mixed_work_is_rarely_probed() {
+        fastrand::seed(5);
+        let l = LimitLearner::new(1);
+        let start = tokio::time::Instant::now();
+        let mut raised = 0;
+        let mut answers = 0;
+        while start.elapsed() < Duration::from_secs(60) {
+            let limit = l.limit(B);
+            let took_us: u64 = (0..limit)
+                .map(|_| if fastrand::u8(..10) == 0 { 20 * T } else { T })
+                .sum();
+            // 70% busy: one answer every 208 ms on average.
+            tokio::time::advance(Duration::from_millis(208)).await;
+            raised += usize::from(limit > 1);
+            answers += 1;
+            l.on_answer(
+                Answer {
+                    took_us,
+                    concurrency: limit,
+                    overloaded: false,
+                },
+                B,
+            );
+        }
+        assert!(
+            raised <= 4 * PROBE_WINDOW,
+            "{raised} of {answers} answers at a raised limit"
+        );
     }
 
     /// A replica that batches (vLLM-like: 64 at once at the same speed), with the
     /// same mixed sizes: the limit grows far past where a serial one stops.
-    #[test]
-    fn grows_for_a_replica_that_runs_many_at_once() {
+    #[tokio::test(start_paused = true)]
+    async fn grows_for_a_replica_that_runs_many_at_once() {
         fastrand::seed(11);
         let l = LimitLearner::new(1);
         let limits = saturate(&l, 4000, |n| {
             let own = if fastrand::u8(..10) == 0 { 20 * T } else { T };
             own * u64::from(n.max(64)) / 64
-        });
+        })
+        .await;
         assert!(
             limits[3000..].iter().all(|&l| l >= 16),
             "{:?}",
@@ -325,10 +448,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_overloaded_answer_cuts_the_limit_at_once() {
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_answer_cuts_the_limit_at_once() {
         let l = LimitLearner::new(1);
-        saturate(&l, 300, |_| T);
+        saturate(&l, 300, |_| T).await;
         let before = l.limit(B);
         assert!(before >= 10, "grew to {before}");
         let cut = l.on_answer(

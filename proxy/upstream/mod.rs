@@ -17,12 +17,12 @@ mod report;
 mod select;
 mod store;
 
-pub use backend::{Backend, Lease};
-pub use balancer::{Balancer, Cap, Pick};
-pub use limit::{Answer, LimitLearner};
-pub use pool::{Pool, PoolSettings};
-pub use queue::{Admission, WaitQueue};
-pub use replica::{BackendState, Replica};
-pub use report::{parse_orca, LoadReport, ORCA_FORMAT_HEADER, ORCA_HEADER};
-pub use select::{Selector, Tried, MAX_ATTEMPTS};
-pub use store::ReplicaStore;
+pub use balancer::Pick;
+pub use pool::Pool;
+pub use select::Tried;
+
+pub(crate) use backend::{Backend, Lease};
+pub(crate) use balancer::Cap;
+pub(crate) use queue::{Admission, WaitQueue};
+pub(crate) use replica::{BackendState, Replica};
+pub(crate) use report::{parse_orca, LoadReport, ORCA_FORMAT_HEADER, ORCA_HEADER};

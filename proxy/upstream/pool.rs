@@ -262,7 +262,13 @@ impl Pool {
                 }
             }
         }
-        self.store.queue().publish(Arc::clone(&self.balancer));
+        let queue = self.store.queue();
+        if self.backends().iter().any(|b| b.is_available()) {
+            // However the replica got ready (a check, a lookup, a reload, checks
+            // switched off), the cold period is over: the next one wakes anew.
+            queue.end_cold();
+        }
+        queue.publish(Arc::clone(&self.balancer));
     }
 
     /// Brings an ejected backend back when its ejection ends (pools without checks).
@@ -279,6 +285,7 @@ impl Pool {
             if me.state() == BackendState::Down {
                 log::info!("upstream {name}: {} back after ejection", me.label());
                 me.set_state(BackendState::Up, slow_start);
+                queue.end_cold();
                 queue.dispatch();
             }
         });

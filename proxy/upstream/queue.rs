@@ -233,6 +233,19 @@ impl WaitQueue {
         }
     }
 
+    /// The fastest typical time per request (µs) among the backends of the
+    /// newest published generation; 0 when none is measured yet.
+    pub(crate) fn fastest_latency_us(&self) -> u32 {
+        self.balancer.load().as_ref().map_or(0, |b| {
+            b.backends()
+                .iter()
+                .map(|b| b.latency_us())
+                .filter(|&us| us != 0)
+                .min()
+                .unwrap_or(0)
+        })
+    }
+
     /// Hands free slots to queued requests, oldest first. Called when a slot frees,
     /// a backend comes up, a generation is published, or a request joins the queue.
     pub fn dispatch(self: &Arc<Self>) {

@@ -176,9 +176,19 @@ impl Replica {
         self.latency_us.load(Ordering::Relaxed)
     }
 
-    /// Folds one time per request into the running low quantile.
+    /// Folds one time per request into the running low quantile, for a replica
+    /// with no peers (see [`Replica::record_latency_among`]).
+    #[inline]
+    pub fn record_latency(&self, took: Duration) {
+        self.record_latency_among(took, || 0);
+    }
+
+    /// Folds one time per request into the running low quantile. `peers_fastest`
+    /// gives the fastest typical time of the other replicas of the upstream (µs,
+    /// 0: none measured); it is called once, when the estimate starts.
     ///
-    /// The estimate starts as the fastest of the first `FIRST_SAMPLES`, then moves
+    /// The estimate starts as the fastest of the first `FIRST_SAMPLES`, or the
+    /// fastest peer's when that is faster, then moves
     /// toward each sample by a step proportional to itself: 1/64 up, 1/8 down, so
     /// it settles where one sample in nine is faster, about the 11th percentile
     /// (Ma, Muthukrishnan and Sandler, "Frugal Streaming for Estimating Quantiles",
@@ -188,9 +198,16 @@ impl Replica {
     /// one does when the balancer keeps short work off a busy one) still looks as
     /// fast as it is (thirty long answers in a row move it 1.6x), while a replica
     /// that really slows down for everything is seen within about a hundred answers
-    /// (8x slower: 3x within 70). Lock-free; concurrent updates may lose a step.
+    /// (8x slower: 3x within 70). Starting no slower than the fastest peer is
+    /// the same rule for the first answers: replicas of one upstream usually run
+    /// the same model on the same hardware, and a replica whose first few answers
+    /// happened to be long requests (the one left idle gets the next long request
+    /// while short ones go around the busy one) must not start out looking 300x
+    /// slower than its peers, which would make a busy peer look cheaper than it;
+    /// one that really is slower is seen as the estimate climbs, as above.
+    /// Lock-free; concurrent updates may lose a step.
     #[inline]
-    pub fn record_latency(&self, took: Duration) {
+    pub(crate) fn record_latency_among(&self, took: Duration, peers_fastest: impl FnOnce() -> u32) {
         let v = self;
         let sample = took.as_micros().clamp(1, u128::from(u32::MAX)) as u32;
         let n = v.recorded.load(Ordering::Relaxed) as usize;
@@ -204,7 +221,11 @@ impl Replica {
                 for (f, s) in first.iter_mut().zip(&v.first) {
                     *f = s.load(Ordering::Relaxed);
                 }
-                let fastest = first.iter().copied().min().unwrap_or(1);
+                let mut fastest = first.iter().copied().min().unwrap_or(1);
+                let peers = peers_fastest();
+                if peers != 0 {
+                    fastest = fastest.min(peers);
+                }
                 v.latency_us.store(fastest.max(1), Ordering::Relaxed);
             }
             return;

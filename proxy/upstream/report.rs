@@ -8,9 +8,9 @@
 //! vLLM names its gauges without the `vllm:` prefix under `named_metrics`.
 
 /// The request header asking a replica for a load report.
-pub const ORCA_FORMAT_HEADER: &str = "endpoint-load-metrics-format";
+pub(crate) const ORCA_FORMAT_HEADER: &str = "endpoint-load-metrics-format";
 /// The response header carrying it (removed before the answer reaches the client).
-pub const ORCA_HEADER: &str = "endpoint-load-metrics";
+pub(crate) const ORCA_HEADER: &str = "endpoint-load-metrics";
 
 /// What a replica said about its own load. Missing gauges are `None`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -45,7 +45,7 @@ impl LoadReport {
 /// Parses an `endpoint-load-metrics` value: `TEXT k=v, named_metrics.k=v, ...` or
 /// `JSON {"named_metrics": {...}}` (the format word may be missing). `None` when
 /// it is neither, or names no gauge the balancer knows.
-pub fn parse_orca(value: &[u8]) -> Option<LoadReport> {
+pub(crate) fn parse_orca(value: &[u8]) -> Option<LoadReport> {
     let text = std::str::from_utf8(value).ok()?.trim();
     let (format, body) = match text.split_once(' ') {
         Some((f, rest)) if f.eq_ignore_ascii_case("TEXT") || f.eq_ignore_ascii_case("JSON") => {

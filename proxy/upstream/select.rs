@@ -14,7 +14,7 @@ use super::balancer::Cap;
 use super::clock;
 
 /// Most attempts one request can make (the first plus `retries`, which is at most 10).
-pub const MAX_ATTEMPTS: usize = 12;
+pub(crate) const MAX_ATTEMPTS: usize = 12;
 
 /// Backends this request already tried, by index in the pool. Fixed size, no allocation.
 #[derive(Debug, Default, Clone)]
@@ -58,7 +58,7 @@ const MAX_RING: usize = 1 << 18;
 
 /// A selection policy with whatever precomputed state it needs.
 #[derive(Debug)]
-pub enum Selector {
+pub(crate) enum Selector {
     LeastOutstanding {
         /// How long a replica's own load report counts (ms; 0: reports off).
         report_ttl_ms: u64,
@@ -88,14 +88,14 @@ fn eligible(b: &Backend, i: usize, tried: &Tried, cap: u32, slow_start: Duration
 impl Selector {
     /// Least outstanding; replicas' own load reports count for `report_ttl`
     /// after they arrive (zero: not used).
-    pub fn least_outstanding(report_ttl: Duration) -> Self {
+    pub(crate) fn least_outstanding(report_ttl: Duration) -> Self {
         Selector::LeastOutstanding {
             report_ttl_ms: report_ttl.as_millis() as u64,
         }
     }
 
     /// Interleaved weighted round robin (stride scheduling): weights 3,1 give a,a,b,a.
-    pub fn round_robin(backends: &[Arc<Backend>]) -> Self {
+    pub(crate) fn round_robin(backends: &[Arc<Backend>]) -> Self {
         let total: usize = backends.iter().map(|b| b.weight() as usize).sum();
         let len = total.min(MAX_SCHEDULE);
         let mut heap: BinaryHeap<Reverse<(u64, u32)>> = backends
@@ -119,7 +119,7 @@ impl Selector {
     }
 
     /// A Ketama-style ring: keys move only when their backend leaves.
-    pub fn consistent_hash(backends: &[Arc<Backend>]) -> Self {
+    pub(crate) fn consistent_hash(backends: &[Arc<Backend>]) -> Self {
         let total: usize = backends.iter().map(|b| b.weight() as usize).sum();
         let per_weight = (MAX_RING / total.max(1)).clamp(1, POINTS_PER_WEIGHT);
         let mut ring = Vec::with_capacity(total * per_weight);
@@ -142,7 +142,7 @@ impl Selector {
 
     /// Index of the backend to try next, or `None` when no backend is eligible.
     /// `hash` is only read by consistent hashing.
-    pub fn pick(
+    pub(crate) fn pick(
         &self,
         backends: &[Arc<Backend>],
         tried: &Tried,

@@ -2,6 +2,10 @@
 
 // Tests fail loudly by design; unwrap is how they say what broke.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// A failing test prints what it saw (server logs, timings) next to the assertion.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+// A test crate has no public API: `pub` here only shares helpers between its modules.
+#![allow(unreachable_pub)]
 
 mod admission;
 mod balance;

@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use modelgate::demo::replica::{Replica, ReplicaHandle};
+use serde_json::Value;
 
-use super::chat;
+use super::fixture::*;
+use crate::support::dns::{Answer, DnsServer};
 use crate::support::*;
 
 struct Cold {
@@ -16,40 +19,33 @@ struct Cold {
     proxy: TestProxy,
 }
 
-async fn cold(hold: &str) -> Cold {
+/// An upstream whose one replica is loading its weights (failing its health
+/// check), with `hold` and `wake`, and `route` lines on its route.
+async fn cold_with(hold: &str, route: &str) -> Cold {
     let model = Replica::builder("m")
         .models(["m"])
+        .token_interval(Duration::from_millis(20))
         .health_status(503) // loading its weights
         .spawn()
         .await
         .unwrap();
     let scaler = Replica::builder("scaler").spawn().await.unwrap();
-    let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "chat"
-path = "/v1"
-model = "m"
-api = "openai"
-upstream = "m"
-
-[upstream.m]
-backends = ["{}"]
+    let proxy = front(
+        route,
+        &format!(
+            r#"{}
 hold = "{hold}"
-wake = {{ url = "http://{}/wake", method = "POST" }}
+{}
 [upstream.m.health]
 path = "/health"
 interval = "100ms"
 timeout = "80ms"
 unhealthy_after = 1
 "#,
-        model.addr(),
-        scaler.addr()
-    ))
+            backends(&[&model]),
+            wake(&scaler)
+        ),
+    )
     .await;
     Cold {
         model,
@@ -58,30 +54,22 @@ unhealthy_after = 1
     }
 }
 
-async fn queued(proxy: &TestProxy) -> u64 {
-    proxy.admin_json("/upstreams").await["upstreams"]["m"]["queued"]
-        .as_u64()
-        .unwrap_or(0)
+async fn cold(hold: &str) -> Cold {
+    cold_with(hold, "").await
 }
 
-async fn state(proxy: &TestProxy) -> String {
-    proxy.admin_json("/upstreams").await["upstreams"]["m"]["backends"][0]["state"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn send(client: &reqwest::Client, c: &Cold) -> tokio::task::JoinHandle<u16> {
-    let req = client
-        .post(c.proxy.url("/v1/chat/completions"))
-        .json(&chat("m", "hello", false));
-    tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+/// The `wake` line calling `scaler`.
+fn wake(scaler: &ReplicaHandle) -> String {
+    format!(
+        r#"wake = {{ url = "http://{}/wake", method = "POST" }}"#,
+        scaler.addr()
+    )
 }
 
 async fn held_requests_are_served_when_a_replica_is_ready(client: reqwest::Client) {
     let c = cold("30s").await;
     // Cold period 1: replica loading. Requests wait; one wake call for all.
-    let held: Vec<_> = (0..3).map(|_| send(&client, &c)).collect();
+    let held: Vec<_> = (0..3).map(|_| send(&client, &c.proxy)).collect();
     eventually("three held", Duration::from_secs(10), || async {
         queued(&c.proxy).await == 3
     })
@@ -103,7 +91,7 @@ async fn held_requests_are_served_when_a_replica_is_ready(client: reqwest::Clien
         state(&c.proxy).await == "down"
     })
     .await;
-    let held: Vec<_> = (0..2).map(|_| send(&client, &c)).collect();
+    let held: Vec<_> = (0..2).map(|_| send(&client, &c.proxy)).collect();
     eventually("second wake call", Duration::from_secs(10), || async {
         c.scaler.hits() == 2
     })
@@ -140,6 +128,11 @@ async fn hold_ends_and_clients_that_leave_are_let_go(client: reqwest::Client) {
         queued(&c.proxy).await == 0
     })
     .await;
+    eventually("counted as a client abort", PATIENCE, || async {
+        aborts(&c.proxy).await == 1.0
+    })
+    .await;
+    assert_eq!(answered(&c.proxy, 499).await, 1.0);
     c.model.set_health_status(200);
     eventually("up", Duration::from_secs(10), || async {
         state(&c.proxy).await == "up"
@@ -184,4 +177,146 @@ async fn hold_ends_and_clients_that_leave_are_let_go_http1() {
 #[tokio::test]
 async fn hold_ends_and_clients_that_leave_are_let_go_h2c() {
     hold_ends_and_clients_that_leave_are_let_go(h2()).await;
+}
+
+/// A held stream on a route with `sse_keepalive` gets its head early and comments
+/// until the replica is ready, then the replica's stream; one that is never served
+/// ends with an OpenAI error event; one whose client leaves frees its place.
+async fn held_streams_are_kept_alive(client: reqwest::Client) {
+    let c = cold_with("30s", r#"sse_keepalive = "200ms""#).await;
+    let url = c.proxy.url("/v1/chat/completions");
+    let resp = client
+        .post(&url)
+        .json(&stream_body(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.bytes_stream();
+    for _ in 0..2 {
+        let chunk = body.next().await.unwrap().unwrap();
+        assert_eq!(&chunk[..], KEEPALIVE.as_bytes());
+    }
+    assert_eq!(queued(&c.proxy).await, 1);
+    c.model.set_health_status(200);
+    let mut text = String::new();
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let events = events_after_keepalives(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(c.model.hits(), 1);
+    assert_eq!(c.scaler.hits(), 1);
+
+    // Nobody comes up within the hold: one error event, counted as the 503 it is.
+    let c = cold_with("2s", r#"sse_keepalive = "200ms""#).await;
+    let url = c.proxy.url("/v1/chat/completions");
+    let resp = client
+        .post(&url)
+        .json(&stream_body(3))
+        .send()
+        .await
+        .unwrap();
+    expect_error_event(resp, "no_healthy_backend").await;
+    assert_eq!(answered(&c.proxy, 503).await, 1.0);
+    assert_eq!(answered(&c.proxy, 200).await, 0.0);
+
+    // A client that leaves a held stream leaves the queue and is counted.
+    let resp = client
+        .post(&url)
+        .json(&stream_body(3))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let chunk = body.next().await.unwrap().unwrap();
+    assert_eq!(&chunk[..], KEEPALIVE.as_bytes());
+    drop(body);
+    eventually("the held stream left", Duration::from_secs(10), || async {
+        queued(&c.proxy).await == 0 && aborts(&c.proxy).await == 1.0
+    })
+    .await;
+    assert_eq!(answered(&c.proxy, 499).await, 1.0);
+    eventually("access log lines", PATIENCE, || async {
+        access_lines(&c.proxy).len() == 2
+    })
+    .await;
+    let statuses: Vec<_> = access_lines(&c.proxy)
+        .iter()
+        .map(|l| (l["status"].clone(), l["reject"].clone()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (503.into(), "no_healthy_backend".into()),
+            (499.into(), Value::Null)
+        ]
+    );
+    assert_eq!(c.model.hits(), 0);
+}
+
+#[tokio::test]
+async fn held_streams_are_kept_alive_http1() {
+    held_streams_are_kept_alive(h1()).await;
+}
+
+#[tokio::test]
+async fn held_streams_are_kept_alive_h2c() {
+    held_streams_are_kept_alive(h2()).await;
+}
+
+/// Without health checks a cold period ends when a replica is there by any other
+/// way (here a DNS answer; then a reload to a name that does not resolve yet starts
+/// the next one), and each period calls `wake` once.
+#[tokio::test]
+async fn a_cold_period_ends_without_health_checks() {
+    let dns = DnsServer::start().await;
+    let model = replica("m", 0, 5).await;
+    let scaler = Replica::builder("scaler").spawn().await.unwrap();
+    let port = model.addr().port();
+    dns.set("first.test", Answer::Fail);
+    dns.set("second.test", Answer::Fail);
+    let proxy = front(
+        "",
+        &format!(
+            r#"discover = {{ dns = "first.test:{port}", every = "100ms", resolver = "{}" }}
+hold = "30s"
+{}"#,
+            dns.addr(),
+            wake(&scaler)
+        ),
+    )
+    .await;
+    let client = h1();
+    // Period 1: no replica known yet.
+    let held = send(&client, &proxy);
+    eventually("first wake call", PATIENCE, || async { scaler.hits() == 1 }).await;
+    dns.set("first.test", Answer::Addrs(vec![model.addr().ip()]));
+    assert_eq!(held.await.unwrap(), 200);
+
+    // Period 2: the upstream now names a service with no replica yet.
+    let text = std::fs::read_to_string(proxy.config_path())
+        .unwrap()
+        .replace("first.test", "second.test");
+    std::fs::write(proxy.config_path(), text).unwrap();
+    let resp = client
+        .post(proxy.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let held: Vec<_> = (0..2).map(|_| send(&client, &proxy)).collect();
+    eventually("second wake call", PATIENCE, || async {
+        scaler.hits() == 2
+    })
+    .await;
+    dns.set("second.test", Answer::Addrs(vec![model.addr().ip()]));
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(scaler.hits(), 2);
+    assert_eq!(model.hits(), 3);
 }

@@ -1,62 +1,30 @@
 //! `sse_keepalive`: a streaming request queued longer than the interval gets its
 //! `200 text/event-stream` head early and `: keep-alive` comments until a replica
-//! answers, then the replica's stream; failures become one SSE error event; a
-//! client that leaves while queued leaves the queue.
+//! answers, then the replica's stream (also from a second replica when the first
+//! refuses before its first byte); failures become one SSE error event; a client
+//! that leaves while queued leaves the queue and is counted.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use modelgate::demo::replica::{Replica, ReplicaHandle};
-use serde_json::{json, Value};
+use modelgate::demo::replica::ReplicaHandle;
+use serde_json::Value;
 
-use super::{chat, sse_events};
+use super::fixture::*;
 use crate::support::*;
 
 /// One replica with one slot behind a cap of 1, so a second request queues.
 async fn setup(queue_timeout: &str) -> (ReplicaHandle, TestProxy) {
-    let r = Replica::builder("r")
-        .models(["m"])
-        .concurrency(1)
-        .token_interval(Duration::from_millis(50))
-        .spawn()
-        .await
-        .unwrap();
-    let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "chat"
-path = "/v1"
-model = "m"
-api = "openai"
-upstream = "m"
-sse_keepalive = "200ms"
-
-[upstream.m]
-backends = ["{}"]
-max_inflight = 1
-queue = {{ size = 4, timeout = "{queue_timeout}" }}
-"#,
-        r.addr()
-    ))
+    let r = replica("r", 1, 50).await;
+    let proxy = front(
+        r#"sse_keepalive = "200ms""#,
+        &format!(
+            "{}\nmax_inflight = 1\nqueue = {{ size = 4, timeout = \"{queue_timeout}\" }}",
+            backends(&[&r])
+        ),
+    )
     .await;
     (r, proxy)
-}
-
-/// A streamed chat of `tokens` tokens (50 ms each on the replica).
-fn stream_body(tokens: u64) -> Value {
-    let mut body = chat("m", "hello", true);
-    body["max_tokens"] = json!(tokens);
-    body
-}
-
-async fn queued(proxy: &TestProxy) -> u64 {
-    proxy.admin_json("/upstreams").await["upstreams"]["m"]["queued"]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 /// Holds the only slot until the returned response is read to its end.
@@ -69,22 +37,6 @@ async fn occupy(client: &reqwest::Client, proxy: &TestProxy, tokens: u64) -> req
         .unwrap();
     assert_eq!(resp.status(), 200);
     resp
-}
-
-/// Reads the whole body as text, chunk by chunk, noting how many `: keep-alive`
-/// comments came before the first `data:` event.
-async fn read_stream(resp: reqwest::Response) -> (String, usize) {
-    let mut text = String::new();
-    let mut comments_first = None;
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-        if comments_first.is_none() && text.contains("data:") {
-            let head = &text[..text.find("data:").unwrap_or(0)];
-            comments_first = Some(head.matches(": keep-alive\n\n").count());
-        }
-    }
-    (text, comments_first.unwrap_or(0))
 }
 
 async fn queued_stream_is_kept_alive_then_spliced(client: reqwest::Client) {
@@ -108,7 +60,7 @@ async fn queued_stream_is_kept_alive_then_spliced(client: reqwest::Client) {
         comments >= 2,
         "{comments} comments before the stream: {text:?}"
     );
-    let events = sse_events(text.trim_start_matches(": keep-alive\n\n"));
+    let events = events_after_keepalives(&text);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
     let first: Value = serde_json::from_str(&events[0]).unwrap();
     assert_eq!(first["object"], "chat.completion.chunk");
@@ -147,14 +99,7 @@ async fn queue_timeout_ends_the_stream_with_an_error_event(client: reqwest::Clie
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let (text, comments) = read_stream(resp).await;
-    assert!(comments >= 2, "{text:?}");
-    let events = sse_events(text.trim_start_matches(": keep-alive\n\n"));
-    assert_eq!(events.len(), 1, "{text:?}");
-    let e: Value = serde_json::from_str(&events[0]).unwrap();
-    assert_eq!(e["error"]["code"], "queue_timeout", "{e}");
-    assert!(e["error"]["message"].is_string());
+    expect_error_event(resp, "queue_timeout").await;
     drop(blocker);
 }
 
@@ -168,41 +113,206 @@ async fn queue_timeout_ends_the_stream_with_an_error_event_h2c() {
     queue_timeout_ends_the_stream_with_an_error_event(h2()).await;
 }
 
-async fn client_leaving_a_kept_alive_stream_leaves_the_queue(client: reqwest::Client) {
+/// A client that leaves while queued, with its keep-alive head (`stream`) or
+/// without, frees its place: the next request takes the slot, the replica never
+/// sees the request, and it is counted as a 499 and a client abort.
+async fn client_leaving_the_queue_frees_its_place(client: reqwest::Client, stream: bool) {
     let (r, proxy) = setup("30s").await;
     let blocker = occupy(&client, &proxy, 40).await; // about 2 s
-    let resp = client
+    let body = if stream {
+        stream_body(3)
+    } else {
+        chat("m", "hello", false)
+    };
+    let leaving = client
         .post(proxy.url("/v1/chat/completions"))
-        .json(&stream_body(3))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.bytes_stream();
-    let first = body.next().await.unwrap().unwrap();
-    assert_eq!(&first[..], b": keep-alive\n\n");
-    assert_eq!(queued(&proxy).await, 1);
-    drop(body);
+        .json(&body)
+        .send();
+    if stream {
+        let resp = leaving.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], KEEPALIVE.as_bytes());
+        assert_eq!(queued(&proxy).await, 1);
+        drop(body);
+    } else {
+        let leaving = tokio::spawn(leaving);
+        eventually("queued", Duration::from_secs(10), || async {
+            queued(&proxy).await == 1
+        })
+        .await;
+        assert!(
+            !leaving.is_finished(),
+            "answered while the only slot was taken"
+        );
+        leaving.abort();
+    }
     eventually("the waiter left", Duration::from_secs(10), || async {
         queued(&proxy).await == 0
     })
     .await;
+    // The place is free: the next request waits first in line and is served.
+    let next = tokio::spawn(
+        client
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&chat("m", "next", false))
+            .send(),
+    );
+    eventually("the next one queued", Duration::from_secs(10), || async {
+        queued(&proxy).await == 1
+    })
+    .await;
     let (text, _) = read_stream(blocker).await;
     assert!(text.ends_with("data: [DONE]\n\n"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(next.await.unwrap().unwrap().status(), 200);
     assert_eq!(
         r.hits(),
-        1,
+        2,
         "the request of the client that left was not sent"
     );
+    assert_eq!(aborts(&proxy).await, 1.0);
+    assert_eq!(answered(&proxy, 499).await, 1.0);
+    assert_eq!(answered(&proxy, 200).await, 2.0);
+    eventually("access log lines", PATIENCE, || async {
+        access_lines(&proxy).len() == 3
+    })
+    .await;
+    let left: Vec<_> = access_lines(&proxy)
+        .into_iter()
+        .filter(|l| l["status"] == 499)
+        .collect();
+    assert_eq!(left.len(), 1, "{}", proxy.logs());
 }
 
 #[tokio::test]
-async fn client_leaving_a_kept_alive_stream_leaves_the_queue_http1() {
-    client_leaving_a_kept_alive_stream_leaves_the_queue(h1()).await;
+async fn client_leaving_a_kept_alive_stream_frees_its_place_http1() {
+    client_leaving_the_queue_frees_its_place(h1(), true).await;
 }
 
 #[tokio::test]
-async fn client_leaving_a_kept_alive_stream_leaves_the_queue_h2c() {
-    client_leaving_a_kept_alive_stream_leaves_the_queue(h2()).await;
+async fn client_leaving_a_kept_alive_stream_frees_its_place_h2c() {
+    client_leaving_the_queue_frees_its_place(h2(), true).await;
+}
+
+#[tokio::test]
+async fn client_leaving_the_queue_frees_its_place_http1() {
+    client_leaving_the_queue_frees_its_place(h1(), false).await;
+}
+
+#[tokio::test]
+async fn client_leaving_the_queue_frees_its_place_h2c() {
+    client_leaving_the_queue_frees_its_place(h2(), false).await;
+}
+
+/// Two replicas of one slot each, both busy; the first to free up refuses (503)
+/// before its first byte. The queued stream already has its early head: the retry
+/// waits for the other replica with keep-alives and splices its stream in.
+async fn retry_after_the_early_head_splices_the_second_stream(client: reqwest::Client) {
+    let a = replica("a", 1, 50).await;
+    let b = replica("b", 1, 50).await;
+    let proxy = front(
+        r#"sse_keepalive = "200ms""#,
+        &format!(
+            "{}\nmax_inflight = 1\nretries = 1\nqueue = {{ size = 4, timeout = \"30s\" }}",
+            backends(&[&a, &b])
+        ),
+    )
+    .await;
+    let short = occupy(&client, &proxy, 16).await; // about 0.8 s
+    let long = occupy(&client, &proxy, 60).await; // about 3 s
+    let (refusing, other) = match short.headers()["x-replica"].to_str().unwrap() {
+        "a" => (&a, &b),
+        _ => (&b, &a),
+    };
+    assert_ne!(long.headers()["x-replica"], short.headers()["x-replica"]);
+    refusing.set_fail(Some(503));
+    let waiting = tokio::spawn({
+        let req = client
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&stream_body(3));
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            read_stream(resp).await
+        }
+    });
+    let (text, _) = read_stream(short).await;
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    eventually("the refusal", Duration::from_secs(10), || async {
+        refusing.hits() == 2
+    })
+    .await;
+    let (text, _) = read_stream(long).await;
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let (text, comments) = waiting.await.unwrap();
+    assert!(comments >= 2, "{text:?}");
+    let events = events_after_keepalives(&text);
+    assert!(!text.contains("\"error\""), "{text:?}");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!((refusing.hits(), other.hits()), (2, 2));
+    let retried = r#"modelgate_retries_total{upstream="m"} "#;
+    assert_eq!(metric_value(&proxy, retried).await, 1.0);
+}
+
+#[tokio::test]
+async fn retry_after_the_early_head_splices_the_second_stream_http1() {
+    retry_after_the_early_head_splices_the_second_stream(h1()).await;
+}
+
+#[tokio::test]
+async fn retry_after_the_early_head_splices_the_second_stream_h2c() {
+    retry_after_the_early_head_splices_the_second_stream(h2()).await;
+}
+
+/// The proxy's own overload answers on an OpenAI route (a request that does not
+/// stream): OpenAI's error shape with `Retry-After`, for a full queue and for a
+/// queue timeout.
+async fn overload_answers_take_openai_shape(client: reqwest::Client) {
+    let r = replica("r", 1, 50).await;
+    let proxy = front(
+        "",
+        &format!(
+            "{}\nmax_inflight = 1\nqueue = {{ size = 1, timeout = \"700ms\" }}",
+            backends(&[&r])
+        ),
+    )
+    .await;
+    let blocker = occupy(&client, &proxy, 60).await; // about 3 s
+    let post = || {
+        client
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&chat("m", "hello", false))
+            .send()
+    };
+    let waiting = tokio::spawn(post());
+    eventually("one queued", Duration::from_secs(10), || async {
+        queued(&proxy).await == 1
+    })
+    .await;
+    for (resp, code) in [
+        (post().await.unwrap(), "overloaded"),
+        (waiting.await.unwrap().unwrap(), "queue_timeout"),
+    ] {
+        assert!(resp.headers().contains_key("retry-after"), "{code}");
+        let (status, v) = status_and_body(resp).await;
+        assert_eq!(status, 503);
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert_eq!(v["error"]["type"], "server_error", "{v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+    drop(blocker);
+}
+
+#[tokio::test]
+async fn overload_answers_take_openai_shape_http1() {
+    overload_answers_take_openai_shape(h1()).await;
+}
+
+#[tokio::test]
+async fn overload_answers_take_openai_shape_h2c() {
+    overload_answers_take_openai_shape(h2()).await;
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use modelgate::demo::replica::Replica;
 use serde_json::{json, Value};
 
-use super::{chat, sse_events};
+use super::fixture::{chat, sse_events};
 use crate::support::*;
 
 async fn streamed_chat_with_usage(client: reqwest::Client) {

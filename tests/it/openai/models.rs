@@ -7,6 +7,7 @@ use std::time::Duration;
 use modelgate::demo::replica::Replica;
 use serde_json::Value;
 
+use super::fixture::LISTEN;
 use crate::support::*;
 
 async fn ids(client: &reqwest::Client, url: &str, key: Option<&str>) -> (u16, Vec<String>) {
@@ -57,11 +58,7 @@ async fn lists_reachable_models(client: reqwest::Client) {
     let keys_file = keys.path().join("keys.txt");
     std::fs::write(&keys_file, "alice: sk-alice-0123456789\n").unwrap();
     let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
+        r#"{LISTEN}
 [[route]]
 name = "llama"
 path = "/v1"
@@ -159,7 +156,7 @@ backends = ["{}"]
     org.set_fail(None);
     let resp = client
         .post(proxy.url("/v1/chat/completions"))
-        .json(&super::chat("org/qwen-72b", "hi", false))
+        .json(&super::fixture::chat("org/qwen-72b", "hi", false))
         .send()
         .await
         .unwrap();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use modelgate::demo::replica::{Replica, ReplicaHandle};
 
-use super::{chat, sse_events};
+use super::fixture::LISTEN;
+use super::fixture::{chat, sse_events};
 use crate::support::*;
 
 struct Fleet {
@@ -29,11 +30,7 @@ async fn fleet() -> Fleet {
         .await
         .unwrap();
     let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
+        r#"{LISTEN}
 [[route]]
 name = "llama"
 path = "/v1"
@@ -152,10 +149,8 @@ async fn a_chunked_body_with_the_model_last_is_routed_and_replayed_whole() {
     }
 }
 
-#[tokio::test]
-async fn unknown_models_and_bad_bodies_get_openai_errors() {
+async fn unknown_models_and_bad_bodies_get_openai_errors(client: reqwest::Client) {
     let f = fleet().await;
-    let client = h1();
     let url = f.proxy.url("/v1/chat/completions");
     let resp = client
         .post(&url)
@@ -209,4 +204,14 @@ async fn unknown_models_and_bad_bodies_get_openai_errors() {
         metrics.contains(r#"modelgate_rejected_total{reason="model_not_found",upstream=""} 1"#),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn unknown_models_and_bad_bodies_get_openai_errors_http1() {
+    unknown_models_and_bad_bodies_get_openai_errors(h1()).await;
+}
+
+#[tokio::test]
+async fn unknown_models_and_bad_bodies_get_openai_errors_h2c() {
+    unknown_models_and_bad_bodies_get_openai_errors(h2()).await;
 }

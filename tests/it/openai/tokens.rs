@@ -2,12 +2,9 @@
 //! usage from streams (usage asked for by the proxy and hidden from the client with
 //! `stream_usage`) and from whole JSON answers; metrics and access log fields.
 
-use std::time::Duration;
-
-use modelgate::demo::replica::Replica;
 use serde_json::{json, Value};
 
-use super::{chat, sse_events};
+use super::fixture::{backends, chat, front, replica, sse_events};
 use crate::support::*;
 
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -16,36 +13,12 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 async fn accounts(client: reqwest::Client) {
-    let r = Replica::builder("a")
-        .models(["llama-3-8b"])
-        .token_interval(Duration::from_millis(20))
-        .spawn()
-        .await
-        .unwrap();
-    let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "chat"
-path = "/v1"
-model = "llama-3-8b"
-api = "openai"
-stream_usage = true
-upstream = "llm"
-
-[upstream.llm]
-backends = ["{}"]
-"#,
-        r.addr()
-    ))
-    .await;
+    let r = replica("a", 0, 20).await;
+    let proxy = front("stream_usage = true", &backends(&[&r])).await;
     let url = proxy.url("/v1/chat/completions");
 
     // A stream that did not ask for usage: the replica is asked, the client sees none.
-    let mut body = chat("llama-3-8b", "one two three four", true);
+    let mut body = chat("m", "one two three four", true);
     body["max_tokens"] = json!(6);
     let resp = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -70,26 +43,26 @@ backends = ["{}"]
     assert_eq!(usage["usage"]["completion_tokens"], 6);
 
     // A whole JSON answer.
-    let mut whole = chat("llama-3-8b", "five six", false);
+    let mut whole = chat("m", "five six", false);
     whole["max_tokens"] = json!(3);
     let resp = client.post(&url).json(&whole).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(r.last_openai_request().unwrap()["stream_options"].is_null());
 
     let text = proxy.admin_text("/metrics").await;
-    let labels = r#"{kind="prompt",route="chat",upstream="llm"}"#;
+    let labels = r#"{kind="prompt",route="chat",upstream="m"}"#;
     assert_eq!(
         sample(&text, &format!("modelgate_tokens_total{labels}")),
         Some(10.0),
         "{text}"
     );
-    let labels = r#"{kind="completion",route="chat",upstream="llm"}"#;
+    let labels = r#"{kind="completion",route="chat",upstream="m"}"#;
     assert_eq!(
         sample(&text, &format!("modelgate_tokens_total{labels}")),
         Some(15.0),
         "{text}"
     );
-    let labels = r#"{route="chat",upstream="llm"}"#;
+    let labels = r#"{route="chat",upstream="m"}"#;
     assert_eq!(
         sample(
             &text,
@@ -108,13 +81,13 @@ backends = ["{}"]
     );
 
     eventually("access log lines", PATIENCE, || async {
-        proxy.logs().matches("\"model\":\"llama-3-8b\"").count() == 3
+        proxy.logs().matches("\"model\":\"m\"").count() == 3
     })
     .await;
     let logs = proxy.logs();
     let line: Value = logs
         .lines()
-        .find(|l| l.contains("\"model\":\"llama-3-8b\""))
+        .find(|l| l.contains("\"model\":\"m\""))
         .map(|l| serde_json::from_str(l).unwrap())
         .unwrap();
     assert_eq!(line["prompt_tokens"], 4);

@@ -1,6 +1,5 @@
 //! Shared helpers for the integration tests: polling, HTTP clients, ports, the
 //! proxy-under-test harness ([`TestProxy`]) and a WebSocket echo server.
-#![allow(dead_code, unused_imports)]
 
 pub mod dns;
 pub mod model;

@@ -140,6 +140,7 @@ impl ModelBuilder {
             hits: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             external_waiting: AtomicU64::new(0),
             metrics_scrapes: AtomicU64::new(0),
             page_fault: Mutex::new(PageFault::None),
@@ -150,7 +151,7 @@ impl ModelBuilder {
         Model {
             addr,
             inner,
-            task: Arc::new(AbortOnDrop(task)),
+            _task: Arc::new(AbortOnDrop(task)),
         }
     }
 }
@@ -172,6 +173,8 @@ struct Inner {
     hits: AtomicU64,
     waiting: AtomicU64,
     running: AtomicU64,
+    /// Inference requests that found every slot taken and waited inside.
+    queued: AtomicU64,
     /// Queue from clients that do not go through the proxy (shows in /metrics only).
     external_waiting: AtomicU64,
     metrics_scrapes: AtomicU64,
@@ -187,7 +190,8 @@ struct Inner {
 pub struct Model {
     addr: SocketAddr,
     inner: Arc<Inner>,
-    task: Arc<AbortOnDrop>,
+    /// Held for its drop: the server stops with the last handle.
+    _task: Arc<AbortOnDrop>,
 }
 
 impl Model {
@@ -212,6 +216,12 @@ impl Model {
     /// Inference requests received.
     pub fn hits(&self) -> u64 {
         self.inner.hits.load(Ordering::SeqCst)
+    }
+
+    /// Inference requests so far that found every slot taken on arrival and
+    /// waited inside the replica for one.
+    pub fn queued(&self) -> u64 {
+        self.inner.queued.load(Ordering::SeqCst)
     }
 
     /// Requests inside the replica (waiting or running).
@@ -329,7 +339,13 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Full<Byte
         .and_then(|ms| ms.parse().ok())
         .map_or(inner.work, Duration::from_millis);
     inner.waiting.fetch_add(1, Ordering::SeqCst);
-    let permit = inner.slots.acquire().await.unwrap();
+    let permit = match inner.slots.try_acquire() {
+        Ok(permit) => permit,
+        Err(_) => {
+            inner.queued.fetch_add(1, Ordering::SeqCst);
+            inner.slots.acquire().await.unwrap()
+        }
+    };
     inner.waiting.fetch_sub(1, Ordering::SeqCst);
     let running = inner.running.fetch_add(1, Ordering::SeqCst) + 1;
     let took = match inner.knee {

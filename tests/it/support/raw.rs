@@ -45,8 +45,6 @@ impl Seen {
 pub enum Action {
     /// Write these bytes and keep reading the connection.
     Reply(Vec<u8>),
-    /// Write these bytes, then close.
-    ReplyAndClose(Vec<u8>),
     /// Close without answering.
     Close,
 }
@@ -189,10 +187,6 @@ async fn serve(mut sock: TcpStream, conn: usize, log: Arc<Mutex<Log>>, script: A
                 if sock.write_all(&bytes).await.is_err() {
                     return;
                 }
-            }
-            Action::ReplyAndClose(bytes) => {
-                let _ = sock.write_all(&bytes).await;
-                return;
             }
             Action::Close => return,
         }

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Starts a WebSocket echo server on 127.0.0.1:0 (echoes text and binary
 /// messages on any path) and returns its address. It runs until the test's

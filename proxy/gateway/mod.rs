@@ -758,7 +758,7 @@ impl ProxyHttp for Gateway {
         m.request(status, ctx.route.is_some().then_some(total.as_secs_f64()));
         let up = m.upstream();
         if let Some(r) = ctx.reject {
-            up.rejected(r.reason());
+            up.rejected(r);
         }
         if !ctx.tried.is_empty() {
             up.queue_wait(ctx.queue_wait.as_secs_f64());

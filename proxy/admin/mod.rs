@@ -24,7 +24,7 @@ pub(crate) use server::AdminService;
 use http::StatusCode;
 use serde_json::json;
 
-use crate::metrics::{BackendState, Metrics, PoolState};
+use crate::metrics::Metrics;
 use crate::reload::{ReloadOutcome, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
 use crate::timefmt::rfc3339;
@@ -188,34 +188,10 @@ impl Admin {
         true
     }
 
-    /// The exposition, with the pool gauges read from the live snapshot now.
+    /// The exposition; the pool gauges are read from the live snapshot now.
     fn metrics(&self) -> Vec<u8> {
-        let snap = self.snapshot.load();
-        self.metrics.set_generation(snap.generation);
-        let pools: Vec<PoolState<'_>> = snap
-            .pools
-            .iter()
-            .map(|pool| PoolState {
-                upstream: pool.name(),
-                queued: pool.queued(),
-                backends: pool
-                    .backends()
-                    .iter()
-                    .map(|b| {
-                        let reported = b.reported().map(|(r, _)| r).unwrap_or_default();
-                        BackendState {
-                            addr: b.label(),
-                            up: b.is_available(),
-                            inflight: b.inflight(),
-                            reported_queue: reported.queue,
-                            reported_running: reported.running,
-                            reported_cache_usage: reported.cache_usage,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
-        self.metrics.render(&pools)
+        self.metrics.set_generation(self.snapshot.load().generation);
+        self.metrics.render()
     }
 
     fn upstreams(&self) -> serde_json::Value {

@@ -65,6 +65,7 @@ impl Upstream {
             load: None,
             hold: None,
             wake: None,
+            affinity: None,
         }
     }
 }
@@ -195,6 +196,7 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
     let tls = read_upstream_tls(cx, &mut t, protocol);
     let hold = super::openai::read_hold(cx, &mut t);
     let wake = super::openai::read_wake(cx, &mut t);
+    let affinity = super::affinity::read(cx, &mut t, balance);
     t.finish(cx);
     Some(Upstream {
         name: String::new(),
@@ -218,6 +220,7 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         load: load?,
         hold: hold?,
         wake: wake?,
+        affinity: affinity?,
     })
 }
 

@@ -6,9 +6,11 @@
 //! or copied except the unfinished last line of a chunk (kept until the next one), and
 //! only a line holding `"usage":` is parsed, with a borrowed serde struct.
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
 use serde::Deserialize;
 
 /// The `usage` object of an OpenAI answer.
@@ -40,6 +42,23 @@ struct WithUsage {
 }
 
 const USAGE_KEY: &[u8] = b"\"usage\":";
+
+/// The searchers of every line, built once (a `memmem::find` builds one per call).
+struct Finders {
+    usage: Finder<'static>,
+    usage_object: Finder<'static>,
+    empty_choices: Finder<'static>,
+    content: Finder<'static>,
+    text: Finder<'static>,
+}
+
+static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
+    usage: Finder::new(USAGE_KEY),
+    usage_object: Finder::new(b"\"usage\":{"),
+    empty_choices: Finder::new(b"\"choices\":[]"),
+    content: Finder::new(b"\"content\":\""),
+    text: Finder::new(b"\"text\":\""),
+});
 
 /// Longest unfinished line kept across chunks; longer lines are not accounted.
 const MAX_CARRY: usize = 256 * 1024;
@@ -110,8 +129,16 @@ impl TokenMeter {
             self.scan_json(chunk);
             return;
         }
-        let chunk = chunk.clone(); // a reference count, not a copy
-        if !self.strip_usage {
+        // A reference count, not a copy.
+        let chunk = chunk.clone();
+        // A chunk of whole lines without usage, nothing carried in: it passes as is,
+        // also in strip mode (only the usage event is cut, and it is not here).
+        let untouched = !self.strip_usage
+            || (self.carry.is_empty()
+                && !self.skip_blank
+                && chunk.last() == Some(&b'\n')
+                && FIND.usage.find(&chunk).is_none());
+        if untouched {
             self.lines(&chunk, now, sink, |_, _| {});
             return;
         }
@@ -180,13 +207,13 @@ impl TokenMeter {
         let Some(data) = line.strip_prefix(b"data:") else {
             return false;
         };
-        if memchr::memmem::find(data, b"\"usage\":{").is_some() {
+        if FIND.usage_object.find(data).is_some() {
             if let Ok(w) = serde_json::from_slice::<WithUsage>(data.trim_ascii()) {
                 if w.usage.is_some() {
                     self.usage = w.usage;
                 }
                 // The usage-only event (empty choices) is the one a client did not ask for.
-                let usage_only = memchr::memmem::find(data, b"\"choices\":[]").is_some();
+                let usage_only = FIND.empty_choices.find(data).is_some();
                 if !has_token(data) {
                     self.skip_blank = usage_only && self.strip_usage;
                     return self.skip_blank;
@@ -261,9 +288,12 @@ impl TokenMeter {
 
 /// A chunk carrying generated text: a non-empty `content` (chat) or `text` (completions).
 fn has_token(data: &[u8]) -> bool {
-    for key in [&b"\"content\":\""[..], &b"\"text\":\""[..]] {
-        if let Some(at) = memchr::memmem::find(data, key) {
-            if data.get(at + key.len()).is_some_and(|&b| b != b'"') {
+    for key in [&FIND.content, &FIND.text] {
+        if let Some(at) = key.find(data) {
+            if data
+                .get(at + key.needle().len())
+                .is_some_and(|&b| b != b'"')
+            {
                 return true;
             }
         }
@@ -337,13 +367,15 @@ mod tests {
     }
 
     #[test]
-    fn chunks_pass_untouched_when_not_stripping() {
-        let mut m = TokenMeter::new(Kind::Stream, false);
-        let chunk = Bytes::from_static(STREAM[1].as_bytes());
-        let mut body = Some(chunk.clone());
-        m.scan(&mut body, Instant::now(), &mut Gaps::default());
-        // The same buffer, not a copy.
-        assert_eq!(body.unwrap().as_ptr(), chunk.as_ptr());
+    fn chunks_without_usage_pass_untouched() {
+        for strip in [false, true] {
+            let mut m = TokenMeter::new(Kind::Stream, strip);
+            let chunk = Bytes::from_static(STREAM[1].as_bytes());
+            let mut body = Some(chunk.clone());
+            m.scan(&mut body, Instant::now(), &mut Gaps::default());
+            // The same buffer, not a copy.
+            assert_eq!(body.unwrap().as_ptr(), chunk.as_ptr(), "strip {strip}");
+        }
     }
 
     #[test]

@@ -17,9 +17,11 @@
 //! newer one's, so at worst one of its retries skips or repeats one backend.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::affinity::{Affinity, PrefixIndex};
 use super::backend::Backend;
 use super::balancer::{Balancer, Cap, Pick};
 use super::budget::Budget;
@@ -56,6 +58,8 @@ pub struct PoolSettings {
     pub hold: Option<Duration>,
     /// Called once per cold period (`wake`).
     pub wake: Option<Wake>,
+    /// `balance = "cache_affinity"`: the key, threshold and the upstream's prefix index.
+    pub(crate) affinity: Option<Affinity>,
 }
 
 /// One generation of one upstream.
@@ -166,16 +170,33 @@ impl Pool {
                 ))
             })
             .collect();
-        let selector = match up.balance {
-            Balance::LeastOutstanding => Selector::least_outstanding(
-                up.load
-                    .as_ref()
-                    .filter(|l| l.orca || l.metrics.is_some())
-                    .map_or(Duration::ZERO, |l| l.every * 3),
-            ),
-            Balance::RoundRobin => Selector::round_robin(&backends),
-            Balance::ConsistentHash => Selector::consistent_hash(&backends),
+        let report_ttl = up
+            .load
+            .as_ref()
+            .filter(|l| l.orca || l.metrics.is_some())
+            .map_or(Duration::ZERO, |l| l.every * 3);
+        let selector = match (up.balance, &up.affinity) {
+            (Balance::RoundRobin, _) => Selector::round_robin(&backends),
+            (Balance::ConsistentHash, _) => Selector::consistent_hash(&backends),
+            (Balance::CacheAffinity, Some(a)) => Selector::cache_affinity(report_ttl, a.guard),
+            _ => Selector::least_outstanding(report_ttl),
         };
+        let affinity = up.affinity.as_ref().map(|a| Affinity {
+            key: a.key.clone(),
+            threshold: a.threshold,
+            // What the upstream's replicas hold outlives a reload; a new bound starts over.
+            index: prev
+                .and_then(|p| p.settings.affinity.as_ref())
+                .filter(|pa| pa.index.capacity() == a.blocks)
+                .map_or_else(
+                    || {
+                        Arc::new(PrefixIndex::new(
+                            a.blocks.try_into().unwrap_or(NonZeroUsize::MIN),
+                        ))
+                    },
+                    |pa| Arc::clone(&pa.index),
+                ),
+        });
         let balancer = Arc::new(Balancer::new(
             backends,
             selector,
@@ -215,6 +236,7 @@ impl Pool {
                 },
                 hold: up.hold,
                 wake: up.wake.clone(),
+                affinity,
             },
             store,
             budget: Budget::new(&up.retry_budget),

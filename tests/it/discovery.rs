@@ -137,6 +137,29 @@ impl Load {
     }
 }
 
+/// A proxy whose one upstream `pool` (route `/`) finds `NAME:port` through `dns`
+/// every 100 ms; `extra` is appended to `[upstream.pool]`.
+async fn discovering(dns: &DnsServer, port: u16, extra: &str) -> TestProxy {
+    TestProxy::start(&format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "all"
+path = "/"
+upstream = "pool"
+
+[upstream.pool]
+discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
+{extra}
+"#,
+        dns.addr()
+    ))
+    .await
+}
+
 /// Waits until `/upstreams` lists exactly `want` (addresses on `port`), each `up`.
 async fn wait_for_set(proxy: &TestProxy, port: u16, want: &[u8], what: &str) {
     let mut expected: Vec<(String, String)> = want
@@ -163,29 +186,17 @@ async fn dns_answers_change_under_load_with_no_failed_request() {
         .await
         .unwrap();
     dns.set(NAME, Answer::Addrs(vec![ip(2), ip(3)]));
-    let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "all"
-path = "/"
-upstream = "pool"
-
-[upstream.pool]
-discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
-max_inflight = 2
+    let proxy = discovering(
+        &dns,
+        port,
+        r#"max_inflight = 2
 retries = 1
 
 [upstream.pool.health]
 path = "/health"
 interval = "100ms"
-timeout = "90ms"
-"#,
-        dns.addr()
-    ))
+timeout = "90ms""#,
+    )
     .await;
     wait_for_set(&proxy, port, &[2, 3], "the first answer's two backends, up").await;
 
@@ -294,23 +305,7 @@ async fn a_reload_to_a_silent_resolver_keeps_the_backends_serving() {
     dns.set(NAME, Answer::Addrs(vec![ip(2), ip(3)]));
     let other = "other.models.test";
     dns.set(other, Answer::Addrs(vec![ip(4)]));
-    let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "all"
-path = "/"
-upstream = "pool"
-
-[upstream.pool]
-discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
-"#,
-        dns.addr()
-    ))
-    .await;
+    let proxy = discovering(&dns, port, "").await;
     wait_for_set(&proxy, port, &[2, 3], "the first answer's two backends").await;
     let load = Load::start(proxy.url("/v1/predict"), 4);
     eventually("load flows", PATIENCE, || async { load.ok() > 20 }).await;
@@ -356,23 +351,7 @@ async fn a_name_that_does_not_resolve_at_start_serves_once_it_does() {
     let dns = DnsServer::start().await;
     let (port, replicas) = replicas_on_one_port(1, Duration::ZERO).await;
     dns.set(NAME, Answer::Fail);
-    let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "all"
-path = "/"
-upstream = "pool"
-
-[upstream.pool]
-discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
-"#,
-        dns.addr()
-    ))
-    .await;
+    let proxy = discovering(&dns, port, "").await;
     // No backend yet: a clear 503, not a hang or a crash.
     let (status, body) = status_and_body(h1().get(proxy.url("/")).send().await.unwrap()).await;
     assert_eq!(

@@ -1,13 +1,14 @@
 # modelgate: a release build on the Rust image, run as a non-root user on slim Debian.
 #
-#   docker build -t modelgate .
-#   docker run --rm -p 8080:8080 --network models modelgate
+#   docker build -t modelgate:local .
+#   docker run --rm -p 8080:8080 --network models modelgate:local
 #
 # The image's config is config/container.toml (/etc/modelgate/modelgate.toml): HTTP on
 # 0.0.0.0:8080, replicas found by the name `model` on the container network, admin on
-# loopback. Mount your own over it (-v $PWD/my.toml:/etc/modelgate/modelgate.toml:ro).
+# loopback. Mount your own config's directory over /etc/modelgate (-v $PWD/gate:/etc/modelgate:ro
+# with gate/modelgate.toml in it; a single-file mount keeps the old file after an edit).
 # The same image serves as a demo model replica:
-#   docker run --rm modelgate demo --replica-only --listen 0.0.0.0:8000
+#   docker run --rm modelgate:local demo --replica-only --listen 0.0.0.0:8000
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -41,5 +42,8 @@ EXPOSE 8080 9901
 # one is done, inside docker stop's default 10 s. A longer grace needs `docker stop -t`
 # / `stop_grace_period` / `terminationGracePeriodSeconds` above it.
 STOPSIGNAL SIGTERM
+# No HEALTHCHECK: the same image runs the demo replica, which has no admin listener,
+# so no one check fits both. Compose and Kubernetes check each service themselves
+# (`modelgate probe URL`: /readyz on the admin listener, /health on a replica).
 ENTRYPOINT ["/usr/local/bin/modelgate"]
 CMD ["run", "-c", "/etc/modelgate/modelgate.toml"]

@@ -21,6 +21,7 @@
 # absolute numbers move with the load, ratios measured in the same run much less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 REPEATS=${REPEATS:-3}
 SECS=${SECS:-5}
 IDLE=${IDLE:-10000}
@@ -31,15 +32,8 @@ LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-benches/RESULTS.md}
 export PATH="$PATH:/usr/sbin"
 
-need=()
-for tool in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client openssl:openssl \
-  curl:curl python3:python3 taskset:util-linux; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+need nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client openssl:openssl \
+  curl:curl python3:python3 taskset:util-linux
 # nginx from the Debian package starts a system instance; ours run from a temp dir.
 systemctl stop nginx haproxy 2>/dev/null || true
 
@@ -58,15 +52,7 @@ if [ $((IDLE * 2 + 1000)) -gt "$(ulimit -n)" ]; then
   echo "fd limit $(ulimit -n): holding $IDLE idle connections" >&2
 fi
 
-T=$(mktemp -d -t modelgate-compare.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$T"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+scratch compare
 B1=$(free_port); B2=$(free_port); B3=$(free_port); BSSE=$(free_port)
 declare -A HTTP HTTPS PID
 for p in nginx haproxy modelgate; do HTTP[$p]=$(free_port); HTTPS[$p]=$(free_port); done

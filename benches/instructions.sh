@@ -11,25 +11,14 @@
 # "instructions/request N" and, with TOP=1, the costliest functions (inclusive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 REQUESTS=${REQUESTS:-4000}
 CONNS=${CONNS:-16}
 BIN=${1:-target/release/modelgate}
 export PATH="$PATH:/usr/sbin"
-for tool in valgrind:valgrind nginx:nginx h2load:nghttp2-client; do
-  command -v "${tool%%:*}" >/dev/null || {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
-  }
-done
+need valgrind:valgrind nginx:nginx h2load:nghttp2-client
 [ -x "$BIN" ] || cargo build --release --quiet --bin modelgate
-T=$(mktemp -d -t modelgate-instr.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$T"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+scratch instr
 BACK=$(free_port); MG=$(free_port)
 cat >"$T/backend.conf" <<EOF
 worker_processes 1; daemon off; pid $T/backend.pid; error_log $T/backend.err warn;

@@ -28,6 +28,7 @@ fn model_routing(c: &mut Criterion) {
     let want = Want {
         model: true,
         stream: false,
+        whole: false,
     };
     for words in [100usize, 2_000] {
         let last = chat_body(words, false);

@@ -19,26 +19,15 @@
 # Prints one line per route and phase, and the ratio to `plain`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 STREAMS=${STREAMS:-64}
 TOKENS=${TOKENS:-100}
 REQUESTS=${REQUESTS:-400}
 REPEATS=${REPEATS:-2}
 BIN=${1:-target/release/modelgate}
-for tool in valgrind:valgrind curl:curl; do
-  command -v "${tool%%:*}" >/dev/null || {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
-  }
-done
+need valgrind:valgrind curl:curl
 [ -x "$BIN" ] || cargo build --release --quiet --bin modelgate
-T=$(mktemp -d -t modelgate-openai.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$T"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+scratch openai
 REP=$(free_port); MG=$(free_port)
 cat >"$T/modelgate.toml" <<EOF
 [listen]

@@ -24,11 +24,12 @@ use crate::edge::EdgeService;
 use crate::gateway::{Gateway, HttpsRedirect};
 use crate::health::HealthService;
 use crate::metrics::access::AccessLog;
+use crate::metrics::pools::PoolCollector;
 use crate::metrics::Metrics;
 use crate::prepare::prepare;
 use crate::reload::{ConfigWatch, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
-use crate::tls::{self, TlsStats};
+use crate::tls;
 
 /// Why the server could not start. Each message is ready to print to an operator.
 #[derive(Debug)]
@@ -49,7 +50,6 @@ impl std::error::Error for StartError {}
 pub struct App {
     server: Server,
     drain: Drain,
-    tls_stats: Option<Arc<TlsStats>>,
     reloader: Option<Arc<Reloader>>,
     metrics: Arc<Metrics>,
     snapshot: SharedSnapshot,
@@ -97,8 +97,11 @@ impl App {
             drain: Drain::new(config.listen.shutdown_grace),
             conns: ConnectionLimits::new(&config.listen.limits),
         };
+        let registry = parts.metrics.registry();
         EdgeCollector::new(Arc::clone(&parts.snapshot), Arc::clone(&parts.conns))
-            .and_then(|c| parts.metrics.registry().register(Box::new(c)))
+            .and_then(|c| registry.register(Box::new(c)))
+            .and_then(|()| PoolCollector::new(Arc::clone(&parts.snapshot)))
+            .and_then(|c| registry.register(Box::new(c)))
             .map_err(metrics_error)?;
 
         let mut proxy_addrs = Vec::new();
@@ -106,15 +109,18 @@ impl App {
             server.add_service(parts.http_listener(config, addr));
             proxy_addrs.push(addr);
         }
-        let mut tls_stats = None;
         let mut cert_watcher = None;
         if let (Some(addr), Some(certs)) = (config.listen.https, prepared.certs) {
             server.add_service(parts.https_listener(config, addr, certs.resolver)?);
             proxy_addrs.push(addr);
+            certs
+                .stats
+                .collector()
+                .and_then(|c| registry.register(Box::new(c)))
+                .map_err(metrics_error)?;
             let watcher = background_service("tls certificate watcher", certs.watcher);
             cert_watcher = Some(watcher.task());
             server.add_service(watcher);
-            tls_stats = Some(certs.stats);
         }
         parts.add_background_services(&mut server);
         // Only a config read from a file can be reloaded (not the demo's).
@@ -138,7 +144,6 @@ impl App {
         Ok(App {
             server,
             drain: parts.drain,
-            tls_stats,
             reloader,
             metrics: parts.metrics,
             snapshot: parts.snapshot,
@@ -153,11 +158,6 @@ impl App {
     /// The live config generation (routes and pools), as the proxy sees it.
     pub fn snapshot(&self) -> &SharedSnapshot {
         &self.snapshot
-    }
-
-    /// Certificate rotation counters, when HTTPS is served.
-    pub fn tls_stats(&self) -> Option<&Arc<TlsStats>> {
-        self.tls_stats.as_ref()
     }
 
     /// Serves until SIGINT (immediate exit) or SIGTERM (stop accepting, let in-flight
@@ -291,7 +291,7 @@ impl Parts {
         reloader: Option<Arc<Reloader>>,
     ) -> Result<GenBackgroundService<AdminService>, StartError> {
         let token = match &config.listen.admin_token_file {
-            Some(path) => Some(read_token(path).map_err(|e| {
+            Some(path) => Some(crate::admin::read_token(path).map_err(|e| {
                 StartError(vec![format!(
                     "{}: listen.admin_token_file: {e}",
                     config.source.display()
@@ -371,20 +371,6 @@ fn new_server(config: &Config, opts: &StartOptions) -> Server {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     server
-}
-
-/// The admin bearer token: the file's content without surrounding whitespace.
-fn read_token(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!(
-            "{} is empty; put the bearer token in it",
-            path.display()
-        ));
-    }
-    Ok(token.to_string())
 }
 
 /// One upgrade socket per config file, so instances on one host do not collide.

@@ -39,7 +39,7 @@ pub use tls::dev::write_leaf as write_dev_cert;
 pub mod bench {
     pub use crate::gateway::headers;
     pub use crate::metrics::{access, Metrics};
-    pub use crate::openai::{body, tokens};
+    pub use crate::openai::{body, prompt, tokens};
     pub use crate::routing::{request_host, RouteTable};
-    pub use crate::upstream::{Pick, Pool, Tried};
+    pub use crate::upstream::{Pick, Pool, PrefixIndex, Tried};
 }

@@ -459,8 +459,8 @@ mod tests {
         r.request(404, Some(0.01));
         r.request(503, Some(0.001));
         r.request(502, Some(0.001));
-        r.upstream().rejected("overloaded");
-        r.upstream().rejected("bad_gateway");
+        r.upstream().rejected(crate::gateway::Reject::Overloaded);
+        r.upstream().rejected(crate::gateway::Reject::BadGateway);
         r.upstream().first_byte(0.1);
         let t = &totals(&registry.gather())["llm"];
         assert_eq!(

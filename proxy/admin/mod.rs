@@ -24,7 +24,7 @@ pub(crate) use server::AdminService;
 use http::StatusCode;
 use serde_json::json;
 
-use crate::metrics::{BackendState, ClassState, Metrics, PoolState};
+use crate::metrics::Metrics;
 use crate::reload::{ReloadOutcome, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
 use crate::timefmt::rfc3339;
@@ -188,43 +188,10 @@ impl Admin {
         true
     }
 
-    /// The exposition, with the pool gauges read from the live snapshot now.
+    /// The exposition; the pool gauges are read from the live snapshot now.
     fn metrics(&self) -> Vec<u8> {
-        let snap = self.snapshot.load();
-        self.metrics.set_generation(snap.generation);
-        let pools: Vec<PoolState<'_>> = snap
-            .pools
-            .iter()
-            .map(|pool| PoolState {
-                upstream: pool.name(),
-                queued: pool.queued(),
-                backends: pool
-                    .backends()
-                    .iter()
-                    .map(|b| {
-                        let reported = b.reported().map(|(r, _)| r).unwrap_or_default();
-                        BackendState {
-                            addr: b.label(),
-                            up: b.is_available(),
-                            inflight: b.inflight(),
-                            reported_queue: reported.queue,
-                            reported_running: reported.running,
-                            reported_cache_usage: reported.cache_usage,
-                        }
-                    })
-                    .collect(),
-                classes: pool
-                    .class_counts()
-                    .into_iter()
-                    .map(|(name, waiting, inflight)| ClassState {
-                        name,
-                        waiting,
-                        inflight,
-                    })
-                    .collect(),
-            })
-            .collect();
-        self.metrics.render(&pools)
+        self.metrics.set_generation(self.snapshot.load().generation);
+        self.metrics.render()
     }
 
     fn upstreams(&self) -> serde_json::Value {
@@ -293,6 +260,32 @@ pub(crate) struct Answer {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+}
+
+/// The admin bearer token: the file's content without surrounding whitespace. Fails,
+/// naming the file, when it cannot be read or holds only whitespace.
+pub(crate) fn read_token(path: &std::path::Path) -> Result<String, String> {
+    // Not a device or a pipe: the config loader reads it too, and must not block.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(format!(
+            "{} is not a regular file; put the bearer token in a file",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read {}: {e}; put the bearer token in that file",
+            path.display()
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "{} is empty; put the bearer token in it",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
 }
 
 fn text(status: StatusCode, body: &str) -> Answer {

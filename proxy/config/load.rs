@@ -178,6 +178,16 @@ fn read_listen(
             );
         }
     }
+    // Read now, so `check` refuses what `run` would: a missing or empty token file.
+    if let (Some(_), Some(f), Some(path)) = (admin, &token_f, &admin_token_file) {
+        if let Err(e) = crate::admin::read_token(path) {
+            cx.error(
+                &f.span(),
+                &f.path,
+                format!("{e}, or remove admin_token_file and bind admin to 127.0.0.1"),
+            );
+        }
+    }
     if let (None, Some(f)) = (&admin_f, &token_f) {
         cx.warn(
             &f.span(),

@@ -5,6 +5,7 @@
 //! the TOML tree, `units` parses durations and sizes, `error` is the error type, and `summary`
 //! renders a config for `modelgate check`.
 
+mod affinity;
 mod edge;
 mod error;
 mod load;
@@ -23,6 +24,7 @@ mod tests;
 use std::path::Path;
 use std::time::Duration;
 
+pub use affinity::{DEFAULT_AFFINITY_BLOCKS, DEFAULT_AFFINITY_THRESHOLD};
 pub use edge::{DEFAULT_LIMITS, DEFAULT_MAX_KEYS};
 pub use error::{ConfigError, ConfigErrors};
 pub use schedule::{FairShare, Priority, PriorityClass, MAX_CLASSES};

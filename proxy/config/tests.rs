@@ -547,14 +547,32 @@ fn warnings() {
 
 #[test]
 fn admin_with_token_and_listener_clash() {
-    let src = MINIMAL.replace(
-        "http = \"0.0.0.0:8080\"",
-        "http = \"0.0.0.0:8080\"\nadmin = \"10.1.2.3:9901\"\nadmin_token_file = \"/run/token\"",
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let with_token = |path: &str| {
+        MINIMAL.replace(
+            "http = \"0.0.0.0:8080\"",
+            &format!(
+                "http = \"0.0.0.0:8080\"\nadmin = \"10.1.2.3:9901\"\nadmin_token_file = {path:?}"
+            ),
+        )
+    };
+    let l = ok(&with_token(token.to_str().unwrap()));
+    assert_eq!(l.config.listen.admin_token_file, Some(token.clone()));
+    // A token file `run` could not read is refused here too, where it is named.
+    let missing = dir.path().join("missing");
+    let errs = errors(&with_token(missing.to_str().unwrap()));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("config/modelgate.toml:4:20: listen.admin_token_file: cannot read "),
+        "{errs:?}"
     );
-    let l = ok(&src);
-    assert_eq!(
-        l.config.listen.admin_token_file,
-        Some(PathBuf::from("/run/token"))
+    std::fs::write(&token, " \n").unwrap();
+    let errs = errors(&with_token(token.to_str().unwrap()));
+    assert!(
+        errs[0].contains("is empty; put the bearer token in it"),
+        "{errs:?}"
     );
     let src = MINIMAL.replace(
         "http = \"0.0.0.0:8080\"",

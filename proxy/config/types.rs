@@ -280,6 +280,45 @@ pub struct Upstream {
     pub priority: Option<super::Priority>,
     /// The wait queue serves these requesters fairly within a class.
     pub fair_share: Option<super::FairShare>,
+    /// Set with `balance = "cache_affinity"`.
+    pub affinity: Option<CacheAffinity>,
+}
+
+/// `balance = "cache_affinity"` and its `affinity_*` keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheAffinity {
+    pub key: AffinityKey,
+    /// Share (0..=1) of a request's prefix blocks a remembered match must cover.
+    pub threshold: f64,
+    pub guard: AffinityGuard,
+    /// Prefix blocks remembered per upstream (`affinity_blocks`), the memory bound.
+    pub blocks: usize,
+}
+
+/// What a request's cache affinity is computed from (`affinity_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AffinityKey {
+    /// The OpenAI body's `messages` (role and text of each) or `prompt`.
+    Prompt,
+    /// A request header's value (lower-case name), e.g. a session id.
+    Header(String),
+}
+
+/// The balance guard of cache affinity (`affinity_guard = { abs = 4, rel = 1.5 }`): the
+/// replica holding a request's prefix is passed over when its load exceeds the least
+/// loaded replica's by more than `abs` requests and is more than `rel` times it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AffinityGuard {
+    pub abs: u32,
+    pub rel: f64,
+}
+
+impl Default for AffinityGuard {
+    /// SGLang's router uses abs 64 / rel 1.5 on GPU engines batching hundreds of
+    /// requests; replicas that run a handful at once get abs 4.
+    fn default() -> Self {
+        AffinityGuard { abs: 4, rel: 1.5 }
+    }
 }
 
 /// The bounds of a learned in-flight limit (`max_inflight_min`, `max_inflight_max`).
@@ -381,6 +420,7 @@ pub enum Balance {
     LeastOutstanding,
     RoundRobin,
     ConsistentHash,
+    CacheAffinity,
 }
 
 impl Protocol {
@@ -399,10 +439,11 @@ impl Protocol {
 
 impl Balance {
     /// Every balancing policy, in the order they are listed in messages.
-    pub const ALL: [Balance; 3] = [
+    pub const ALL: [Balance; 4] = [
         Balance::LeastOutstanding,
         Balance::RoundRobin,
         Balance::ConsistentHash,
+        Balance::CacheAffinity,
     ];
 
     /// The spelling used in the config file.
@@ -411,6 +452,7 @@ impl Balance {
             Balance::LeastOutstanding => "least_outstanding",
             Balance::RoundRobin => "round_robin",
             Balance::ConsistentHash => "consistent_hash",
+            Balance::CacheAffinity => "cache_affinity",
         }
     }
 }

@@ -67,6 +67,7 @@ impl Upstream {
             wake: None,
             priority: None,
             fair_share: None,
+            affinity: None,
         }
     }
 }
@@ -199,6 +200,7 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
     let wake = super::openai::read_wake(cx, &mut t);
     let capped = max_inflight.map(|m| m != 0 || max_inflight_auto.flatten().is_some());
     let (priority, fair_share) = super::schedule::read(cx, &mut t, queue, capped);
+    let affinity = super::affinity::read(cx, &mut t, balance);
     t.finish(cx);
     Some(Upstream {
         name: String::new(),
@@ -224,6 +226,7 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         wake: wake?,
         priority: priority?,
         fair_share: fair_share?,
+        affinity: affinity?,
     })
 }
 

@@ -35,8 +35,8 @@ use super::replica::{InflightBody, InflightGuard, Inner, Slot, WORDS};
 pub(crate) const BLOCK_TOKENS: usize = 16;
 /// Completion tokens when the request sets no `max_tokens`.
 pub(crate) const DEFAULT_MAX_TOKENS: u64 = 16;
-/// Cached prefix blocks remembered before the cache is emptied.
-const CACHE_BLOCKS: usize = 100_000;
+/// Cached prefix blocks remembered before the cache is emptied, unless configured.
+pub(crate) const DEFAULT_CACHE_BLOCKS: usize = 100_000;
 
 /// OpenAI endpoints the mock serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,12 @@ pub(super) struct State {
     prefill_per_token: Duration,
     /// Hashes of prompt prefixes ending on a block boundary.
     cache: Mutex<HashSet<u64>>,
+    /// Blocks the cache holds before it is emptied (a full KV cache).
+    cache_blocks: usize,
+    /// Prompt tokens looked up in the prefix cache, and found there (vLLM's
+    /// `prefix_cache_queries` and `prefix_cache_hits`).
+    cache_queries: AtomicU64,
+    cache_hits: AtomicU64,
     last_request: Mutex<Option<Value>>,
     prompt_tokens: AtomicU64,
     generation_tokens: AtomicU64,
@@ -74,11 +80,18 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new(models: Vec<String>, prefill_per_token: Duration) -> State {
+    pub(super) fn new(
+        models: Vec<String>,
+        prefill_per_token: Duration,
+        cache_blocks: usize,
+    ) -> State {
         State {
             models: RwLock::new(models.into()),
             prefill_per_token,
             cache: Mutex::new(HashSet::new()),
+            cache_blocks,
+            cache_queries: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
             last_request: Mutex::new(None),
             prompt_tokens: AtomicU64::new(0),
             generation_tokens: AtomicU64::new(0),
@@ -107,7 +120,7 @@ impl State {
         let mut cached_blocks = 0;
         let mut leading = true;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() > CACHE_BLOCKS {
+        if cache.len() > self.cache_blocks {
             cache.clear();
         }
         for (i, block) in words.chunks_exact(BLOCK_TOKENS).enumerate() {
@@ -122,7 +135,12 @@ impl State {
                 leading = false;
             }
         }
-        words.len() - cached_blocks * BLOCK_TOKENS
+        drop(cache);
+        let hit = cached_blocks * BLOCK_TOKENS;
+        self.cache_queries
+            .fetch_add(words.len() as u64, Ordering::Relaxed);
+        self.cache_hits.fetch_add(hit as u64, Ordering::Relaxed);
+        words.len() - hit
     }
 }
 
@@ -175,7 +193,7 @@ fn metrics(inner: &Inner, guard: InflightGuard) -> Response<InflightBody> {
     let state = &inner.openai;
     let models = state.models();
     let mut out = String::new();
-    let series: [(&str, &str, &str, f64); 5] = [
+    let series: [(&str, &str, &str, f64); 7] = [
         (
             "vllm:num_requests_running",
             "gauge",
@@ -199,6 +217,18 @@ fn metrics(inner: &Inner, guard: InflightGuard) -> Response<InflightBody> {
             "counter",
             "Number of prefill tokens processed.",
             state.prompt_tokens.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "vllm:prefix_cache_queries_total",
+            "counter",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            state.cache_queries.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "vllm:prefix_cache_hits_total",
+            "counter",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            state.cache_hits.load(Ordering::Relaxed) as f64,
         ),
         (
             "vllm:generation_tokens_total",
@@ -491,7 +521,7 @@ mod tests {
 
     #[test]
     fn prefix_cache_counts_leading_cached_blocks() {
-        let state = State::new(vec!["m".into()], Duration::ZERO);
+        let state = State::new(vec!["m".into()], Duration::ZERO, DEFAULT_CACHE_BLOCKS);
         let a: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         assert_eq!(state.uncached(&a), 40);

@@ -74,6 +74,7 @@ impl Replica {
             knee: None,
             models: vec!["demo".to_owned()],
             prefill_per_token: DEFAULT_PREFILL_PER_TOKEN,
+            cache_blocks: openai::DEFAULT_CACHE_BLOCKS,
         }
     }
 }
@@ -91,6 +92,7 @@ pub struct ReplicaBuilder {
     knee: Option<usize>,
     models: Vec<String>,
     prefill_per_token: Duration,
+    cache_blocks: usize,
 }
 
 impl ReplicaBuilder {
@@ -113,6 +115,13 @@ impl ReplicaBuilder {
     /// (default `["demo"]`); a request for any other model gets vLLM's 404.
     pub fn models<S: Into<String>>(mut self, models: impl IntoIterator<Item = S>) -> Self {
         self.models = models.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Prefix-cache blocks (of 16 prompt tokens) the replica holds before its cache is
+    /// emptied, as a full KV cache is (default 100,000).
+    pub fn prefix_cache_blocks(mut self, n: usize) -> Self {
+        self.cache_blocks = n.max(1);
         self
     }
 
@@ -175,7 +184,7 @@ impl ReplicaBuilder {
             waiting: AtomicU64::new(0),
             running: AtomicU64::new(0),
             knee: self.knee,
-            openai: openai::State::new(self.models, self.prefill_per_token),
+            openai: openai::State::new(self.models, self.prefill_per_token, self.cache_blocks),
             shutdown,
         });
         tokio::spawn(accept_loop(listener, Arc::clone(&inner)));

@@ -164,7 +164,7 @@ async fn follow(shared: SharedSnapshot, metrics: Arc<Metrics>, upstream: Arc<str
         match Resolver::new(d.resolver) {
             Ok(r) => break r,
             Err(e) => {
-                log::error!("upstream {upstream}: {e}; the last known backends keep serving");
+                log::error!("upstream {upstream}: {e}; {}", fallback(&shared, &upstream));
                 metrics.discovery_error(&upstream);
                 tokio::time::sleep(d.every).await;
             }
@@ -184,7 +184,8 @@ async fn follow(shared: SharedSnapshot, metrics: Arc<Metrics>, upstream: Arc<str
                 // Logged once per outage, counted every time.
                 if !failing {
                     log::warn!(
-                        "upstream {upstream}: DNS lookup failed ({e}); the last known backends keep serving"
+                        "upstream {upstream}: DNS lookup failed ({e}); {}",
+                        fallback(&shared, &upstream)
                     );
                     failing = true;
                 }
@@ -192,6 +193,19 @@ async fn follow(shared: SharedSnapshot, metrics: Arc<Metrics>, upstream: Arc<str
             }
         }
         tokio::time::sleep(d.every).await;
+    }
+}
+
+/// What serves `upstream` while its lookups fail: the last known backends, or, when
+/// nothing has been found by name yet, only the addresses listed beside the names.
+fn fallback(shared: &SharedSnapshot, upstream: &str) -> &'static str {
+    let live = shared.load();
+    match live.pool(upstream) {
+        Some(p) if !p.resolved().is_empty() => "the last known backends keep serving",
+        Some(p) if !p.backends().is_empty() => {
+            "nothing found by name yet; only the listed addresses serve"
+        }
+        _ => "nothing found by name yet; the upstream has no backend until a lookup answers",
     }
 }
 
@@ -324,6 +338,20 @@ mod tests {
         // A reload of the same upstream keeps what the names resolved to.
         let reloaded = Pool::build_next(&up, Some(&third)).unwrap();
         assert_eq!(reloaded.resolved(), third.resolved());
+        // So does one that changes the names or the resolver, until a lookup answers.
+        let mut renamed = up.clone();
+        if let BackendSource::Dns(d) = &mut renamed.backends {
+            d.names[0].host = "other".into();
+            d.resolver = Some("127.0.0.1:53".parse().unwrap());
+        }
+        let reloaded = Pool::build_next(&renamed, Some(&third)).unwrap();
+        assert_eq!(reloaded.resolved(), third.resolved());
+        assert_eq!(reloaded.backends().len(), third.backends().len());
+        // A static upstream turned to names keeps its backends until they answer.
+        let fixed = Upstream::with_defaults("u", BackendSource::Static(addrs(&["10.0.0.9:80"])));
+        let before = Pool::build(&fixed).unwrap();
+        let after = Pool::build_next(&up, Some(&before)).unwrap();
+        assert_eq!(after.backends().len(), 2);
     }
 
     #[test]

@@ -77,6 +77,16 @@ pub fn single_content_length(upstream: &mut RequestHeader) -> Result<()> {
     Ok(())
 }
 
+/// The cache-affinity key of a request keyed by header `name`: one block for its value
+/// (none without the header, so such requests are balanced by load alone).
+pub fn affinity_blocks(session: &Session, name: &str) -> Vec<u64> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .map_or_else(Vec::new, |v| crate::upstream::affinity_key(v.as_bytes()))
+}
+
 /// The consistent-hash key of a request: the named header, or the client address
 /// when the header is absent.
 pub fn hash_key(session: &Session, key: &RequestKey) -> u64 {

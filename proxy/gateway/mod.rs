@@ -28,7 +28,7 @@ use pingora::{ErrorSource, ErrorType, RetryType};
 pub(crate) use redirect::HttpsRedirect;
 pub(crate) use reject::Reject;
 
-use crate::config::ConnLimits;
+use crate::config::{AffinityKey, ConnLimits};
 use crate::edge::credentials::X_API_KEY;
 use crate::edge::gate::{self, Passed};
 use crate::edge::{Consumer, RouteAuth};
@@ -158,10 +158,13 @@ pub(crate) struct RequestCtx {
     lease: Option<Lease>,
     /// Backends already attempted, so a retry goes elsewhere.
     tried: Tried,
-    /// Hash of the consistent-hash key, when the pool uses one.
+    /// Hash of the consistent-hash key, or the cache-affinity hint (preferred
+    /// replicas), when the pool uses one.
     hash: u64,
     /// Its priority class and fair-share flow in the pool's wait queue.
     ticket: Ticket,
+    /// The request's cache-affinity prefix blocks (empty: none).
+    affinity: Vec<u64>,
     request_id: Option<HeaderValue>,
     /// Set when the proxy decided the answer itself.
     reject: Option<Reject>,
@@ -214,6 +217,7 @@ impl ProxyHttp for Gateway {
             tried: Tried::default(),
             hash: 0,
             ticket: Ticket::default(),
+            affinity: Vec::new(),
             request_id: None,
             reject: None,
             openai: false,
@@ -332,6 +336,12 @@ impl ProxyHttp for Gateway {
             session.req_header(),
             ctx.consumer.as_ref().map(Consumer::name),
         );
+        if let Some(aff) = &route.pool.settings().affinity {
+            if let AffinityKey::Header(name) = &aff.key {
+                ctx.affinity = headers::affinity_blocks(session, name);
+            }
+            ctx.hash = aff.hint(&ctx.affinity);
+        }
         route.pool.record_request();
         ctx.route = Some(route);
         Ok(false)
@@ -384,6 +394,9 @@ impl ProxyHttp for Gateway {
         }
         match admission {
             Admission::Leased(lease, waited) => {
+                if let Some(aff) = &route.pool.settings().affinity {
+                    aff.record(&ctx.affinity, lease.backend());
+                }
                 ctx.tried.push(lease.backend().index());
                 ctx.queue_wait += waited;
                 ctx.attempt_started = Some(Instant::now());
@@ -755,7 +768,7 @@ impl ProxyHttp for Gateway {
         m.request(status, ctx.route.is_some().then_some(total.as_secs_f64()));
         let up = m.upstream();
         if let Some(r) = ctx.reject {
-            up.rejected(r.reason());
+            up.rejected(r);
         }
         if !ctx.tried.is_empty() {
             up.queue_wait(ctx.queue_wait.as_secs_f64());
@@ -770,7 +783,7 @@ impl ProxyHttp for Gateway {
                 .and_then(|name| up.class(class, name))
             {
                 if let Some(r) = ctx.reject {
-                    c.rejected(r.reason());
+                    c.rejected(r);
                 } else if !ctx.tried.is_empty() {
                     c.queue_wait(ctx.queue_wait.as_secs_f64());
                 }
@@ -944,10 +957,20 @@ impl Gateway {
         let want = Want {
             model: true,
             stream: group.wants_stream(),
+            whole: group.wants_prompt(),
         };
         let read = openai::read_fields(session, want, limit, |model| group.by_model(model)).await?;
         Ok(match read {
             Ok((Some((route, model)), read)) => {
+                if route
+                    .pool
+                    .settings()
+                    .affinity
+                    .as_ref()
+                    .is_some_and(|a| a.key == AffinityKey::Prompt)
+                {
+                    ctx.affinity = openai::prompt::prompt_blocks(&read.bytes);
+                }
                 ctx.pre = Some(PreRead::new(session, read, &route.api));
                 ctx.model = model;
                 Ok(route)

@@ -7,24 +7,101 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-/// Why a request was answered by the proxy rather than a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reject {
-    NoRoute,
+/// Declares [`Reject`] from one table: per answer its status, its reason (the JSON
+/// `error` value, the OpenAI `code` and the `reason` label of
+/// `modelgate_rejected_total`) and its OpenAI error `type`, `param` and message. The
+/// bodies are assembled at compile time, so answering costs no formatting.
+macro_rules! rejects {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident $(($field:ty))? => $status:literal, $reason:literal,
+            $kind:literal, $param:literal, $message:literal;
+    )*) => {
+        /// Why a request was answered by the proxy rather than a backend.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum Reject {
+            $( $(#[$doc])* $variant $(($field))?, )*
+        }
+
+        /// One slot per [`Reject`] variant, in declaration order.
+        #[derive(Clone, Copy)]
+        enum Slot {
+            $( $variant, )*
+        }
+
+        impl Reject {
+            /// Every reason, in declaration order ([`Reject::slot`] indexes it).
+            pub(crate) const REASONS: &'static [&'static str] = &[$( $reason, )*];
+
+            /// This answer's position in [`Reject::REASONS`].
+            pub(crate) fn slot(self) -> usize {
+                match self {
+                    $( Reject::$variant { .. } => Slot::$variant as usize, )*
+                }
+            }
+
+            pub(crate) fn status(self) -> u16 {
+                match self {
+                    $( Reject::$variant { .. } => $status, )*
+                }
+            }
+
+            /// The `reason` label and the JSON `error` value.
+            pub(crate) fn reason(self) -> &'static str {
+                Self::REASONS[self.slot()]
+            }
+
+            /// `{"error":"REASON"}`.
+            fn body(self) -> &'static [u8] {
+                match self {
+                    $( Reject::$variant { .. } => concat!(r#"{"error":""#, $reason, r#""}"#).as_bytes(), )*
+                }
+            }
+
+            /// The same answer in OpenAI's error shape.
+            pub(super) fn openai_body(self) -> &'static [u8] {
+                match self {
+                    $( Reject::$variant { .. } => concat!(
+                        r#"{"error":{"message":""#, $message,
+                        r#"","type":""#, $kind,
+                        r#"","param":"#, $param,
+                        r#","code":""#, $reason, r#""}}"#
+                    ).as_bytes(), )*
+                }
+            }
+        }
+    };
+}
+
+#[rustfmt::skip]
+rejects! {
+    NoRoute => 404, "no_route",
+        "invalid_request_error", "null", "No route serves this request.";
     /// The body's `model` matches no route of its host and path (404).
-    ModelNotFound,
-    NoHealthyBackend,
-    Overloaded,
-    QueueTimeout,
-    TooLarge,
-    HeadersTooLarge,
-    BadGateway,
-    GatewayTimeout,
-    BadRequest,
+    ModelNotFound => 404, "model_not_found",
+        "invalid_request_error", r#""model""#, "The model does not exist or is not served here; GET /v1/models lists the models served.";
+    NoHealthyBackend => 503, "no_healthy_backend",
+        "server_error", "null", "No replica of this model is available; retry later.";
+    Overloaded => 503, "overloaded",
+        "server_error", "null", "Every replica of this model is busy and the queue is full; retry later.";
+    QueueTimeout => 503, "queue_timeout",
+        "server_error", "null", "The request waited too long for a free replica; retry later.";
+    TooLarge => 413, "too_large",
+        "invalid_request_error", "null", "The request body is larger than this route accepts.";
+    HeadersTooLarge => 431, "headers_too_large",
+        "invalid_request_error", "null", "The request headers are too large.";
+    BadGateway => 502, "bad_gateway",
+        "server_error", "null", "The model server failed before answering.";
+    GatewayTimeout => 504, "gateway_timeout",
+        "server_error", "null", "The model server did not answer in time.";
+    BadRequest => 400, "bad_request",
+        "invalid_request_error", "null", "The request body must be a JSON object with a string model field.";
     /// Missing or refused credentials on a route with `auth`.
-    Unauthorized,
+    Unauthorized => 401, "unauthorized",
+        "invalid_request_error", "null", "Missing or invalid credentials; send Authorization: Bearer KEY.";
     /// Over the route's rate limit; seconds until a request would pass.
-    RateLimited(u64),
+    RateLimited(u64) => 429, "rate_limited",
+        "requests", "null", "Rate limit reached; retry after the number of seconds in Retry-After.";
 }
 
 impl From<crate::edge::gate::Refusal> for Reject {
@@ -37,89 +114,6 @@ impl From<crate::edge::gate::Refusal> for Reject {
 }
 
 impl Reject {
-    pub(crate) fn status(self) -> u16 {
-        match self {
-            Reject::NoRoute | Reject::ModelNotFound => 404,
-            Reject::NoHealthyBackend | Reject::Overloaded | Reject::QueueTimeout => 503,
-            Reject::TooLarge => 413,
-            Reject::HeadersTooLarge => 431,
-            Reject::BadGateway => 502,
-            Reject::GatewayTimeout => 504,
-            Reject::BadRequest => 400,
-            Reject::Unauthorized => 401,
-            Reject::RateLimited(_) => 429,
-        }
-    }
-
-    /// The `reason` label and the JSON `error` value.
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
-            Reject::NoRoute => "no_route",
-            Reject::ModelNotFound => "model_not_found",
-            Reject::NoHealthyBackend => "no_healthy_backend",
-            Reject::Overloaded => "overloaded",
-            Reject::QueueTimeout => "queue_timeout",
-            Reject::TooLarge => "too_large",
-            Reject::HeadersTooLarge => "headers_too_large",
-            Reject::BadGateway => "bad_gateway",
-            Reject::GatewayTimeout => "gateway_timeout",
-            Reject::BadRequest => "bad_request",
-            Reject::Unauthorized => "unauthorized",
-            Reject::RateLimited(_) => "rate_limited",
-        }
-    }
-
-    fn body(self) -> &'static [u8] {
-        match self {
-            Reject::NoRoute => br#"{"error":"no_route"}"#,
-            Reject::ModelNotFound => br#"{"error":"model_not_found"}"#,
-            Reject::NoHealthyBackend => br#"{"error":"no_healthy_backend"}"#,
-            Reject::Overloaded => br#"{"error":"overloaded"}"#,
-            Reject::QueueTimeout => br#"{"error":"queue_timeout"}"#,
-            Reject::TooLarge => br#"{"error":"too_large"}"#,
-            Reject::HeadersTooLarge => br#"{"error":"headers_too_large"}"#,
-            Reject::BadGateway => br#"{"error":"bad_gateway"}"#,
-            Reject::GatewayTimeout => br#"{"error":"gateway_timeout"}"#,
-            Reject::BadRequest => br#"{"error":"bad_request"}"#,
-            Reject::Unauthorized => br#"{"error":"unauthorized"}"#,
-            Reject::RateLimited(_) => br#"{"error":"rate_limited"}"#,
-        }
-    }
-
-    /// The same answer in OpenAI's error shape.
-    pub(super) fn openai_body(self) -> &'static [u8] {
-        macro_rules! openai {
-            ($message:literal, $type:literal, $param:literal, $code:literal) => {
-                concat!(
-                    r#"{"error":{"message":""#,
-                    $message,
-                    r#"","type":""#,
-                    $type,
-                    r#"","param":"#,
-                    $param,
-                    r#","code":""#,
-                    $code,
-                    r#""}}"#
-                )
-                .as_bytes()
-            };
-        }
-        match self {
-            Reject::NoRoute => openai!("No route serves this request.", "invalid_request_error", "null", "no_route"),
-            Reject::ModelNotFound => openai!("The model does not exist or is not served here; GET /v1/models lists the models served.", "invalid_request_error", r#""model""#, "model_not_found"),
-            Reject::NoHealthyBackend => openai!("No replica of this model is available; retry later.", "server_error", "null", "no_healthy_backend"),
-            Reject::Overloaded => openai!("Every replica of this model is busy and the queue is full; retry later.", "server_error", "null", "overloaded"),
-            Reject::QueueTimeout => openai!("The request waited too long for a free replica; retry later.", "server_error", "null", "queue_timeout"),
-            Reject::TooLarge => openai!("The request body is larger than this route accepts.", "invalid_request_error", "null", "too_large"),
-            Reject::HeadersTooLarge => openai!("The request headers are too large.", "invalid_request_error", "null", "headers_too_large"),
-            Reject::BadGateway => openai!("The model server failed before answering.", "server_error", "null", "bad_gateway"),
-            Reject::GatewayTimeout => openai!("The model server did not answer in time.", "server_error", "null", "gateway_timeout"),
-            Reject::BadRequest => openai!("The request body must be a JSON object with a string model field.", "invalid_request_error", "null", "bad_request"),
-            Reject::Unauthorized => openai!("Missing or invalid credentials; send Authorization: Bearer KEY.", "invalid_request_error", "null", "unauthorized"),
-            Reject::RateLimited(_) => openai!("Rate limit reached; retry after the number of seconds in Retry-After.", "requests", "null", "rate_limited"),
-        }
-    }
-
     /// Seconds a client should wait before trying again, for answers that invite it.
     fn retry_after(self) -> Option<u64> {
         match self {
@@ -185,7 +179,7 @@ mod tests {
     #[test]
     fn every_openai_body_is_an_openai_error() {
         use Reject::*;
-        for r in [
+        let all = [
             NoRoute,
             ModelNotFound,
             NoHealthyBackend,
@@ -196,14 +190,19 @@ mod tests {
             BadGateway,
             GatewayTimeout,
             BadRequest,
-        ] {
+            Unauthorized,
+            RateLimited(3),
+        ];
+        assert_eq!(all.len(), Reject::REASONS.len());
+        for (i, r) in all.into_iter().enumerate() {
+            assert_eq!(r.slot(), i);
             let v: serde_json::Value = serde_json::from_slice(r.openai_body()).unwrap();
             assert_eq!(v["error"]["code"], r.reason());
             assert!(v["error"]["message"].is_string());
-            let kind = if r.status() >= 500 {
-                "server_error"
-            } else {
-                "invalid_request_error"
+            let kind = match r {
+                RateLimited(_) => "requests",
+                _ if r.status() >= 500 => "server_error",
+                _ => "invalid_request_error",
             };
             assert_eq!(v["error"]["type"], kind);
             let plain: serde_json::Value = serde_json::from_slice(r.body()).unwrap();

@@ -1,11 +1,14 @@
-//! Metrics per priority class of an upstream's wait queue (`priority`): waits,
-//! rejections, and the queue depth and in-flight count read at scrape time.
+//! Metrics per priority class of an upstream's wait queue (`priority`): waits and
+//! rejections, resolved once per class and generation (the queue depth and
+//! in-flight count per class are pool gauges, read at scrape time by `pools`).
 //! Labels are bounded: `class` is one of at most eight configured names; fair
 //! share has no per-consumer series.
 
 use std::sync::OnceLock;
 
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
+
+use crate::gateway::Reject;
 
 /// Most classes an upstream can have (the config's limit).
 const MAX_CLASSES: usize = 8;
@@ -15,8 +18,6 @@ const MAX_CLASSES: usize = 8;
 pub(super) struct ClassFamilies {
     wait: HistogramVec,
     rejected: IntCounterVec,
-    depth: IntGaugeVec,
-    inflight: IntGaugeVec,
 }
 
 impl ClassFamilies {
@@ -34,48 +35,12 @@ impl ClassFamilies {
                 "Requests of a priority class refused by the queue, by reason (overloaded, queue_timeout).",
                 &["upstream", "class", "reason"],
             )?,
-            depth: super::gauge_vec(
-                r,
-                "modelgate_class_queue_depth",
-                "Requests of a priority class waiting for an in-flight slot.",
-                &["upstream", "class"],
-            )?,
-            inflight: super::gauge_vec(
-                r,
-                "modelgate_class_inflight",
-                "Requests of a priority class in flight on the upstream's backends.",
-                &["upstream", "class"],
-            )?,
         })
     }
-
-    /// Fills the gauges from the pools' live state (series of removed classes vanish).
-    pub(super) fn render(&self, pools: &[super::PoolState<'_>]) {
-        self.depth.reset();
-        self.inflight.reset();
-        for p in pools {
-            for c in &p.classes {
-                let labels = [p.upstream, c.name];
-                self.depth
-                    .with_label_values(&labels)
-                    .set(i64::from(c.waiting));
-                self.inflight
-                    .with_label_values(&labels)
-                    .set(i64::from(c.inflight));
-            }
-        }
-    }
-}
-
-/// One class's live state, read at scrape time.
-pub struct ClassState<'a> {
-    pub(crate) name: &'a str,
-    pub(crate) waiting: u32,
-    pub(crate) inflight: u32,
 }
 
 /// One class's handles for the request path.
-pub struct ClassMetrics {
+pub(crate) struct ClassMetrics {
     wait: Histogram,
     overloaded: IntCounter,
     queue_timeout: IntCounter,
@@ -87,10 +52,10 @@ impl ClassMetrics {
     }
 
     /// Counts a refusal by the queue; other reasons are not the class's doing.
-    pub(crate) fn rejected(&self, reason: &str) {
-        match reason {
-            "overloaded" => self.overloaded.inc(),
-            "queue_timeout" => self.queue_timeout.inc(),
+    pub(crate) fn rejected(&self, r: Reject) {
+        match r {
+            Reject::Overloaded => self.overloaded.inc(),
+            Reject::QueueTimeout => self.queue_timeout.inc(),
             _ => {}
         }
     }

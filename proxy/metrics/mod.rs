@@ -4,18 +4,22 @@
 //! histogram, one counter per status code seen, per-upstream histograms and
 //! counters) once per config generation, and a new generation gets the same series
 //! back from the registry instead of new ones. Gauges describing the pools
-//! (backend up, in-flight, queue depth) cost nothing per request: they are filled
-//! from the live snapshot when `/metrics` is scraped.
+//! (backend up, in-flight, queue depth) cost nothing per request: `pools` reads
+//! them from the live snapshot when `/metrics` is scraped.
 
 pub mod access;
 mod classes;
+pub(crate) mod live;
+pub(crate) mod pools;
 
-pub(crate) use classes::{ClassMetrics, ClassState};
+pub(crate) use classes::ClassMetrics;
 
 use std::sync::{Arc, OnceLock};
 
+use crate::gateway::Reject;
+
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -35,20 +39,6 @@ const CODES: [u16; 20] = [
     504,
 ];
 
-/// Reject reasons with a cached counter handle (the `reason` label values).
-const REASONS: [&str; 10] = [
-    "no_route",
-    "model_not_found",
-    "no_healthy_backend",
-    "overloaded",
-    "queue_timeout",
-    "too_large",
-    "headers_too_large",
-    "bad_gateway",
-    "gateway_timeout",
-    "bad_request",
-];
-
 /// All of modelgate's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -57,15 +47,9 @@ pub struct Metrics {
     first_byte: HistogramVec,
     queue_wait: HistogramVec,
     rejected: IntCounterVec,
-    backend_up: IntGaugeVec,
-    backend_inflight: IntGaugeVec,
-    queue_depth: IntGaugeVec,
     retries: IntCounterVec,
     client_aborts: IntCounterVec,
     load_report_errors: IntCounterVec,
-    reported_queue: GaugeVec,
-    reported_running: GaugeVec,
-    reported_cache_usage: GaugeVec,
     reloads: IntCounterVec,
     generation: IntGauge,
     access_log_dropped: IntCounter,
@@ -100,23 +84,6 @@ fn gauge_vec(
     let v = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(v.clone()))?;
     Ok(v)
-}
-
-fn float_gauge_vec(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<GaugeVec> {
-    registered(r, GaugeVec::new(Opts::new(name, help), labels)?)
-}
-
-fn registered<C: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
-    c: C,
-) -> prometheus::Result<C> {
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
 }
 
 fn histogram_vec(
@@ -200,24 +167,6 @@ impl Metrics {
                 "Requests answered by the proxy itself, by reason.",
                 &["upstream", "reason"],
             )?,
-            backend_up: gauge_vec(
-                r,
-                "modelgate_backend_up",
-                "1 when the backend takes new requests, else 0.",
-                &["upstream", "backend"],
-            )?,
-            backend_inflight: gauge_vec(
-                r,
-                "modelgate_backend_inflight",
-                "Requests in flight on the backend.",
-                &["upstream", "backend"],
-            )?,
-            queue_depth: gauge_vec(
-                r,
-                "modelgate_queue_depth",
-                "Requests waiting for an in-flight slot.",
-                &["upstream"],
-            )?,
             retries: counter_vec(
                 r,
                 "modelgate_retries_total",
@@ -235,24 +184,6 @@ impl Metrics {
                 "modelgate_load_report_errors_total",
                 "Load reports from replicas that could not be read (the replica keeps serving).",
                 &["upstream"],
-            )?,
-            reported_queue: float_gauge_vec(
-                r,
-                "modelgate_backend_reported_queue",
-                "Requests waiting inside the backend, as it last reported.",
-                &["upstream", "backend"],
-            )?,
-            reported_running: float_gauge_vec(
-                r,
-                "modelgate_backend_reported_running",
-                "Requests the backend is working on, as it last reported.",
-                &["upstream", "backend"],
-            )?,
-            reported_cache_usage: float_gauge_vec(
-                r,
-                "modelgate_backend_reported_cache_usage",
-                "KV cache in use (0..1), as the backend last reported.",
-                &["upstream", "backend"],
             )?,
             discovery_errors: counter_vec(
                 r,
@@ -406,38 +337,9 @@ impl Metrics {
         self.access_log_dropped.inc();
     }
 
-    /// The Prometheus text exposition of every metric. `pools` fills the pool gauges
-    /// with the live state just before encoding (series of removed backends vanish).
-    pub fn render(&self, pools: &[PoolState<'_>]) -> Vec<u8> {
-        self.backend_up.reset();
-        self.backend_inflight.reset();
-        self.queue_depth.reset();
-        self.reported_queue.reset();
-        self.reported_running.reset();
-        self.reported_cache_usage.reset();
-        self.classes.render(pools);
-        for p in pools {
-            self.queue_depth
-                .with_label_values(&[p.upstream])
-                .set(i64::try_from(p.queued).unwrap_or(i64::MAX));
-            for b in &p.backends {
-                self.backend_up
-                    .with_label_values(&[p.upstream, b.addr])
-                    .set(i64::from(b.up));
-                self.backend_inflight
-                    .with_label_values(&[p.upstream, b.addr])
-                    .set(i64::from(b.inflight));
-                for (gauge, value) in [
-                    (&self.reported_queue, b.reported_queue),
-                    (&self.reported_running, b.reported_running),
-                    (&self.reported_cache_usage, b.reported_cache_usage),
-                ] {
-                    if let Some(v) = value {
-                        gauge.with_label_values(&[p.upstream, b.addr]).set(v);
-                    }
-                }
-            }
-        }
+    /// The Prometheus text exposition of every metric (collectors registered by
+    /// other modules, such as the pool gauges, read their live state now).
+    pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::warn!("metrics: cannot encode: {e}");
@@ -469,26 +371,6 @@ impl Metrics {
         }
         totals
     }
-}
-
-/// A pool's live state, read at scrape time.
-pub struct PoolState<'a> {
-    pub upstream: &'a str,
-    pub queued: usize,
-    pub backends: Vec<BackendState<'a>>,
-    /// Per priority class (empty without `priority`).
-    pub classes: Vec<ClassState<'a>>,
-}
-
-/// A backend's live state, read at scrape time.
-pub struct BackendState<'a> {
-    pub addr: &'a str,
-    pub up: bool,
-    pub inflight: u32,
-    /// What the backend last reported about its own load (absent: not reported).
-    pub reported_queue: Option<f64>,
-    pub reported_running: Option<f64>,
-    pub reported_cache_usage: Option<f64>,
 }
 
 /// Per-route handles, resolved once per config generation.
@@ -557,7 +439,8 @@ pub struct UpstreamMetrics {
     client_aborts: IntCounter,
     load_report_errors: IntCounter,
     rejected: IntCounterVec,
-    reasons: [OnceLock<IntCounter>; REASONS.len()],
+    /// One handle per reject reason, resolved by its first use.
+    reasons: [OnceLock<IntCounter>; Reject::REASONS.len()],
     classes: classes::ClassHandles,
 }
 
@@ -586,18 +469,15 @@ impl UpstreamMetrics {
     }
 
     /// The handles of priority class number `i`, named `name` (at most 8 classes).
-    pub fn class(&self, i: u8, name: &str) -> Option<&ClassMetrics> {
+    pub(crate) fn class(&self, i: u8, name: &str) -> Option<&ClassMetrics> {
         self.classes.get(i, name)
     }
 
-    /// Counts a request the proxy answered itself, `reason` being its `error` value.
-    pub fn rejected(&self, reason: &'static str) {
-        match REASONS.iter().position(|&r| r == reason) {
-            Some(i) => self.reasons[i]
-                .get_or_init(|| self.rejected.with_label_values(&[&self.name, reason]))
-                .inc(),
-            None => self.rejected.with_label_values(&[&self.name, reason]).inc(),
-        }
+    /// Counts a request the proxy answered itself (`reason` label: [`Reject::reason`]).
+    pub(crate) fn rejected(&self, r: Reject) {
+        self.reasons[r.slot()]
+            .get_or_init(|| self.rejected.with_label_values(&[&self.name, r.reason()]))
+            .inc();
     }
 }
 
@@ -606,7 +486,7 @@ mod tests {
     use super::*;
 
     fn text(m: &Metrics) -> String {
-        String::from_utf8(m.render(&[])).unwrap()
+        String::from_utf8(m.render()).unwrap()
     }
 
     #[test]
@@ -637,48 +517,5 @@ mod tests {
         assert!(t.contains("modelgate_config_reloads_total{result=\"ok\"} 2"));
         assert!(t.contains("modelgate_config_reloads_total{result=\"error\"} 1"));
         assert!(t.contains("modelgate_config_generation 4"));
-    }
-
-    #[test]
-    fn pool_gauges_follow_the_pools_given() {
-        let m = Metrics::new(Registry::new()).unwrap();
-        let pools = [PoolState {
-            upstream: "llm",
-            queued: 3,
-            backends: vec![
-                BackendState {
-                    addr: "10.0.0.1:80",
-                    up: true,
-                    inflight: 2,
-                    reported_queue: Some(3.0),
-                    reported_running: None,
-                    reported_cache_usage: Some(0.5),
-                },
-                BackendState {
-                    addr: "10.0.0.2:80",
-                    up: false,
-                    inflight: 0,
-                    reported_queue: None,
-                    reported_running: None,
-                    reported_cache_usage: None,
-                },
-            ],
-            classes: vec![ClassState {
-                name: "batch",
-                waiting: 2,
-                inflight: 1,
-            }],
-        }];
-        let t = String::from_utf8(m.render(&pools)).unwrap();
-        assert!(t.contains("modelgate_queue_depth{upstream=\"llm\"} 3"));
-        assert!(t.contains("modelgate_class_queue_depth{class=\"batch\",upstream=\"llm\"} 2"));
-        assert!(t.contains("modelgate_class_inflight{class=\"batch\",upstream=\"llm\"} 1"));
-        assert!(t.contains("modelgate_backend_up{backend=\"10.0.0.2:80\",upstream=\"llm\"} 0"));
-        assert!(
-            t.contains("modelgate_backend_inflight{backend=\"10.0.0.1:80\",upstream=\"llm\"} 2")
-        );
-        // A backend removed from the config disappears at the next scrape.
-        let t = text(&m);
-        assert!(!t.contains("10.0.0.2:80"));
     }
 }

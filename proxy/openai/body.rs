@@ -26,6 +26,8 @@ pub struct Want {
     pub model: bool,
     /// `stream` and `stream_options`: only the whole body tells that they are absent.
     pub stream: bool,
+    /// The whole body is needed (its prompt is the cache-affinity key).
+    pub whole: bool,
 }
 
 /// The outcome of scanning a body prefix.
@@ -69,7 +71,8 @@ impl Found<'_> {
     fn complete(&self) -> bool {
         // Without `stream` wanted, only the model matters; with it, absence of
         // `stream` or `stream_options` is only known at the end of the object.
-        (!self.want.model || self.fields.model.is_some())
+        !self.want.whole
+            && (!self.want.model || self.fields.model.is_some())
             && (!self.want.stream || (self.fields.stream.is_some() && self.fields.stream_options))
     }
 }
@@ -110,7 +113,7 @@ impl<'de, 'f> Visitor<'de> for TopLevel<'f, 'de> {
 }
 
 /// A string borrowed from the body when it has no escapes, owned otherwise.
-struct Str<'de>(Cow<'de, str>);
+pub(crate) struct Str<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> de::Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -165,10 +168,12 @@ mod tests {
     const MODEL: Want = Want {
         model: true,
         stream: false,
+        whole: false,
     };
     const ALL: Want = Want {
         model: true,
         stream: true,
+        whole: false,
     };
 
     fn model(s: &str) -> Option<Cow<'_, str>> {

@@ -9,6 +9,7 @@
 
 pub mod body;
 pub(crate) mod models;
+pub mod prompt;
 pub(crate) mod route;
 pub mod tokens;
 

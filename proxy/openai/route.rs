@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::config::AffinityKey;
 use crate::edge::gate::GroupGate;
 use crate::snapshot::RouteEntry;
 
@@ -26,6 +27,9 @@ pub struct RouteGroup {
     /// Some route needs to know whether the request streams (`stream_usage`,
     /// `sse_keepalive`).
     wants_stream: bool,
+    /// Some route's upstream balances by the prompt (`affinity_key = "prompt"`): the
+    /// whole body is read.
+    wants_prompt: bool,
     read_limit: u64,
     /// The auth and rate limit every request passes before its body is read.
     gate: GroupGate,
@@ -47,6 +51,12 @@ impl RouteGroup {
     pub fn add(&mut self, entry: Arc<RouteEntry>, names: &[String], prefixes: &[String]) {
         self.openai |= entry.api.openai;
         self.wants_stream |= entry.api.stream_usage || entry.api.sse_keepalive.is_some();
+        self.wants_prompt |= entry
+            .pool
+            .settings()
+            .affinity
+            .as_ref()
+            .is_some_and(|a| a.key == AffinityKey::Prompt);
         let limit = entry.max_body.unwrap_or(DEFAULT_READ_LIMIT);
         self.read_limit = self.read_limit.max(limit);
         self.gate.add(&entry.edge);
@@ -73,7 +83,10 @@ impl RouteGroup {
                 && !ct.starts_with(b"text/")
                 && !ct.starts_with(b"image/")
         });
-        if (self.routes_by_model() || self.wants_stream) && method == http::Method::POST && json {
+        if (self.routes_by_model() || self.wants_stream || self.wants_prompt)
+            && method == http::Method::POST
+            && json
+        {
             return Pick::ByModel;
         }
         match &self.plain {
@@ -133,6 +146,11 @@ impl RouteGroup {
     /// Whether `stream` and `stream_options` must be found too (the whole body read).
     pub fn wants_stream(&self) -> bool {
         self.wants_stream
+    }
+
+    /// Whether the whole body is read for its prompt (cache affinity).
+    pub fn wants_prompt(&self) -> bool {
+        self.wants_prompt
     }
 
     /// The checks a request must pass before its body is read to find the model.

@@ -10,23 +10,70 @@ pub(crate) mod resolver;
 pub(crate) mod source;
 pub(crate) mod watch;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::{CertSource, Config, HostMatch};
+use crate::metrics::live::Family;
 
 pub(crate) use resolver::SniResolver;
 pub(crate) use source::CertSet;
 pub(crate) use watch::CertWatcher;
 
-/// Counters of certificate rotation, for the metrics endpoint.
+/// Counters of certificate rotation, exported as
+/// `modelgate_tls_cert_reloads_total{result="ok"|"error"}` (see [`TlsStats::collector`]).
 #[derive(Debug, Default)]
-pub struct TlsStats {
+pub(crate) struct TlsStats {
     /// Times a changed set of certificates was swapped in.
     pub reloaded: AtomicU64,
     /// Changed certificate pairs refused (the previous one kept serving).
     pub rejected: AtomicU64,
+}
+
+impl TlsStats {
+    /// A collector for the metrics registry that reads these counters at each scrape.
+    pub(crate) fn collector(self: &Arc<Self>) -> prometheus::Result<TlsCollector> {
+        let desc = TlsCollector::family().desc()?;
+        Ok(TlsCollector {
+            stats: Arc::clone(self),
+            desc,
+        })
+    }
+}
+
+/// `modelgate_tls_cert_reloads_total{result}`: `ok` counts certificate sets swapped
+/// in, `error` changed pairs refused (the previous pair kept serving).
+pub(crate) struct TlsCollector {
+    stats: Arc<TlsStats>,
+    desc: prometheus::core::Desc,
+}
+
+impl TlsCollector {
+    fn family() -> Family {
+        Family::counter(
+            "modelgate_tls_cert_reloads_total",
+            "Certificate changes picked up (ok) or refused, the previous pair serving on (error).",
+            &["result"],
+        )
+    }
+}
+
+impl prometheus::core::Collector for TlsCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut family = TlsCollector::family();
+        for (result, n) in [
+            ("ok", &self.stats.reloaded),
+            ("error", &self.stats.rejected),
+        ] {
+            family.push(&[result], n.load(Ordering::Relaxed) as f64);
+        }
+        family.done().into_iter().collect()
+    }
 }
 
 /// The HTTPS listener's certificates: loaded, served, and watched for changes.

@@ -198,17 +198,11 @@ async fn short_requests_avoid_the_replica_busy_with_a_long_one() {
         // Both replicas measured equally fast, with sub-millisecond noise apart.
         measured(&pool.backends()[0], Duration::from_micros(300));
         measured(&pool.backends()[1], Duration::from_micros(900));
-        let long = match pool.pick(&Tried::default(), 0) {
-            Pick::Leased(l) => l,
-            other => panic!("{other:?}"),
-        };
+        let long = take(&pool, Policy::LeastOutstanding);
         let busy = long.backend().index();
         for k in 0..10 {
             tokio::time::advance(Duration::from_millis(3)).await;
-            let short = match pool.pick(&Tried::default(), 0) {
-                Pick::Leased(l) => l,
-                other => panic!("{other:?}"),
-            };
+            let short = take(&pool, Policy::LeastOutstanding);
             assert_ne!(
                 short.backend().index(),
                 busy,
@@ -357,17 +351,11 @@ async fn a_replica_whose_first_answers_were_long_is_not_judged_slower_than_a_bus
                 a.try_acquire(0, queue)
                     .unwrap_or_else(|| panic!("uncapped acquire"))
             } else {
-                match pool.pick(&Tried::default(), 0) {
-                    Pick::Leased(l) => l,
-                    other => panic!("{other:?}"),
-                }
+                take(&pool, Policy::LeastOutstanding)
             };
             let busy = long.backend().index();
             for k in 0..10 {
-                let short = match pool.pick(&Tried::default(), 0) {
-                    Pick::Leased(l) => l,
-                    other => panic!("{other:?}"),
-                };
+                let short = take(&pool, Policy::LeastOutstanding);
                 assert_ne!(
                     short.backend().index(),
                     busy,

@@ -181,7 +181,7 @@ impl Balancer {
 
     /// The in-flight slots of the available backends together (the base of the
     /// priority classes' share caps); `u32::MAX` when unlimited.
-    pub fn slots(&self) -> u32 {
+    pub(crate) fn slots(&self) -> u32 {
         if !self.cap.is_limited() {
             return u32::MAX;
         }
@@ -192,11 +192,14 @@ impl Balancer {
     }
 
     /// Does a refused pick for one request mean a refusal for any other that has
-    /// tried nothing yet (the choice ignores the request's key)?
-    pub fn picks_alike(&self) -> bool {
+    /// tried nothing yet? True unless the choice is bound to the request's key
+    /// (cache affinity only prefers a replica, falling back to any eligible one).
+    pub(crate) fn picks_alike(&self) -> bool {
         matches!(
             self.selector,
-            Selector::LeastOutstanding { .. } | Selector::RoundRobin { .. }
+            Selector::LeastOutstanding { .. }
+                | Selector::RoundRobin { .. }
+                | Selector::CacheAffinity { .. }
         )
     }
 

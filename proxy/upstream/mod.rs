@@ -2,6 +2,7 @@
 //! in-flight caps and the wait queue, selection policies, passive ejection and the
 //! retry budget.
 
+mod affinity;
 mod backend;
 #[cfg(test)]
 mod balance_tests;
@@ -24,6 +25,8 @@ pub use balancer::Pick;
 pub use pool::Pool;
 pub use select::Tried;
 
+pub use affinity::PrefixIndex;
+pub(crate) use affinity::{affinity_key, PrefixKey};
 pub(crate) use backend::{Backend, Lease};
 pub(crate) use balancer::Cap;
 pub(crate) use queue::{Admission, WaitQueue};

@@ -17,9 +17,11 @@
 //! newer one's, so at worst one of its retries skips or repeats one backend.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::affinity::{Affinity, PrefixIndex};
 use super::backend::Backend;
 use super::balancer::{Balancer, Cap, Pick};
 use super::budget::Budget;
@@ -57,6 +59,8 @@ pub struct PoolSettings {
     pub hold: Option<Duration>,
     /// Called once per cold period (`wake`).
     pub wake: Option<Wake>,
+    /// `balance = "cache_affinity"`: the key, threshold and the upstream's prefix index.
+    pub(crate) affinity: Option<Affinity>,
 }
 
 /// One generation of one upstream.
@@ -86,18 +90,24 @@ impl Pool {
     /// Nothing live changes until [`Pool::publish`], so a build that is thrown
     /// away changes nothing.
     ///
-    /// Names in the backends keep what they resolved to in `prev` when `prev` looked
-    /// up the same names; otherwise they have no address until discovery answers.
+    /// Names in the backends start from what `prev` last resolved (or, when `prev`
+    /// looked nothing up, from `prev`'s backends) until the first lookup under the
+    /// new settings answers and replaces them: a reload that changes the names, the
+    /// resolver or `every` never leaves the upstream with fewer backends while the
+    /// new lookups are pending, or failing.
     pub fn build_next(up: &Upstream, prev: Option<&Pool>) -> Result<Arc<Pool>, String> {
         let resolved = match (&up.backends, prev) {
-            (BackendSource::Dns(d), Some(p))
-                if p.settings
-                    .discovery
-                    .as_ref()
-                    .is_some_and(|pd| pd.names == d.names && pd.resolver == d.resolver) =>
-            {
+            (BackendSource::Dns(_), Some(p)) if p.settings.discovery.is_some() => {
                 p.resolved.to_vec()
             }
+            (BackendSource::Dns(_), Some(p)) => p
+                .backends()
+                .iter()
+                .map(|b| BackendAddr {
+                    addr: b.addr(),
+                    weight: b.weight(),
+                })
+                .collect(),
             _ => Vec::new(),
         };
         Pool::build_resolved(up, prev, resolved)
@@ -163,16 +173,33 @@ impl Pool {
                 ))
             })
             .collect();
-        let selector = match up.balance {
-            Balance::LeastOutstanding => Selector::least_outstanding(
-                up.load
-                    .as_ref()
-                    .filter(|l| l.orca || l.metrics.is_some())
-                    .map_or(Duration::ZERO, |l| l.every * 3),
-            ),
-            Balance::RoundRobin => Selector::round_robin(&backends),
-            Balance::ConsistentHash => Selector::consistent_hash(&backends),
+        let report_ttl = up
+            .load
+            .as_ref()
+            .filter(|l| l.orca || l.metrics.is_some())
+            .map_or(Duration::ZERO, |l| l.every * 3);
+        let selector = match (up.balance, &up.affinity) {
+            (Balance::RoundRobin, _) => Selector::round_robin(&backends),
+            (Balance::ConsistentHash, _) => Selector::consistent_hash(&backends),
+            (Balance::CacheAffinity, Some(a)) => Selector::cache_affinity(report_ttl, a.guard),
+            _ => Selector::least_outstanding(report_ttl),
         };
+        let affinity = up.affinity.as_ref().map(|a| Affinity {
+            key: a.key.clone(),
+            threshold: a.threshold,
+            // What the upstream's replicas hold outlives a reload; a new bound starts over.
+            index: prev
+                .and_then(|p| p.settings.affinity.as_ref())
+                .filter(|pa| pa.index.capacity() == a.blocks)
+                .map_or_else(
+                    || {
+                        Arc::new(PrefixIndex::new(
+                            a.blocks.try_into().unwrap_or(NonZeroUsize::MIN),
+                        ))
+                    },
+                    |pa| Arc::clone(&pa.index),
+                ),
+        });
         let balancer = Arc::new(Balancer::new(
             backends,
             selector,
@@ -216,6 +243,7 @@ impl Pool {
                 },
                 hold: up.hold,
                 wake: up.wake.clone(),
+                affinity,
             },
             store,
             budget: Budget::new(&up.retry_budget),
@@ -280,7 +308,10 @@ impl Pool {
 
     /// Per priority class of this generation, highest first: its name, requests
     /// waiting and in flight (empty without `priority`). For the scrape.
-    pub fn class_counts(&self) -> Vec<(&str, u32, u32)> {
+    pub(crate) fn class_counts(&self) -> Vec<(&str, u32, u32)> {
+        if !self.discipline.has_classes() {
+            return Vec::new();
+        }
         let counts = self.store.queue().class_counts();
         self.discipline
             .class_names()
@@ -290,7 +321,7 @@ impl Pool {
     }
 
     /// The wait queue's order of this generation (`priority`, `fair_share`).
-    pub fn discipline(&self) -> &Discipline {
+    pub(crate) fn discipline(&self) -> &Discipline {
         &self.discipline
     }
 

@@ -113,7 +113,7 @@ impl WaitQueue {
 
     /// Requests waiting and in flight now, per priority class (highest first; in
     /// flight is counted on upstreams with `priority` only).
-    pub fn class_counts(&self) -> [(u32, u32); MAX_CLASSES] {
+    pub(crate) fn class_counts(&self) -> [(u32, u32); MAX_CLASSES] {
         let waiting = self.lock().flows.class_lens();
         std::array::from_fn(|i| (waiting[i], self.class_inflight[i].load(Ordering::Relaxed)))
     }

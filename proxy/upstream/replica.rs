@@ -83,6 +83,8 @@ pub struct Replica {
     limit: LimitLearner,
     /// The models the replica last listed on its `/v1/models` (`health.models`).
     models: ArcSwapOption<ModelList>,
+    /// Its name in the cache-affinity index; renewed when it goes down or is ejected.
+    affinity_id: AtomicU32,
 }
 
 /// A gauge the last report did not carry.
@@ -121,6 +123,7 @@ impl Replica {
             reported_unix_ms: AtomicU64::new(0),
             limit: LimitLearner::new(1),
             models: ArcSwapOption::empty(),
+            affinity_id: AtomicU32::new(super::affinity::next_id()),
         })
     }
 
@@ -260,6 +263,9 @@ impl Replica {
             1 => BackendState::Down,
             _ => BackendState::Unknown,
         };
+        if prev != state && state == BackendState::Down {
+            self.forget_affinity();
+        }
         if prev != state && state == BackendState::Up && !slow_start.is_zero() {
             self.ramp_until.store(
                 clock::now_ms() + slow_start.as_millis() as u64,
@@ -267,6 +273,19 @@ impl Replica {
             );
         }
         prev
+    }
+
+    /// Its name in the cache-affinity index (see [`super::affinity`]).
+    #[inline]
+    pub fn affinity_id(&self) -> u32 {
+        self.affinity_id.load(Ordering::Relaxed)
+    }
+
+    /// Its cache is presumed lost (it went down or was ejected): prefixes remembered
+    /// for it no longer match.
+    fn forget_affinity(&self) {
+        self.affinity_id
+            .store(super::affinity::next_id(), Ordering::Relaxed);
     }
 
     /// May this replica be given a new request?
@@ -322,6 +341,7 @@ impl Replica {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.state
             .store(BackendState::Down as u8, Ordering::Release);
+        self.forget_affinity();
         dur
     }
 

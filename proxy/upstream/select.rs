@@ -1,4 +1,5 @@
-//! Backend selection policies: least outstanding, weighted round robin, consistent hash.
+//! Backend selection policies: least outstanding, weighted round robin, consistent hash,
+//! cache affinity.
 //!
 //! Each policy picks among backends that are available, not yet tried by this request,
 //! and below their in-flight cap; the pool then takes the slot atomically.
@@ -9,9 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::affinity;
 use super::backend::Backend;
 use super::balancer::Cap;
 use super::clock;
+use crate::config::AffinityGuard;
 
 /// Most attempts one request can make (the first plus `retries`, which is at most 10).
 pub(crate) const MAX_ATTEMPTS: usize = 12;
@@ -70,6 +73,12 @@ pub(crate) enum Selector {
     ConsistentHash {
         /// Sorted by hash.
         ring: Box<[(u64, u32)]>,
+    },
+    /// The replica holding the request's prefix (named by the hint the pick is given),
+    /// unless the guard finds it overloaded; else least outstanding.
+    CacheAffinity {
+        report_ttl_ms: u64,
+        guard: AffinityGuard,
     },
 }
 
@@ -140,8 +149,17 @@ impl Selector {
         }
     }
 
+    /// Cache affinity with `guard`, falling back to least outstanding (reports as there).
+    pub(crate) fn cache_affinity(report_ttl: Duration, guard: AffinityGuard) -> Self {
+        Selector::CacheAffinity {
+            report_ttl_ms: report_ttl.as_millis() as u64,
+            guard,
+        }
+    }
+
     /// Index of the backend to try next, or `None` when no backend is eligible.
-    /// `hash` is only read by consistent hashing.
+    /// `hash` is read by consistent hashing (the key's hash) and cache affinity (the
+    /// preferred replicas, see [`super::Affinity::hint`]).
     pub(crate) fn pick(
         &self,
         backends: &[Arc<Backend>],
@@ -162,6 +180,11 @@ impl Selector {
                     .map(|k| schedule[(start + k) % n] as usize)
                     .find(|&i| ok(i))
             }
+            Selector::CacheAffinity {
+                report_ttl_ms,
+                guard,
+            } => affinity::pick(backends, hash, *guard, *report_ttl_ms, clock::now_us(), ok)
+                .or_else(|| least_outstanding(backends, *report_ttl_ms, ok)),
             Selector::ConsistentHash { ring } => {
                 if ring.is_empty() {
                     return None;

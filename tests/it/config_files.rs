@@ -215,7 +215,7 @@ fn broken() -> Vec<(String, Vec<&'static str>)> {
             vec![
                 ":10:13: upstream.u.backends[0]: \"localhost\" has no port; write it as \"host:port\"",
                 ":10:62: upstream.u.backends[1].weight: expected a whole number from 1 to 1000, found 0",
-                ":11:11: upstream.u.balance: expected one of \"least_outstanding\", \"round_robin\", \"consistent_hash\", found \"fastest\"",
+                ":11:11: upstream.u.balance: expected one of \"least_outstanding\", \"round_robin\", \"consistent_hash\", \"cache_affinity\", found \"fastest\"",
             ],
         ),
         (

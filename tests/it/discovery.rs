@@ -137,6 +137,29 @@ impl Load {
     }
 }
 
+/// A proxy whose one upstream `pool` (route `/`) finds `NAME:port` through `dns`
+/// every 100 ms; `extra` is appended to `[upstream.pool]`.
+async fn discovering(dns: &DnsServer, port: u16, extra: &str) -> TestProxy {
+    TestProxy::start(&format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "all"
+path = "/"
+upstream = "pool"
+
+[upstream.pool]
+discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
+{extra}
+"#,
+        dns.addr()
+    ))
+    .await
+}
+
 /// Waits until `/upstreams` lists exactly `want` (addresses on `port`), each `up`.
 async fn wait_for_set(proxy: &TestProxy, port: u16, want: &[u8], what: &str) {
     let mut expected: Vec<(String, String)> = want
@@ -163,29 +186,17 @@ async fn dns_answers_change_under_load_with_no_failed_request() {
         .await
         .unwrap();
     dns.set(NAME, Answer::Addrs(vec![ip(2), ip(3)]));
-    let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "all"
-path = "/"
-upstream = "pool"
-
-[upstream.pool]
-discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
-max_inflight = 2
+    let proxy = discovering(
+        &dns,
+        port,
+        r#"max_inflight = 2
 retries = 1
 
 [upstream.pool.health]
 path = "/health"
 interval = "100ms"
-timeout = "90ms"
-"#,
-        dns.addr()
-    ))
+timeout = "90ms""#,
+    )
     .await;
     wait_for_set(&proxy, port, &[2, 3], "the first answer's two backends, up").await;
 
@@ -265,40 +276,101 @@ timeout = "90ms"
     }
 }
 
+/// Rewrites the proxy's config with `from` replaced by `to` and reloads it.
+async fn reload_replacing(proxy: &TestProxy, from: &str, to: &str) {
+    let text = std::fs::read_to_string(proxy.config_path()).unwrap();
+    assert!(text.contains(from), "{text}");
+    std::fs::write(proxy.config_path(), text.replace(from, to)).unwrap();
+    let (s, v) = status_and_body(h1().post(proxy.admin_url("/reload")).send().await.unwrap()).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Waits until `series` counts more than `after`.
+async fn lookups_fail(proxy: &TestProxy, series: &str, after: f64) {
+    eventually("lookups to the silent resolver fail", PATIENCE, || async {
+        metric_value(proxy, series).await > after
+    })
+    .await;
+}
+
+/// A reload that points discovery at a DNS server that never answers, then at other
+/// names, keeps the backends found so far serving until a new lookup answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_a_silent_resolver_keeps_the_backends_serving() {
+    let dns = DnsServer::start().await;
+    // Bound but never read: every query to it times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let (port, replicas) = replicas_on_one_port(3, Duration::from_millis(5)).await;
+    dns.set(NAME, Answer::Addrs(vec![ip(2), ip(3)]));
+    let other = "other.models.test";
+    dns.set(other, Answer::Addrs(vec![ip(4)]));
+    let proxy = discovering(&dns, port, "").await;
+    wait_for_set(&proxy, port, &[2, 3], "the first answer's two backends").await;
+    let load = Load::start(proxy.url("/v1/predict"), 4);
+    eventually("load flows", PATIENCE, || async { load.ok() > 20 }).await;
+
+    let errors = r#"modelgate_discovery_errors_total{upstream="pool"} "#;
+    // Only the resolver changes.
+    let before = metric_value(&proxy, errors).await;
+    reload_replacing(&proxy, &dns.addr().to_string(), &silent_addr).await;
+    wait_for_set(&proxy, port, &[2, 3], "the set is kept across the reload").await;
+    lookups_fail(&proxy, errors, before).await;
+    wait_for_set(&proxy, port, &[2, 3], "the set is kept while lookups fail").await;
+    // The names change too.
+    let before = metric_value(&proxy, errors).await;
+    reload_replacing(&proxy, NAME, other).await;
+    wait_for_set(&proxy, port, &[2, 3], "the set is kept across new names").await;
+    lookups_fail(&proxy, errors, before).await;
+    wait_for_set(
+        &proxy,
+        port,
+        &[2, 3],
+        "the set is kept while new names fail",
+    )
+    .await;
+    // Once a lookup of the new names answers, its answer replaces the old set.
+    reload_replacing(&proxy, &silent_addr, &dns.addr().to_string()).await;
+    wait_for_set(&proxy, port, &[4], "the new names' answer replaces the set").await;
+    eventually("127.0.0.4 gets requests", PATIENCE, || async {
+        replicas[2].hits() > 0
+    })
+    .await;
+    let (ok, failed, failures) = load.finish().await;
+    assert_eq!(
+        failed,
+        0,
+        "{failed} failed of {}: {failures:?}",
+        ok + failed
+    );
+    drop(silent);
+}
+
 #[tokio::test]
 async fn a_name_that_does_not_resolve_at_start_serves_once_it_does() {
     let dns = DnsServer::start().await;
     let (port, replicas) = replicas_on_one_port(1, Duration::ZERO).await;
     dns.set(NAME, Answer::Fail);
-    let proxy = TestProxy::start(&format!(
-        r#"
-[listen]
-http = "{{http}}"
-admin = "{{admin}}"
-
-[[route]]
-name = "all"
-path = "/"
-upstream = "pool"
-
-[upstream.pool]
-discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
-"#,
-        dns.addr()
-    ))
-    .await;
+    let proxy = discovering(&dns, port, "").await;
     // No backend yet: a clear 503, not a hang or a crash.
     let (status, body) = status_and_body(h1().get(proxy.url("/")).send().await.unwrap()).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (503, Some("no_healthy_backend"))
     );
+    // The failure is logged without claiming backends that were never found.
+    eventually("the failed lookup is logged", PATIENCE, || async {
+        proxy.logs().contains("nothing found by name yet")
+    })
+    .await;
     dns.set(NAME, Answer::Addrs(vec![ip(2)]));
     eventually("the replica serves once DNS answers", PATIENCE, || async {
         matches!(h1().get(proxy.url("/")).send().await, Ok(r) if r.status() == 200)
     })
     .await;
     assert!(replicas[0].hits() > 0);
+    let logs = proxy.logs();
+    assert!(!logs.contains("last known backends"), "{logs}");
 }
 
 /// `backends` may mix names and addresses; names use the system's resolver

@@ -8,6 +8,7 @@
 #![allow(unreachable_pub)]
 
 mod admission;
+mod affinity;
 mod balance;
 mod config_files;
 mod demo;

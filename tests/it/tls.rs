@@ -385,6 +385,22 @@ async fn broken_new_certificate_keeps_the_previous_one() {
         served_cert(addr, Some("api.test")).await == other.der
     })
     .await;
+    // Both refusals and the swap are counted.
+    let reloads = |result: &'static str| {
+        let proxy = &proxy;
+        async move {
+            metric_value(
+                proxy,
+                &format!("modelgate_tls_cert_reloads_total{{result=\"{result}\"}}"),
+            )
+            .await
+        }
+    };
+    assert!(reloads("error").await >= 2.0);
+    eventually("the swap is counted", PATIENCE, || async {
+        reloads("ok").await >= 1.0
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,12 +1,12 @@
-//! config/compose.yaml, without Docker: it builds the repository's Dockerfile, mounts
-//! the container config where the image reads it, finds three replicas of the model
+//! config/compose.yaml, without Docker: it builds the repository's Dockerfile, runs
+//! the container config the image carries (mounting only directories), finds three replicas of the model
 //! service by the name and port that config uses, and its health checks and the
 //! replicas' command work when run as written.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::dockerfile::{dockerfile, exec_form, root};
+use super::dockerfile::{copy_parts, dockerfile, exec_form, root};
 use super::python::{python, skip_loudly, yaml_docs};
 use crate::support::*;
 
@@ -58,16 +58,25 @@ async fn compose_file_agrees_with_the_image_and_its_config() {
         assert_eq!(s["image"], gate["image"]);
     }
 
-    // The container config is mounted where the image's CMD reads it.
+    // modelgate runs the config the image carries where its CMD reads it; any mount is
+    // a directory (a single-file mount keeps the old file after an editor's save).
     let image_config = {
         let stages = dockerfile();
         let cmd = stages[1].iter().rev().find(|i| i.op == "CMD").unwrap();
         exec_form(&cmd.args)[2].clone()
     };
-    let mount = gate["volumes"][0].as_str().unwrap();
-    let parts: Vec<&str> = mount.split(':').collect();
-    assert_eq!(parts[1], image_config, "{mount}");
-    let config_file = root().join("config").join(parts[0]);
+    let copied = dockerfile()[1]
+        .iter()
+        .filter(|i| i.op == "COPY")
+        .map(|i| copy_parts(&i.args))
+        .find(|(_, _, dest)| *dest == image_config)
+        .expect("the image copies its config where CMD reads it");
+    for mount in gate["volumes"].as_array().into_iter().flatten() {
+        let mount = mount.as_str().unwrap();
+        let source = root().join("config").join(mount.split(':').next().unwrap());
+        assert!(source.is_dir(), "{mount}: mount the config's directory");
+    }
+    let config_file = root().join(&copied.1[0]);
     let config = modelgate::config::load(&config_file).unwrap().config;
     let listen = &config.listen;
     let published: Vec<&str> = gate["ports"]

@@ -1,6 +1,7 @@
 //! The Dockerfile, without Docker: its build stage builds what CI builds (same
 //! lockfile, same features, nothing CI does not install), every file it copies
-//! exists and makes a complete build context, and the image runs the shipped
+//! exists and makes a complete build context without what `.dockerignore` leaves
+//! out, and the image runs the shipped
 //! container config on the ports it exposes, as a non-root user, within docker
 //! stop's default 10 s.
 
@@ -79,17 +80,110 @@ fn find<'a>(stage: &'a [Instr], op: &str) -> Vec<&'a Instr> {
     stage.iter().filter(|i| i.op == op).collect()
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+/// The paths `.dockerignore` leaves out of the build context, relative to the root.
+/// Plain paths only: a pattern (`*`, `?`, `[`, `!`) would need Docker's matcher.
+fn docker_ignored() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            assert!(!l.contains(['*', '?', '[', '!']), "a pattern: {l}");
+            PathBuf::from(l.trim_matches('/'))
+        })
+        .collect()
+}
+
+/// Copies `from` (a path under the root) to `to` as `docker build` sends it: without
+/// what `.dockerignore` leaves out.
+fn copy_tree(from: &Path, to: &Path, ignored: &[PathBuf]) {
+    let rel = from.strip_prefix(root()).unwrap();
+    if ignored.iter().any(|i| rel.starts_with(i)) {
+        return;
+    }
     if from.is_dir() {
         std::fs::create_dir_all(to).unwrap();
         for e in std::fs::read_dir(from).unwrap() {
             let p = e.unwrap().path();
-            copy_tree(&p, &to.join(p.file_name().unwrap()));
+            copy_tree(&p, &to.join(p.file_name().unwrap()), ignored);
         }
     } else {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(from, to).unwrap();
     }
+}
+
+/// The build context leaves out build output, the fuzz corpus and findings, git's
+/// history and local keys (what git ignores), but nothing the Dockerfile copies; the
+/// image has one tag everywhere the docs and manifests name it.
+#[test]
+fn build_context_leaves_out_what_the_image_does_not_need() {
+    let ignored = docker_ignored();
+    for must in [
+        ".git",
+        "target",
+        "tests/fuzz/target",
+        "tests/fuzz/corpus",
+        "tests/fuzz/artifacts",
+        "certs",
+        "config/kubernetes/tls.key",
+        "config/kubernetes/admin-token",
+    ] {
+        assert!(
+            ignored.iter().any(|i| Path::new(must).starts_with(i)),
+            ".dockerignore does not leave out {must}"
+        );
+    }
+    for stage in dockerfile() {
+        for c in find(&stage, "COPY") {
+            let (flags, srcs, _) = copy_parts(&c.args);
+            if flags.iter().any(|f| f.starts_with("--from")) {
+                continue;
+            }
+            for src in srcs {
+                assert!(
+                    !ignored.iter().any(|i| Path::new(&src).starts_with(i)),
+                    "the Dockerfile copies {src}, which .dockerignore leaves out"
+                );
+            }
+        }
+    }
+
+    let header = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let tag = header
+        .lines()
+        .find_map(|l| l.split_once("docker build -t ").map(|(_, t)| t))
+        .and_then(|t| t.split_whitespace().next())
+        .expect("the Dockerfile's header shows its build command")
+        .to_string();
+    // Image references in text: `modelgate:TAG` after a space, quote or backtick.
+    for file in ["Dockerfile", "README.md", "config/compose.yaml"] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            for (pos, _) in line.match_indices("modelgate:") {
+                let before = line[..pos].chars().next_back();
+                if !matches!(before, None | Some(' ' | '"' | '`' | '\'')) {
+                    continue;
+                }
+                let word: String = line[pos..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && !matches!(c, '`' | '"' | '\''))
+                    .collect();
+                if word.len() > "modelgate:".len() {
+                    assert_eq!(word, tag, "{file}:{}: not the Dockerfile's tag", i + 1);
+                }
+            }
+        }
+    }
+    // Kubernetes gets the image through kustomize's `images:`.
+    let kustomization =
+        std::fs::read_to_string(root().join("config/kubernetes/kustomization.yaml")).unwrap();
+    let (name, version) = tag.split_once(':').unwrap();
+    assert!(
+        kustomization.contains(&format!("newName: {name}"))
+            && kustomization.contains(&format!("newTag: {version}")),
+        "kustomization.yaml does not set the image to {tag}"
+    );
 }
 
 /// The build stage: copies only files that exist, which form a complete context (the
@@ -139,6 +233,7 @@ fn build_stage_builds_what_ci_builds_from_files_that_exist() {
         .map(|w| w.args.clone())
         .unwrap_or_else(|| "/".into());
     let context = tempfile::tempdir().unwrap();
+    let ignored = docker_ignored();
     for c in find(build, "COPY") {
         let (flags, srcs, dest) = copy_parts(&c.args);
         assert!(flags.is_empty(), "{c:?}");
@@ -159,7 +254,7 @@ fn build_stage_builds_what_ci_builds_from_files_that_exist() {
             } else {
                 context.path().join(&dest)
             };
-            copy_tree(&from, &target);
+            copy_tree(&from, &target, &ignored);
         }
     }
 

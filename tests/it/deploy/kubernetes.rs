@@ -202,7 +202,31 @@ fn manifests_are_valid_and_agree_with_the_config() {
         &rebased,
     )
     .unwrap();
+    // The admin token file: a key of the admin Secret. Without it the config is
+    // refused (`run` could not start), naming the key.
+    let (ok, out) = check_file(&at(&config_path));
+    assert!(
+        !ok && out.contains("listen.admin_token_file: cannot read"),
+        "{out}"
+    );
+    let token_in_config: toml::Value = toml::from_str(&toml).unwrap();
+    let token = PathBuf::from(
+        token_in_config["listen"]["admin_token_file"]
+            .as_str()
+            .expect("a token off loopback"),
+    );
+    let (token_volume, token_key) = mounted(&token);
+    let secret = token_volume["secret"]["secretName"].as_str().unwrap();
+    assert!(
+        secret_keys[secret].contains(&token_key),
+        "{secret} has no key {token_key}"
+    );
+    kubelet_volume(
+        &at(token.parent().unwrap()),
+        &[(&token_key, b"s3cret-token\n")],
+    );
     let loaded = modelgate::config::load(&at(&config_path)).unwrap().config;
+    assert_eq!(loaded.listen.admin_token_file, Some(at(&token)));
     let from_fs = |p: &Path| PathBuf::from("/").join(p.strip_prefix(&fs).unwrap());
 
     // The certificate directory: the TLS Secret's pair, and nothing else (a ca.crt
@@ -235,25 +259,6 @@ fn manifests_are_valid_and_agree_with_the_config() {
             ("tls.crt", pair.cert_pem.as_bytes()),
             ("tls.key", pair.key_pem.as_bytes()),
         ],
-    );
-
-    // The admin token file: a key of the admin Secret.
-    let token = from_fs(
-        loaded
-            .listen
-            .admin_token_file
-            .as_ref()
-            .expect("a token off loopback"),
-    );
-    let (token_volume, token_key) = mounted(&token);
-    let secret = token_volume["secret"]["secretName"].as_str().unwrap();
-    assert!(
-        secret_keys[secret].contains(&token_key),
-        "{secret} has no key {token_key}"
-    );
-    kubelet_volume(
-        &at(token.parent().unwrap()),
-        &[(&token_key, b"s3cret-token\n")],
     );
 
     let (ok, out) = check_file(&at(&config_path));

@@ -269,8 +269,9 @@ async fn held_streams_are_kept_alive_h2c() {
 }
 
 /// Without health checks a cold period ends when a replica is there by any other
-/// way (here a DNS answer; then a reload to a name that does not resolve yet starts
-/// the next one), and each period calls `wake` once.
+/// way (here a DNS answer; then a reload to a new upstream whose name does not
+/// resolve yet starts the next one: a reload of the same upstream keeps its last
+/// addresses until the new name answers), and each period calls `wake` once.
 #[tokio::test]
 async fn a_cold_period_ends_without_health_checks() {
     let dns = DnsServer::start().await;
@@ -297,10 +298,13 @@ hold = "30s"
     dns.set("first.test", Answer::Addrs(vec![model.addr().ip()]));
     assert_eq!(held.await.unwrap(), 200);
 
-    // Period 2: the upstream now names a service with no replica yet.
+    // Period 2: the route now goes to a new upstream naming a service with no
+    // replica yet.
     let text = std::fs::read_to_string(proxy.config_path())
         .unwrap()
-        .replace("first.test", "second.test");
+        .replace("first.test", "second.test")
+        .replace("upstream = \"m\"", "upstream = \"m2\"")
+        .replace("[upstream.m]", "[upstream.m2]");
     std::fs::write(proxy.config_path(), text).unwrap();
     let resp = client
         .post(proxy.admin_url("/reload"))

@@ -1,0 +1,165 @@
+//! The cache-affinity key of an OpenAI request (`affinity_key = "prompt"`): the role and
+//! text of each of its `messages` (chat) or its `prompt` (completions), in body order,
+//! cut into chained prefix blocks (see [`crate::upstream::PrefixKey`]).
+//!
+//! The body is walked once with serde_json; text is fed to the key where it lies
+//! (unescaped in serde_json's scratch buffer when it has escapes), never collected.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::body::Str;
+use crate::upstream::PrefixKey;
+
+/// The prefix blocks of `body`'s messages or prompt; empty when the body is not a JSON
+/// object or carries neither (the request then has no affinity and is balanced by load).
+pub fn prompt_blocks(body: &[u8]) -> Vec<u64> {
+    let mut key = PrefixKey::with_capacity(body.len());
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match de.deserialize_map(TopLevel(&mut key)) {
+        Ok(()) => key.finish(),
+        Err(_) => Vec::new(),
+    }
+}
+
+struct TopLevel<'k>(&'k mut PrefixKey);
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(k) = map.next_key::<Str<'de>>()? {
+            match &*k.0 {
+                "messages" | "prompt" => map.next_value_seed(Text(&mut *self.0))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Feeds the text of a value: strings as they are, arrays element by element, and of
+/// objects (a message, a content part) only `role`, `content` (each followed by a
+/// newline) and `text`, so text parts key as the same text in one string would. Numbers, booleans and other keys (images, tool calls) add nothing.
+struct Text<'k>(&'k mut PrefixKey);
+
+impl<'de> DeserializeSeed<'de> for Text<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Text<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("message text")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.feed(v.as_bytes());
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Text(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(k) = map.next_key::<Str<'de>>()? {
+            match &*k.0 {
+                "role" | "content" => {
+                    map.next_value_seed(Text(&mut *self.0))?;
+                    self.0.feed(b"\n");
+                }
+                "text" => map.next_value_seed(Text(&mut *self.0))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(msgs: &[(&str, &str)]) -> Vec<u8> {
+        let messages: Vec<_> = msgs
+            .iter()
+            .map(|(r, c)| serde_json::json!({"role": r, "content": c}))
+            .collect();
+        serde_json::json!({"model": "m", "temperature": 0.2, "messages": messages})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_later_turn_extends_the_earlier_turns_blocks() {
+        let sys = "You are a careful assistant. ".repeat(20);
+        let one = prompt_blocks(&chat(&[("system", &sys), ("user", "hello")]));
+        let two = prompt_blocks(&chat(&[
+            ("system", &sys),
+            ("user", "hello"),
+            ("assistant", "hi there"),
+            ("user", "tell me more"),
+        ]));
+        assert!(one.len() >= 9);
+        // Every full block of the first turn is a prefix block of the second.
+        assert_eq!(one[..one.len() - 1], two[..one.len() - 1]);
+        let other = prompt_blocks(&chat(&[("system", "Another prompt."), ("user", "hello")]));
+        assert_ne!(one[0], other[0]);
+    }
+
+    #[test]
+    fn content_parts_escapes_and_completions_prompts_count_as_text() {
+        let parts = br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a\nb"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
+        let plain = br#"{"messages":[{"role":"user","content":"a\nb"}]}"#;
+        assert_eq!(prompt_blocks(parts), prompt_blocks(plain));
+        let completion = br#"{"model":"m","prompt":"Once upon a time"}"#;
+        assert_eq!(prompt_blocks(completion).len(), 1);
+    }
+
+    #[test]
+    fn bodies_without_text_or_not_json_have_no_key() {
+        assert!(prompt_blocks(br#"{"model":"m"}"#).is_empty());
+        assert!(prompt_blocks(b"not json").is_empty());
+        assert!(prompt_blocks(br#"{"messages":[1,2"#).is_empty());
+    }
+}

@@ -1,0 +1,282 @@
+//! Cache affinity (`balance = "cache_affinity"`) in front of mock OpenAI replicas with a
+//! prefix cache: shared prefixes stick to one replica, the balance guard diverts from an
+//! overloaded one, a replica taken out loses its prefixes, header sessions stick, and
+//! the keys are checked with line-precise errors.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use modelgate::demo::replica::{Replica, ReplicaHandle};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+async fn replicas(delay: Duration) -> Vec<ReplicaHandle> {
+    let mut out = Vec::new();
+    for name in ["a", "b", "c"] {
+        out.push(
+            Replica::builder(name)
+                .models(["m"])
+                .delay(delay)
+                .token_interval(Duration::from_millis(1))
+                .spawn()
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// One OpenAI route to upstream `pool` of `r`, with `extra` lines in the upstream.
+fn config(r: &[ReplicaHandle], extra: &str) -> String {
+    let refs: Vec<&ReplicaHandle> = r.iter().collect();
+    format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "chat"
+path = "/v1"
+api = "openai"
+upstream = "pool"
+
+[upstream.pool]
+backends = [{}]
+balance = "cache_affinity"
+{extra}
+"#,
+        backend_list(&refs)
+    )
+}
+
+/// A chat body: a long system prompt, then the user turns.
+fn chat(system: &str, turns: &[&str]) -> Value {
+    let mut messages = vec![json!({"role": "system", "content": system})];
+    messages.extend(turns.iter().map(|t| json!({"role": "user", "content": t})));
+    json!({"model": "m", "messages": messages, "max_tokens": 2})
+}
+
+/// Which replica answered (the mock names itself in the completion id), and the
+/// prompt tokens it found in its prefix cache.
+async fn send(client: &reqwest::Client, proxy: &TestProxy, body: &Value) -> (String, u64) {
+    let resp = client
+        .post(proxy.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = status_and_body(resp).await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().unwrap_or_default();
+    let replica = id.split('-').nth(1).unwrap_or_default().to_string();
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    (replica, cached)
+}
+
+fn system_prompt(n: usize) -> String {
+    (0..300)
+        .map(|i| format!("rule{n}x{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn shared_prefixes_stick_to_one_replica_and_hit_its_cache() {
+    let r = replicas(Duration::ZERO).await;
+    let proxy = TestProxy::start(&config(&r, "")).await;
+    let client = h1();
+    let mut owner: HashMap<usize, String> = HashMap::new();
+    let mut cached_after_first = 0;
+    for round in 0..4 {
+        for p in 0..3 {
+            let sys = system_prompt(p);
+            let question = format!("question {round} about topic {p}");
+            let (got, cached) = send(&client, &proxy, &chat(&sys, &[&question])).await;
+            let first = owner.entry(p).or_insert_with(|| got.clone());
+            assert_eq!(*first, got, "prompt {p} moved in round {round}");
+            if round > 0 {
+                cached_after_first += cached;
+            }
+        }
+    }
+    // Every later request found its 300-word system prompt cached on its replica.
+    assert!(cached_after_first >= 9 * 288, "cached {cached_after_first}");
+    // A new conversation with its own prompt is not pulled to any one replica.
+    let distinct: HashSet<&String> = owner.values().collect();
+    assert!(!distinct.is_empty());
+}
+
+#[tokio::test]
+async fn a_later_turn_of_a_conversation_follows_its_earlier_turns() {
+    let r = replicas(Duration::ZERO).await;
+    let proxy = TestProxy::start(&config(&r, "")).await;
+    let client = h1();
+    for s in 0..6 {
+        let sys = system_prompt(100 + s);
+        let (first, _) = send(&client, &proxy, &chat(&sys, &["hello"])).await;
+        let (second, cached) = send(&client, &proxy, &chat(&sys, &["hello", "and more"])).await;
+        assert_eq!(first, second, "session {s}");
+        assert!(cached > 0);
+    }
+}
+
+#[tokio::test]
+async fn the_guard_diverts_from_an_overloaded_replica() {
+    let r = replicas(Duration::from_secs(3)).await;
+    let proxy = TestProxy::start(&config(&r, "affinity_guard = { abs = 2, rel = 1.5 }")).await;
+    let client = h1();
+    let sys = system_prompt(7);
+    let (home, _) = send(&client, &proxy, &chat(&sys, &["warm up"])).await;
+    let home = r.iter().find(|x| x.name() == home).unwrap();
+    let before: Vec<u64> = r.iter().map(|x| x.hits()).collect();
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        let (client, url, body) = (
+            client.clone(),
+            proxy.url("/v1/chat/completions"),
+            chat(&sys, &[&format!("q{i}")]),
+        );
+        tasks.push(tokio::spawn(async move {
+            client.post(url).json(&body).send().await.unwrap().status()
+        }));
+        // One at a time, so each pick sees the ones before it in flight.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let got: Vec<u64> = r.iter().zip(&before).map(|(x, b)| x.hits() - b).collect();
+    let home_got = home.hits() - before[r.iter().position(|x| x.name() == home.name()).unwrap()];
+    // With abs 2 the home replica takes requests until it runs 3 more than the least
+    // loaded; then they go elsewhere (and the prefix is remembered there too).
+    assert!(home_got < 9, "all went home: {got:?}");
+    assert!(home_got >= 3, "affinity kept up to the guard: {got:?}");
+    assert!(
+        home.max_inflight() <= 6,
+        "home ran {} at once",
+        home.max_inflight()
+    );
+}
+
+#[tokio::test]
+async fn header_sessions_stick_and_an_ejected_replica_loses_its_sessions() {
+    let r = replicas(Duration::ZERO).await;
+    let proxy = TestProxy::start(&config(
+        &r,
+        "affinity_key = \"header:x-session-id\"\n[upstream.pool.health]\npath = \"/health\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\nhealthy_after = 1\nunhealthy_after = 1\n",
+    ))
+    .await;
+    let client = h1();
+    let up = |state: &'static str, i: usize| {
+        let proxy = &proxy;
+        async move {
+            proxy.admin_json("/upstreams").await["upstreams"]["pool"]["backends"][i]["state"]
+                == state
+        }
+    };
+    for i in 0..3 {
+        eventually("replicas pass their first check", PATIENCE, || up("up", i)).await;
+    }
+    let session = |client: &reqwest::Client, k: usize| {
+        let (client, url) = (client.clone(), proxy.url("/v1/chat/completions"));
+        async move {
+            let resp = client
+                .post(url)
+                .header("x-session-id", format!("s{k}"))
+                .json(&chat("short", &["hi"]))
+                .send()
+                .await
+                .unwrap();
+            let (status, v) = status_and_body(resp).await;
+            assert_eq!(status, 200, "{v}");
+            v["id"]
+                .as_str()
+                .unwrap()
+                .split('-')
+                .nth(1)
+                .unwrap()
+                .to_string()
+        }
+    };
+    let mut owner: HashMap<usize, String> = HashMap::new();
+    for round in 0..3 {
+        for k in 0..24 {
+            let got = session(&client, k).await;
+            let first = owner.entry(k).or_insert_with(|| got.clone());
+            assert_eq!(*first, got, "session {k} moved in round {round}");
+        }
+    }
+    let distinct: HashSet<&String> = owner.values().collect();
+    assert!(distinct.len() >= 2, "24 sessions spread: {owner:?}");
+
+    // Take the replica with the most sessions out, serve its sessions elsewhere,
+    // bring it back: they stay where they were served meanwhile.
+    let (out_idx, out_name) = r
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (i, x.name().to_string()))
+        .max_by_key(|(_, n)| owner.values().filter(|o| *o == n).count())
+        .unwrap();
+    r[out_idx].set_health_status(503);
+    eventually("the replica is marked down", PATIENCE, || {
+        up("down", out_idx)
+    })
+    .await;
+    let mut moved = HashMap::new();
+    for (&k, o) in &owner {
+        let got = session(&client, k).await;
+        assert_ne!(got, out_name);
+        if *o != out_name {
+            assert_eq!(*o, got, "session {k} of a healthy replica moved");
+        }
+        moved.insert(k, got);
+    }
+    r[out_idx].set_health_status(200);
+    eventually("the replica is back", PATIENCE, || up("up", out_idx)).await;
+    for (&k, o) in &moved {
+        assert_eq!(
+            *o,
+            session(&client, k).await,
+            "session {k} after the return"
+        );
+    }
+}
+
+#[test]
+fn affinity_keys_are_checked_with_line_precise_errors() {
+    let head = "[listen]\nhttp = \"127.0.0.1:1\"\n[[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nbackends = [\"127.0.0.1:2\"]\n";
+    let good = format!(
+        "{head}balance = \"cache_affinity\"\naffinity_key = \"header:x-session-id\"\naffinity_threshold = 0.5\naffinity_guard = {{ abs = 8, rel = 2 }}\naffinity_blocks = 100000\n"
+    );
+    let (ok, out, _) = check(&good);
+    assert!(ok, "{out}");
+    let broken = format!(
+        "{head}balance = \"cache_affinity\"\naffinity_key = \"session\"\naffinity_threshold = 1.5\naffinity_guard = {{ abs = -1, rel = 0.5, max = 3 }}\naffinity_blocks = 0\n"
+    );
+    let (ok, out, path) = check(&broken);
+    assert!(!ok, "{out}");
+    for want in [
+        ":10:16: upstream.u.affinity_key: expected \"prompt\" or \"header:NAME\"",
+        ":11:22: upstream.u.affinity_threshold: expected a number greater than 0 and at most 1",
+        ":12:26: upstream.u.affinity_guard.abs: expected a whole number >= 0",
+        ":12:36: upstream.u.affinity_guard.rel: expected a number of at least 1",
+        ":12:41: upstream.u.affinity_guard.max: unknown key `max`",
+        ":13:19: upstream.u.affinity_blocks: expected a whole number from 1 to",
+    ] {
+        let line = format!("{}{want}", path.display());
+        assert!(out.contains(&line), "missing\n  {line}\nin\n{out}");
+    }
+    // Without cache_affinity the keys are ignored with a warning, and the policy
+    // is still refused when misspelt.
+    let (ok, out, _) = check(&format!("{head}affinity_threshold = 0.5\n"));
+    assert!(
+        ok && out.contains("only used with balance = \"cache_affinity\""),
+        "{out}"
+    );
+    let (ok, out, _) = check(&format!("{head}balance = \"cache_afinity\"\n"));
+    assert!(!ok && out.contains("cache_affinity"), "{out}");
+}

@@ -233,19 +233,12 @@ fn class_name(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<String> {
 
 /// `fair_share = "consumer"` or `"header:NAME"`.
 pub(crate) fn read_fair_share(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<FairShare> {
-    let valid = match f.value.get_ref() {
-        DeValue::String(s) if s.as_ref() == "consumer" => Some(FairShare::Consumer),
-        DeValue::String(s) => header_key(s).map(FairShare::Header),
-        _ => None,
-    };
-    if valid.is_none() {
-        cx.expected(
-            f,
-            r#""consumer" or "header:NAME""#,
-            r#"e.g. "header:x-tenant"; "consumer" is the client a route's auth accepted"#,
-        );
-    }
-    valid
+    cx.word_or_header(
+        f,
+        ("consumer", FairShare::Consumer),
+        FairShare::Header,
+        r#"e.g. "header:x-tenant"; "consumer" is the client a route's auth accepted"#,
+    )
 }
 
 /// Warns about scheduling that can have no effect: without an in-flight cap nothing

@@ -156,17 +156,24 @@ mod tests {
         Snapshot::build(&loaded.config).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
-    #[test]
-    fn pool_gauges_follow_the_live_pools() {
+    /// Metrics with a pool collector reading `first` (replace it through the handle).
+    fn registered(first: Snapshot) -> (Arc<Metrics>, SharedSnapshot) {
         let m = Metrics::new(prometheus::Registry::new()).unwrap_or_else(|e| panic!("{e}"));
-        let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot(
-            "\"10.0.0.1:80\", \"10.0.0.2:80\"",
-        )));
+        let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(first));
         let collector = PoolCollector::new(Arc::clone(&shared)).unwrap_or_else(|e| panic!("{e}"));
         m.registry()
             .register(Box::new(collector))
             .unwrap_or_else(|e| panic!("{e}"));
-        let text = |m: &Metrics| String::from_utf8(m.render()).unwrap_or_default();
+        (m, shared)
+    }
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap_or_default()
+    }
+
+    #[test]
+    fn pool_gauges_follow_the_live_pools() {
+        let (m, shared) = registered(snapshot("\"10.0.0.1:80\", \"10.0.0.2:80\""));
         let t = text(&m);
         assert!(
             t.contains("modelgate_queue_depth{upstream=\"llm\"} 0"),
@@ -191,16 +198,10 @@ mod tests {
 
     #[test]
     fn class_gauges_follow_the_live_classes() {
-        let m = Metrics::new(prometheus::Registry::new()).unwrap_or_else(|e| panic!("{e}"));
-        let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot_with(
+        let (m, shared) = registered(snapshot_with(
             "\"10.0.0.1:80\"",
             "max_inflight = 1\npriority = { header = \"x-priority\", classes = [\"interactive\", \"default\"] }\n",
-        )));
-        let collector = PoolCollector::new(Arc::clone(&shared)).unwrap_or_else(|e| panic!("{e}"));
-        m.registry()
-            .register(Box::new(collector))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let text = |m: &Metrics| String::from_utf8(m.render()).unwrap_or_default();
+        ));
         let t = text(&m);
         for class in ["interactive", "default"] {
             for family in ["modelgate_class_queue_depth", "modelgate_class_inflight"] {

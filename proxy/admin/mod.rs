@@ -172,8 +172,9 @@ impl Admin {
 
     /// `Ok` when the instance may take traffic, else why not. Until it first says
     /// yes: every proxy listener accepts a connection, and every upstream has at
-    /// least one backend (an address listed, or one its names resolved to). Backend
-    /// health is not asked: a replica outage is answered by every instance alike
+    /// least one backend (an address listed, or one its names resolved to), except
+    /// those that scale from zero (`hold` or `wake`: a request must reach them to
+    /// start a replica). Backend health is not asked: a replica outage is answered by every instance alike
     /// (503 `no_healthy_backend` with `Retry-After`), which taking the instances out
     /// of their load balancer would only turn into connection errors, for every
     /// model. After the first yes only draining turns it to no: a reload that adds
@@ -199,10 +200,14 @@ impl Admin {
         Ok(())
     }
 
-    /// The first upstream with no backend at all, as a reason not to be ready.
+    /// The first upstream with no backend at all that needs one to serve, as a
+    /// reason not to be ready.
     fn upstream_without_backends(&self) -> Option<String> {
         let snap = self.snapshot.load();
-        let pool = snap.pools.iter().find(|p| p.backends().is_empty())?;
+        let pool = snap.pools.iter().find(|p| {
+            let s = p.settings();
+            p.backends().is_empty() && s.hold.is_none() && s.wake.is_none()
+        })?;
         let names = pool
             .settings()
             .discovery

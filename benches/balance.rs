@@ -17,8 +17,11 @@
 //! time under mixed long and short requests, and a replica with a capacity knee
 //! behind a learned `max_inflight`.
 //!
+//! Scenario (f) is in [`fairness`]: one requester flooding a capped upstream, with
+//! and without `fair_share` and `priority` (modelgate only; `benches/fairness.sh`).
+//!
 //! Run with `bash benches/balance_compare.sh` (it builds the release binary and
-//! finds nginx and haproxy); `SCENARIO=b`, `c` or `d` runs only that table.
+//! finds nginx and haproxy); `SCENARIO=b`, `c`, `d` or `f` runs only that table.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the tables are the output
 #![allow(unreachable_pub)] // a bench crate has no public API
@@ -259,6 +262,7 @@ fn main() {
         Ok("b") => return rt.block_on(mixed::one_at_a_time(&bin, secs)),
         Ok("c") => return rt.block_on(outside_load(&bin, secs)),
         Ok("d") => return rt.block_on(mixed::knee(&bin, secs)),
+        Ok("f") => return rt.block_on(fairness::flood(&bin, secs)),
         _ => {}
     }
     rt.block_on(async {
@@ -309,6 +313,8 @@ fn main() {
     rt.block_on(mixed::knee(&bin, secs));
 }
 
+#[path = "balance/fairness.rs"]
+mod fairness;
 #[path = "balance/mixed.rs"]
 mod mixed;
 

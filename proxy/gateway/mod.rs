@@ -39,7 +39,9 @@ use crate::openai::tokens::{Kind, TokenMeter, TokenSink, Usage};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
-use crate::upstream::{parse_orca, Admission, Lease, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER};
+use crate::upstream::{
+    parse_orca, Admission, Lease, Ticket, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER,
+};
 
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
@@ -160,6 +162,8 @@ pub(crate) struct RequestCtx {
     /// Hash of the consistent-hash key, or the cache-affinity hint (preferred
     /// replicas), when the pool uses one.
     hash: u64,
+    /// Its priority class and fair-share flow in the pool's wait queue.
+    ticket: Ticket,
     /// The request's cache-affinity prefix blocks (empty: none).
     affinity: Vec<u64>,
     request_id: Option<HeaderValue>,
@@ -218,6 +222,7 @@ impl ProxyHttp for Gateway {
             lease: None,
             tried: Tried::default(),
             hash: 0,
+            ticket: Ticket::default(),
             affinity: Vec::new(),
             request_id: None,
             reject: None,
@@ -340,6 +345,10 @@ impl ProxyHttp for Gateway {
         if let Some(key) = &route.pool.settings().hash_key {
             ctx.hash = headers::hash_key(session, key);
         }
+        ctx.ticket = route.pool.discipline().ticket(
+            session.req_header(),
+            ctx.consumer.as_ref().map(Consumer::name),
+        );
         if let Some(aff) = &route.pool.settings().affinity {
             if let AffinityKey::Header(name) = &aff.key {
                 ctx.affinity = headers::affinity_blocks(session, name);
@@ -379,16 +388,17 @@ impl ProxyHttp for Gateway {
             .filter(|_| keepalive::wants_stream(session, ctx));
         let mut admission = match keepalive {
             Some(every) => {
-                let queued = route
-                    .pool
-                    .admit(&ctx.tried, ctx.hash, std::future::pending());
+                let queued =
+                    route
+                        .pool
+                        .admit(&ctx.tried, ctx.ticket, ctx.hash, std::future::pending());
                 let id = ctx.request_id.as_ref();
                 keepalive::wait(session, &mut ctx.early_head, id, every, queued).await
             }
             None => {
                 route
                     .pool
-                    .admit(&ctx.tried, ctx.hash, client_gone(session))
+                    .admit(&ctx.tried, ctx.ticket, ctx.hash, client_gone(session))
                     .await
             }
         };
@@ -777,6 +787,21 @@ impl ProxyHttp for Gateway {
         if !ctx.tried.is_empty() {
             up.queue_wait(ctx.queue_wait.as_secs_f64());
             up.retries(u64::from(retries));
+        }
+        if let Some(route) = &ctx.route {
+            let class = ctx.ticket.class;
+            if let Some(c) = route
+                .pool
+                .discipline()
+                .class_name(class)
+                .and_then(|name| up.class(class, name))
+            {
+                if let Some(r) = ctx.reject {
+                    c.rejected(r);
+                } else if !ctx.tried.is_empty() {
+                    c.queue_wait(ctx.queue_wait.as_secs_f64());
+                }
+            }
         }
         if let Some(t) = ctx.first_byte {
             up.first_byte(t.as_secs_f64());

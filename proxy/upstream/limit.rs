@@ -8,14 +8,14 @@
 //! `AIMDLimit`): compare the time to answer when the replica is full with the time
 //! when it is idle; a replica that queues inside answers later the more it holds.
 //!
-//! - **Baseline**: the lower quartile of the time to response headers of the
-//!   last [`BASELINE`] requests sent to an idle replica (nothing else of ours
-//!   running there), and of the full windows that showed no queueing (so it
-//!   follows the replica while it is never idle).
-//! - **Full**: the lower quartile of the times of requests sent while the
-//!   replica held at least `limit` (and at least 2), over windows of [`WINDOW`]
-//!   answers.
-//! - At each full window, `ratio = full / baseline`. At most
+//! - **Baseline**: the times to response headers of the last [`BASELINE`]
+//!   requests sent to an idle replica (nothing else of ours running there), and
+//!   of the full windows that showed no queueing (so it follows the replica
+//!   while it is never idle).
+//! - **Full**: the times of requests sent while the replica held at least
+//!   `limit` (and at least 2), over windows of [`WINDOW`] answers.
+//! - At each full window, `ratio = full / baseline`, of medians for a probe and
+//!   of lower quartiles for a settled limit (below). At most
 //!   [`NO_QUEUEING_BELOW`] the replica does not queue: the limit steps up
 //!   (doubling in slow start, as TCP does, then by one). One request queued
 //!   inside a replica that runs `L − 1` at once makes the ratio up to
@@ -43,15 +43,18 @@
 //!   has been found is probed past it rarely in wall time too, however fast its
 //!   windows fill; a step up whose first window finds no queueing resets that.
 //!
-//! Lower quartiles, because model requests vary in size by orders of magnitude
-//! and a busy host only ever adds time: in a window of 16 with one request in
-//! ten 20x longer the mean swings by half either way, and on a loaded 2-core
-//! host the median of a window with no queueing was measured at up to 1.9x the
-//! baseline, while the lower quartile is a typical short request's own time (TCP Vegas likewise
-//! keeps the least round-trip time seen as its base). A replica that queues
-//! inside delays every request sent to it full, the quickest ones included: a
-//! request sent behind another on a replica that serves one at a time waits
-//! for the rest of it.
+//! Medians and lower quartiles, never means: model requests vary in size by
+//! orders of magnitude, and in a window of 16 with one request in ten 20x longer
+//! the mean swings by half either way. A probe is kept only if its median shows
+//! no queueing, so most of its answers must not have waited (on a loaded host
+//! a few requests sent to a replica that serves one at a time find it idle
+//! anyway, in the gaps the proxy leaves between answers and new requests, and
+//! would carry a lower quartile); a wrong refusal only delays the next probe. A
+//! settled limit steps down only when even the lower quartile of its windows
+//! rises, because a busy host only adds time: window medians reached 1.9x the
+//! baseline with no queueing on a loaded 2-core machine, while queueing inside
+//! the replica delays even its quickest answers (TCP Vegas likewise keeps the
+//! least round-trip time seen as its base).
 //!
 //! A replica that never fills up (light load) keeps its limit: nothing is learned
 //! about a knee no request reached.
@@ -249,17 +252,24 @@ impl State {
         if self.full_n < window {
             return limit;
         }
-        let mut full = self.full;
-        let full = lower_quartile(&mut full[..window]);
         self.full_n = 0;
         if self.baseline_n < MIN_BASELINE {
             return limit;
         }
-        let mut base = self.baseline;
-        let base = lower_quartile(&mut base[..self.baseline_n.min(BASELINE)]).max(1);
+        // A probe must show that most of its answers did not queue (the median);
+        // a settled limit steps down only when even the quickest quarter slows.
+        let (stat, name): (fn(&mut [u64]) -> u64, &str) = if self.probing {
+            (median, "median")
+        } else {
+            (lower_quartile, "lower quartile")
+        };
+        // Copies: selection reorders, and the baseline is a ring.
+        let (mut full, mut base) = (self.full, self.baseline);
+        let full = stat(&mut full[..window]);
+        let base = stat(&mut base[..self.baseline_n.min(BASELINE)]).max(1);
         let ratio = full as f64 / base as f64;
         log::debug!(
-            "limit {limit}: lower quartile {full} us at the limit, baseline {base} us, ratio {ratio:.2}, probing {}",
+            "limit {limit}: {name} {full} us at the limit, baseline {base} us, ratio {ratio:.2}, probing {}",
             self.probing
         );
         if ratio <= NO_QUEUEING_BELOW {
@@ -359,6 +369,14 @@ impl State {
         self.full_n = 0;
         self.at_limit_n = 0;
     }
+}
+
+/// The lower median of `v` (reordered); 0 for an empty slice.
+fn median(v: &mut [u64]) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    *v.select_nth_unstable((v.len() - 1) / 2).1
 }
 
 /// The lower quartile of `v` (reordered); 0 for an empty slice.

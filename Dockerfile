@@ -40,7 +40,9 @@ EXPOSE 8080 9901
 # SIGTERM drains: /readyz turns 503, listeners close, running requests get
 # listen.shutdown_grace (7s in container.toml) and the process exits as soon as the last
 # one is done, inside docker stop's default 10 s. A longer grace needs `docker stop -t`
-# / `stop_grace_period` / `terminationGracePeriodSeconds` above it.
+# / `stop_grace_period` / `terminationGracePeriodSeconds` above it. SIGTERM is pingora's
+# graceful stop (nginx's would be SIGQUIT, which here means a graceful upgrade); SIGINT
+# (Ctrl+C under `docker run -it`) stops at once. README: Signals.
 STOPSIGNAL SIGTERM
 # No HEALTHCHECK: the same image runs the demo replica, which has no admin listener,
 # so no one check fits both. Compose and Kubernetes check each service themselves

@@ -17,8 +17,11 @@
 //! time under mixed long and short requests, and a replica with a capacity knee
 //! behind a learned `max_inflight`.
 //!
+//! Scenario (f) is in [`fairness`]: one requester flooding a capped upstream, with
+//! and without `fair_share` and `priority` (modelgate only; `benches/fairness.sh`).
+//!
 //! Run with `bash benches/balance_compare.sh` (it builds the release binary and
-//! finds nginx and haproxy); `SCENARIO=b`, `c` or `d` runs only that table.
+//! finds nginx and haproxy); `SCENARIO=b`, `c`, `d` or `f` runs only that table.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the tables are the output
 #![allow(unreachable_pub)] // a bench crate has no public API
@@ -136,6 +139,17 @@ fn haproxy_with(
     r: &[ReplicaHandle],
     maxconn: Option<u32>,
 ) -> Proc {
+    haproxy_rules(dir, port, r, maxconn, "")
+}
+
+/// [`haproxy_with`] plus `rules`, lines of its backend section (e.g. `http-request`).
+fn haproxy_rules(
+    dir: &std::path::Path,
+    port: u16,
+    r: &[ReplicaHandle],
+    maxconn: Option<u32>,
+    rules: &str,
+) -> Proc {
     let cap = maxconn.map_or(String::new(), |n| format!(" maxconn {n}"));
     let servers: String = r
         .iter()
@@ -144,7 +158,7 @@ fn haproxy_with(
         .collect();
     let cfg = format!(
         "global\n  maxconn 4000\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout queue 60s\n\
-         frontend f\n  bind 127.0.0.1:{port}\n  default_backend m\nbackend m\n  balance leastconn\n  http-reuse always\n{servers}"
+         frontend f\n  bind 127.0.0.1:{port}\n  default_backend m\nbackend m\n  balance leastconn\n  http-reuse always\n{rules}{servers}"
     );
     let file = write(dir, "haproxy.cfg", &cfg);
     spawn(Command::new("haproxy").arg("-db").arg("-f").arg(file))
@@ -259,6 +273,7 @@ fn main() {
         Ok("b") => return rt.block_on(mixed::one_at_a_time(&bin, secs)),
         Ok("c") => return rt.block_on(outside_load(&bin, secs)),
         Ok("d") => return rt.block_on(mixed::knee(&bin, secs)),
+        Ok("f") => return rt.block_on(fairness::flood(&bin, secs)),
         _ => {}
     }
     rt.block_on(async {
@@ -309,6 +324,8 @@ fn main() {
     rt.block_on(mixed::knee(&bin, secs));
 }
 
+#[path = "balance/fairness.rs"]
+mod fairness;
 #[path = "balance/mixed.rs"]
 mod mixed;
 

@@ -50,6 +50,9 @@ impl std::error::Error for StartError {}
 pub struct App {
     server: Server,
     drain: Drain,
+    /// Flushed after the server stops, so the lines of requests cut at shutdown
+    /// are written before the process exits.
+    access_log: Option<AccessLog>,
     reloader: Option<Arc<Reloader>>,
     metrics: Arc<Metrics>,
     snapshot: SharedSnapshot,
@@ -144,6 +147,7 @@ impl App {
         Ok(App {
             server,
             drain: parts.drain,
+            access_log: parts.access_log,
             reloader,
             metrics: parts.metrics,
             snapshot: parts.snapshot,
@@ -162,7 +166,10 @@ impl App {
 
     /// Serves until SIGINT (immediate exit) or SIGTERM (stop accepting, let in-flight
     /// requests finish for up to `shutdown_grace`, exit as soon as the last is done).
+    /// Requests still running when it stops are cut: one WARN line counts them, and
+    /// each gets its access-log line (`reject` `shutdown`), flushed before returning.
     pub fn run(self) {
+        let active = Arc::clone(&self.drain.active);
         let watch = SignalWatch {
             drain: self.drain,
             reloader: self.reloader,
@@ -170,6 +177,19 @@ impl App {
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
+        let Some(log) = self.access_log else {
+            return;
+        };
+        // On a fast stop pingora does not wait for its runtimes, whose threads may still
+        // be dropping the cut requests (each queueing its line) as `run` returns.
+        let deadline = std::time::Instant::now() + ACCESS_LOG_FLUSH;
+        while active.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !log.flush(left) {
+            log::warn!("the access log's last lines were not written within {ACCESS_LOG_FLUSH:?}");
+        }
     }
 }
 
@@ -408,6 +428,9 @@ fn check_bindable(config: &Config) -> Result<(), StartError> {
     }
 }
 
+/// How long the process waits, once stopped, for the access log's last lines.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
+
 /// What a graceful stop needs: the readiness flag, the count of requests in
 /// progress, and how long they may take.
 #[derive(Clone)]
@@ -445,6 +468,13 @@ impl Drain {
     /// (the `drained` hook of our pingora patch), then stops its runtimes and `run`
     /// returns to `main`.
     async fn idle(&self) {
+        // pingora drops this future when the grace period ends first; the guard
+        // then says how many requests the stop cuts.
+        let mut cut = CutWarning {
+            active: &self.active,
+            grace: self.grace,
+            armed: true,
+        };
         if !self.terminating.load(Ordering::SeqCst) {
             return std::future::pending().await;
         }
@@ -460,8 +490,29 @@ impl Drain {
             };
             if idle_polls >= 2 {
                 log::info!("drained: no request in progress; exiting");
+                cut.armed = false;
                 return;
             }
+        }
+    }
+}
+
+/// Logs, when dropped armed (the grace period ended before the requests did), how
+/// many requests are still in progress and about to be cut.
+struct CutWarning<'a> {
+    active: &'a AtomicUsize,
+    grace: Duration,
+    armed: bool,
+}
+
+impl Drop for CutWarning<'_> {
+    fn drop(&mut self) {
+        let n = self.active.load(Ordering::Acquire);
+        if self.armed && n > 0 {
+            log::warn!(
+                "shutdown grace ({:?}) is over with {n} request(s) still in progress; cutting them",
+                self.grace
+            );
         }
     }
 }
@@ -494,7 +545,16 @@ impl ShutdownSignalWatch for SignalWatch {
                     self.drain.start();
                     return ShutdownSignal::GracefulTerminate;
                 }
-                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = int.recv() => {
+                    self.drain.draining.store(true, Ordering::SeqCst);
+                    let n = self.drain.active.load(Ordering::Acquire);
+                    if n > 0 {
+                        log::warn!("SIGINT: stopping at once; cutting {n} request(s) in progress (SIGTERM drains them)");
+                    } else {
+                        log::info!("SIGINT: stopping at once");
+                    }
+                    return ShutdownSignal::FastShutdown;
+                }
                 _ = quit.recv() => {
                     log::info!("SIGQUIT: handing the listeners to the new process, then draining");
                     self.drain.draining.store(true, Ordering::SeqCst);

@@ -36,6 +36,23 @@ struct Cli {
     command: Command,
 }
 
+/// The config file of `run` and `check`: `-c FILE`, or `FILE` alone.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// Config file.
+    #[arg(short, long, default_value = "config/modelgate.toml")]
+    config: PathBuf,
+    /// Config file (the same as -c FILE).
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    file: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    fn path(self) -> PathBuf {
+        self.file.unwrap_or(self.config)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve with a config file.
@@ -44,9 +61,8 @@ enum Command {
   RUST_LOG=debug modelgate --log-format json run -c /etc/modelgate/modelgate.toml
   modelgate run -c modelgate.toml --upgrade   # take over from the running process, then: kill -QUIT <old pid>")]
     Run {
-        /// Config file.
-        #[arg(short, long, default_value = "config/modelgate.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
         /// Graceful upgrade: take over the listening sockets of the running modelgate
         /// (then send it SIGQUIT; it hands them over and drains).
         #[arg(short, long)]
@@ -57,15 +73,15 @@ enum Command {
         upgrade_sock: Option<PathBuf>,
     },
     /// Validate a config file, print a summary (exit 0) or every error (exit 1).
-    #[command(after_help = "Example:
+    #[command(after_help = "Examples:
   modelgate check -c config/examples/two-models.toml && modelgate run -c config/examples/two-models.toml
+  modelgate check /etc/modelgate/modelgate.toml      # FILE alone works too
 
 On success it prints each route with its upstream, each upstream with its backends,
 caps, queue and health check; on failure every error as FILE:LINE:COL: key: what to do.")]
     Check {
-        /// Config file.
-        #[arg(short, long, default_value = "config/modelgate.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// Start three demo model replicas and the proxy in front of them; no files needed.
     #[command(after_help = "Examples:
@@ -171,17 +187,17 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     match cli.command {
         Command::Run {
-            config,
+            file,
             upgrade,
             upgrade_sock,
         } => run(
-            &config,
+            &file.path(),
             &modelgate::StartOptions {
                 upgrade,
                 upgrade_sock,
             },
         ),
-        Command::Check { config } => check(&config),
+        Command::Check { file } => check(&file.path()),
         Command::Cert { dir, names } => cert(&dir, &names),
         Command::Probe { url, timeout } => {
             match modelgate::probe(&url, std::time::Duration::from_secs(timeout)) {

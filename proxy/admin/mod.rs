@@ -8,8 +8,8 @@
 //! It runs on its own thread, outside pingora's listener shutdown, so it keeps
 //! answering (`/readyz` = 503) while the proxy listeners drain, and a flood of proxy
 //! traffic cannot starve health probes. Readiness is proven, not assumed: `/readyz` connects to
-//! every proxy listener once before it first answers 200, and answers 503 while the
-//! process drains.
+//! every proxy listener and sees a backend in every upstream before it first answers
+//! 200, and answers 503 (with the reason) while the process drains.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,22 +170,53 @@ impl Admin {
         Arc::clone(&self.history).run(Arc::clone(&self.snapshot), self.metrics.registry().clone())
     }
 
-    async fn is_ready(&self) -> bool {
+    /// `Ok` when the instance may take traffic, else why not. Until it first says
+    /// yes: every proxy listener accepts a connection, and every upstream has at
+    /// least one backend (an address listed, or one its names resolved to), except
+    /// those that scale from zero (`hold` or `wake`: a request must reach them to
+    /// start a replica). Backend health is not asked: a replica outage is answered by every instance alike
+    /// (503 `no_healthy_backend` with `Retry-After`), which taking the instances out
+    /// of their load balancer would only turn into connection errors, for every
+    /// model. After the first yes only draining turns it to no: a reload that adds
+    /// an upstream whose names do not resolve yet does not take a serving instance out.
+    async fn is_ready(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) {
-            return false;
+            return Err("shutting down".into());
         }
         if self.ready.load(Ordering::Relaxed) {
-            return true;
+            return Ok(());
         }
         for addr in &self.listeners {
             let probe =
                 tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr));
             if !matches!(probe.await, Ok(Ok(_))) {
-                return false;
+                return Err(format!("listener {addr} does not accept connections yet"));
             }
         }
+        if let Some(why) = self.upstream_without_backends() {
+            return Err(why);
+        }
         self.ready.store(true, Ordering::Relaxed);
-        true
+        Ok(())
+    }
+
+    /// The first upstream with no backend at all that needs one to serve, as a
+    /// reason not to be ready.
+    fn upstream_without_backends(&self) -> Option<String> {
+        let snap = self.snapshot.load();
+        let pool = snap.pools.iter().find(|p| {
+            let s = p.settings();
+            p.backends().is_empty() && s.hold.is_none() && s.wake.is_none()
+        })?;
+        let names = pool
+            .settings()
+            .discovery
+            .as_ref()
+            .map_or(String::new(), |d| {
+                let names: Vec<String> = d.names.iter().map(ToString::to_string).collect();
+                format!(" ({} not resolved yet)", names.join(", "))
+            });
+        Some(format!("upstream {} has no backend{names}", pool.name()))
     }
 
     /// The exposition; the pool gauges are read from the live snapshot now.
@@ -319,13 +350,13 @@ impl Admin {
     pub(crate) async fn answer(&self, method: &http::Method, path: &str) -> Answer {
         match (method.as_str(), path) {
             ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
-            ("GET", "/readyz") => {
-                if self.is_ready().await {
-                    text(StatusCode::OK, "ready\n")
-                } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                }
-            }
+            ("GET", "/readyz") => match self.is_ready().await {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {why}\n"),
+                ),
+            },
             ("GET", "/upstreams") => json_answer(StatusCode::OK, &self.upstreams()),
             ("GET", "/config") => json_answer(StatusCode::OK, &self.config_status()),
             ("GET", "/status") => json_answer(StatusCode::OK, &self.status()),

@@ -1,9 +1,7 @@
 //! Reading the cache-affinity keys of an upstream: `affinity_key`, `affinity_threshold`,
 //! `affinity_guard` and `affinity_blocks` (used with `balance = "cache_affinity"`).
 
-use toml::de::DeValue;
-
-use super::reader::{header_key, Ctx, Field, TableReader};
+use super::reader::{Ctx, Field, TableReader};
 use super::types::{AffinityGuard, AffinityKey, Balance, CacheAffinity};
 
 /// `affinity_threshold` unless set: SGLang's cache-aware router default.
@@ -71,19 +69,12 @@ pub(crate) fn read(
 
 /// `"prompt"` or `"header:NAME"`.
 fn key(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<AffinityKey> {
-    let valid = match f.value.get_ref() {
-        DeValue::String(s) if s.as_ref() == "prompt" => Some(AffinityKey::Prompt),
-        DeValue::String(s) => header_key(s).map(AffinityKey::Header),
-        _ => None,
-    };
-    if valid.is_none() {
-        cx.expected(
-            f,
-            r#""prompt" or "header:NAME""#,
-            r#"e.g. "header:x-session-id"; "prompt" reads the OpenAI body's messages"#,
-        );
-    }
-    valid
+    cx.word_or_header(
+        f,
+        ("prompt", AffinityKey::Prompt),
+        AffinityKey::Header,
+        r#"e.g. "header:x-session-id"; "prompt" reads the OpenAI body's messages"#,
+    )
 }
 
 /// A share from 0 (exclusive) to 1.

@@ -333,17 +333,30 @@ impl<'s> Ctx<'s> {
 
     /// `"ip"` (the client address) or `"header:NAME"` (stored lower-case).
     pub(super) fn request_key(&mut self, f: &Field<'_, '_>) -> Option<RequestKey> {
+        self.word_or_header(
+            f,
+            ("ip", RequestKey::ClientAddr),
+            RequestKey::Header,
+            r#"e.g. "header:x-api-key"; NAME must be a valid HTTP header name"#,
+        )
+    }
+
+    /// The string `word.0` (giving `word.1`) or `"header:NAME"` (giving `header` of the
+    /// lower-case NAME); anything else is an error showing both forms and `hint`.
+    pub(super) fn word_or_header<T>(
+        &mut self,
+        f: &Field<'_, '_>,
+        word: (&str, T),
+        header: impl FnOnce(String) -> T,
+        hint: &str,
+    ) -> Option<T> {
         let valid = match f.value.get_ref() {
-            DeValue::String(s) if s.as_ref() == "ip" => Some(RequestKey::ClientAddr),
-            DeValue::String(s) => header_key(s).map(RequestKey::Header),
+            DeValue::String(s) if s.as_ref() == word.0 => Some(word.1),
+            DeValue::String(s) => header_key(s).map(header),
             _ => None,
         };
         if valid.is_none() {
-            self.expected(
-                f,
-                r#""ip" or "header:NAME""#,
-                r#"e.g. "header:x-api-key"; NAME must be a valid HTTP header name"#,
-            );
+            self.expected(f, &format!(r#""{}" or "header:NAME""#, word.0), hint);
         }
         valid
     }

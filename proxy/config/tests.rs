@@ -622,3 +622,84 @@ fn no_panics() {
         let _ = parse(&with_upstream(odd), Path::new(FILE));
     }
 }
+
+#[test]
+fn scheduling_keys() {
+    let up = |extra: &str| ok(&with_upstream(extra)).config.upstreams[0].clone();
+    let u = up("max_inflight = 2\nqueue = { size = 100, timeout = \"20s\" }\n\
+                priority = { header = \"X-Priority\", max_wait_behind = \"3s\", classes = [\"interactive\", \"default\", \
+                { name = \"batch\", queue = { size = 10 }, max_share = 25 }] }\n\
+                fair_share = \"consumer\"");
+    let p = u.priority.unwrap();
+    assert_eq!(p.header, "x-priority");
+    assert_eq!(p.default, 1);
+    assert_eq!(p.max_wait_behind, Duration::from_secs(3));
+    let names: Vec<&str> = p.classes.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["interactive", "default", "batch"]);
+    // A class's queue keys default to the upstream's.
+    assert_eq!(p.classes[0].queue, u.queue);
+    assert_eq!(
+        p.classes[2].queue,
+        Queue {
+            size: 10,
+            timeout: Duration::from_secs(20)
+        }
+    );
+    assert_eq!(p.classes[2].max_share, Some(25));
+    assert_eq!(u.fair_share, Some(FairShare::Consumer));
+    let h = up("max_inflight = 1\nfair_share = \"header:X-Tenant\"\n\
+                priority = { header = \"x-p\", classes = [\"hi\", \"lo\"], default = \"lo\" }");
+    assert_eq!(h.fair_share, Some(FairShare::Header("x-tenant".into())));
+    assert_eq!(h.priority.unwrap().default, 1);
+
+    // Without a cap nothing waits: a warning, and a share cap is an error.
+    let warned = ok(&with_upstream("fair_share = \"consumer\""));
+    let w: Vec<String> = warned.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w, ["config/modelgate.toml:11:14: upstream.chat.fair_share: has no effect without max_inflight: requests never wait, so there is no queue to order"]);
+    let cases: Vec<(&str, &str)> = vec![
+        (
+            "priority = { header = \"x-priority\", classes = [\"default\", { name = \"batch\", max_share = 10 }] }",
+            "config/modelgate.toml:11:12: upstream.chat.priority: max_share is a share of in-flight slots, and upstream.chat has no cap; set max_inflight = N or \"auto\"",
+        ),
+        (
+            "max_inflight = 1\npriority = { classes = [\"default\"] }",
+            "config/modelgate.toml:12:12: upstream.chat.priority.header: missing; add header = \"x-priority\" to [upstream.chat.priority]",
+        ),
+        (
+            "max_inflight = 1\npriority = { header = \"x priority\", classes = [\"default\"] }",
+            "config/modelgate.toml:12:23: upstream.chat.priority.header: expected a header name such as \"x-priority\", found \"x priority\"; letters, digits and !#$%&'*+-.^_`|~ only",
+        ),
+        (
+            "max_inflight = 1\npriority = { header = \"x-p\", classes = [] }",
+            "config/modelgate.toml:12:40: upstream.chat.priority.classes: name 1 to 8 classes, highest first, e.g. [\"interactive\", \"default\", \"batch\"]",
+        ),
+        (
+            "max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", \"default\"] }",
+            "config/modelgate.toml:12:52: upstream.chat.priority.classes[1]: \"default\" is listed twice; remove one",
+        ),
+        (
+            "max_inflight = 1\npriority = { header = \"x-p\", classes = [\"a\", \"b\"], default = \"c\" }",
+            "config/modelgate.toml:12:62: upstream.chat.priority.default: \"c\" is not one of the classes; name one of \"a\", \"b\"",
+        ),
+        (
+            "max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", { name = \"batch\", colour = 1 }] }",
+            "config/modelgate.toml:12:70: upstream.chat.priority.classes[1].colour: unknown key `colour`; allowed keys here: max_share, name, queue",
+        ),
+        (
+            "max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", \"two words\"] }",
+            "config/modelgate.toml:12:52: upstream.chat.priority.classes[1]: expected a class name such as \"batch\", found \"two words\"; up to 64 letters, digits, '-', '_' or '.' (it is also a metric label)",
+        ),
+        (
+            "max_inflight = 1\nfair_share = \"header:\"",
+            "config/modelgate.toml:12:14: upstream.chat.fair_share: expected \"consumer\" or \"header:NAME\", found \"header:\"; e.g. \"header:x-tenant\"; \"consumer\" is the client a route's auth accepted",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (extra, want) in cases {
+        let got = errors(&with_upstream(extra));
+        if got != [want] {
+            wrong.push(format!("for {extra}:\n  got  {got:?}\n  want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -276,6 +276,10 @@ pub struct Upstream {
     pub wake: Option<Wake>,
     /// `[upstream.NAME.load]`: the replicas' own load reports.
     pub load: Option<LoadReports>,
+    /// The wait queue serves these classes highest first.
+    pub priority: Option<super::Priority>,
+    /// The wait queue serves these requesters fairly within a class.
+    pub fair_share: Option<super::FairShare>,
     /// Set with `balance = "cache_affinity"`.
     pub affinity: Option<CacheAffinity>,
 }

@@ -65,6 +65,8 @@ impl Upstream {
             load: None,
             hold: None,
             wake: None,
+            priority: None,
+            fair_share: None,
             affinity: None,
         }
     }
@@ -156,7 +158,7 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
     let (max_inflight, max_inflight_auto) = read_max_inflight(cx, &mut t);
     let queue = t
         .take("queue")
-        .map_or(Some(DEFAULT_QUEUE), |f| read_queue(cx, &f));
+        .map_or(Some(DEFAULT_QUEUE), |f| read_queue(cx, &f, DEFAULT_QUEUE));
     let retries = t.take("retries").map_or(Some(DEFAULT_RETRIES), |f| {
         cx.uint(
             &f,
@@ -196,6 +198,8 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
     let tls = read_upstream_tls(cx, &mut t, protocol);
     let hold = super::openai::read_hold(cx, &mut t);
     let wake = super::openai::read_wake(cx, &mut t);
+    let capped = max_inflight.map(|m| m != 0 || max_inflight_auto.flatten().is_some());
+    let (priority, fair_share) = super::schedule::read(cx, &mut t, queue, capped);
     let affinity = super::affinity::read(cx, &mut t, balance);
     t.finish(cx);
     Some(Upstream {
@@ -220,6 +224,8 @@ fn read_one(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Upstream> {
         load: load?,
         hold: hold?,
         wake: wake?,
+        priority: priority?,
+        fair_share: fair_share?,
         affinity: affinity?,
     })
 }
@@ -455,9 +461,10 @@ fn read_discover(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<BackendSource> {
 }
 
 /// `queue = { size = 256, timeout = "30s" }`.
-fn read_queue(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Queue> {
+/// `queue = { size, timeout }`; a missing key takes its value from `defaults`.
+pub(crate) fn read_queue(cx: &mut Ctx<'_>, f: &Field<'_, '_>, defaults: Queue) -> Option<Queue> {
     let mut t = cx.table(f, "{ size = 256, timeout = \"30s\" }")?;
-    let size = t.take("size").map_or(Some(DEFAULT_QUEUE.size), |f| {
+    let size = t.take("size").map_or(Some(defaults.size), |f| {
         cx.uint(
             &f,
             0,
@@ -467,7 +474,7 @@ fn read_queue(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<Queue> {
     });
     let timeout = t
         .take("timeout")
-        .map_or(Some(DEFAULT_QUEUE.timeout), |f| cx.duration(&f, false));
+        .map_or(Some(defaults.timeout), |f| cx.duration(&f, false));
     t.finish(cx);
     Some(Queue {
         size: size?,

@@ -9,20 +9,26 @@
 //! and finish what they run. A failed lookup or an empty answer changes nothing: the
 //! last known set keeps serving, the error is logged and counted in
 //! `modelgate_discovery_errors_total{upstream}`. Lookups use hickory-resolver, with
-//! the system's configuration (`/etc/resolv.conf`, search domains, `/etc/hosts`) or
-//! the one `resolver` given, and no cache, so every lookup asks the server.
+//! the system's configuration (`/etc/resolv.conf`, search domains, `/etc/hosts`, read
+//! again every round) or the one `resolver` given (alone: no hosts file), and no
+//! cache, so every lookup asks the server.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
+    ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::system_conf::read_system_conf;
+use hickory_resolver::{Hosts, TokioResolver};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::task::JoinHandle;
@@ -36,50 +42,94 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 /// One lookup gives up after this long (hickory's default is 5 s per attempt).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Looks names up with hickory-resolver.
+/// Where the system's resolver finds static names; read again every round.
+const HOSTS_FILE: &str = "/etc/hosts";
+
+/// Looks names up with hickory-resolver. Built afresh for every round of lookups:
+/// hickory reads `/etc/resolv.conf` and `/etc/hosts` once, when a resolver is built,
+/// and both change under a running proxy (an operator's hosts line, Docker's
+/// `--add-host`, Kubernetes `hostAliases` rewriting the file).
 pub(crate) struct Resolver {
     inner: TokioResolver,
+    /// Who is asked, for messages: `resolver 10.0.0.10:53`, or the system's
+    /// name servers and hosts file.
+    via: String,
 }
 
 impl Resolver {
-    /// A resolver asking `server` (UDP, then TCP for long answers), or the system's
-    /// configured servers when `None`. Fails when the system configuration cannot be read.
+    /// The resolver of one round: `server` alone (UDP, then TCP for long answers; no
+    /// hosts file), or, when `None`, the system's configuration as it is now. Fails,
+    /// saying what, when the system configuration cannot be read.
     pub(crate) fn new(server: Option<SocketAddr>) -> Result<Resolver, String> {
-        let mut builder = match server {
-            Some(addr) => {
-                let conn = |mut c: ConnectionConfig| {
-                    c.port = addr.port();
-                    c
-                };
-                let ns = NameServerConfig::new(
-                    addr.ip(),
-                    true,
-                    vec![conn(ConnectionConfig::udp()), conn(ConnectionConfig::tcp())],
-                );
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    TokioRuntimeProvider::default(),
-                )
+        match server {
+            Some(addr) => Resolver::at(addr),
+            None => Resolver::system(Path::new(HOSTS_FILE)),
+        }
+    }
+
+    fn at(addr: SocketAddr) -> Result<Resolver, String> {
+        let via = format!("resolver {addr}");
+        Resolver::build(asking(addr), ResolverOpts::default(), None, via)
+    }
+
+    /// The system's name servers and options (`/etc/resolv.conf`: search domains,
+    /// `ndots`) and the static names of `hosts`, all read now.
+    fn system(hosts: &Path) -> Result<Resolver, String> {
+        let (config, opts) = read_system_conf().map_err(|e| {
+            format!("cannot read the system's DNS configuration (/etc/resolv.conf): {e}")
+        })?;
+        let servers: Vec<String> = config
+            .name_servers()
+            .iter()
+            .map(|ns| ns.ip.to_string())
+            .collect();
+        let via = format!(
+            "the system resolver ({} then {})",
+            hosts.display(),
+            if servers.is_empty() {
+                "no name server".to_string()
+            } else {
+                servers.join(", ")
             }
-            None => TokioResolver::builder_tokio()
-                .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?,
-        };
-        let opts = builder.options_mut();
+        );
+        Resolver::build(config, opts, Some(hosts), via)
+    }
+
+    fn build(
+        config: ResolverConfig,
+        mut opts: ResolverOpts,
+        hosts: Option<&Path>,
+        via: String,
+    ) -> Result<Resolver, String> {
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         opts.timeout = LOOKUP_TIMEOUT;
         opts.attempts = 1;
         // Every lookup asks the server: answers change as replicas come and go, and
         // `every` is the operator's choice of how fresh they are.
         opts.cache_size = 0;
-        let inner = builder
+        // The hosts file is read below, from the path given; an explicit resolver
+        // answers alone.
+        opts.use_hosts_file = ResolveHosts::Never;
+        let mut inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(opts)
             .build()
-            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
-        Ok(Resolver { inner })
+            .map_err(|e| format!("cannot set up the DNS resolver ({via}): {e}"))?;
+        if let Some(path) = hosts {
+            let mut static_names = Hosts::default();
+            // A missing hosts file is no hosts file, as for the C library.
+            if let Ok(file) = std::fs::File::open(path) {
+                static_names
+                    .read_hosts_conf(file)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            }
+            inner.set_hosts(Arc::new(static_names));
+        }
+        Ok(Resolver { inner, via })
     }
 
     /// Every A and AAAA record of every name, as a backend with the name's port and
-    /// weight, sorted and without duplicates. Fails, naming the name, when a lookup
-    /// fails or a name has no address.
+    /// weight, sorted and without duplicates. Fails when a lookup fails or a name has
+    /// no address, with a message naming the name, who was asked and what went wrong.
     pub(crate) async fn resolve(&self, names: &[NamedBackend]) -> Result<Vec<BackendAddr>, String> {
         let mut out = BTreeSet::new();
         for name in names {
@@ -87,13 +137,16 @@ impl Resolver {
                 .inner
                 .lookup_ip(name.host.as_str())
                 .await
-                .map_err(|e| format!("{}: {e}", name.host))?;
+                .map_err(|e| format!("{} via {}: {}", name.host, self.via, explain(&e)))?;
             let before = out.len();
             for ip in found.iter().filter(|ip| usable(*ip)) {
                 out.insert((SocketAddr::new(ip, name.port), name.weight));
             }
             if out.len() == before {
-                return Err(format!("{}: no address in the answer", name.host));
+                return Err(format!(
+                    "{} via {}: the answer holds no usable address",
+                    name.host, self.via
+                ));
             }
         }
         Ok(out
@@ -101,6 +154,52 @@ impl Resolver {
             .map(|(addr, weight)| BackendAddr { addr, weight })
             .collect())
     }
+}
+
+/// A configuration that asks `addr` only.
+fn asking(addr: SocketAddr) -> ResolverConfig {
+    let conn = |mut c: ConnectionConfig| {
+        c.port = addr.port();
+        c
+    };
+    let ns = NameServerConfig::new(
+        addr.ip(),
+        true,
+        vec![conn(ConnectionConfig::udp()), conn(ConnectionConfig::tcp())],
+    );
+    ResolverConfig::from_name_servers(vec![ns])
+}
+
+/// A lookup failure in words: hickory's own text prints the query in Rust debug form
+/// (`no records found for Query { name: Name("model."), .. }`).
+fn explain(e: &NetError) -> String {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(none)) => match none.response_code {
+            ResponseCode::NXDomain => "no such name (NXDOMAIN)".to_string(),
+            ResponseCode::NoError => "the name has no A or AAAA record".to_string(),
+            code => format!("no address ({})", rcode(code)),
+        },
+        NetError::Dns(DnsError::ResponseCode(code)) => {
+            format!("the server answered {}", rcode(*code))
+        }
+        NetError::Timeout => format!("no answer within {LOOKUP_TIMEOUT:?}"),
+        NetError::NoConnections => "no name server could be reached".to_string(),
+        NetError::Io(io) => format!("network error: {io}"),
+        other => other.to_string(),
+    }
+}
+
+/// A response code by its DNS name and meaning (`SERVFAIL (Server Failure)`).
+fn rcode(code: ResponseCode) -> String {
+    let name = match code {
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        _ => return format!("response code {}", u16::from(code)),
+    };
+    format!("{name} ({code})")
 }
 
 /// The background service that follows the names of every upstream that has some.
@@ -160,19 +259,15 @@ impl BackgroundService for DiscoveryService {
 
 /// Looks `d`'s names up every `d.every` and applies each new answer to `upstream`.
 async fn follow(shared: SharedSnapshot, metrics: Arc<Metrics>, upstream: Arc<str>, d: Discovery) {
-    let resolver = loop {
-        match Resolver::new(d.resolver) {
-            Ok(r) => break r,
-            Err(e) => {
-                log::error!("upstream {upstream}: {e}; {}", fallback(&shared, &upstream));
-                metrics.discovery_error(&upstream);
-                tokio::time::sleep(d.every).await;
-            }
-        }
-    };
     let mut failing = false;
     loop {
-        match resolver.resolve(&d.names).await {
+        // A fresh resolver each round, so edits of /etc/hosts and /etc/resolv.conf
+        // apply at the next round (see [`Resolver`]).
+        let answer = match Resolver::new(d.resolver) {
+            Ok(resolver) => resolver.resolve(&d.names).await,
+            Err(e) => Err(e),
+        };
+        match answer {
             Ok(resolved) => {
                 if failing {
                     log::info!("upstream {upstream}: DNS answers again");
@@ -184,7 +279,7 @@ async fn follow(shared: SharedSnapshot, metrics: Arc<Metrics>, upstream: Arc<str
                 // Logged once per outage, counted every time.
                 if !failing {
                     log::warn!(
-                        "upstream {upstream}: DNS lookup failed ({e}); {}",
+                        "upstream {upstream}: DNS lookup failed: {e}; {}",
                         fallback(&shared, &upstream)
                     );
                     failing = true;
@@ -352,6 +447,73 @@ mod tests {
         let before = Pool::build(&fixed).unwrap();
         let after = Pool::build_next(&up, Some(&before)).unwrap();
         assert_eq!(after.backends().len(), 2);
+    }
+
+    /// A resolver of the system kind over `hosts`, whose name server (a closed
+    /// loopback port) is never needed: every name asked is in the file.
+    fn round(hosts: &Path) -> Resolver {
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        Resolver::build(
+            asking(closed),
+            ResolverOpts::default(),
+            Some(hosts),
+            "test".into(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_round_reads_the_hosts_file_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        let names = [NamedBackend {
+            host: "replica.gate.test".into(),
+            port: 8000,
+            weight: 1,
+        }];
+        std::fs::write(
+            &hosts,
+            "127.0.0.7 replica.gate.test\n::7 replica.gate.test\n",
+        )
+        .unwrap();
+        let first = round(&hosts).resolve(&names).await.unwrap();
+        assert_eq!(first, addrs(&["127.0.0.7:8000", "[::7]:8000"]));
+        std::fs::write(
+            &hosts,
+            "127.0.0.8 replica.gate.test\n::8 replica.gate.test\n",
+        )
+        .unwrap();
+        let second = round(&hosts).resolve(&names).await.unwrap();
+        assert_eq!(second, addrs(&["127.0.0.8:8000", "[::8]:8000"]));
+    }
+
+    #[test]
+    fn lookup_failures_read_as_words() {
+        use hickory_resolver::net::NoRecords;
+        use hickory_resolver::proto::op::Query;
+        use hickory_resolver::proto::rr::{Name, RecordType};
+        let none = |code| {
+            let query = Query::query(Name::from_ascii("model.").unwrap(), RecordType::A);
+            NetError::Dns(DnsError::NoRecordsFound(NoRecords::new(query, code)))
+        };
+        assert_eq!(
+            explain(&none(ResponseCode::NXDomain)),
+            "no such name (NXDOMAIN)"
+        );
+        assert_eq!(
+            explain(&none(ResponseCode::NoError)),
+            "the name has no A or AAAA record"
+        );
+        assert_eq!(
+            explain(&NetError::Dns(DnsError::ResponseCode(
+                ResponseCode::ServFail
+            ))),
+            "the server answered SERVFAIL (Server Failure)"
+        );
+        assert_eq!(explain(&NetError::Timeout), "no answer within 2s");
     }
 
     #[test]

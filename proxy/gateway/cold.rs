@@ -35,12 +35,18 @@ impl Gateway {
         };
         match keepalive {
             Some(every) => {
-                let held = pool.hold(hold, &ctx.tried, ctx.hash, std::future::pending());
+                let held = pool.hold(
+                    hold,
+                    &ctx.tried,
+                    ctx.ticket,
+                    ctx.hash,
+                    std::future::pending(),
+                );
                 let id = ctx.request_id.as_ref();
                 keepalive::wait(session, &mut ctx.early_head, id, every, held).await
             }
             None => {
-                pool.hold(hold, &ctx.tried, ctx.hash, client_gone(session))
+                pool.hold(hold, &ctx.tried, ctx.ticket, ctx.hash, client_gone(session))
                     .await
             }
         }

@@ -6,6 +6,7 @@
 //! in the request context, so a reload mid-request changes nothing for it.
 
 mod cold;
+mod cut;
 pub(crate) mod failures;
 pub mod headers;
 mod keepalive;
@@ -34,11 +35,13 @@ use crate::edge::gate::{self, Passed};
 use crate::edge::{Consumer, RouteAuth};
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::openai::tokens::{Kind, TokenMeter, TokenSink};
+use crate::openai::tokens::{Kind, TokenMeter, TokenSink, Usage};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
-use crate::upstream::{parse_orca, Admission, Lease, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER};
+use crate::upstream::{
+    parse_orca, Admission, Lease, Ticket, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER,
+};
 
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
@@ -159,6 +162,8 @@ pub(crate) struct RequestCtx {
     /// Hash of the consistent-hash key, or the cache-affinity hint (preferred
     /// replicas), when the pool uses one.
     hash: u64,
+    /// Its priority class and fair-share flow in the pool's wait queue.
+    ticket: Ticket,
     /// The request's cache-affinity prefix blocks (empty: none).
     affinity: Vec<u64>,
     request_id: Option<HeaderValue>,
@@ -198,6 +203,11 @@ pub(crate) struct RequestCtx {
     /// A replica's answer continues the early head: failures can no longer be
     /// reported as an SSE error event.
     spliced: bool,
+    /// The status of the response head sent to the client (from a replica).
+    sent: Option<u16>,
+    /// With the access log on: what the line of a request cut at shutdown needs
+    /// (`logging` takes it; see [`cut`]).
+    unlogged: Option<cut::Unlogged>,
 }
 
 #[async_trait]
@@ -212,6 +222,7 @@ impl ProxyHttp for Gateway {
             lease: None,
             tried: Tried::default(),
             hash: 0,
+            ticket: Ticket::default(),
             affinity: Vec::new(),
             request_id: None,
             reject: None,
@@ -230,6 +241,8 @@ impl ProxyHttp for Gateway {
             first_byte: None,
             early_head: false,
             spliced: false,
+            sent: None,
+            unlogged: None,
         }
     }
 
@@ -274,6 +287,11 @@ impl ProxyHttp for Gateway {
         {
             session.set_keepalive(None);
             return self.reject(session, ctx, Reject::BadRequest).await;
+        }
+        // The head is final from here on: a request that may run long (routed on its
+        // body, queued, streaming) can still be logged if shutdown cuts it.
+        if let Some(log) = &self.access_log {
+            ctx.unlogged = Some(cut::Unlogged::new(session, log, self.draining.as_ref()));
         }
         if let Some(group) = self.models_endpoint(session) {
             return self.answer_models(session, ctx, &group).await;
@@ -327,6 +345,10 @@ impl ProxyHttp for Gateway {
         if let Some(key) = &route.pool.settings().hash_key {
             ctx.hash = headers::hash_key(session, key);
         }
+        ctx.ticket = route.pool.discipline().ticket(
+            session.req_header(),
+            ctx.consumer.as_ref().map(Consumer::name),
+        );
         if let Some(aff) = &route.pool.settings().affinity {
             if let AffinityKey::Header(name) = &aff.key {
                 ctx.affinity = headers::affinity_blocks(session, name);
@@ -366,16 +388,17 @@ impl ProxyHttp for Gateway {
             .filter(|_| keepalive::wants_stream(session, ctx));
         let mut admission = match keepalive {
             Some(every) => {
-                let queued = route
-                    .pool
-                    .admit(&ctx.tried, ctx.hash, std::future::pending());
+                let queued =
+                    route
+                        .pool
+                        .admit(&ctx.tried, ctx.ticket, ctx.hash, std::future::pending());
                 let id = ctx.request_id.as_ref();
                 keepalive::wait(session, &mut ctx.early_head, id, every, queued).await
             }
             None => {
                 route
                     .pool
-                    .admit(&ctx.tried, ctx.hash, client_gone(session))
+                    .admit(&ctx.tried, ctx.ticket, ctx.hash, client_gone(session))
                     .await
             }
         };
@@ -579,6 +602,7 @@ impl ProxyHttp for Gateway {
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header(X_REQUEST_ID, id.clone())?;
         }
+        ctx.sent = Some(upstream_response.status.as_u16());
         if self
             .draining
             .as_ref()
@@ -764,19 +788,28 @@ impl ProxyHttp for Gateway {
             up.queue_wait(ctx.queue_wait.as_secs_f64());
             up.retries(u64::from(retries));
         }
+        if let Some(route) = &ctx.route {
+            let class = ctx.ticket.class;
+            if let Some(c) = route
+                .pool
+                .discipline()
+                .class_name(class)
+                .and_then(|name| up.class(class, name))
+            {
+                if let Some(r) = ctx.reject {
+                    c.rejected(r);
+                } else if !ctx.tried.is_empty() {
+                    c.queue_wait(ctx.queue_wait.as_secs_f64());
+                }
+            }
+        }
         if let Some(t) = ctx.first_byte {
             up.first_byte(t.as_secs_f64());
         }
         if aborted {
             up.client_abort();
         }
-        let ttft = ctx
-            .tokens
-            .as_ref()
-            .and_then(|t| t.first_token)
-            .map(|t| t.saturating_duration_since(ctx.start));
-        let usage = ctx.tokens.as_ref().and_then(|t| t.usage);
-        let completion = ctx.tokens.as_ref().map(TokenMeter::completion_tokens);
+        let (ttft, usage, completion) = ctx.token_figures();
         if ctx.tokens.is_some() {
             let t = m.tokens();
             if let Some(ttft) = ttft {
@@ -793,34 +826,68 @@ impl ProxyHttp for Gateway {
         let Some(log) = &self.access_log else {
             return;
         };
-        let req = session.req_header();
-        log.record(Entry {
+        let head = match ctx.unlogged.take() {
+            Some(unlogged) => unlogged.head,
+            None => cut::Head::of(session),
+        };
+        let bytes = (
+            session.body_bytes_read() as u64,
+            session.body_bytes_sent() as u64,
+        );
+        log.record(ctx.entry(head, status, total, bytes, ctx.reject.map(Reject::reason)));
+    }
+}
+
+impl RequestCtx {
+    /// An OpenAI answer's time to first token, `usage` and completion tokens counted.
+    fn token_figures(&self) -> (Option<Duration>, Option<Usage>, Option<u64>) {
+        let Some(t) = &self.tokens else {
+            return (None, None, None);
+        };
+        let ttft = t
+            .first_token
+            .map(|at| at.saturating_duration_since(self.start));
+        (ttft, t.usage, Some(t.completion_tokens()))
+    }
+
+    /// The access-log line of this request: `head`, what the context gathered, and
+    /// the final `status`, `total` time, body bytes `(in, out)` and `reject` reason.
+    fn entry(
+        &self,
+        head: cut::Head,
+        status: u16,
+        total: Duration,
+        (bytes_in, bytes_out): (u64, u64),
+        reject: Option<&'static str>,
+    ) -> Entry {
+        let (ttft, usage, completion) = self.token_figures();
+        Entry {
             time: SystemTime::now(),
-            request_id: ctx.request_id.clone(),
-            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
-            method: req.method.clone(),
-            host: req.headers.get(http::header::HOST).cloned(),
-            uri: req.uri.clone(),
-            route: ctx.route.as_ref().map(|r| Arc::clone(&r.name)),
-            upstream: ctx.route.as_ref().map(|r| Arc::clone(r.pool.name())),
-            backend: ctx
+            request_id: self.request_id.clone(),
+            client: head.client,
+            method: head.method,
+            host: head.host,
+            uri: head.uri,
+            route: self.route.as_ref().map(|r| Arc::clone(&r.name)),
+            upstream: self.route.as_ref().map(|r| Arc::clone(r.pool.name())),
+            backend: self
                 .lease
                 .as_ref()
                 .map(|l| Arc::clone(l.backend().label_shared())),
-            consumer: ctx.consumer.as_ref().map(|c| Arc::clone(c.shared())),
+            consumer: self.consumer.as_ref().map(|c| Arc::clone(c.shared())),
             status,
-            bytes_in: session.body_bytes_read() as u64,
-            bytes_out: session.body_bytes_sent() as u64,
-            queue_wait: ctx.queue_wait,
-            ttfb: ctx.first_byte,
+            bytes_in,
+            bytes_out,
+            queue_wait: self.queue_wait,
+            ttfb: self.first_byte,
             total,
-            retries,
-            reject: ctx.reject.map(Reject::reason),
-            model: ctx.model.clone(),
+            retries: self.tried.len().saturating_sub(1) as u32,
+            reject,
+            model: self.model.clone(),
             ttft,
             prompt_tokens: usage.map(|u| u.prompt_tokens),
             completion_tokens: completion,
-        });
+        }
     }
 }
 

@@ -47,10 +47,19 @@ pub struct Entry {
     pub completion_tokens: Option<u64>,
 }
 
+/// What the writer thread receives. Entries go by value: the bounded channel holds
+/// its slots already, and a box would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Line {
+    Entry(Entry),
+    /// Write and flush everything queued before this, then answer.
+    Flush(SyncSender<()>),
+}
+
 /// The sending side, shared by every worker thread.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: SyncSender<Entry>,
+    tx: SyncSender<Line>,
     metrics: Arc<Metrics>,
 }
 
@@ -75,25 +84,59 @@ impl AccessLog {
 
     /// Queues one line; never blocks.
     pub fn record(&self, entry: Entry) {
-        match self.tx.try_send(entry) {
+        match self.tx.try_send(Line::Entry(entry)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.metrics.access_log_dropped()
             }
         }
     }
+
+    /// Waits until every line queued so far is written and flushed, for at most
+    /// `within` (a writer stuck on a full pipe must not keep the process from
+    /// exiting). Returns whether it was. For the last lines before the process exits.
+    pub fn flush(&self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let (done_tx, done_rx) = sync_channel(1);
+        let mut marker = Line::Flush(done_tx);
+        loop {
+            match self.tx.try_send(marker) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return false;
+                    }
+                    marker = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        done_rx.recv_timeout(left).is_ok()
+    }
 }
 
-fn write_lines(rx: Receiver<Entry>, out: Box<dyn Write + Send>) {
+fn write_lines(rx: Receiver<Line>, out: Box<dyn Write + Send>) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut line = Vec::with_capacity(512);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        while let Some(entry) = next {
-            line.clear();
-            format(&entry, &mut line);
-            if out.write_all(&line).is_err() {
-                return;
+        while let Some(item) = next {
+            match item {
+                Line::Entry(entry) => {
+                    line.clear();
+                    format(&entry, &mut line);
+                    if out.write_all(&line).is_err() {
+                        return;
+                    }
+                }
+                Line::Flush(done) => {
+                    if out.flush().is_err() {
+                        return;
+                    }
+                    let _ = done.try_send(());
+                }
             }
             next = rx.try_recv().ok();
         }

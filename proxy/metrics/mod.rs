@@ -8,8 +8,11 @@
 //! them from the live snapshot when `/metrics` is scraped.
 
 pub mod access;
+mod classes;
 pub(crate) mod live;
 pub(crate) mod pools;
+
+pub(crate) use classes::ClassMetrics;
 
 use std::sync::{Arc, OnceLock};
 
@@ -55,6 +58,8 @@ pub struct Metrics {
     time_to_first_token: HistogramVec,
     inter_token_latency: HistogramVec,
     tokens: IntCounterVec,
+    /// Per priority class of a wait queue.
+    classes: classes::ClassFamilies,
     /// Handles for requests that matched no route (`route=""`, `upstream=""`).
     unrouted: OnceLock<Arc<RouteMetrics>>,
 }
@@ -216,6 +221,7 @@ impl Metrics {
                 "Tokens of answered requests as the model server counted them, by kind (prompt or completion).",
                 &["route", "upstream", "kind"],
             )?,
+            classes: classes::ClassFamilies::new(r)?,
             reloads,
             generation,
             access_log_dropped,
@@ -253,6 +259,7 @@ impl Metrics {
                 load_report_errors: self.load_report_errors.with_label_values(&[upstream]),
                 rejected: self.rejected.clone(),
                 reasons: Default::default(),
+                classes: classes::ClassHandles::new(&self.classes, upstream),
             },
         }
     }
@@ -280,6 +287,7 @@ impl Metrics {
                     load_report_errors: self.load_report_errors.with_label_values(&[""]),
                     rejected: self.rejected.clone(),
                     reasons: Default::default(),
+                    classes: classes::ClassHandles::new(&self.classes, ""),
                 },
             })
         })
@@ -433,6 +441,7 @@ pub struct UpstreamMetrics {
     rejected: IntCounterVec,
     /// One handle per reject reason, resolved by its first use.
     reasons: [OnceLock<IntCounter>; Reject::REASONS.len()],
+    classes: classes::ClassHandles,
 }
 
 impl UpstreamMetrics {
@@ -457,6 +466,11 @@ impl UpstreamMetrics {
     /// A replica's load report could not be read.
     pub fn load_report_error(&self) {
         self.load_report_errors.inc();
+    }
+
+    /// The handles of priority class number `i`, named `name` (at most 8 classes).
+    pub(crate) fn class(&self, i: u8, name: &str) -> Option<&ClassMetrics> {
+        self.classes.get(i, name)
     }
 
     /// Counts a request the proxy answered itself (`reason` label: [`Reject::reason`]).

@@ -76,6 +76,7 @@ impl Backend {
             queue: Arc::clone(queue),
             started_us,
             ahead,
+            class: NO_CLASS,
         })
     }
 }
@@ -91,7 +92,12 @@ pub struct Lease {
     started_us: u64,
     /// Requests the backend was already running when this one was sent.
     ahead: u32,
+    /// The priority class whose in-flight count this lease holds, or `NO_CLASS`.
+    class: u8,
 }
+
+/// A lease counted in no class's in-flight count (upstreams without `priority`).
+pub(crate) const NO_CLASS: u8 = u8::MAX;
 
 impl Lease {
     pub fn backend(&self) -> &Arc<Backend> {
@@ -136,8 +142,23 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Makes this lease hold one of `class`'s in-flight count (already taken by
+    /// the queue), giving back the one it held before.
+    #[inline]
+    pub(crate) fn set_class(&mut self, class: u8) {
+        if self.class != NO_CLASS {
+            self.queue.release_class(self.class);
+        }
+        self.class = class;
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.class != NO_CLASS {
+            self.queue.release_class(self.class);
+        }
         self.backend.replica.release_slot(self.started_us);
         if !self.queue.is_empty() {
             self.queue.dispatch();

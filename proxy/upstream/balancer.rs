@@ -179,6 +179,30 @@ impl Balancer {
         2.0 * (wait_us + f64::from(fastest_us)) < f64::from(chosen_us)
     }
 
+    /// The in-flight slots of the available backends together (the base of the
+    /// priority classes' share caps); `u32::MAX` when unlimited.
+    pub(crate) fn slots(&self) -> u32 {
+        if !self.cap.is_limited() {
+            return u32::MAX;
+        }
+        self.backends
+            .iter()
+            .filter(|b| b.is_available())
+            .fold(0u32, |n, b| n.saturating_add(self.cap.of(b)))
+    }
+
+    /// Does a refused pick for one request mean a refusal for any other that has
+    /// tried nothing yet? True unless the choice is bound to the request's key
+    /// (cache affinity only prefers a replica, falling back to any eligible one).
+    pub(crate) fn picks_alike(&self) -> bool {
+        matches!(
+            self.selector,
+            Selector::LeastOutstanding { .. }
+                | Selector::RoundRobin { .. }
+                | Selector::CacheAffinity { .. }
+        )
+    }
+
     /// Is there a backend this request has not tried that could take it?
     pub fn has_untried(&self, tried: &Tried) -> bool {
         self.backends

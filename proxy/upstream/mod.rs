@@ -15,6 +15,9 @@ mod pool;
 mod queue;
 mod replica;
 mod report;
+mod sched;
+#[cfg(test)]
+mod sched_tests;
 mod select;
 mod store;
 
@@ -29,3 +32,4 @@ pub(crate) use balancer::Cap;
 pub(crate) use queue::{Admission, WaitQueue};
 pub(crate) use replica::{BackendState, Replica};
 pub(crate) use report::{parse_orca, LoadReport, ORCA_FORMAT_HEADER, ORCA_HEADER};
+pub(crate) use sched::Ticket;

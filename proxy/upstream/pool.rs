@@ -26,8 +26,9 @@ use super::backend::Backend;
 use super::balancer::{Balancer, Cap, Pick};
 use super::budget::Budget;
 use super::peer::{peer_for, UpstreamTlsFiles};
-use super::queue::Admission;
+use super::queue::{Admission, Asking};
 use super::replica::BackendState;
+use super::sched::{Discipline, Ticket};
 use super::select::{Selector, Tried};
 use super::store::ReplicaStore;
 use crate::config::{
@@ -67,6 +68,8 @@ pub struct PoolSettings {
 pub struct Pool {
     name: Arc<str>,
     balancer: Arc<Balancer>,
+    /// The wait queue's order (`priority`, `fair_share`).
+    discipline: Arc<Discipline>,
     settings: PoolSettings,
     /// Shared with the other generations of this upstream.
     store: Arc<ReplicaStore>,
@@ -204,6 +207,7 @@ impl Pool {
             up.slow_start,
             up.queue,
         ));
+        let discipline = Arc::new(Discipline::from_config(up));
         if prev.is_none() {
             // A new upstream's store and queue serve this generation from the start
             // (nothing else uses them yet); a kept upstream's move over on publish.
@@ -213,11 +217,14 @@ impl Pool {
                 .map(|b| Arc::clone(b.replica()))
                 .collect();
             store.keep_only(&replicas);
-            store.queue().publish(Arc::clone(&balancer));
+            store
+                .queue()
+                .publish(Arc::clone(&balancer), Arc::clone(&discipline));
         }
         Ok(Arc::new(Pool {
             name: up.name.as_str().into(),
             balancer,
+            discipline,
             settings: PoolSettings {
                 retries: up.retries,
                 retry_non_idempotent: up.retry_non_idempotent,
@@ -296,7 +303,26 @@ impl Pool {
             // switched off), the cold period is over: the next one wakes anew.
             queue.end_cold();
         }
-        queue.publish(Arc::clone(&self.balancer));
+        queue.publish(Arc::clone(&self.balancer), Arc::clone(&self.discipline));
+    }
+
+    /// Per priority class of this generation, highest first: its name, requests
+    /// waiting and in flight (empty without `priority`). For the scrape.
+    pub(crate) fn class_counts(&self) -> Vec<(&str, u32, u32)> {
+        if !self.discipline.has_classes() {
+            return Vec::new();
+        }
+        let counts = self.store.queue().class_counts();
+        self.discipline
+            .class_names()
+            .zip(counts)
+            .map(|(name, (waiting, inflight))| (name, waiting, inflight))
+            .collect()
+    }
+
+    /// The wait queue's order of this generation (`priority`, `fair_share`).
+    pub(crate) fn discipline(&self) -> &Discipline {
+        &self.discipline
     }
 
     /// Brings an ejected backend back when its ejection ends (pools without checks).
@@ -325,16 +351,33 @@ impl Pool {
         self.balancer.pick(self.store.queue(), tried, hash)
     }
 
-    /// Takes a slot, waiting in the upstream's FIFO queue (up to its size and
-    /// timeout) when every backend is at `max_inflight`. `client_gone` resolves if
-    /// the client disconnects; the waiter then leaves the queue without a slot.
-    pub async fn admit<F>(&self, tried: &Tried, hash: u64, client_gone: F) -> Admission
+    /// Takes a slot, waiting in the upstream's queue (up to its size and timeout,
+    /// or those of the ticket's class) when every backend is at `max_inflight`;
+    /// waiters are served in the order of [`Pool::discipline`]. `client_gone`
+    /// resolves if the client disconnects; the waiter then leaves the queue
+    /// without a slot.
+    pub async fn admit<F>(
+        &self,
+        tried: &Tried,
+        ticket: Ticket,
+        hash: u64,
+        client_gone: F,
+    ) -> Admission
     where
         F: Future<Output = ()>,
     {
         self.store
             .queue()
-            .admit(&self.balancer, tried, hash, client_gone)
+            .admit(
+                &self.balancer,
+                &self.discipline,
+                Asking {
+                    tried,
+                    ticket,
+                    hash,
+                },
+                client_gone,
+            )
             .await
     }
 
@@ -345,6 +388,7 @@ impl Pool {
         &self,
         hold: Duration,
         tried: &Tried,
+        ticket: Ticket,
         hash: u64,
         client_gone: F,
     ) -> Admission
@@ -353,7 +397,17 @@ impl Pool {
     {
         self.store
             .queue()
-            .hold(&self.balancer, hold, tried, hash, client_gone)
+            .hold(
+                &self.balancer,
+                &self.discipline,
+                hold,
+                Asking {
+                    tried,
+                    ticket,
+                    hash,
+                },
+                client_gone,
+            )
             .await
     }
 

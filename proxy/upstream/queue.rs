@@ -1,5 +1,6 @@
 //! The wait queue of an upstream: it admits requests (a slot now, or a place in
-//! line) and dispatches freed slots to the oldest waiter.
+//! line) and dispatches freed slots to waiters in the order of its
+//! [`Discipline`] (arrival order unless `priority` or `fair_share` say otherwise).
 //!
 //! One queue serves an upstream across config generations; it dispatches through
 //! the newest published [`Balancer`], so requests queued before a reload are served
@@ -10,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,9 @@ use tokio::sync::oneshot;
 
 use super::backend::Lease;
 use super::balancer::{Balancer, Pick};
+use super::sched::{Discipline, Flows, Ticket};
 use super::select::Tried;
+use crate::config::MAX_CLASSES;
 
 /// The outcome of asking for a slot, waiting in the queue if needed.
 #[derive(Debug)]
@@ -34,6 +37,16 @@ pub enum Admission {
     ClientGone,
 }
 
+/// What the queue needs to know of a request asking for a slot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asking<'a> {
+    /// Backends it already tried (a retry goes elsewhere).
+    pub tried: &'a Tried,
+    pub ticket: Ticket,
+    /// Its key hash, for consistent hashing.
+    pub hash: u64,
+}
+
 /// One waiting request.
 #[derive(Debug)]
 struct Waiter {
@@ -41,15 +54,33 @@ struct Waiter {
     tx: oneshot::Sender<Lease>,
     tried: Tried,
     hash: u64,
+    class: u8,
+    /// Its flow's slot in [`Flows`].
+    flow: u32,
+    /// When it joined (tokio's clock, for the starvation bound).
+    since: tokio::time::Instant,
+    /// Passed over in the current dispatch (no slot it may take).
+    skip: bool,
 }
 
 #[derive(Debug, Default)]
 struct Waiters {
+    /// In arrival order.
     list: VecDeque<Waiter>,
     next_id: u64,
+    flows: Flows,
 }
 
-/// The FIFO wait queue of one upstream.
+impl Waiters {
+    /// Takes waiter `i` out of the line; `served`: it is about to get a slot.
+    fn take(&mut self, i: usize, served: bool) -> Option<Waiter> {
+        let w = self.list.remove(i)?;
+        self.flows.leave(w.class, w.flow, served);
+        Some(w)
+    }
+}
+
+/// The wait queue of one upstream, ordered by its [`Discipline`].
 #[derive(Debug, Default)]
 pub struct WaitQueue {
     /// Equals `list.len()` outside the lock.
@@ -57,6 +88,10 @@ pub struct WaitQueue {
     inner: Mutex<Waiters>,
     /// The newest published generation's balancer, which hands out freed slots.
     balancer: ArcSwapOption<Balancer>,
+    /// The newest published generation's queue order.
+    discipline: ArcSwapOption<Discipline>,
+    /// Requests in flight per priority class (kept with `priority` only).
+    class_inflight: [AtomicU32; MAX_CLASSES],
     /// In a cold period (no replica ready) whose wake call was made.
     cold: AtomicBool,
 }
@@ -76,78 +111,151 @@ impl WaitQueue {
         self.len() == 0
     }
 
+    /// Requests waiting and in flight now, per priority class (highest first; in
+    /// flight is counted on upstreams with `priority` only).
+    pub(crate) fn class_counts(&self) -> [(u32, u32); MAX_CLASSES] {
+        let waiting = self.lock().flows.class_lens();
+        std::array::from_fn(|i| (waiting[i], self.class_inflight[i].load(Ordering::Relaxed)))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Waiters> {
         // A panic while holding this lock cannot leave the list inconsistent
         // (every mutation is a single push/remove), so a poisoned lock is usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `balancer` the one that serves waiters (a generation was published)
-    /// and hands it every slot it can fill now.
-    pub fn publish(self: &Arc<Self>, balancer: Arc<Balancer>) {
+    /// Makes `balancer` and `discipline` the ones that serve waiters (a generation
+    /// was published) and hands them every slot they can fill now.
+    pub fn publish(self: &Arc<Self>, balancer: Arc<Balancer>, discipline: Arc<Discipline>) {
+        self.discipline.store(Some(discipline));
         self.balancer.store(Some(balancer));
         self.dispatch();
     }
 
+    /// Counts a request of `class` in flight, unless that would take the class
+    /// past its share cap of `balancer`'s slots. Always true without `priority`.
+    #[inline]
+    fn reserve(&self, d: &Discipline, balancer: &Balancer, class: u8) -> bool {
+        if !d.has_classes() {
+            return true;
+        }
+        let counter = &self.class_inflight[usize::from(class) % MAX_CLASSES];
+        let now = counter.fetch_add(1, Ordering::AcqRel);
+        match d.share_cap(class, balancer.slots()) {
+            Some(cap) if now >= cap => {
+                counter.fetch_sub(1, Ordering::AcqRel);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Gives back a count taken by `reserve` (held by a lease, or unused).
+    #[inline]
+    pub(crate) fn release_class(&self, class: u8) {
+        let counter = &self.class_inflight[usize::from(class) % MAX_CLASSES];
+        // Never below zero, even for a lease counted before a reload changed classes.
+        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// A lease taken after `reserve`: it holds the class's count from now on.
+    #[inline]
+    fn charged(d: &Discipline, mut lease: Lease, class: u8) -> Lease {
+        if d.has_classes() {
+            lease.set_class(class);
+        }
+        lease
+    }
+
     /// Takes a slot through `balancer` (the request's generation), waiting in line
-    /// (up to the queue's size and timeout) when every backend is at
-    /// `max_inflight`. `client_gone` resolves if the client disconnects; the waiter
-    /// then leaves the queue without taking a slot.
-    pub async fn admit<F>(
+    /// when every backend is at `max_inflight` or the request's class is at its
+    /// share cap, up to its class's queue size and timeout (and the upstream's
+    /// queue size for all classes). Waiters are served in `discipline`'s order.
+    /// `client_gone` resolves if the client disconnects; the waiter then leaves the
+    /// queue without taking a slot.
+    pub(crate) async fn admit<F>(
         self: &Arc<Self>,
         balancer: &Balancer,
-        tried: &Tried,
-        hash: u64,
+        discipline: &Discipline,
+        asking: Asking<'_>,
         client_gone: F,
     ) -> Admission
     where
         F: Future<Output = ()>,
     {
+        let Asking {
+            tried,
+            ticket,
+            hash,
+        } = asking;
+        let class = ticket.class;
         // Arrivals do not jump the queue: with waiters present, join them.
         if self.is_empty() {
-            match balancer.pick(self, tried, hash) {
-                Pick::Leased(lease) => return Admission::Leased(lease, Duration::ZERO),
-                Pick::NoneHealthy => return Admission::NoneHealthy,
-                Pick::AllBusy => {}
+            if self.reserve(discipline, balancer, class) {
+                match balancer.pick(self, tried, hash) {
+                    Pick::Leased(lease) => {
+                        let lease = Self::charged(discipline, lease, class);
+                        return Admission::Leased(lease, Duration::ZERO);
+                    }
+                    Pick::NoneHealthy => {
+                        self.unreserve(discipline, class);
+                        return Admission::NoneHealthy;
+                    }
+                    Pick::AllBusy => self.unreserve(discipline, class),
+                }
+            } else if !balancer.has_untried(tried) {
+                return Admission::NoneHealthy;
             }
         } else if !balancer.has_untried(tried) {
             return Admission::NoneHealthy;
         }
         let started = Instant::now();
-        let Some((id, rx)) = self.push(balancer.queue().size, tried, hash) else {
+        let limits = discipline.queue(class);
+        let Some((id, rx)) = self.push(balancer.queue().size, limits.size, asking) else {
             // No room to wait: a slower free backend beats a rejection.
-            return match balancer.pick_now(self, tried, hash) {
-                Pick::Leased(lease) => Admission::Leased(lease, Duration::ZERO),
-                _ => Admission::Overloaded,
-            };
+            if self.reserve(discipline, balancer, class) {
+                if let Pick::Leased(lease) = balancer.pick_now(self, tried, hash) {
+                    let lease = Self::charged(discipline, lease, class);
+                    return Admission::Leased(lease, Duration::ZERO);
+                }
+                self.unreserve(discipline, class);
+            }
+            return Admission::Overloaded;
         };
-        let timeout = balancer.queue().timeout;
         self.wait(
             id,
             rx,
             started,
-            timeout,
+            limits.timeout,
             Admission::QueueTimeout,
             client_gone,
         )
         .await
     }
 
+    #[inline]
+    fn unreserve(&self, d: &Discipline, class: u8) {
+        if d.has_classes() {
+            self.release_class(class);
+        }
+    }
+
     /// Waits in line, up to `hold` and the queue's size, for a replica to become
     /// ready when none is (`hold`): a replica coming up dispatches the queue.
-    pub async fn hold<F>(
+    pub(crate) async fn hold<F>(
         self: &Arc<Self>,
         balancer: &Balancer,
+        discipline: &Discipline,
         hold: Duration,
-        tried: &Tried,
-        hash: u64,
+        asking: Asking<'_>,
         client_gone: F,
     ) -> Admission
     where
         F: Future<Output = ()>,
     {
         let started = Instant::now();
-        let Some((id, rx)) = self.push(balancer.queue().size, tried, hash) else {
+        let class_size = discipline.queue(asking.ticket.class).size;
+        let Some((id, rx)) = self.push(balancer.queue().size, class_size, asking) else {
             return Admission::NoneHealthy;
         };
         self.wait(id, rx, started, hold, Admission::NoneHealthy, client_gone)
@@ -200,25 +308,36 @@ impl WaitQueue {
         }
     }
 
-    /// Adds a waiter unless `capacity` are already waiting.
+    /// Adds a waiter unless `capacity` are already waiting, or `class_capacity`
+    /// of its class.
     fn push(
         &self,
         capacity: usize,
-        tried: &Tried,
-        hash: u64,
+        class_capacity: usize,
+        asking: Asking<'_>,
     ) -> Option<(u64, oneshot::Receiver<Lease>)> {
+        let Asking {
+            tried,
+            ticket,
+            hash,
+        } = asking;
         let mut w = self.lock();
-        if w.list.len() >= capacity {
+        if w.list.len() >= capacity || w.flows.class_len(ticket.class) as usize >= class_capacity {
             return None;
         }
         let (tx, rx) = oneshot::channel();
         let id = w.next_id;
         w.next_id += 1;
+        let flow = w.flows.join(ticket);
         w.list.push_back(Waiter {
             id,
             tx,
             tried: tried.clone(),
             hash,
+            class: ticket.class,
+            flow,
+            since: tokio::time::Instant::now(),
+            skip: false,
         });
         self.len.store(w.list.len(), Ordering::SeqCst);
         Some((id, rx))
@@ -228,7 +347,7 @@ impl WaitQueue {
     fn remove(&self, id: u64) {
         let mut w = self.lock();
         if let Some(pos) = w.list.iter().position(|x| x.id == id) {
-            w.list.remove(pos);
+            w.take(pos, false);
             self.len.store(w.list.len(), Ordering::SeqCst);
         }
     }
@@ -246,15 +365,19 @@ impl WaitQueue {
         })
     }
 
-    /// Hands free slots to queued requests, oldest first. Called when a slot frees,
-    /// a backend comes up, a generation is published, or a request joins the queue.
+    /// Hands free slots to queued requests in the discipline's order (see
+    /// [`Discipline::rank`]). Called when a slot frees, a backend comes up, a
+    /// generation is published, or a request joins the queue.
     pub fn dispatch(self: &Arc<Self>) {
         if self.is_empty() {
             return;
         }
-        let Some(balancer) = self.balancer.load_full() else {
+        let (Some(balancer), Some(discipline)) =
+            (self.balancer.load_full(), self.discipline.load_full())
+        else {
             return; // nothing published yet: the first publish dispatches
         };
+        let now = tokio::time::Instant::now();
         // Leases are never dropped under the lock: dropping one dispatches again.
         let mut spare: Vec<Lease> = Vec::new();
         {
@@ -262,23 +385,53 @@ impl WaitQueue {
             let mut i = 0;
             while i < w.list.len() {
                 if w.list[i].tx.is_closed() {
-                    w.list.remove(i);
+                    w.take(i, false);
+                } else {
+                    w.list[i].skip = false;
+                    i += 1;
+                }
+            }
+            loop {
+                let mut best: Option<(usize, super::sched::Rank)> = None;
+                for (i, x) in w.list.iter().enumerate() {
+                    if x.skip {
+                        continue;
+                    }
+                    let rank = discipline.rank(x.class, w.flows.served(x.flow), x.id, x.since, now);
+                    if best.is_none_or(|(_, b)| rank < b) {
+                        best = Some((i, rank));
+                    }
+                }
+                let Some((i, _)) = best else { break };
+                let class = w.list[i].class;
+                if !self.reserve(&discipline, &balancer, class) {
+                    // At its share cap: nobody of this class gets a slot now.
+                    for x in w.list.iter_mut().filter(|x| x.class == class) {
+                        x.skip = true;
+                    }
                     continue;
                 }
                 let reusable = spare
                     .iter()
                     .position(|l| !w.list[i].tried.contains(l.backend().index()));
                 let lease = match reusable {
-                    Some(pos) => spare.swap_remove(pos),
+                    Some(pos) => Some(spare.swap_remove(pos)),
                     None => match balancer.pick(self, &w.list[i].tried, w.list[i].hash) {
-                        Pick::Leased(l) => l,
-                        _ => {
-                            i += 1;
-                            continue;
-                        }
+                        Pick::Leased(l) => Some(l),
+                        _ => None,
                     },
                 };
-                if let Some(waiter) = w.list.remove(i) {
+                let Some(lease) = lease else {
+                    self.unreserve(&discipline, class);
+                    if w.list[i].tried.is_empty() && balancer.picks_alike() {
+                        // Every waiter would be refused the same way.
+                        break;
+                    }
+                    w.list[i].skip = true;
+                    continue;
+                };
+                let lease = Self::charged(&discipline, lease, class);
+                if let Some(waiter) = w.take(i, true) {
                     if let Err(lease) = waiter.tx.send(lease) {
                         spare.push(lease); // its client just left; offer the slot on
                     }

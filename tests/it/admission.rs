@@ -468,3 +468,133 @@ async fn sigterm_lets_a_running_request_finish_then_exits_at_once() {
     );
     eprintln!("exited {after:?} after the last request finished");
 }
+
+/// A proxy with a 1 s shutdown grace and the access log in `access.log`, in front of
+/// `replica`.
+async fn short_grace(replica: &ReplicaHandle) -> TestProxy {
+    TestProxy::start(&format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+shutdown_grace = "1s"
+
+[log]
+access = "access.log"
+
+[[route]]
+name = "all"
+path = "/"
+upstream = "pool"
+
+[upstream.pool]
+backends = ["{}"]
+"#,
+        replica.addr()
+    ))
+    .await
+}
+
+/// The access-log lines of `proxy` whose `reject` is `shutdown`.
+fn cut_lines(proxy: &TestProxy) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(proxy.dir().join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["reject"] == "shutdown")
+        .collect()
+}
+
+#[tokio::test]
+async fn requests_the_grace_does_not_cover_are_cut_counted_and_logged() {
+    let r = spawn_replicas(&["slow"], Duration::from_secs(60)).await;
+    let mut proxy = short_grace(&r[0]).await;
+    // One waits for its answer (no head sent yet), one streams (head 200 sent).
+    let waiting = tokio::spawn(h1().get(proxy.url("/slow")).send());
+    let stream = h1()
+        .get(proxy.url("/v1/stream?tokens=1000&interval_ms=100"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    eventually("both requests run", PATIENCE, || async {
+        r[0].inflight() == 2
+    })
+    .await;
+    proxy.signal("TERM");
+    let status = proxy
+        .wait_exit(PATIENCE)
+        .await
+        .expect("the proxy exits when the grace ends");
+    assert!(status.success(), "{status:?}");
+    let logs = proxy.logs();
+    assert!(
+        logs.contains(
+            "shutdown grace (1s) is over with 2 request(s) still in progress; cutting them"
+        ),
+        "{logs}"
+    );
+    let mut cut: Vec<(String, u64, String, String)> = cut_lines(&proxy)
+        .iter()
+        .map(|v| {
+            assert_eq!(v["route"], "all");
+            assert_eq!(v["upstream"], "pool");
+            assert_eq!(v["method"], "GET");
+            assert!(v["request_id"].is_string(), "{v}");
+            (
+                v["path"].as_str().unwrap().to_string(),
+                v["status"].as_u64().unwrap(),
+                v["backend"].as_str().unwrap().to_string(),
+                v["reject"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    cut.sort();
+    let backend = r[0].addr().to_string();
+    assert_eq!(
+        cut,
+        [
+            ("/slow".into(), 503, backend.clone(), "shutdown".into()),
+            (
+                "/v1/stream?tokens=1000&interval_ms=100".into(),
+                200,
+                backend,
+                "shutdown".into()
+            ),
+        ]
+    );
+    assert!(
+        waiting.await.unwrap().is_err(),
+        "the waiting request was cut"
+    );
+}
+
+#[tokio::test]
+async fn sigint_stops_at_once_and_says_what_it_cut() {
+    let r = spawn_replicas(&["slow"], Duration::from_secs(60)).await;
+    let mut proxy = short_grace(&r[0]).await;
+    let waiting = tokio::spawn(h1().get(proxy.url("/slow")).send());
+    eventually("the request runs", PATIENCE, || async {
+        r[0].inflight() == 1
+    })
+    .await;
+    proxy.signal("INT");
+    proxy
+        .wait_exit(PATIENCE)
+        .await
+        .expect("the proxy exits at once");
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("SIGINT: stopping at once; cutting 1 request(s) in progress"),
+        "{logs}"
+    );
+    // No grace period was waited (pingora logs one when it does).
+    assert!(!logs.contains("grace period"), "{logs}");
+    assert!(waiting.await.unwrap().is_err(), "the request was cut");
+    let cut = cut_lines(&proxy);
+    assert_eq!(cut.len(), 1, "{cut:?}");
+    assert_eq!(
+        (&cut[0]["path"], &cut[0]["status"]),
+        (&json!("/slow"), &json!(503))
+    );
+}

@@ -291,6 +291,43 @@ fn run_reports_a_listener_in_use() {
     );
 }
 
+/// `check FILE` and `run FILE` take the file as `-c FILE` does; both at once is refused
+/// naming the two.
+#[test]
+fn the_config_file_may_be_given_without_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.toml");
+    std::fs::write(
+        &file,
+        format!("[listen]\nhttp = \"127.0.0.1:8080\"\n{VALID_TAIL}"),
+    )
+    .unwrap();
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = file.display().to_string();
+    let (ok, out, err) = modelgate_in(here, &["check", &path]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("{path}: ok")), "{out}");
+    let (ok, _, err) = modelgate_in(here, &["check", "/nonexistent/modelgate.toml"]);
+    assert!(
+        !ok && err.contains("/nonexistent/modelgate.toml: cannot read"),
+        "{err}"
+    );
+    // `run FILE` reads that file: its listener address is the one refused.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    std::fs::write(&file, format!("[listen]\nhttp = \"{addr}\"\n{VALID_TAIL}")).unwrap();
+    let (ok, _, err) = modelgate_in(here, &["run", &path]);
+    assert!(
+        !ok && err.contains(&format!("cannot listen on {addr}")),
+        "{err}"
+    );
+    let (ok, _, err) = modelgate_in(here, &["check", "-c", &path, &path]);
+    assert!(
+        !ok && err.contains("--config") && err.contains("[FILE]"),
+        "{err}"
+    );
+}
+
 #[test]
 fn version_and_missing_file() {
     let out = Command::new(modelgate_bin())

@@ -140,7 +140,11 @@ impl Load {
 /// A proxy whose one upstream `pool` (route `/`) finds `NAME:port` through `dns`
 /// every 100 ms; `extra` is appended to `[upstream.pool]`.
 async fn discovering(dns: &DnsServer, port: u16, extra: &str) -> TestProxy {
-    TestProxy::start(&format!(
+    TestProxy::start(&discovering_config(dns, port, extra)).await
+}
+
+fn discovering_config(dns: &DnsServer, port: u16, extra: &str) -> String {
+    format!(
         r#"
 [listen]
 http = "{{http}}"
@@ -156,8 +160,7 @@ discover = {{ dns = "{NAME}:{port}", every = "100ms", resolver = "{}" }}
 {extra}
 "#,
         dns.addr()
-    ))
-    .await
+    )
 }
 
 /// Waits until `/upstreams` lists exactly `want` (addresses on `port`), each `up`.
@@ -276,15 +279,6 @@ timeout = "90ms""#,
     }
 }
 
-/// Rewrites the proxy's config with `from` replaced by `to` and reloads it.
-async fn reload_replacing(proxy: &TestProxy, from: &str, to: &str) {
-    let text = std::fs::read_to_string(proxy.config_path()).unwrap();
-    assert!(text.contains(from), "{text}");
-    std::fs::write(proxy.config_path(), text.replace(from, to)).unwrap();
-    let (s, v) = status_and_body(h1().post(proxy.admin_url("/reload")).send().await.unwrap()).await;
-    assert_eq!(s, 200, "{v}");
-}
-
 /// Waits until `series` counts more than `after`.
 async fn lookups_fail(proxy: &TestProxy, series: &str, after: f64) {
     eventually("lookups to the silent resolver fail", PATIENCE, || async {
@@ -346,31 +340,72 @@ async fn a_reload_to_a_silent_resolver_keeps_the_backends_serving() {
     drop(silent);
 }
 
+/// Until its name resolves, the upstream has no backend: requests get a clear 503,
+/// `/readyz` says not ready and why (so an orchestrator sends no traffic yet), and the
+/// log names the name, the resolver asked and the failure in words.
 #[tokio::test]
-async fn a_name_that_does_not_resolve_at_start_serves_once_it_does() {
+async fn a_name_that_does_not_resolve_at_start_is_not_ready_until_it_does() {
     let dns = DnsServer::start().await;
     let (port, replicas) = replicas_on_one_port(1, Duration::ZERO).await;
-    dns.set(NAME, Answer::Fail);
-    let proxy = discovering(&dns, port, "").await;
-    // No backend yet: a clear 503, not a hang or a crash.
+    // Not set: the server answers NXDOMAIN.
+    let proxy = TestProxy::start_listening(&discovering_config(&dns, port, "")).await;
     let (status, body) = status_and_body(h1().get(proxy.url("/")).send().await.unwrap()).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (503, Some("no_healthy_backend"))
     );
-    // The failure is logged without claiming backends that were never found.
+    let readyz = || async {
+        let r = h1().get(proxy.admin_url("/readyz")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    eventually(
+        "/readyz answers once the listeners accept",
+        PATIENCE,
+        || async { readyz().await.1.contains("upstream") },
+    )
+    .await;
+    assert_eq!(
+        readyz().await,
+        (
+            503,
+            format!("not ready: upstream pool has no backend ({NAME}:{port} not resolved yet)\n")
+        )
+    );
+    // The failure is logged in words, without claiming backends that were never found.
+    let said = format!(
+        "DNS lookup failed: {NAME} via resolver {}: no such name (NXDOMAIN); nothing found by name yet",
+        dns.addr()
+    );
     eventually("the failed lookup is logged", PATIENCE, || async {
-        proxy.logs().contains("nothing found by name yet")
+        proxy.logs().contains(&said)
     })
     .await;
     dns.set(NAME, Answer::Addrs(vec![ip(2)]));
-    eventually("the replica serves once DNS answers", PATIENCE, || async {
+    eventually("ready once DNS answers", PATIENCE, || async {
+        readyz().await == (200, "ready\n".to_string())
+    })
+    .await;
+    eventually("the replica serves", PATIENCE, || async {
         matches!(h1().get(proxy.url("/")).send().await, Ok(r) if r.status() == 200)
     })
     .await;
     assert!(replicas[0].hits() > 0);
+    // Ready stays ready: a name failing later keeps the last set, and readiness.
+    let errors = r#"modelgate_discovery_errors_total{upstream="pool"} "#;
+    let before = metric_value(&proxy, errors).await;
+    dns.set(NAME, Answer::Fail);
+    eventually("failed lookups are counted", PATIENCE, || async {
+        metric_value(&proxy, errors).await >= before + 2.0
+    })
+    .await;
+    assert_eq!(readyz().await.0, 200);
     let logs = proxy.logs();
-    assert!(!logs.contains("last known backends"), "{logs}");
+    let said = format!(
+        "DNS lookup failed: {NAME} via resolver {}: the server answered SERVFAIL (Server Failure); the last known backends keep serving",
+        dns.addr()
+    );
+    assert!(logs.contains(&said), "{logs}");
+    assert!(!logs.contains("Query {"), "{logs}");
 }
 
 /// `backends` may mix names and addresses; names use the system's resolver

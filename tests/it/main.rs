@@ -26,6 +26,7 @@ mod openai;
 mod reload;
 mod replica;
 mod routing;
+mod scheduling;
 mod slow_clients;
 mod status_page;
 mod streaming;

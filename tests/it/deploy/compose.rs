@@ -139,12 +139,15 @@ async fn compose_file_agrees_with_the_image_and_its_config() {
     .await;
 
     // modelgate's health check asks /readyz on the admin listener of the config: run the
-    // config (listeners moved to free ports) and the check as written.
+    // config (listeners moved to free ports, the service name to the replica above, as
+    // `/readyz` waits for the name to resolve) and the check as written.
     let admin = listen.admin.unwrap();
+    let service = d.names[0].to_string();
     let text = std::fs::read_to_string(&config_file)
         .unwrap()
         .replace(&listen.http.unwrap().to_string(), "{http}")
-        .replace(&admin.to_string(), "{admin}");
+        .replace(&admin.to_string(), "{admin}")
+        .replace(&format!("\"{service}\""), &format!("\"localhost:{port}\""));
     let proxy = TestProxy::start(&text).await;
     let test = &gate["healthcheck"]["test"];
     assert!(test.to_string().contains("/readyz"), "{test}");

@@ -288,6 +288,18 @@ fn build_stage_builds_what_ci_builds_from_files_that_exist() {
     }
     // pingora-core is vendored with a pure-Rust zlib: nothing needs cmake any more.
     assert!(runs.iter().all(|r| !r.args.contains("cmake")), "{runs:?}");
+    // CI holds the lockfile to `--locked` too, before any cargo command that would
+    // rewrite a stale one (as `cargo test` does, which then hides it from this test).
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    let commands: Vec<&str> = ci
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cargo "))
+        .collect();
+    assert!(
+        commands.first().is_some_and(|c| c.contains("--locked")),
+        ".ci/run does not check the lockfile with --locked first: {commands:?}"
+    );
 
     // The context is complete and the lockfile current: what `cargo build --locked`
     // checks before compiling, from the copied files only.

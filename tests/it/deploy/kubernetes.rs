@@ -140,7 +140,11 @@ fn manifests_are_valid_and_agree_with_the_config() {
 
     // The Deployment and the config in the ConfigMap it mounts.
     let deploy = objects.get("Deployment", "modelgate");
-    assert!(deploy["spec"]["replicas"].as_u64().unwrap() >= 2);
+    // The autoscaler owns the count: a `replicas` would be re-applied over its choice.
+    assert!(
+        deploy["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
     let pod = &deploy["spec"]["template"]["spec"];
     let labels = &deploy["spec"]["template"]["metadata"]["labels"];
     assert_eq!(&deploy["spec"]["selector"]["matchLabels"], labels);
@@ -285,6 +289,14 @@ fn manifests_are_valid_and_agree_with_the_config() {
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], "admin");
+    // Prometheus' annotation discovery scrapes the admin listener's /metrics.
+    let annotations = &deploy["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        port_named(c, "admin")["containerPort"].to_string()
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
 
     // Draining: preStop, then shutdown_grace, then pingora's 1 s, within the grace period.
     let pre_stop: Vec<String> =
@@ -307,6 +319,9 @@ fn manifests_are_valid_and_agree_with_the_config() {
     // The Service sends to named ports the pod has; the HPA and PDB target the Deployment.
     let svc = objects.get("Service", "modelgate");
     assert_eq!(&svc["spec"]["selector"], labels);
+    // Client addresses reach modelgate (per-IP limits, X-Forwarded-For), no extra hop.
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
     for p in svc["spec"]["ports"].as_array().unwrap() {
         port_named(c, p["targetPort"].as_str().unwrap());
     }
@@ -316,6 +331,26 @@ fn manifests_are_valid_and_agree_with_the_config() {
     assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
     let pdb = objects.get("PodDisruptionBudget", "modelgate");
     assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+
+    // The optional PodMonitor (Prometheus Operator; its CRD is not in the Kubernetes
+    // schemas, so it is read, not validated): the pods, their admin port and path, and
+    // the admin token's Secret key, in the kustomization's namespace.
+    let monitor_file = dir().join("monitoring/podmonitor.yaml");
+    let m = yaml_docs(&python, &[], std::slice::from_ref(&monitor_file));
+    let m = &m["files"][monitor_file.to_str().unwrap()][0];
+    assert_eq!(m["kind"], "PodMonitor");
+    assert_eq!(m["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(m["metadata"]["namespace"], namespace.as_str());
+    assert_eq!(&m["spec"]["selector"]["matchLabels"], labels);
+    let endpoint = &m["spec"]["podMetricsEndpoints"][0];
+    port_named(c, endpoint["port"].as_str().unwrap());
+    assert_eq!(endpoint["port"], "admin");
+    assert_eq!(endpoint["path"], "/metrics");
+    let credentials = &endpoint["authorization"]["credentials"];
+    let secret = credentials["name"].as_str().unwrap();
+    let token_secret = mounted(&token).0["secret"]["secretName"].as_str().unwrap();
+    assert_eq!(secret, token_secret);
+    assert_eq!(credentials["key"].as_str().unwrap(), token_key);
 
     // `discover` names the headless Service of the model replicas, in the namespace the
     // kustomization deploys to, on the Service's port, which reaches the replicas' port.

@@ -51,12 +51,22 @@ impl TestProxy {
         Self::start_with_env(toml, &[]).await
     }
 
+    /// [`TestProxy::start`] for a proxy that is not expected to be ready yet: waits
+    /// only until the HTTP listener accepts connections.
+    pub async fn start_listening(toml: &str) -> TestProxy {
+        Self::start_waiting(toml, &[], false).await
+    }
+
     /// [`TestProxy::start`] with extra environment variables for the process.
     pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> TestProxy {
+        Self::start_waiting(toml, env, toml.contains("{admin}")).await
+    }
+
+    async fn start_waiting(toml: &str, env: &[(&str, &str)], readyz: bool) -> TestProxy {
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
             let mut proxy = Self::spawn(toml, env);
-            match proxy.wait_ready(toml.contains("{admin}")).await {
+            match proxy.wait_ready(readyz).await {
                 Startup::Ready => return proxy,
                 Startup::Exited(status) => {
                     failures.push_str(&format!(

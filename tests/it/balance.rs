@@ -228,7 +228,10 @@ async fn concurrent_short_requests_spread_over_the_free_replicas() {
         served_by(&client, proxy.url("/short?ms=300")),
         served_by(&client, proxy.url("/short?ms=300")),
         async {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            eventually("both fresh requests hold a slot", PATIENCE, || async {
+                proxy_inflight(&proxy).await == 3
+            })
+            .await;
             served_by(&client, proxy.url("/short?ms=5")).await
         }
     );

@@ -139,6 +139,17 @@ fn haproxy_with(
     r: &[ReplicaHandle],
     maxconn: Option<u32>,
 ) -> Proc {
+    haproxy_rules(dir, port, r, maxconn, "")
+}
+
+/// [`haproxy_with`] plus `rules`, lines of its backend section (e.g. `http-request`).
+fn haproxy_rules(
+    dir: &std::path::Path,
+    port: u16,
+    r: &[ReplicaHandle],
+    maxconn: Option<u32>,
+    rules: &str,
+) -> Proc {
     let cap = maxconn.map_or(String::new(), |n| format!(" maxconn {n}"));
     let servers: String = r
         .iter()
@@ -147,7 +158,7 @@ fn haproxy_with(
         .collect();
     let cfg = format!(
         "global\n  maxconn 4000\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout queue 60s\n\
-         frontend f\n  bind 127.0.0.1:{port}\n  default_backend m\nbackend m\n  balance leastconn\n  http-reuse always\n{servers}"
+         frontend f\n  bind 127.0.0.1:{port}\n  default_backend m\nbackend m\n  balance leastconn\n  http-reuse always\n{rules}{servers}"
     );
     let file = write(dir, "haproxy.cfg", &cfg);
     spawn(Command::new("haproxy").arg("-db").arg("-f").arg(file))

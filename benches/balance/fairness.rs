@@ -6,14 +6,16 @@
 //! of four `light` ones, 110% of capacity in all, so a queue builds. `heavy`'s
 //! requests are also marked `x-priority: batch`, the light ones `interactive`.
 //! The table gives each side's queue wait (latency from the scheduled start minus
-//! the 100 ms of work) with arrival order (FIFO), `fair_share`, `priority`, and both.
+//! the 100 ms of work) behind HAProxy with `maxconn 1` (its queue in arrival order,
+//! then ordered by `set-priority-class`: what a user can do today) and behind
+//! modelgate with arrival order (FIFO), `fair_share`, `priority`, and both.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use modelgate::demo::replica::Replica;
 
-use super::{free_port, modelgate_with, pct, wait_up};
+use super::{free_port, haproxy_rules, modelgate_with, pct, wait_up, Proc};
 
 const WORK: Duration = Duration::from_millis(100);
 /// Capacity 2 replicas × 1 / 100 ms = 20 req/s; offered 110% of it.
@@ -27,6 +29,9 @@ struct Waits {
     light_p99: Duration,
     heavy_p50: Duration,
     heavy_p99: Duration,
+    /// Answers per second from the first scheduled start to the last answer: the
+    /// capacity the proxy left of the replicas' 20 req/s.
+    served: f64,
     errors: usize,
     total: usize,
 }
@@ -104,6 +109,7 @@ async fn load(addr: SocketAddr, work: &[(f64, usize)]) -> Waits {
             _ => errors += 1,
         }
     }
+    let served = (light.len() + heavy.len()) as f64 / start.elapsed().as_secs_f64();
     light.sort();
     heavy.sort();
     Waits {
@@ -111,6 +117,7 @@ async fn load(addr: SocketAddr, work: &[(f64, usize)]) -> Waits {
         light_p99: pct(&light, 0.99),
         heavy_p50: pct(&heavy, 0.5),
         heavy_p99: pct(&heavy, 0.99),
+        served,
         errors,
         total: work.len(),
     }
@@ -132,31 +139,57 @@ pub(super) async fn flood(bin: &str, secs: u64) {
     let base = "max_inflight = 1\nqueue = { size = 10000, timeout = \"120s\" }\n";
     let fair = "fair_share = \"header:x-tenant\"\n";
     let prio = "priority = { header = \"x-priority\", classes = [\"interactive\", \"default\", \"batch\"], max_wait_behind = \"30s\" }\n";
-    let configs = [
-        ("arrival order (FIFO)", base.to_string()),
-        ("fair_share = \"header:x-tenant\"", format!("{base}{fair}")),
+    // HAProxy's queue orders by priority class (lower first), then arrival.
+    let haproxy_prio = "  http-request set-priority-class int(-1) if { req.hdr(x-priority) -m str interactive }\n  \
+                        http-request set-priority-class int(1) if { req.hdr(x-priority) -m str batch }\n";
+    type Start<'a> = Box<dyn Fn(u16) -> Proc + 'a>;
+    let (dir, r) = (dir.path(), &r);
+    let modelgate = |name: &'static str, upstream: String| -> Start<'_> {
+        Box::new(move |port| modelgate_with(bin, dir, port, name, &upstream, r))
+    };
+    let systems: Vec<(&str, Start)> = vec![
         (
-            "priority (light interactive, heavy batch)",
-            format!("{base}{prio}"),
+            "haproxy leastconn, maxconn 1 (arrival order)",
+            Box::new(|port| haproxy_rules(dir, port, r, Some(1), "")),
         ),
-        ("fair_share + priority", format!("{base}{fair}{prio}")),
+        (
+            "haproxy maxconn 1, set-priority-class from x-priority",
+            Box::new(|port| haproxy_rules(dir, port, r, Some(1), haproxy_prio)),
+        ),
+        (
+            "modelgate, arrival order (FIFO)",
+            modelgate("f0", base.to_string()),
+        ),
+        (
+            "modelgate fair_share = \"header:x-tenant\"",
+            modelgate("f1", format!("{base}{fair}")),
+        ),
+        (
+            "modelgate priority (light interactive, heavy batch)",
+            modelgate("f2", format!("{base}{prio}")),
+        ),
+        (
+            "modelgate fair_share + priority",
+            modelgate("f3", format!("{base}{fair}{prio}")),
+        ),
     ];
     let work = arrivals(secs);
     let mut rows = Vec::new();
-    for (i, (name, upstream)) in configs.iter().enumerate() {
+    for (name, start) in &systems {
         let port = free_port();
-        let _proc = modelgate_with(bin, dir.path(), port, &format!("f{i}"), upstream, &r);
+        let _proc = start(port);
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         wait_up(addr).await;
         eprintln!("running {name} for {secs}s at {RATE} req/s ...");
         let w = load(addr, &work).await;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let row = format!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {}/{} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {}/{} |",
             ms(w.light_p50),
             ms(w.light_p99),
             ms(w.heavy_p50),
             ms(w.heavy_p99),
+            w.served,
             w.errors,
             w.total
         );
@@ -166,8 +199,8 @@ pub(super) async fn flood(bin: &str, secs: u64) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     println!("\n(f) {secs} s of Poisson arrivals at {RATE} req/s (110% of capacity) from 1 heavy requester (10x) and {LIGHT} light ones; 2 replicas serving one request at a time, 100 ms each, max_inflight = 1\n");
-    println!("| queue order | light p50 wait ms | light p99 wait ms | heavy p50 wait ms | heavy p99 wait ms | errors |");
-    println!("|---|---|---|---|---|---|");
+    println!("| proxy and queue order | light p50 wait ms | light p99 wait ms | heavy p50 wait ms | heavy p99 wait ms | served req/s | errors |");
+    println!("|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }

@@ -1,7 +1,7 @@
 //! Cache affinity (`balance = "cache_affinity"`) in front of mock OpenAI replicas with a
 //! prefix cache: shared prefixes stick to one replica, the balance guard diverts from an
-//! overloaded one, a replica taken out loses its prefixes, header sessions stick, and
-//! the keys are checked with line-precise errors.
+//! overloaded one, a replica taken out (by its health or by a reload) loses its
+//! prefixes, header sessions stick, and the keys are checked with line-precise errors.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -242,6 +242,56 @@ async fn header_sessions_stick_and_an_ejected_replica_loses_its_sessions() {
             *o,
             session(&client, k).await,
             "session {k} after the return"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_replica_removed_by_reload_takes_its_prefixes_with_it() {
+    let r = replicas(Duration::ZERO).await;
+    let proxy = TestProxy::start(&config(&r, "")).await;
+    let client = h1();
+    let prompt = |p: usize| chat(&system_prompt(200 + p), &["hello"]);
+    let mut owner: HashMap<usize, String> = HashMap::new();
+    for p in 0..9 {
+        owner.insert(p, send(&client, &proxy, &prompt(p)).await.0);
+    }
+    // The replica holding the most prefixes leaves the pool.
+    let (out, out_name) = r
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (i, x.name().to_string()))
+        .max_by_key(|(_, n)| owner.values().filter(|o| *o == n).count())
+        .unwrap();
+    let listed = format!("\"{}\"", r[out].addr());
+    let text = std::fs::read_to_string(proxy.config_path()).unwrap();
+    let without = if text.contains(&format!("{listed}, ")) {
+        format!("{listed}, ")
+    } else {
+        format!(", {listed}")
+    };
+    reload_replacing(&proxy, &without, "").await;
+    // Its prefixes find a new home and stay there; the others do not move.
+    let mut moved = HashMap::new();
+    for (&p, o) in &owner {
+        let (got, _) = send(&client, &proxy, &prompt(p)).await;
+        assert_ne!(got, out_name, "prompt {p} went to the removed replica");
+        if *o != out_name {
+            assert_eq!(*o, got, "prompt {p} of a kept replica moved");
+        }
+        let (again, cached) = send(&client, &proxy, &prompt(p)).await;
+        assert_eq!(got, again, "prompt {p} did not stick to its new home");
+        assert!(cached > 0, "prompt {p}: no cache hit on its new home");
+        moved.insert(p, got);
+    }
+    // Listed again, the replica is a new one to the index: nothing it held before
+    // pulls its old prompts back (their caches are where they were served since).
+    reload_replacing(&proxy, "backends = [", &format!("backends = [{listed}, ")).await;
+    for (&p, home) in &moved {
+        assert_eq!(
+            *home,
+            send(&client, &proxy, &prompt(p)).await.0,
+            "prompt {p}"
         );
     }
 }

@@ -279,15 +279,6 @@ timeout = "90ms""#,
     }
 }
 
-/// Rewrites the proxy's config with `from` replaced by `to` and reloads it.
-async fn reload_replacing(proxy: &TestProxy, from: &str, to: &str) {
-    let text = std::fs::read_to_string(proxy.config_path()).unwrap();
-    assert!(text.contains(from), "{text}");
-    std::fs::write(proxy.config_path(), text.replace(from, to)).unwrap();
-    let (s, v) = status_and_body(h1().post(proxy.admin_url("/reload")).send().await.unwrap()).await;
-    assert_eq!(s, 200, "{v}");
-}
-
 /// Waits until `series` counts more than `after`.
 async fn lookups_fail(proxy: &TestProxy, series: &str, after: f64) {
     eventually("lookups to the silent resolver fail", PATIENCE, || async {

@@ -147,3 +147,14 @@ pub async fn metric_value(proxy: &TestProxy, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Rewrites the config file of `proxy` with `from` replaced by `to` and reloads it
+/// through `POST /reload`, which answers once the new generation serves.
+pub async fn reload_replacing(proxy: &TestProxy, from: &str, to: &str) {
+    let text = std::fs::read_to_string(proxy.config_path()).unwrap();
+    assert!(text.contains(from), "{text}");
+    std::fs::write(proxy.config_path(), text.replace(from, to)).unwrap();
+    let resp = h1().post(proxy.admin_url("/reload")).send().await.unwrap();
+    let (status, v) = status_and_body(resp).await;
+    assert_eq!(status, 200, "{v}");
+}

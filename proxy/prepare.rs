@@ -56,6 +56,35 @@ struct Fixed {
     tls: bool,
 }
 
+/// How a change message shows one setting.
+type Show = fn(&Fixed) -> String;
+
+/// Each setting a reload cannot change: its key, and how a message shows it.
+const FIXED_KEYS: &[(&str, Show)] = &[
+    ("listen.http", |f| addr(f.listen.http)),
+    ("listen.https", |f| addr(f.listen.https)),
+    ("listen.admin", |f| addr(f.listen.admin)),
+    ("listen.admin_token_file", |f| {
+        format!("{:?}", f.listen.admin_token_file)
+    }),
+    ("listen.redirect_http_to_https", |f| {
+        f.listen.redirect_http_to_https.to_string()
+    }),
+    ("listen.shutdown_grace", |f| {
+        format!("{:?}", f.listen.shutdown_grace)
+    }),
+    ("listen.workers", |f| f.listen.workers.to_string()),
+    ("listen (connection and header limits)", |f| {
+        format!("{:?}", f.listen.limits)
+    }),
+    ("log.access", |f| format!("{:?}", f.log.access)),
+    ("tls", |f| if f.tls { "on" } else { "off" }.to_string()),
+];
+
+fn addr(a: Option<std::net::SocketAddr>) -> String {
+    a.map_or("none".into(), |a| a.to_string())
+}
+
 impl Fixed {
     fn of(config: &Config) -> Fixed {
         Fixed {
@@ -67,59 +96,18 @@ impl Fixed {
 
     /// One message per setting that differs, naming the key.
     fn changes(&self, next: &Fixed, file: &Path) -> Vec<String> {
-        let (a, b) = (&self.listen, &next.listen);
-        let mut changed: Vec<(&str, String, String)> = Vec::new();
-        let mut diff = |key: &'static str, x: String, y: String| {
-            if x != y {
-                changed.push((key, x, y));
-            }
-        };
-        let addr = |a: Option<std::net::SocketAddr>| a.map_or("none".into(), |a| a.to_string());
-        let debug = |v: &dyn std::fmt::Debug| format!("{v:?}");
-        diff("listen.http", addr(a.http), addr(b.http));
-        diff("listen.https", addr(a.https), addr(b.https));
-        diff("listen.admin", addr(a.admin), addr(b.admin));
-        diff(
-            "listen.admin_token_file",
-            debug(&a.admin_token_file),
-            debug(&b.admin_token_file),
-        );
-        diff(
-            "listen.redirect_http_to_https",
-            a.redirect_http_to_https.to_string(),
-            b.redirect_http_to_https.to_string(),
-        );
-        diff(
-            "listen.shutdown_grace",
-            debug(&a.shutdown_grace),
-            debug(&b.shutdown_grace),
-        );
-        diff(
-            "listen.workers",
-            a.workers.to_string(),
-            b.workers.to_string(),
-        );
-        diff(
-            "listen (connection and header limits)",
-            debug(&a.limits),
-            debug(&b.limits),
-        );
-        diff(
-            "log.access",
-            debug(&self.log.access),
-            debug(&next.log.access),
-        );
-        let on_off = |on: bool| if on { "on" } else { "off" }.to_string();
-        diff("tls", on_off(self.tls), on_off(next.tls));
-        changed
-            .into_iter()
-            .map(|(key, from, to)| {
-                format!(
-                    "{}: {key}: changed from {from} to {to}; this cannot be applied by a reload: \
-                     restart modelgate, or start a new one with `modelgate run --upgrade` and send \
-                     SIGQUIT to this one (graceful upgrade)",
-                    file.display()
-                )
+        FIXED_KEYS
+            .iter()
+            .filter_map(|(key, show)| {
+                let (from, to) = (show(self), show(next));
+                (from != to).then(|| {
+                    format!(
+                        "{}: {key}: changed from {from} to {to}; this cannot be applied by a reload: \
+                         restart modelgate, or start a new one with `modelgate run --upgrade` and send \
+                         SIGQUIT to this one (graceful upgrade)",
+                        file.display()
+                    )
+                })
             })
             .collect()
     }

@@ -13,21 +13,17 @@
 //! [`BLOCK_TOKENS`] words, like vLLM's automatic prefix caching.
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
+use http_body_util::{BodyExt, Channel, Full};
+use hyper::body::Incoming;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use super::replica::{InflightBody, InflightGuard, Inner, Slot, WORDS};
 
@@ -352,7 +348,7 @@ async fn completion(
         plan.count(state);
         return respond(inner, 200, "application/json", plan.whole(), guard);
     }
-    let (tx, rx) = mpsc::channel(4);
+    let (mut tx, rx) = Channel::new(4);
     let task_inner = Arc::clone(inner);
     tokio::spawn(async move {
         let _slot: Slot = task_inner.slot().await;
@@ -366,13 +362,13 @@ async fn completion(
             if i > first && i - first < tokens {
                 tokio::time::sleep(task_inner.token_interval()).await;
             }
-            if tx.send(frame).await.is_err() {
+            if tx.send_data(frame).await.is_err() {
                 return; // the client went away: stop generating, as vLLM aborts
             }
         }
         plan.count(&task_inner.openai);
     });
-    let body = InflightBody::new(ChannelBody(rx).boxed(), Some(guard));
+    let body = InflightBody::new(rx.boxed(), Some(guard));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -495,23 +491,6 @@ impl Plan {
         }
         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
         out
-    }
-}
-
-/// A response body fed by the generating task.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|frame| frame.map(|b| Ok(Frame::data(b))))
     }
 }
 

@@ -1,23 +1,37 @@
 //! The edge's Prometheus series, read from the live state at scrape time:
 //! `modelgate_rate_limit_keys{route}`, `modelgate_connections_open` and
-//! `modelgate_connections_refused_total{reason}`.
+//! `modelgate_connections_refused_total{reason}`. Each scrape builds them from
+//! what is there now (as the pool gauges do), so a route whose rate limit is gone
+//! has no series, and nothing is reset and re-set between scrapes.
 
 use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use super::conn::{ConnectionLimits, Refused};
+use crate::metrics::live::Family;
 use crate::snapshot::SharedSnapshot;
+
+/// Name and help of each series.
+const RATE_LIMIT_KEYS: (&str, &str) = (
+    "modelgate_rate_limit_keys",
+    "Client keys a route's rate limit tracks now (at most its max_keys)",
+);
+const OPEN: (&str, &str) = (
+    "modelgate_connections_open",
+    "Client connections open on the proxy listeners",
+);
+const REFUSED: (&str, &str) = (
+    "modelgate_connections_refused_total",
+    "Client connections closed at accept by a connection limit",
+);
 
 /// Registered once on the metrics registry; every scrape reads the live values.
 pub(crate) struct EdgeCollector {
     snapshot: SharedSnapshot,
     conns: Arc<ConnectionLimits>,
-    rate_limit_keys: IntGaugeVec,
-    open: IntGauge,
-    refused: IntCounterVec,
+    descs: Vec<Desc>,
 }
 
 impl EdgeCollector {
@@ -25,59 +39,47 @@ impl EdgeCollector {
         snapshot: SharedSnapshot,
         conns: Arc<ConnectionLimits>,
     ) -> prometheus::Result<Self> {
+        let descs = families()
+            .iter()
+            .map(Family::desc)
+            .collect::<prometheus::Result<_>>()?;
         Ok(EdgeCollector {
             snapshot,
             conns,
-            rate_limit_keys: IntGaugeVec::new(
-                Opts::new(
-                    "modelgate_rate_limit_keys",
-                    "Client keys a route's rate limit tracks now (at most its max_keys)",
-                ),
-                &["route"],
-            )?,
-            open: IntGauge::new(
-                "modelgate_connections_open",
-                "Client connections open on the proxy listeners",
-            )?,
-            refused: IntCounterVec::new(
-                Opts::new(
-                    "modelgate_connections_refused_total",
-                    "Client connections closed at accept by a connection limit",
-                ),
-                &["reason"],
-            )?,
+            descs,
         })
     }
 }
 
+/// The empty families, in a fixed order.
+fn families() -> [Family; 3] {
+    [
+        Family::gauge(RATE_LIMIT_KEYS.0, RATE_LIMIT_KEYS.1, &["route"]),
+        Family::gauge(OPEN.0, OPEN.1, &[]),
+        Family::counter(REFUSED.0, REFUSED.1, &["reason"]),
+    ]
+}
+
 impl Collector for EdgeCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let mut d = self.rate_limit_keys.desc();
-        d.extend(self.open.desc());
-        d.extend(self.refused.desc());
-        d
+        self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        self.rate_limit_keys.reset();
+        let [mut keys, mut open, mut refused] = families();
         let snapshot = self.snapshot.load();
         for (route, edge) in snapshot.named_edges() {
             if let Some(l) = &edge.rate_limit {
-                self.rate_limit_keys
-                    .with_label_values(&[route])
-                    .set(i64::try_from(l.limit.keys()).unwrap_or(i64::MAX));
+                keys.push(&[route], l.limit.keys() as f64);
             }
         }
-        self.open
-            .set(i64::try_from(self.conns.open()).unwrap_or(i64::MAX));
+        open.push(&[], self.conns.open() as f64);
         for reason in [Refused::MaxConnections, Refused::MaxConnectionsPerIp] {
-            let c = self.refused.with_label_values(&[reason.reason()]);
-            let now = self.conns.refused(reason);
-            c.inc_by(now.saturating_sub(c.get()));
+            refused.push(&[reason.reason()], self.conns.refused(reason) as f64);
         }
-        let mut out = self.rate_limit_keys.collect();
-        out.extend(self.open.collect());
-        out.extend(self.refused.collect());
-        out
+        [keys, open, refused]
+            .into_iter()
+            .filter_map(Family::done)
+            .collect()
     }
 }

@@ -40,26 +40,33 @@ impl Head {
     }
 }
 
+/// Where cut requests write: the access log, and the flag telling a stop from
+/// anything else.
+pub(super) struct Sink {
+    log: AccessLog,
+    draining: Option<Arc<AtomicBool>>,
+}
+
+impl Sink {
+    pub(super) fn new(log: AccessLog, draining: Option<Arc<AtomicBool>>) -> Sink {
+        Sink { log, draining }
+    }
+}
+
 /// What a request needs to write its access-log line without pingora's `logging`:
 /// taken (by `logging`) when the request ends normally, still there when it is cut.
 pub(super) struct Unlogged {
     pub(super) head: Head,
-    log: AccessLog,
-    draining: Option<Arc<AtomicBool>>,
+    sink: Arc<Sink>,
 }
 
 impl Unlogged {
     /// Kept from the moment the request head is final; the request line of the normal
     /// access-log line is then this one, so nothing is copied twice.
-    pub(super) fn new(
-        session: &Session,
-        log: &AccessLog,
-        draining: Option<&Arc<AtomicBool>>,
-    ) -> Self {
+    pub(super) fn new(session: &Session, sink: &Arc<Sink>) -> Self {
         Unlogged {
             head: Head::of(session),
-            log: log.clone(),
-            draining: draining.cloned(),
+            sink: Arc::clone(sink),
         }
     }
 
@@ -68,6 +75,7 @@ impl Unlogged {
     /// `shutdown`. Body byte counts are not known here and are 0.
     pub(super) fn record_cut(self, ctx: &RequestCtx) {
         let stopping = self
+            .sink
             .draining
             .as_ref()
             .is_none_or(|d| d.load(Ordering::Relaxed));
@@ -78,7 +86,8 @@ impl Unlogged {
         };
         let reject = if stopping { SHUTDOWN } else { DROPPED };
         let total = ctx.start.elapsed();
-        self.log
+        self.sink
+            .log
             .record(ctx.entry(self.head, status, total, (0, 0), Some(reject)));
     }
 }

@@ -59,6 +59,9 @@ pub(crate) struct Gateway {
     metrics: Arc<Metrics>,
     /// `None` when `[log] access = "off"`.
     access_log: Option<AccessLog>,
+    /// Where a request cut at shutdown writes its line: one shared handle, so keeping
+    /// it per request costs one reference count (`None` with the access log off).
+    cut_sink: Option<Arc<cut::Sink>>,
     /// Request-head limits and keep-alive of `[listen]`.
     limits: ConnLimits,
 }
@@ -104,6 +107,9 @@ impl Gateway {
             active,
             draining: None,
             metrics,
+            cut_sink: access_log
+                .clone()
+                .map(|log| Arc::new(cut::Sink::new(log, None))),
             access_log,
             limits: crate::config::DEFAULT_LIMITS,
         }
@@ -119,6 +125,10 @@ impl Gateway {
     /// stop reusing it before the listener goes away (pingora drops idle
     /// keep-alive connections when it stops, racing a client's next request).
     pub(crate) fn closing_when(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cut_sink = self
+            .access_log
+            .clone()
+            .map(|log| Arc::new(cut::Sink::new(log, Some(Arc::clone(&flag)))));
         self.draining = Some(flag);
         self
     }
@@ -290,8 +300,8 @@ impl ProxyHttp for Gateway {
         }
         // The head is final from here on: a request that may run long (routed on its
         // body, queued, streaming) can still be logged if shutdown cuts it.
-        if let Some(log) = &self.access_log {
-            ctx.unlogged = Some(cut::Unlogged::new(session, log, self.draining.as_ref()));
+        if let Some(sink) = &self.cut_sink {
+            ctx.unlogged = Some(cut::Unlogged::new(session, sink));
         }
         if let Some(group) = self.models_endpoint(session) {
             return self.answer_models(session, ctx, &group).await;

@@ -129,6 +129,8 @@ impl Lease {
             took_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             concurrency: self.ahead + 1,
             overloaded: status == 429 || status == 503,
+            sent_us: self.started_us,
+            inflight: self.backend.replica.inflight(),
         };
         if let Some(limit) = self.backend.replica.learn_limit(answer, bounds) {
             log::debug!(

@@ -8,40 +8,53 @@
 //! `AIMDLimit`): compare the time to answer when the replica is full with the time
 //! when it is idle; a replica that queues inside answers later the more it holds.
 //!
-//! - **Baseline**: the median time to response headers of the last
-//!   [`BASELINE`] requests sent to an idle replica (nothing else of ours running
-//!   there), and of the full windows that showed no queueing (so it follows the
-//!   replica while it is never idle).
-//! - **Full**: the median time of the requests sent while the replica held at
-//!   least `limit` (and at least 2), over windows of [`WINDOW`] answers.
-//! - At each full window, `ratio = full / baseline`. One request queued inside a
-//!   replica that runs `L − 1` at once makes the ratio up to `L / (L − 1)`, so above
-//!   [`queueing_above`]`(L) = max(1.2, 1 + 1 / (3 (L − 1)))` in two windows in a row
-//!   (one may be a busy host) the replica is judged to queue: the limit steps down (to the last good value while still in slow
-//!   start). At most [`NO_QUEUEING_BELOW`] it is not: the limit steps up (doubling
-//!   in slow start, as TCP does, then by one). In between it holds. With the limit
-//!   at 1 no request is ever sent to a full replica, so a window of answers at the
-//!   limit lets it try 2.
+//! - **Baseline**: the times to response headers of the last [`BASELINE`]
+//!   requests sent to an idle replica (nothing else of ours running there), and
+//!   of the full windows that showed no queueing (so it follows the replica
+//!   while it is never idle).
+//! - **Full**: the times of requests sent while the replica held at least
+//!   `limit` (and at least 2), over windows of [`WINDOW`] answers.
+//! - At each full window, `ratio = full / baseline`, of medians for a probe and
+//!   of lower quartiles for a settled limit (below). At most
+//!   [`NO_QUEUEING_BELOW`] the replica does not queue: the limit steps up
+//!   (doubling in slow start, as TCP does, then by one). One request queued
+//!   inside a replica that runs `L − 1` at once makes the ratio up to
+//!   `L / (L − 1)`, so above [`queueing_above`]`(L) = max(1.2, 1 + 1 / (3 (L − 1)))`
+//!   in [`STRIKES`] windows in a row (fewer may be a busy host) it queues: the
+//!   limit steps down (to the last good value while still in slow start). In
+//!   between it holds. With the limit at 1 no request is ever sent to a full
+//!   replica, so a window of answers at the limit lets it try 2.
 //! - An answer of 429 or 503 (the replica says it is overloaded) cuts the limit at
 //!   once to at most 0.9 × limit and below the count it was sent at (AIMD's
 //!   multiplicative decrease).
 //! - A raised limit is a probe, and probing costs: requests sent above a replica's
 //!   knee wait inside it, behind whatever it runs. So a probe is judged on its
-//!   first [`PROBE_WINDOW`] answers at the new limit, and one such window that
-//!   shows queueing steps back at once (no second strike: a wrongly failed probe
-//!   only delays the next one).
+//!   first [`PROBE_WINDOW`] answers at the new limit and stays only if they show
+//!   no queueing; anything else steps back at once (a wrongly failed probe only
+//!   delays the next one).
+//! - After any change, requests sent before the last request of the old limit
+//!   is answered are not judged: the replica ran them beside requests sent at the
+//!   old limit, so on a replica whose knee lies between the two they look as
+//!   fast as below it (measured: a probe from 4 to 8 on a replica with a knee at
+//!   4 judged that way saw no queueing on a loaded host and doubled to 16).
 //! - Every decrease doubles how many windows pass before the next step up (up to
 //!   [`MAX_PROBE_BACKOFF`]), and the next step up also waits [`PROBE_HOLD`] times
 //!   that factor in time (5 s, 10 s, ... up to 320 s), so a replica whose knee
 //!   has been found is probed past it rarely in wall time too, however fast its
 //!   windows fill; a step up whose first window finds no queueing resets that.
 //!
-//! Medians, because model requests vary in size by orders of magnitude: in a
-//! window of 16 with one request in ten 20x longer, the mean swings by half either
-//! way and reads as queueing that is not there, while the median is the typical
-//! request's time in both windows. A request sent behind another on a replica
-//! that serves one at a time waits for the rest of it, which moves the median by
-//! half a request or more.
+//! Medians and lower quartiles, never means: model requests vary in size by
+//! orders of magnitude, and in a window of 16 with one request in ten 20x longer
+//! the mean swings by half either way. A probe is kept only if its median shows
+//! no queueing, so most of its answers must not have waited (on a loaded host
+//! a few requests sent to a replica that serves one at a time find it idle
+//! anyway, in the gaps the proxy leaves between answers and new requests, and
+//! would carry a lower quartile); a wrong refusal only delays the next probe. A
+//! settled limit steps down only when even the lower quartile of its windows
+//! rises, because a busy host only adds time: window medians reached 1.9x the
+//! baseline with no queueing on a loaded 2-core machine, while queueing inside
+//! the replica delays even its quickest answers (TCP Vegas likewise keeps the
+//! least round-trip time seen as its base).
 //!
 //! A replica that never fills up (light load) keeps its limit: nothing is learned
 //! about a knee no request reached.
@@ -54,8 +67,11 @@ use super::clock;
 
 /// Answers per decision.
 pub(super) const WINDOW: usize = 16;
-/// Answers at a just-raised limit that decide whether it stays.
-pub(super) const PROBE_WINDOW: usize = 8;
+/// Answers at a just-raised limit that decide whether it stays. With the one
+/// request sent at 2 while the last one sent at 1 still runs (not judged), a
+/// failed probe of a replica that serves one at a time costs 8 requests
+/// waiting inside it.
+pub(super) const PROBE_WINDOW: usize = 7;
 /// The least time between a step down and the next step up, per unit of backoff.
 pub(super) const PROBE_HOLD: Duration = Duration::from_secs(5);
 /// Answers to an idle replica kept for the baseline.
@@ -64,6 +80,8 @@ pub(super) const BASELINE: usize = 32;
 pub(super) const NO_QUEUEING_BELOW: f64 = 1.1;
 /// The most windows skipped before trying a higher limit again.
 pub(super) const MAX_PROBE_BACKOFF: u32 = 64;
+/// Windows in a row at a settled limit that must show queueing before it steps down.
+pub(super) const STRIKES: u32 = 3;
 /// Baseline answers needed before any judgement.
 const MIN_BASELINE: usize = 4;
 
@@ -91,6 +109,11 @@ pub(crate) struct Answer {
     pub concurrency: u32,
     /// The replica answered 429 or 503.
     pub overloaded: bool,
+    /// When the request was sent (µs on the balancing clock).
+    pub sent_us: u64,
+    /// Requests of ours the replica holds as this answer arrives, this one
+    /// included.
+    pub inflight: u32,
 }
 
 /// A replica's learned concurrency limit. The current limit is one atomic read;
@@ -123,6 +146,17 @@ struct State {
     probing: bool,
     /// Full windows in a row that showed queueing.
     strikes: u32,
+    /// The longest answer since the limit last changed (µs).
+    round_us: u64,
+    /// When the limit last changed (µs), and how many requests sent before are
+    /// still unanswered.
+    changed_us: u64,
+    unanswered: u32,
+    /// Requests sent before this clock time (µs) are not judged at the current
+    /// limit: some of what the replica ran beside them was sent at the last one.
+    judge_from_us: u64,
+    /// Requests in flight as the answer being folded in arrived.
+    held: u32,
 }
 
 impl LimitLearner {
@@ -143,6 +177,11 @@ impl LimitLearner {
                 hold_until_us: 0,
                 probing: false,
                 strikes: 0,
+                round_us: 0,
+                changed_us: 0,
+                unanswered: 0,
+                judge_from_us: 0,
+                held: 0,
             }),
         }
     }
@@ -171,6 +210,7 @@ impl LimitLearner {
 
 impl State {
     fn fold(&mut self, a: Answer, limit: u32, b: Bounds) -> u32 {
+        self.held = a.inflight;
         if a.overloaded {
             let cut = ((f64::from(limit) * 0.9) as u32)
                 .min(a.concurrency.saturating_sub(1))
@@ -180,6 +220,18 @@ impl State {
         if a.concurrency <= 1 {
             self.baseline[self.baseline_n % BASELINE] = a.took_us;
             self.baseline_n = self.baseline_n.saturating_add(1);
+        }
+        self.round_us = self.round_us.max(a.took_us);
+        if a.sent_us < self.changed_us && self.unanswered > 0 {
+            self.unanswered -= 1;
+            if self.unanswered == 0 {
+                // The last request sent at the old limit is answered: from now on
+                // the replica runs only requests sent at this one.
+                self.judge_from_us = self.judge_from_us.min(clock::now_us());
+            }
+        }
+        if a.sent_us < self.judge_from_us {
+            return limit;
         }
         if limit == 1 {
             if a.concurrency == 1 {
@@ -200,29 +252,27 @@ impl State {
         if self.full_n < window {
             return limit;
         }
-        let mut full = self.full;
-        let full = median(&mut full[..window]);
         self.full_n = 0;
         if self.baseline_n < MIN_BASELINE {
             return limit;
         }
-        let mut base = self.baseline;
-        let base = median(&mut base[..self.baseline_n.min(BASELINE)]).max(1);
+        // A probe must show that most of its answers did not queue (the median);
+        // a settled limit steps down only when even the quickest quarter slows.
+        let (stat, name): (fn(&mut [u64]) -> u64, &str) = if self.probing {
+            (median, "median")
+        } else {
+            (lower_quartile, "lower quartile")
+        };
+        // Copies: selection reorders, and the baseline is a ring.
+        let (mut full, mut base) = (self.full, self.baseline);
+        let full = stat(&mut full[..window]);
+        let base = stat(&mut base[..self.baseline_n.min(BASELINE)]).max(1);
         let ratio = full as f64 / base as f64;
-        if ratio > queueing_above(limit) {
-            // One slow window may be the host, not the replica: act on two in a
-            // row, except on a probe, which steps back at once.
-            self.strikes += 1;
-            if self.strikes < 2 && !self.probing {
-                return limit;
-            }
-            let down = if self.slow_start {
-                self.last_good.min(limit - 1)
-            } else {
-                limit - 1
-            };
-            self.stepped_down(down)
-        } else if ratio <= NO_QUEUEING_BELOW {
+        log::debug!(
+            "limit {limit}: {name} {full} us at the limit, baseline {base} us, ratio {ratio:.2}, probing {}",
+            self.probing
+        );
+        if ratio <= NO_QUEUEING_BELOW {
             self.strikes = 0;
             // An uncongested window is a baseline sample too: the baseline follows
             // the replica (and the host) while the replica is never idle.
@@ -232,13 +282,37 @@ impl State {
                 // The raised limit did not queue: the next probe may come soon.
                 self.probe_backoff = 1;
             }
-            self.step_up(limit)
-        } else {
-            self.strikes = 0;
-            self.probing = false;
-            self.probe_wait = self.probe_wait.saturating_sub(1);
-            limit
+            return self.step_up(limit);
         }
+        if self.probing {
+            // A probe stays only if it showed no queueing: one that is merely not
+            // clearly worse (a replica that queues a little, or a busy host) costs
+            // its users as much, and is tried again after the backoff.
+            return self.step_back(limit);
+        }
+        if ratio > queueing_above(limit) {
+            // A slow window may be the host, not the replica: act only when
+            // STRIKES windows in a row say so.
+            self.strikes += 1;
+            if self.strikes < STRIKES {
+                return limit;
+            }
+            return self.step_back(limit);
+        }
+        self.strikes = 0;
+        self.probe_wait = self.probe_wait.saturating_sub(1);
+        limit
+    }
+
+    /// Steps down from `limit`: to the last good limit while in slow start, by
+    /// one after.
+    fn step_back(&mut self, limit: u32) -> u32 {
+        let down = if self.slow_start {
+            self.last_good.min(limit - 1)
+        } else {
+            limit - 1
+        };
+        self.stepped_down(down)
     }
 
     fn step_up(&mut self, limit: u32) -> u32 {
@@ -252,6 +326,7 @@ impl State {
         }
         self.probing = true;
         self.last_good = limit;
+        self.settle(self.held);
         if self.slow_start {
             limit.saturating_mul(2)
         } else {
@@ -269,7 +344,30 @@ impl State {
         self.hold_until_us = clock::now_us()
             .saturating_add(PROBE_HOLD.as_micros() as u64 * u64::from(self.probe_backoff));
         self.probe_backoff = (self.probe_backoff * 2).min(MAX_PROBE_BACKOFF);
+        self.settle(self.held);
         to.max(1)
+    }
+
+    /// After a change of limit (the answer that caused it arrived with `held`
+    /// requests in flight), judges only requests sent once everything in
+    /// flight at the change has been answered: until then the replica still
+    /// runs requests sent at the old limit beside them, so what they take
+    /// describes neither limit (TCP Vegas likewise changes its window only
+    /// every other round trip in slow start, so that a valid comparison can be
+    /// made in between).
+    fn settle(&mut self, held: u32) {
+        let now = clock::now_us();
+        // Requests lost without an answer (an error, a client gone) never
+        // report: the longest answer since the last change bounds the wait.
+        self.judge_from_us = now.saturating_add(self.round_us);
+        self.changed_us = now;
+        self.unanswered = held.saturating_sub(1);
+        if self.unanswered == 0 {
+            self.judge_from_us = now;
+        }
+        self.round_us = 0;
+        self.full_n = 0;
+        self.at_limit_n = 0;
     }
 }
 
@@ -278,8 +376,15 @@ fn median(v: &mut [u64]) -> u64 {
     if v.is_empty() {
         return 0;
     }
-    let mid = (v.len() - 1) / 2;
-    *v.select_nth_unstable(mid).1
+    *v.select_nth_unstable((v.len() - 1) / 2).1
+}
+
+/// The lower quartile of `v` (reordered); 0 for an empty slice.
+fn lower_quartile(v: &mut [u64]) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    *v.select_nth_unstable((v.len() - 1) / 4).1
 }
 
 #[cfg(test)]
@@ -299,15 +404,23 @@ mod tests {
             let limit = l.limit(B);
             let took_us = took(limit);
             tokio::time::advance(Duration::from_micros(took_us / u64::from(limit))).await;
-            let answer = Answer {
-                took_us,
-                concurrency: limit,
-                overloaded: false,
-            };
-            l.on_answer(answer, B);
+            l.on_answer(sent_at(limit, took_us), B);
             seen.push(limit);
         }
         seen
+    }
+
+    /// An answer that took `took_us` to a request sent at `concurrency` (so sent
+    /// `took_us` ago).
+    fn sent_at(concurrency: u32, took_us: u64) -> Answer {
+        Answer {
+            took_us,
+            concurrency,
+            overloaded: false,
+            sent_us: clock::now_us().saturating_sub(took_us),
+            // Saturated: the answering request and as many as the limit.
+            inflight: concurrency,
+        }
     }
 
     fn share(limits: &[u32], f: impl Fn(u32) -> bool) -> f64 {
@@ -350,9 +463,11 @@ mod tests {
         let l = LimitLearner::new(1);
         let limits = saturate(&l, 200, |n| T * u64::from(n)).await;
         let raised = limits.iter().filter(|&&l| l == 2).count();
-        // 10 s of answers: slow start's probe, and one more after 5 s.
+        // 10 s of answers: slow start's probe, and one more after 5 s. Each is
+        // its first window and the one answer to a request sent while the
+        // request of the old limit still ran.
         assert_eq!(probes(&limits).len(), 2, "{limits:?}");
-        assert_eq!(raised, 2 * PROBE_WINDOW, "{limits:?}");
+        assert_eq!(raised, 2 * (PROBE_WINDOW + 1), "{limits:?}");
     }
 
     /// However fast a replica answers, after a failed probe the next waits at
@@ -374,14 +489,7 @@ mod tests {
             last = limit;
             let took_us = 1000 * u64::from(limit);
             tokio::time::advance(Duration::from_micros(took_us / u64::from(limit))).await;
-            l.on_answer(
-                Answer {
-                    took_us,
-                    concurrency: limit,
-                    overloaded: false,
-                },
-                B,
-            );
+            l.on_answer(sent_at(limit, took_us), B);
         }
         let gaps: Vec<f64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
         // Holds of 5, 10, 20, 40, 80, 160, 320 s (plus the probe itself).
@@ -398,7 +506,8 @@ mod tests {
 
     /// The mixed workload of benchmark (b) on one replica that serves one at a
     /// time: at 4.8 answers a second for a minute, the limit is above 1 for a
-    /// few probes' first windows only.
+    /// few probes' first windows only (plus, each, the answers to requests sent
+    /// before it, a long one among them, which are not judged at the new limit).
     #[tokio::test(start_paused = true)]
     async fn a_serial_replica_under_mixed_work_is_rarely_probed() {
         fastrand::seed(5);
@@ -415,17 +524,10 @@ mod tests {
             tokio::time::advance(Duration::from_millis(208)).await;
             raised += usize::from(limit > 1);
             answers += 1;
-            l.on_answer(
-                Answer {
-                    took_us,
-                    concurrency: limit,
-                    overloaded: false,
-                },
-                B,
-            );
+            l.on_answer(sent_at(limit, took_us), B);
         }
         assert!(
-            raised <= 4 * PROBE_WINDOW,
+            raised <= 4 * (PROBE_WINDOW + 2),
             "{raised} of {answers} answers at a raised limit"
         );
     }
@@ -459,6 +561,8 @@ mod tests {
                 took_us: T,
                 concurrency: 8,
                 overloaded: true,
+                sent_us: clock::now_us(),
+                inflight: 8,
             },
             B,
         );

@@ -134,7 +134,7 @@ async fn the_guard_diverts_from_an_overloaded_replica() {
     let home = r.iter().find(|x| x.name() == home).unwrap();
     let before: Vec<u64> = r.iter().map(|x| x.hits()).collect();
     let mut tasks = Vec::new();
-    for i in 0..9 {
+    for i in 0..9u64 {
         let (client, url, body) = (
             client.clone(),
             proxy.url("/v1/chat/completions"),
@@ -144,7 +144,10 @@ async fn the_guard_diverts_from_an_overloaded_replica() {
             client.post(url).json(&body).send().await.unwrap().status()
         }));
         // One at a time, so each pick sees the ones before it in flight.
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        eventually("the request reaches its replica", PATIENCE, || async {
+            r.iter().map(ReplicaHandle::inflight).sum::<u64>() == i + 1
+        })
+        .await;
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);

@@ -228,7 +228,10 @@ async fn concurrent_short_requests_spread_over_the_free_replicas() {
         served_by(&client, proxy.url("/short?ms=300")),
         served_by(&client, proxy.url("/short?ms=300")),
         async {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            eventually("both fresh requests hold a slot", PATIENCE, || async {
+                proxy_inflight(&proxy).await == 3
+            })
+            .await;
             served_by(&client, proxy.url("/short?ms=5")).await
         }
     );
@@ -368,21 +371,23 @@ async fn limits(proxy: &TestProxy) -> Vec<u64> {
 
 const AUTO: &str = "max_inflight = \"auto\"\nqueue = { size = 64, timeout = \"60s\" }";
 
+/// The learner's judgements in the proxy's log, shown when a learned-limit test fails.
+const LEARNER_LOG: &[(&str, &str)] = &[("RUST_LOG", "info,modelgate::upstream=debug")];
+
 /// A replica that serves one request at a time (a Flask dev server) behind
-/// `max_inflight = "auto"`: the proxy tries 2, sees the first 8 answers at 2
-/// take twice as long, and keeps 1, so requests wait in its own queue rather
+/// `max_inflight = "auto"`: the proxy tries 2, sees its first 7 judged answers
+/// at 2 take longer, and keeps 1, so requests wait in its own queue rather
 /// than inside the replica. Probes after a failed one wait 5 s, then 10 s, so a
 /// run of a few seconds (up to 35 s on a loaded host) sees at most three, each
 /// sending about 8 requests to wait inside the replica; without the learned cap
 /// four of the five clients' requests would wait there all the time.
 #[tokio::test]
-#[ignore = "failed in a clean CI run after the probe-spacing change (passes alone); under investigation with the capacity-knee test"]
 async fn learned_limit_is_one_for_a_replica_that_serves_one_at_a_time() {
     let m = Model::builder("serial")
         .work(Duration::from_millis(25))
         .spawn()
         .await;
-    let proxy = TestProxy::start(&pool_config(&models(&[&m]), AUTO)).await;
+    let proxy = TestProxy::start_with_env(&pool_config(&models(&[&m]), AUTO), LEARNER_LOG).await;
     assert_eq!(limits(&proxy).await, [1], "starts at max_inflight_min");
     let started = std::time::Instant::now();
     closed_loop(&proxy, 5, 46, "/work").await;
@@ -394,9 +399,10 @@ async fn learned_limit_is_one_for_a_replica_that_serves_one_at_a_time() {
     };
     assert!(
         m.queued() <= probes * 9,
-        "{} of 230 requests waited inside the replica in {:?}",
+        "{} of 230 requests waited inside the replica in {:?}\n{}",
         m.queued(),
-        started.elapsed()
+        started.elapsed(),
+        proxy.logs()
     );
     assert!(limits(&proxy).await[0] <= 2);
 }
@@ -404,7 +410,6 @@ async fn learned_limit_is_one_for_a_replica_that_serves_one_at_a_time() {
 /// A replica that runs 4 at once and slows down in proportion beyond 4 (a
 /// capacity knee), 12 clients: the learned limit settles at the knee.
 #[tokio::test]
-#[ignore = "learned 16 instead of 3..=5 in a clean CI run after the probe-spacing change; under investigation"]
 async fn learned_limit_finds_a_replica_s_capacity_knee() {
     let m = Model::builder("knee")
         .slots(64)
@@ -412,12 +417,16 @@ async fn learned_limit_finds_a_replica_s_capacity_knee() {
         .work(Duration::from_millis(60))
         .spawn()
         .await;
-    let proxy = TestProxy::start(&pool_config(
-        &models(&[&m]),
-        &format!("{AUTO}\nmax_inflight_max = 32"),
-    ))
+    let proxy = TestProxy::start_with_env(
+        &pool_config(&models(&[&m]), &format!("{AUTO}\nmax_inflight_max = 32")),
+        LEARNER_LOG,
+    )
     .await;
     closed_loop(&proxy, 12, 40, "/work").await;
     let learned = limits(&proxy).await[0];
-    assert!((3..=5).contains(&learned), "learned {learned}");
+    assert!(
+        (3..=5).contains(&learned),
+        "learned {learned}\n{}",
+        proxy.logs()
+    );
 }

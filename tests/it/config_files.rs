@@ -1,6 +1,7 @@
 //! The command line against real files: every shipped config passes `check`,
 //! broken configs are reported with file, line, column, key and fix, and `run`
-//! refuses a bad file before binding anything.
+//! refuses a bad file before binding anything; `check`, `run` and a reload refuse
+//! the same files with the same lines.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -246,6 +247,80 @@ fn broken_configs_name_file_line_key_and_fix() {
         }
         assert!(out.contains("error(s); nothing was changed"), "{out}");
     }
+}
+
+/// The `path:line:col: ...` lines of `out` that name `path`, with the path
+/// written as `FILE` (each tool reads its own copy). The closing count, which
+/// says what each tool does about it, is left out.
+fn errors_about(out: &str, path: &Path) -> std::collections::BTreeSet<String> {
+    let file = format!("{}:", path.display());
+    out.lines()
+        .filter_map(|l| l.find(&file).map(|at| &l[at + file.len()..]))
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| format!("FILE:{l}"))
+        .collect()
+}
+
+/// `modelgate run -c path`, which must exit (refusing the file) within
+/// [`PATIENCE`]; returns its stderr.
+fn run_refusing(path: &Path) -> String {
+    let mut child = Command::new(modelgate_bin())
+        .args(["run", "-c"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > PATIENCE {
+            let _ = child.kill();
+            panic!("run accepted {}", path.display());
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One rule set for all three ways a file is read: `check`, `run` and a reload of
+/// a running proxy refuse each broken config with the same `file:line:col` lines.
+#[tokio::test]
+async fn check_run_and_reload_refuse_a_bad_config_alike() {
+    let r = spawn_replicas(&["only"], std::time::Duration::ZERO).await;
+    let good = format!("[listen]\nhttp = \"{{http}}\"\n{VALID_TAIL}")
+        .replace("127.0.0.1:9001", &r[0].addr().to_string());
+    let proxy = TestProxy::start(&good).await;
+    let http = proxy.http_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    for (n, (text, _)) in broken().into_iter().enumerate() {
+        // The running proxy's listener, so a reload sees no listener change.
+        let text = text.replace("127.0.0.1:8080", &http);
+        let (ok, out, path) = check(&text);
+        assert!(!ok, "check accepted:\n{text}");
+        let by_check = errors_about(&out, &path);
+        assert!(!by_check.is_empty(), "{out}");
+
+        let file = dir.path().join(format!("bad{n}.toml"));
+        std::fs::write(&file, &text).unwrap();
+        let by_run = errors_about(&run_refusing(&file), &file);
+        assert_eq!(by_run, by_check, "run and check differ on:\n{text}");
+
+        let seen = proxy.logs().len();
+        std::fs::write(proxy.config_path(), &text).unwrap();
+        proxy.signal("HUP");
+        let by_reload = || errors_about(&proxy.logs()[seen..], proxy.config_path());
+        eventually("the reload is refused", PATIENCE, || async {
+            by_reload().len() >= by_check.len()
+        })
+        .await;
+        assert_eq!(by_reload(), by_check, "reload and check differ on:\n{text}");
+    }
+    // Still serving the first file.
+    let resp = h1().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 #[test]

@@ -3,8 +3,6 @@
 //! `backends` through the system's resolver; `check` on names it cannot resolve.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use modelgate::demo::replica::{Replica, ReplicaHandle};
@@ -62,79 +60,6 @@ async fn backends(proxy: &TestProxy) -> Vec<(String, String)> {
         .collect();
     out.sort();
     out
-}
-
-/// Clients sending requests back to back until stopped; counts answers that were not 200.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: String, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed, failures) = (
-                    Arc::clone(&stop),
-                    Arc::clone(&ok),
-                    Arc::clone(&failed),
-                    Arc::clone(&failures),
-                );
-                let url = url.clone();
-                tokio::spawn(async move {
-                    let client = h1();
-                    while !stop.load(Ordering::SeqCst) {
-                        match client.post(&url).body("{}").send().await {
-                            Ok(r) if r.status() == 200 => {
-                                ok.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Ok(r) => {
-                                failed.fetch_add(1, Ordering::SeqCst);
-                                let s = r.status();
-                                let body = r.text().await.unwrap_or_default();
-                                failures.lock().unwrap().push(format!("{s} {body}"));
-                            }
-                            Err(e) => {
-                                failed.fetch_add(1, Ordering::SeqCst);
-                                failures.lock().unwrap().push(e.to_string());
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            failures,
-            tasks,
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::SeqCst)
-    }
-
-    async fn finish(self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (
-            self.ok.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-            failures,
-        )
-    }
 }
 
 /// A proxy whose one upstream `pool` (route `/`) finds `NAME:port` through `dns`
@@ -203,7 +128,7 @@ timeout = "90ms""#,
     .await;
     wait_for_set(&proxy, port, &[2, 3], "the first answer's two backends, up").await;
 
-    let load = Load::start(proxy.url("/v1/predict"), 6);
+    let load = Load::posts(proxy.url("/v1/predict"), 6);
     let served = |r: &ReplicaHandle| r.hits();
     eventually("load flows", PATIENCE, || async { load.ok() > 20 }).await;
 
@@ -220,14 +145,17 @@ timeout = "90ms""#,
     // (their state carries over, no new health checks needed).
     dns.set(NAME, Answer::Addrs(vec![ip(3), ip(4)]));
     wait_for_set(&proxy, port, &[3, 4], "127.0.0.2 leaves").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("127.0.0.2 finishes what it runs", PATIENCE, || async {
+        replicas[0].inflight() == 0
+    })
+    .await;
     let gone = served(&replicas[0]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        served(&replicas[0]),
-        gone,
-        "a removed replica got new requests"
-    );
+    holds_for(
+        "a removed replica gets no new requests",
+        Duration::from_millis(300),
+        || async { served(&replicas[0]) == gone },
+    )
+    .await;
 
     // DNS fails, then answers with nothing: the last known set stays, errors are counted.
     let errors = r#"modelgate_discovery_errors_total{upstream="pool"} "#;
@@ -301,7 +229,7 @@ async fn a_reload_to_a_silent_resolver_keeps_the_backends_serving() {
     dns.set(other, Answer::Addrs(vec![ip(4)]));
     let proxy = discovering(&dns, port, "").await;
     wait_for_set(&proxy, port, &[2, 3], "the first answer's two backends").await;
-    let load = Load::start(proxy.url("/v1/predict"), 4);
+    let load = Load::posts(proxy.url("/v1/predict"), 4);
     eventually("load flows", PATIENCE, || async { load.ok() > 20 }).await;
 
     let errors = r#"modelgate_discovery_errors_total{upstream="pool"} "#;

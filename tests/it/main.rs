@@ -7,6 +7,7 @@
 // A test crate has no public API: `pub` here only shares helpers between its modules.
 #![allow(unreachable_pub)]
 
+mod admin;
 mod admission;
 mod affinity;
 mod balance;

@@ -1,7 +1,9 @@
 //! Shared helpers for the integration tests: polling, HTTP clients, ports, the
-//! proxy-under-test harness ([`TestProxy`]) and a WebSocket echo server.
+//! proxy-under-test harness ([`TestProxy`]), load generators ([`Load`]) and a
+//! WebSocket echo server.
 
 pub mod dns;
+mod load;
 pub mod model;
 mod proxy;
 pub mod raw;
@@ -12,6 +14,7 @@ mod ws;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use load::Load;
 pub use model::{Model, Reports, VLLM_METRICS};
 pub use proxy::{check, check_file, modelgate_bin, TestProxy};
 pub use ws::ws_echo_server;
@@ -37,6 +40,24 @@ where
         if start.elapsed() >= timeout {
             panic!("timed out after {timeout:?} waiting for: {what}");
         }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Polls `f` every 20ms for `period`; panics naming `what` the first time it
+/// returns `false`. For what must not happen (a refused change applied after all).
+pub async fn holds_for<F, Fut>(what: &str, period: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < period {
+        assert!(
+            f().await,
+            "after {:?}, no longer true: {what}",
+            start.elapsed()
+        );
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }

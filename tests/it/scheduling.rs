@@ -74,6 +74,35 @@ async fn send_queued(
     }
 }
 
+type Headers = &'static [(&'static str, &'static str)];
+
+/// With a request of `heavy` holding `replica`'s one slot, queues `n` more of
+/// `heavy` (named `{prefix}-1` to `{prefix}-n`), then `then`, one after another;
+/// returns the names in the order they were answered (the running one first).
+async fn served_order(
+    proxy: &TestProxy,
+    replica: &Model,
+    (prefix, heavy, n): (&str, Headers, usize),
+    then: &[(&str, Headers)],
+) -> Vec<String> {
+    let done = Finished::default();
+    done.send(proxy, "running", heavy);
+    eventually("one request running", PATIENCE, || async {
+        replica.inflight() == 1
+    })
+    .await;
+    let flood: Vec<String> = (1..=n).map(|i| format!("{prefix}-{i}")).collect();
+    let mut names: Vec<(&str, Headers)> = flood.iter().map(|f| (f.as_str(), heavy)).collect();
+    names.extend_from_slice(then);
+    send_queued(proxy, &done, &names).await;
+    let all = names.len() + 1;
+    eventually("all answered", PATIENCE, || async {
+        done.list().len() == all
+    })
+    .await;
+    done.list()
+}
+
 const BATCH: &[(&str, &str)] = &[("x-priority", "batch")];
 const INTERACTIVE: &[(&str, &str)] = &[("x-priority", "interactive")];
 
@@ -137,31 +166,17 @@ async fn a_flooding_consumer_does_not_starve_another() {
         "fair_share = \"header:x-tenant\"",
     )
     .await;
-    let done = Finished::default();
-    const FLOOD: &[(&str, &str)] = &[("x-tenant", "flood")];
-    const QUIET: &[(&str, &str)] = &[("x-tenant", "quiet")];
-    done.send(&proxy, "running", FLOOD);
-    eventually("one request running", PATIENCE, || async {
-        replica.inflight() == 1
-    })
-    .await;
-    let flood: Vec<String> = (1..=8).map(|i| format!("flood-{i}")).collect();
-    let mut names: Vec<(&str, &[(&str, &str)])> =
-        flood.iter().map(|n| (n.as_str(), FLOOD)).collect();
-    names.push(("quiet-1", QUIET));
-    names.push(("quiet-2", QUIET));
-    send_queued(&proxy, &done, &names).await;
-    eventually("all answered", PATIENCE, || async {
-        done.list().len() == 11
-    })
-    .await;
-    let order = done.list();
+    const FLOOD: Headers = &[("x-tenant", "flood")];
+    const QUIET: Headers = &[("x-tenant", "quiet")];
+    let then = [("quiet-1", QUIET), ("quiet-2", QUIET)];
+    let order = served_order(&proxy, &replica, ("flood", FLOOD, 8), &then).await;
     let at = |n: &str| order.iter().position(|x| x == n).unwrap();
     // The quiet consumer joins behind eight flood requests and is served in turn
     // with the flood: its two requests go 2nd/3rd and 4th/5th of the eleven, not last.
     assert!(at("quiet-1") <= 2, "{order:?}");
     assert!(at("quiet-2") <= 4, "{order:?}");
     // Each consumer's own requests stay in arrival order.
+    let flood: Vec<String> = (1..=8).map(|i| format!("flood-{i}")).collect();
     let flood_order: Vec<&String> = order.iter().filter(|n| n.starts_with("flood-")).collect();
     assert_eq!(flood_order, flood.iter().collect::<Vec<_>>());
 }
@@ -192,24 +207,9 @@ async fn fair_share_by_consumer_uses_the_name_auth_accepted() {
         ),
     );
     let proxy = TestProxy::start(&toml).await;
-    let done = Finished::default();
-    const ALICE: &[(&str, &str)] = &[("x-api-key", "sk-alice-0123456789")];
-    const BOB: &[(&str, &str)] = &[("x-api-key", "sk-bob-0123456789")];
-    done.send(&proxy, "running", ALICE);
-    eventually("one request running", PATIENCE, || async {
-        replica.inflight() == 1
-    })
-    .await;
-    let alice: Vec<String> = (1..=6).map(|i| format!("alice-{i}")).collect();
-    let mut names: Vec<(&str, &[(&str, &str)])> =
-        alice.iter().map(|n| (n.as_str(), ALICE)).collect();
-    names.push(("bob", BOB));
-    send_queued(&proxy, &done, &names).await;
-    eventually("all answered", PATIENCE, || async {
-        done.list().len() == 8
-    })
-    .await;
-    let order = done.list();
+    const ALICE: Headers = &[("x-api-key", "sk-alice-0123456789")];
+    const BOB: Headers = &[("x-api-key", "sk-bob-0123456789")];
+    let order = served_order(&proxy, &replica, ("alice", ALICE, 6), &[("bob", BOB)]).await;
     let bob = order.iter().position(|x| x == "bob").unwrap();
     assert!(bob <= 2, "bob waited behind alice's flood: {order:?}");
 }

@@ -145,8 +145,15 @@ async fn outage_log_lines() {
     for t in tasks {
         requests += t.await.unwrap();
     }
-    // Let the last window's summary be written.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // The last window (10 s) closes with its summary line.
+    let summaries = || proxy.logs().matches(" in the last ").count();
+    let written = summaries();
+    eventually(
+        "the last window's summary is written",
+        Duration::from_secs(15),
+        || async { summaries() > written },
+    )
+    .await;
     let logs = proxy.logs();
     let lines = logs.lines().count() - before;
     println!(

@@ -1,8 +1,6 @@
 //! Memory per connection: idle keep-alive clients must cost the proxy a few KiB
 //! each (as nginx), and what they used must go back to the OS once they leave.
 
-use std::time::Duration;
-
 use modelgate::demo::replica::{Replica, ReplicaHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -45,6 +43,11 @@ async fn one_request(stream: &mut TcpStream) {
     }
 }
 
+/// File descriptors the proxy process holds open.
+fn open_fds(proxy: &TestProxy) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).map_or(0, Iterator::count)
+}
+
 /// Opens `n` connections to `addr`, each served one request and left open.
 async fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut conns = Vec::with_capacity(n);
@@ -63,8 +66,15 @@ async fn warmed_up_proxy() -> (ReplicaHandle, TestProxy, u64) {
     let r = Replica::builder("r1").spawn().await.unwrap();
     let config = pool_config(&format!("\"{}\"", r.addr()), "") + "\n[log]\naccess = \"off\"\n";
     let proxy = TestProxy::start(&config).await;
+    let fds = open_fds(&proxy);
     drop(idle_connections(proxy.http_addr(), 200).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The 200 client connections are closed (a few upstream keep-alive ones stay).
+    eventually(
+        "the proxy closed the warm-up connections",
+        PATIENCE,
+        || async { open_fds(&proxy) <= fds + 16 },
+    )
+    .await;
     let baseline = proxy.rss_kib();
     (r, proxy, baseline)
 }

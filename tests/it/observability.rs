@@ -265,7 +265,8 @@ async fn backend_up_follows_health_and_queue_depth_is_live() {
     let r = spawn_replicas(&["a", "b"], Duration::ZERO).await;
     let proxy = TestProxy::start(&pool_config(
         &backend_list(&[&r[0], &r[1]]),
-        "[upstream.pool.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\nhealthy_after = 1\nunhealthy_after = 1\n",
+        // A check that takes 80 ms on a loaded host must not flip a replica down.
+        "[upstream.pool.health]\npath = \"/health\"\ninterval = \"1s\"\ntimeout = \"900ms\"\nhealthy_after = 1\nunhealthy_after = 1\n",
     ))
     .await;
     let up = |addr: std::net::SocketAddr| {
@@ -375,7 +376,8 @@ async fn the_status_page_shows_backends_and_a_replica_going_down() {
     let r = spawn_replicas(&["a", "b"], Duration::ZERO).await;
     let proxy = TestProxy::start(&pool_config(
         &backend_list(&[&r[0], &r[1]]),
-        "[upstream.pool.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\nhealthy_after = 1\nunhealthy_after = 1\n",
+        // A check that takes 80 ms on a loaded host must not flip a replica down.
+        "[upstream.pool.health]\npath = \"/health\"\ninterval = \"1s\"\ntimeout = \"900ms\"\nhealthy_after = 1\nunhealthy_after = 1\n",
     ))
     .await;
     let state = |addr: std::net::SocketAddr| {

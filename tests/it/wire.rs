@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::raw::{chunked_reply, reply, Action, RawReplica};
@@ -1112,17 +1112,34 @@ async fn tls12_renegotiation_gets_a_no_renegotiation_alert() {
         .spawn()
         .expect("running openssl s_client (apt-get install openssl)");
     let mut stdin = child.stdin.take().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut text = String::new();
+    // The session summary ends the handshake; from then on s_client reads its input.
+    let handshake = async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            let done = line.contains("Verify return code");
+            text.push_str(&line);
+            text.push('\n');
+            if done {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, handshake)
+        .await
+        .expect("the TLS 1.2 handshake completes");
     stdin.write_all(b"R\n").await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await;
-    let out = out
-        .expect("the server answers a renegotiation within 10 s")
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let rest = async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        child.wait_with_output().await.unwrap()
+    };
+    let out = tokio::time::timeout(Duration::from_secs(10), rest)
+        .await
+        .expect("the server answers a renegotiation within 10 s");
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
     assert!(
         text.contains("no_renegotiation") || text.contains("no renegotiation"),
         "{text}"

@@ -38,6 +38,15 @@ pub(super) fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Writes `text` as the proxy's config and applies it with `POST /reload`,
+/// which must succeed; returns its answer.
+pub(super) async fn reload_to(proxy: &TestProxy, text: &str) -> Value {
+    std::fs::write(proxy.config_path(), text).unwrap();
+    let (s, v) = post_reload(proxy).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
 pub(super) async fn post_reload(proxy: &TestProxy) -> (u16, Value) {
     status_and_body(h1().post(proxy.admin_url("/reload")).send().await.unwrap()).await
 }

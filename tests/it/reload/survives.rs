@@ -6,6 +6,21 @@ use modelgate::demo::replica::Replica;
 
 use super::*;
 
+/// (address, state) of each backend of `pool` in an `/upstreams` answer.
+fn states(v: Value) -> Vec<(String, String)> {
+    v["upstreams"]["pool"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["addr"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn an_sse_stream_survives_a_reload_that_removes_its_backend() {
     let r = replicas(&["streamer", "other"]).await;
@@ -24,28 +39,9 @@ async fn an_sse_stream_survives_a_reload_that_removes_its_backend() {
             &stream.next().await.unwrap().unwrap(),
         ));
     }
-    std::fs::write(
-        proxy.config_path(),
-        with_backends(&proxy, &backend_list(&[&r[1]]), ""),
-    )
-    .unwrap();
-    let (s, v) = post_reload(&proxy).await;
-    assert_eq!(s, 200, "{v}");
+    reload_to(&proxy, &with_backends(&proxy, &backend_list(&[&r[1]]), "")).await;
     assert_eq!(served_by(&proxy).await, "other");
     // The removed backend shows as draining while its stream runs.
-    let states = |v: Value| -> Vec<(String, String)> {
-        v["upstreams"]["pool"]["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["addr"].as_str().unwrap().to_string(),
-                    b["state"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
     assert_eq!(
         states(proxy.admin_json("/upstreams").await),
         vec![
@@ -72,19 +68,6 @@ async fn health_state_survives_a_reload() {
     let down = Replica::builder("down").spawn().await.unwrap();
     let health = "[upstream.pool.health]\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nhealthy_after = 1\nunhealthy_after = 1";
     let proxy = TestProxy::start(&pool_config(&backend_list(&[&up, &down]), health)).await;
-    let states = |v: Value| -> Vec<(String, String)> {
-        v["upstreams"]["pool"]["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["addr"].as_str().unwrap().to_string(),
-                    b["state"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
     let want = vec![
         (up.addr().to_string(), "up".to_string()),
         (down.addr().to_string(), "down".to_string()),
@@ -104,17 +87,15 @@ async fn health_state_survives_a_reload() {
     let slow = health
         .replace("200ms", "60s")
         .replace("healthy_after = 1", "healthy_after = 3");
-    std::fs::write(
-        proxy.config_path(),
-        with_backends(
+    let v = reload_to(
+        &proxy,
+        &with_backends(
             &proxy,
             &backend_list(&[&up, &down]),
             &format!("retries = 0\n{slow}"),
         ),
     )
-    .unwrap();
-    let (s, v) = post_reload(&proxy).await;
-    assert_eq!(s, 200, "{v}");
+    .await;
     // Right after the swap: the up one serves (no trip through unknown), the down
     // one stays down even though it now passes its checks.
     down.set_health_status(200);
@@ -141,17 +122,15 @@ async fn queued_requests_survive_a_reload_and_use_the_new_caps() {
         proxy.admin_json("/upstreams").await["upstreams"]["pool"]["queued"] == 3
     })
     .await;
-    std::fs::write(
-        proxy.config_path(),
-        with_backends(
+    reload_to(
+        &proxy,
+        &with_backends(
             &proxy,
             &backend_list(&[&r[0]]),
             "max_inflight = 4\nqueue = { size = 10, timeout = \"20s\" }",
         ),
     )
-    .unwrap();
-    let (s, v) = post_reload(&proxy).await;
-    assert_eq!(s, 200, "{v}");
+    .await;
     // The raised cap lets the queued requests run at once.
     eventually("the queue drained into the new cap", PATIENCE, || async {
         r[0].inflight() >= 3

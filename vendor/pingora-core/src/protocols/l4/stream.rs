@@ -174,6 +174,17 @@ struct RawStreamWrapper {
 }
 
 impl RawStreamWrapper {
+    /// Ready once the socket may have data (or an error, or EOF) to read; `Ready` at
+    /// once for a stream that cannot tell. Lets a caller wait without a buffer.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.stream {
+            RawStream::Tcp(s) => s.poll_read_ready(cx),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.poll_read_ready(cx),
+            RawStream::Virtual(_) => Poll::Ready(Ok(())),
+        }
+    }
+
     pub fn new(stream: RawStream) -> Self {
         RawStreamWrapper {
             stream,
@@ -469,6 +480,10 @@ impl BufferedStream {
 
     /// Fills the (empty) read buffer with one read of the raw stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Waiting for data needs no buffer: allocating 64 KiB only to find the socket
+        // empty and free it again cost two allocator round trips per wait (and, with
+        // mimalloc purging freed pages at once, page faults).
+        ready!(self.raw.poll_read_ready(cx))?;
         self.read_buf.reserve(self.read_capacity);
         let spare = self.read_buf.spare_capacity_mut();
         let mut read_buf = ReadBuf::uninit(spare);

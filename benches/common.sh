@@ -29,3 +29,8 @@ _scratch_cleanup() {
 
 # free_port: prints a TCP port on 127.0.0.1 that nothing listens on right now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# modelgate re-executes itself once to set its allocator's options (ALLOCATOR_ENV in
+# proxy/main.rs). Under valgrind or heaptrack that exec would leave the tool and the
+# process would run unmeasured, so scripts that run modelgate under one set them first.
+allocator_env() { export MIMALLOC_PURGE_DELAY=0 MIMALLOC_ARENA_EAGER_COMMIT=0; }

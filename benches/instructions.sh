@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
+allocator_env
 REQUESTS=${REQUESTS:-4000}
 CONNS=${CONNS:-16}
 BIN=${1:-target/release/modelgate}

@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
+allocator_env
 STREAMS=${STREAMS:-64}
 TOKENS=${TOKENS:-100}
 REQUESTS=${REQUESTS:-400}

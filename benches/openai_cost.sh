@@ -79,7 +79,8 @@ load() {
   if [[ $body == *'"stream":true'* ]]; then
     cat "$T"/out.* | grep -c '"content":"[^"]' || true
   else
-    cat "$T"/out.* | grep -c '"object":"chat.completion"' || true
+    # whole answers end without a newline: count matches, not lines
+    cat "$T"/out.* | grep -o '"object":"chat.completion"' | wc -l
   fi
   rm -f "$T"/out.*
 }

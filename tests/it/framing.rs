@@ -128,14 +128,20 @@ async fn ambiguous_or_invalid_http1_framing_is_refused_and_never_forwarded() {
     let rec = Recorder::start().await;
     let proxy = proxy_to(&rec).await;
     let mut failures = Vec::new();
-    for (what, raw) in REFUSED {
+    // Bad chunks last: their head may reach the replica after the proxy has already
+    // answered 400, so on a loaded host it could land in the next case's record. Among
+    // themselves that is harmless (a late head never carries the body they check for).
+    let is_body_error = |what: &str| what.starts_with("chunk size");
+    let (body_errors, head_errors): (Vec<_>, Vec<_>) =
+        REFUSED.iter().partition(|(what, _)| is_body_error(what));
+    for (what, raw) in head_errors.into_iter().chain(body_errors) {
         rec.clear();
         let (resp, closed) = exchange(proxy.http_addr(), raw).await;
         let code = status(&resp);
         let forwarded = rec.seen();
         // A bad chunk is only seen once the head has gone on: then the replica may
         // have the head, but never a complete request (its connection is cut).
-        let body_error = what.starts_with("chunk size");
+        let body_error = is_body_error(what);
         let refused = matches!(code, 400 | 501) || (code == 0 && closed && body_error);
         let leaked = if body_error {
             forwarded.contains("hello")

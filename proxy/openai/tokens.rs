@@ -129,8 +129,6 @@ impl TokenMeter {
             self.scan_json(chunk);
             return;
         }
-        // A reference count, not a copy.
-        let chunk = chunk.clone();
         // A chunk of whole lines without usage, nothing carried in: it passes as is,
         // also in strip mode (only the usage event is cut, and it is not here).
         let untouched = !self.strip_usage
@@ -139,7 +137,7 @@ impl TokenMeter {
                 && chunk.last() == Some(&b'\n')
                 && FIND.usage.find(&chunk).is_none());
         if untouched {
-            self.lines(&chunk, now, sink, |_, _| {});
+            self.lines(chunk, now, sink, |_, _| {});
             return;
         }
         // Strip mode: forward every complete line except the usage event; an
@@ -147,7 +145,7 @@ impl TokenMeter {
         let carried_in = !self.carry.is_empty();
         let mut out = BytesMut::with_capacity(chunk.len());
         let mut dropped = false;
-        self.lines(&chunk, now, sink, |line, usage| {
+        self.lines(chunk, now, sink, |line, usage| {
             if usage {
                 dropped = true;
             } else {
@@ -163,7 +161,7 @@ impl TokenMeter {
     /// `carry ++ chunk`, and keeps the unfinished rest in `carry`.
     fn lines(
         &mut self,
-        chunk: &Bytes,
+        chunk: &[u8],
         now: Instant,
         sink: &mut impl TokenSink,
         mut each: impl FnMut(&[u8], bool),

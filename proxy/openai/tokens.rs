@@ -135,7 +135,7 @@ impl TokenMeter {
             || (self.carry.is_empty()
                 && !self.skip_blank
                 && chunk.last() == Some(&b'\n')
-                && FIND.usage.find(&chunk).is_none());
+                && FIND.usage.find(chunk).is_none());
         if untouched {
             self.lines(chunk, now, sink, |_, _| {});
             return;

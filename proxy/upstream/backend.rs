@@ -67,10 +67,16 @@ impl Backend {
     }
 
     /// Takes an in-flight slot if fewer than `cap` are taken (`cap == 0`: no
-    /// limit). The lease tells `queue` when it frees the slot.
+    /// limit) and, with `expect`, only if exactly that many are (see
+    /// `Replica::take_slot`). The lease tells `queue` when it frees the slot.
     #[inline]
-    pub(crate) fn try_acquire(self: &Arc<Self>, cap: u32, queue: &Arc<WaitQueue>) -> Option<Lease> {
-        let (started_us, ahead) = self.replica.take_slot(cap)?;
+    pub(crate) fn try_acquire(
+        self: &Arc<Self>,
+        cap: u32,
+        queue: &Arc<WaitQueue>,
+        expect: Option<u32>,
+    ) -> Option<Lease> {
+        let (started_us, ahead) = self.replica.take_slot(cap, expect)?;
         Some(Lease {
             backend: Arc::clone(self),
             queue: Arc::clone(queue),

@@ -57,7 +57,7 @@ fn take(pool: &Pool, policy: Policy) -> Lease {
                 .map(|k| (start + k) % b.len())
                 .min_by_key(|&i| b[i].inflight())
                 .unwrap_or(0);
-            b[i].try_acquire(0, pool.store().queue())
+            b[i].try_acquire(0, pool.store().queue(), None)
                 .unwrap_or_else(|| panic!("uncapped acquire"))
         }
     }
@@ -222,7 +222,7 @@ async fn a_just_started_request_outweighs_latency_noise_between_equal_replicas()
         // Equally fast in truth; measured 40 and 75 ms apart by noise.
         measured(a, Duration::from_millis(40));
         measured(b, Duration::from_millis(75));
-        let _running = a.try_acquire(0, pool.store().queue());
+        let _running = a.try_acquire(0, pool.store().queue(), None);
         match pool.pick(&Tried::default(), 0) {
             Pick::Leased(l) => assert_eq!(l.backend().index(), 1, "seed {seed}"),
             other => panic!("{other:?}"),
@@ -239,9 +239,9 @@ async fn between_equal_counts_the_replica_running_younger_work_wins() {
         measured(a, SHORT);
         measured(b, SHORT);
         // a runs one request that has run for 400 ms (8x the usual), b a fresh one.
-        let _old = a.try_acquire(0, pool.store().queue());
+        let _old = a.try_acquire(0, pool.store().queue(), None);
         tokio::time::advance(Duration::from_millis(400)).await;
-        let _young = b.try_acquire(0, pool.store().queue());
+        let _young = b.try_acquire(0, pool.store().queue(), None);
         tokio::time::advance(Duration::from_millis(5)).await;
         match pool.pick(&Tried::default(), 0) {
             Pick::Leased(l) => assert_eq!(l.backend().index(), 1, "seed {seed}"),
@@ -320,7 +320,7 @@ fn a_run_of_long_requests_does_not_make_a_replica_look_slow() {
     );
     // Busy with one long request, b must cost more than the idle a.
     let _long = b
-        .try_acquire(0, pool.store().queue())
+        .try_acquire(0, pool.store().queue(), None)
         .unwrap_or_else(|| panic!("uncapped acquire"));
     let mut to_a = 0;
     for _ in 0..100 {
@@ -348,7 +348,7 @@ async fn a_replica_whose_first_answers_were_long_is_not_judged_slower_than_a_bus
         let (a, b) = (&pool.backends()[0], &pool.backends()[1]);
         for round in 0..8 {
             let long = if round < 4 {
-                a.try_acquire(0, queue)
+                a.try_acquire(0, queue, None)
                     .unwrap_or_else(|| panic!("uncapped acquire"))
             } else {
                 take(&pool, Policy::LeastOutstanding)
@@ -370,5 +370,40 @@ async fn a_replica_whose_first_answers_were_long_is_not_judged_slower_than_a_bus
             tokio::time::advance(LONG_ONE).await;
             long.record_latency(LONG_ONE);
         }
+    }
+}
+
+/// Two picks at the same moment on two threads, one replica busy and two free:
+/// each takes a free replica of its own (a pick whose chosen replica was taken
+/// meanwhile picks again), never both the same one.
+#[test]
+fn simultaneous_picks_take_different_free_replicas() {
+    let pool = pool(3);
+    let _busy = pool.backends()[0]
+        .try_acquire(0, pool.store().queue(), None)
+        .unwrap_or_else(|| panic!("uncapped acquire"));
+    for round in 0..500 {
+        let barrier = std::sync::Barrier::new(2);
+        let (x, y) = std::thread::scope(|s| {
+            let pick = || {
+                barrier.wait();
+                match pool.pick(&Tried::default(), 0) {
+                    Pick::Leased(l) => l,
+                    other => panic!("no pick: {other:?}"),
+                }
+            };
+            let x = s.spawn(pick);
+            let y = s.spawn(pick);
+            (x.join(), y.join())
+        });
+        let (x, y) = (
+            x.unwrap_or_else(|_| panic!("x")),
+            y.unwrap_or_else(|_| panic!("y")),
+        );
+        let (i, j) = (x.backend().index(), y.backend().index());
+        assert!(
+            i != 0 && j != 0 && i != j,
+            "round {round}: picks {i} and {j}"
+        );
     }
 }

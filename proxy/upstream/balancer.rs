@@ -115,18 +115,21 @@ impl Balancer {
 
     fn pick_with(&self, queue: &Arc<WaitQueue>, tried: &Tried, hash: u64, may_wait: bool) -> Pick {
         let cap = self.cap;
-        // A slot can be taken between the check and the acquire; try again a few times.
-        for _ in 0..4 {
+        // A slot can be taken between the check and the acquire (by a pick on another
+        // thread): try again a few times, the last time whatever the count is now.
+        const TRIES: usize = 4;
+        for attempt in 0..TRIES {
             match self
                 .selector
                 .pick(&self.backends, tried, cap, hash, self.slow_start)
             {
-                Some(i) => {
+                Some((i, seen)) => {
                     if may_wait && self.better_to_wait(&self.backends[i], tried, queue.len()) {
                         return Pick::AllBusy;
                     }
                     let b = &self.backends[i];
-                    if let Some(lease) = b.try_acquire(cap.of(b), queue) {
+                    let expect = seen.filter(|_| attempt + 1 < TRIES);
+                    if let Some(lease) = b.try_acquire(cap.of(b), queue, expect) {
                         return Pick::Leased(lease);
                     }
                 }

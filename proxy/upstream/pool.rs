@@ -596,7 +596,7 @@ mod tests {
             slow.record_latency(Duration::from_millis(400));
         }
         let _busy = fast
-            .try_acquire(1, pool.store().queue())
+            .try_acquire(1, pool.store().queue(), None)
             .unwrap_or_else(|| panic!("the fast backend is free"));
         // The fast one is full: ~50 ms of waiting + 50 ms of work is well under 400 ms.
         assert!(matches!(pool.pick(&Tried::default(), 0), Pick::AllBusy));
@@ -609,7 +609,7 @@ mod tests {
             pool.backends()[1].record_latency(Duration::from_millis(400));
         }
         let _busy = pool.backends()[0]
-            .try_acquire(1, pool.store().queue())
+            .try_acquire(1, pool.store().queue(), None)
             .unwrap_or_else(|| panic!("the fast backend is free"));
         assert!(
             matches!(pool.pick(&Tried::default(), 0), Pick::Leased(l) if l.backend().index() == 1)

@@ -437,19 +437,23 @@ impl Replica {
     /// Takes an in-flight slot if fewer than `cap` are taken (`cap == 0`: no limit);
     /// returns when (clock µs) and how many requests were running before it.
     #[inline]
-    pub(crate) fn take_slot(&self, cap: u32) -> Option<(u64, u32)> {
+    /// With `expect`, only while the replica still runs exactly that many requests
+    /// (the count the pick that chose it read): two picks at the same moment on two
+    /// threads then cannot both take the one free replica; the loser picks again.
+    pub(crate) fn take_slot(&self, cap: u32, expect: Option<u32>) -> Option<(u64, u32)> {
         let v = self;
         let started_us = clock::now_us();
         // The start time goes in before the count (and out after it), so a pick that
         // reads between the two sees the in-flight work younger, never older.
         v.started_sum_us.fetch_add(started_us, Ordering::Release);
-        let ahead = if cap == 0 {
+        let ahead = if cap == 0 && expect.is_none() {
             v.inflight.fetch_add(1, Ordering::Release)
         } else {
+            let limit = if cap == 0 { u32::MAX } else { cap };
             match v
                 .inflight
                 .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                    (n < cap).then_some(n + 1)
+                    (n < limit && expect.is_none_or(|e| e == n)).then_some(n + 1)
                 }) {
                 Ok(n) => n,
                 Err(_) => {

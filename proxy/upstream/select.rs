@@ -157,7 +157,9 @@ impl Selector {
         }
     }
 
-    /// Index of the backend to try next, or `None` when no backend is eligible.
+    /// Index of the backend to try next, with the requests it was running when
+    /// least outstanding chose it by that count (`None` for the other policies), or
+    /// `None` when no backend is eligible.
     /// `hash` is read by consistent hashing (the key's hash) and cache affinity (the
     /// preferred replicas, see [`super::Affinity::hint`]).
     pub(crate) fn pick(
@@ -167,7 +169,7 @@ impl Selector {
         cap: Cap,
         hash: u64,
         slow_start: Duration,
-    ) -> Option<usize> {
+    ) -> Option<(usize, Option<u32>)> {
         let ok = |i: usize| eligible(&backends[i], i, tried, cap.of(&backends[i]), slow_start);
         match self {
             Selector::LeastOutstanding { report_ttl_ms } => {
@@ -179,11 +181,13 @@ impl Selector {
                 (0..n)
                     .map(|k| schedule[(start + k) % n] as usize)
                     .find(|&i| ok(i))
+                    .map(|i| (i, None))
             }
             Selector::CacheAffinity {
                 report_ttl_ms,
                 guard,
             } => affinity::pick(backends, hash, *guard, *report_ttl_ms, clock::now_us(), ok)
+                .map(|i| (i, None))
                 .or_else(|| least_outstanding(backends, *report_ttl_ms, ok)),
             Selector::ConsistentHash { ring } => {
                 if ring.is_empty() {
@@ -193,6 +197,7 @@ impl Selector {
                 (0..ring.len())
                     .map(|k| ring[(start + k) % ring.len()].1 as usize)
                     .find(|&i| ok(i))
+                    .map(|i| (i, None))
             }
         }
     }
@@ -212,6 +217,8 @@ struct Wait {
     work: u64,
     age: u64,
     weight: u64,
+    /// Our requests in flight on it, as read.
+    inflight: u32,
 }
 
 impl Wait {
@@ -223,15 +230,16 @@ impl Wait {
     /// serves one at a time everything sent there waits for it).
     #[inline]
     fn of(b: &Backend, per_request_us: u64, now_us: u64, report_ttl_ms: u64) -> Wait {
-        let (inflight, age_us) = b.work(now_us);
+        let (ours, age_us) = b.work(now_us);
         // A fresh report of the replica's own queue and running requests counts as
         // requests in flight do; the larger of the two views wins, so ours are not
         // counted twice and a report that predates our latest request cannot hide it.
-        let inflight = inflight.max(b.reported_load(now_us / 1000, report_ttl_ms));
+        let inflight = ours.max(b.reported_load(now_us / 1000, report_ttl_ms));
         Wait {
             work: per_request_us.saturating_mul(u64::from(inflight) + 1),
             age: age_us,
             weight: u64::from(b.weight()),
+            inflight: ours,
         }
     }
 
@@ -270,7 +278,7 @@ fn least_outstanding(
     backends: &[Arc<Backend>],
     report_ttl_ms: u64,
     ok: impl Fn(usize) -> bool,
-) -> Option<usize> {
+) -> Option<(usize, Option<u32>)> {
     let n = backends.len();
     if n == 0 {
         return None;
@@ -329,5 +337,5 @@ fn least_outstanding(
             best = Some((i as usize, wait));
         }
     }
-    best.map(|(i, _)| i)
+    best.map(|(i, w)| (i, Some(w.inflight)))
 }

@@ -190,9 +190,6 @@ async fn short_requests_never_queue_behind_a_long_one() {
 /// shorts sent two at a time; and a replica whose running request has run long
 /// loses a tie against one whose request just started.
 #[tokio::test]
-#[ignore = "races on two worker threads: two picks at the same moment can both read the same \
-            replica free (uncapped, the slot is taken after the choice, unconditionally); \
-            failed once in a clean CI run with both shorts of a pair on one replica"]
 async fn concurrent_short_requests_spread_over_the_free_replicas() {
     let m: Vec<Model> =
         futures_util::future::join_all(["a", "b", "c"].map(|n| Model::builder(n).spawn())).await;

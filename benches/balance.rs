@@ -312,12 +312,11 @@ fn main() {
             // Let in-flight work drain so the next system starts on idle replicas.
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        println!("\n{secs} s of Poisson arrivals at {RATE} req/s (80% of capacity); 3 replicas with 2 slots each, 50/50/200 ms\n");
-        println!("| proxy | p50 ms | p99 ms | max ms | errors | share to slow replica |");
-        println!("|---|---|---|---|---|---|");
-        for row in rows {
-            println!("{row}");
-        }
+        print_table(
+            &format!("{secs} s of Poisson arrivals at {RATE} req/s (80% of capacity); 3 replicas with 2 slots each, 50/50/200 ms"),
+            &["proxy", "p50 ms", "p99 ms", "max ms", "errors", "share to slow replica"],
+            &rows,
+        );
     });
     rt.block_on(mixed::one_at_a_time(&bin, secs));
     rt.block_on(outside_load(&bin, secs));
@@ -425,9 +424,19 @@ async fn outside_load(bin: &str, secs: u64) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    println!("\n(c) {secs} s of Poisson arrivals at {RATE_C} req/s through the proxy; 2 replicas with 2 slots of 50 ms; A also kept busy by {OUTSIDE_CLIENTS} clients that do not use the proxy\n");
-    println!("| proxy | share to A | p50 ms | p99 ms | max ms | errors | outside req/s on A |");
-    println!("|---|---|---|---|---|---|---|");
+    print_table(
+        &format!("(c) {secs} s of Poisson arrivals at {RATE_C} req/s through the proxy; 2 replicas with 2 slots of 50 ms; A also kept busy by {OUTSIDE_CLIENTS} clients that do not use the proxy"),
+        &["proxy", "share to A", "p50 ms", "p99 ms", "max ms", "errors", "outside req/s on A"],
+        &rows,
+    );
+}
+
+/// Prints one result table: a caption line, the header row of `columns` with its
+/// Markdown separator, and the rows already formatted as `| a | b |` lines.
+fn print_table(caption: &str, columns: &[&str], rows: &[String]) {
+    println!("\n{caption}\n");
+    println!("| {} |", columns.join(" | "));
+    println!("|{}", "---|".repeat(columns.len()));
     for row in rows {
         println!("{row}");
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use modelgate::demo::replica::Replica;
 
-use super::{free_port, haproxy_rules, modelgate_with, pct, wait_up, Proc};
+use super::{free_port, haproxy_rules, modelgate_with, pct, print_table, wait_up, Proc};
 
 const WORK: Duration = Duration::from_millis(100);
 /// Capacity 2 replicas × 1 / 100 ms = 20 req/s; offered 110% of it.
@@ -198,10 +198,9 @@ pub(super) async fn flood(bin: &str, secs: u64) {
         // The flood's backlog drains before the next configuration starts.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    println!("\n(f) {secs} s of Poisson arrivals at {RATE} req/s (110% of capacity) from 1 heavy requester (10x) and {LIGHT} light ones; 2 replicas serving one request at a time, 100 ms each, max_inflight = 1\n");
-    println!("| proxy and queue order | light p50 wait ms | light p99 wait ms | heavy p50 wait ms | heavy p99 wait ms | served req/s | errors |");
-    println!("|---|---|---|---|---|---|---|");
-    for row in rows {
-        println!("{row}");
-    }
+    print_table(
+        &format!("(f) {secs} s of Poisson arrivals at {RATE} req/s (110% of capacity) from 1 heavy requester (10x) and {LIGHT} light ones; 2 replicas serving one request at a time, 100 ms each, max_inflight = 1"),
+        &["proxy and queue order", "light p50 wait ms", "light p99 wait ms", "heavy p50 wait ms", "heavy p99 wait ms", "served req/s", "errors"],
+        &rows,
+    );
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use modelgate::demo::replica::Replica;
 
 use super::{
-    free_port, haproxy_with, modelgate_listening, modelgate_with, nginx, pct, wait_up, Proc,
+    free_port, haproxy_with, modelgate_listening, modelgate_with, nginx, pct, print_table, wait_up,
+    Proc,
 };
 
 const SHORT_MS: u64 = 50;
@@ -146,12 +147,11 @@ pub async fn one_at_a_time(bin: &str, secs: u64) {
         rows.push(row);
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    println!("\n(b) {secs} s of Poisson arrivals at {RATE_B:.1} req/s (70% of capacity); 3 replicas serving one request at a time; 10% of requests 1 s, 90% 50 ms\n");
-    println!("| proxy | short p50 ms | short p99 ms | long p99 ms | errors |");
-    println!("|---|---|---|---|---|");
-    for row in rows {
-        println!("{row}");
-    }
+    print_table(
+        &format!("(b) {secs} s of Poisson arrivals at {RATE_B:.1} req/s (70% of capacity); 3 replicas serving one request at a time; 10% of requests 1 s, 90% 50 ms"),
+        &["proxy", "short p50 ms", "short p99 ms", "long p99 ms", "errors"],
+        &rows,
+    );
 }
 
 /// The learned `max_inflight` of the only backend, from the admin API.
@@ -238,10 +238,9 @@ pub async fn knee(bin: &str, secs: u64) {
         eprintln!("{row}");
         rows.push(row);
     }
-    println!("\n(d) {secs} s, {CLIENTS} clients in a closed loop; one replica that runs 4 at once at 100 ms and slows in proportion beyond 4\n");
-    println!("| modelgate | p50 ms | p99 ms | req/s | cap at the end |");
-    println!("|---|---|---|---|---|");
-    for row in rows {
-        println!("{row}");
-    }
+    print_table(
+        &format!("(d) {secs} s, {CLIENTS} clients in a closed loop; one replica that runs 4 at once at 100 ms and slows in proportion beyond 4"),
+        &["modelgate", "p50 ms", "p99 ms", "req/s", "cap at the end"],
+        &rows,
+    );
 }

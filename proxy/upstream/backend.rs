@@ -118,10 +118,13 @@ impl Lease {
     /// already); on one that batches it understates every replica alike, which
     /// keeps them comparable. A replica's first estimate is no slower than the
     /// fastest of its peers in the upstream (see [`Replica::record_latency_among`]).
+    /// The whole time also feeds [`Replica::service_us`], how long a slot stays
+    /// taken, which the wait-or-run choice reads.
     #[inline]
     pub fn record_latency(&self, took: Duration) {
         self.backend
             .record_latency_among(took / (self.ahead + 1), || self.queue.fastest_latency_us());
+        self.backend.record_service(took);
     }
 
     /// Feeds this request's answer (time to response headers, status) to the

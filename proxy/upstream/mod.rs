@@ -18,6 +18,8 @@ mod report;
 mod sched;
 #[cfg(test)]
 mod sched_tests;
+#[cfg(test)]
+mod sed_tests;
 mod select;
 mod store;
 

@@ -1,6 +1,9 @@
 //! The wait queue of an upstream: it admits requests (a slot now, or a place in
 //! line) and dispatches freed slots to waiters in the order of its
 //! [`Discipline`] (arrival order unless `priority` or `fair_share` say otherwise).
+//! A slow replica's free slot that the first in line declines (waiting for a
+//! faster replica is expected to answer it sooner) goes to the last in line, the
+//! one with the longest wait ahead of it, when taking it is the quicker answer.
 //!
 //! One queue serves an upstream across config generations; it dispatches through
 //! the newest published [`Balancer`], so requests queued before a reload are served
@@ -94,6 +97,8 @@ pub struct WaitQueue {
     class_inflight: [AtomicU32; MAX_CLASSES],
     /// In a cold period (no replica ready) whose wake call was made.
     cold: AtomicBool,
+    /// A dispatch is scheduled to offer a declined free slot again.
+    recheck: AtomicBool,
 }
 
 impl WaitQueue {
@@ -201,7 +206,7 @@ impl WaitQueue {
                         self.unreserve(discipline, class);
                         return Admission::NoneHealthy;
                     }
-                    Pick::AllBusy => self.unreserve(discipline, class),
+                    Pick::AllBusy | Pick::Wait(_) => self.unreserve(discipline, class),
                 }
             } else if !balancer.has_untried(tried) {
                 return Admission::NoneHealthy;
@@ -392,14 +397,21 @@ impl WaitQueue {
                 }
             }
             loop {
+                // The first and the last waiter in the discipline's order.
                 let mut best: Option<(usize, super::sched::Rank)> = None;
+                let mut last: Option<(usize, super::sched::Rank)> = None;
+                let mut waiting = 0;
                 for (i, x) in w.list.iter().enumerate() {
                     if x.skip {
                         continue;
                     }
+                    waiting += 1;
                     let rank = discipline.rank(x.class, w.flows.served(x.flow), x.id, x.since, now);
                     if best.is_none_or(|(_, b)| rank < b) {
                         best = Some((i, rank));
+                    }
+                    if last.is_none_or(|(_, b)| rank >= b) {
+                        last = Some((i, rank));
                     }
                 }
                 let Some((i, _)) = best else { break };
@@ -414,23 +426,44 @@ impl WaitQueue {
                 let reusable = spare
                     .iter()
                     .position(|l| !w.list[i].tried.contains(l.backend().index()));
-                let lease = match reusable {
-                    Some(pos) => Some(spare.swap_remove(pos)),
-                    None => match balancer.pick(self, &w.list[i].tried, w.list[i].hash) {
-                        Pick::Leased(l) => Some(l),
-                        _ => None,
-                    },
+                let picked = match reusable {
+                    Some(pos) => Pick::Leased(spare.swap_remove(pos)),
+                    None => balancer.pick(self, &w.list[i].tried, w.list[i].hash),
                 };
-                let Some(lease) = lease else {
-                    self.unreserve(&discipline, class);
-                    if w.list[i].tried.is_empty() && balancer.picks_alike() {
-                        // Every waiter would be refused the same way.
-                        break;
+                let (i, lease) = match picked {
+                    Pick::Leased(l) => (i, l),
+                    Pick::Wait(after) => {
+                        self.unreserve(&discipline, class);
+                        // The first in line is better off waiting for a fast slot; the
+                        // last, with everyone else ahead of it, may not be: the free
+                        // slow slot is its (see `Balancer::pick_behind`).
+                        let tail = last.map(|(j, _)| j).filter(|&j| j != i).and_then(|j| {
+                            self.offer_behind(&w.list[j], waiting - 1, &balancer, &discipline)
+                                .map(|l| (j, l))
+                        });
+                        match tail {
+                            Some(taken) => taken,
+                            None => {
+                                self.recheck_after(after);
+                                if w.list[i].tried.is_empty() {
+                                    break; // every waiter would be told the same
+                                }
+                                w.list[i].skip = true;
+                                continue;
+                            }
+                        }
                     }
-                    w.list[i].skip = true;
-                    continue;
+                    Pick::AllBusy | Pick::NoneHealthy => {
+                        self.unreserve(&discipline, class);
+                        if w.list[i].tried.is_empty() && balancer.picks_alike() {
+                            // Every waiter would be refused the same way.
+                            break;
+                        }
+                        w.list[i].skip = true;
+                        continue;
+                    }
                 };
-                let lease = Self::charged(&discipline, lease, class);
+                let lease = Self::charged(&discipline, lease, w.list[i].class);
                 if let Some(waiter) = w.take(i, true) {
                     if let Err(lease) = waiter.tx.send(lease) {
                         spare.push(lease); // its client just left; offer the slot on
@@ -441,6 +474,48 @@ impl WaitQueue {
         }
         // Released outside the lock: dropping a lease may dispatch again.
         drop(spare);
+    }
+
+    /// A free slot for `waiter`, who has `ahead` waiters in front of it, if taking
+    /// one now beats waiting for a faster one; its class's count is reserved with it.
+    fn offer_behind(
+        self: &Arc<Self>,
+        waiter: &Waiter,
+        ahead: usize,
+        balancer: &Balancer,
+        discipline: &Discipline,
+    ) -> Option<Lease> {
+        if !self.reserve(discipline, balancer, waiter.class) {
+            return None;
+        }
+        match balancer.pick_behind(self, &waiter.tried, waiter.hash, ahead) {
+            Pick::Leased(l) => Some(l),
+            _ => {
+                self.unreserve(discipline, waiter.class);
+                None
+            }
+        }
+    }
+
+    /// Dispatches again `after` from now (once, however many ask meanwhile): a free
+    /// slot declined for a faster one is offered again as time passes, since the
+    /// requests on the fast replicas age (see `Balancer::pick_behind`).
+    fn recheck_after(self: &Arc<Self>, after: Duration) {
+        if self.recheck.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.recheck.store(false, Ordering::Release);
+            return;
+        };
+        let queue = Arc::downgrade(self);
+        rt.spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(queue) = queue.upgrade() {
+                queue.recheck.store(false, Ordering::Release);
+                queue.dispatch();
+            }
+        });
     }
 }
 

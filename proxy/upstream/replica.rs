@@ -45,6 +45,64 @@ impl BackendState {
 /// trend); the fastest of them starts the running estimate.
 const FIRST_SAMPLES: usize = 4;
 
+/// A running low quantile (about the 11th percentile) of a time, in µs, without a
+/// lock: started from the fastest of the first `FIRST_SAMPLES` samples, then moved
+/// 1/64 of itself up or 1/8 down toward each new one (see
+/// [`Replica::record_latency_among`]).
+#[derive(Debug, Default)]
+struct LowQuantile {
+    /// The estimate (0: fewer than `FIRST_SAMPLES` samples so far).
+    value: AtomicU32,
+    /// The first `FIRST_SAMPLES` samples, whose fastest starts the estimate.
+    first: [AtomicU32; FIRST_SAMPLES],
+    recorded: AtomicU32,
+}
+
+impl LowQuantile {
+    #[inline]
+    fn get(&self) -> u32 {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    /// Folds `took` in; `peers_fastest` (µs, 0: none) caps the first estimate.
+    /// Concurrent updates may lose a step.
+    #[inline]
+    fn record(&self, took: Duration, peers_fastest: impl FnOnce() -> u32) {
+        let v = self;
+        let sample = took.as_micros().clamp(1, u128::from(u32::MAX)) as u32;
+        let n = v.recorded.load(Ordering::Relaxed) as usize;
+        if n < FIRST_SAMPLES {
+            let n = v.recorded.fetch_add(1, Ordering::Relaxed) as usize;
+            if let Some(slot) = v.first.get(n) {
+                slot.store(sample, Ordering::Relaxed);
+            }
+            if n + 1 == FIRST_SAMPLES {
+                let mut first = [0u32; FIRST_SAMPLES];
+                for (f, s) in first.iter_mut().zip(&v.first) {
+                    *f = s.load(Ordering::Relaxed);
+                }
+                let mut fastest = first.iter().copied().min().unwrap_or(1);
+                let peers = peers_fastest();
+                if peers != 0 {
+                    fastest = fastest.min(peers);
+                }
+                v.value.store(fastest.max(1), Ordering::Relaxed);
+            }
+            return;
+        }
+        let old = v.value.load(Ordering::Relaxed);
+        if old == 0 {
+            return; // the first samples are still being folded in
+        }
+        let new = if sample > old {
+            old.saturating_add((old / 64).max(1).min(sample - old))
+        } else {
+            (old - (old / 8).max(1).min(old - sample)).max(1)
+        };
+        v.value.store(new, Ordering::Relaxed);
+    }
+}
+
 /// One replica of one upstream, the same object in every config generation.
 #[derive(Debug)]
 pub struct Replica {
@@ -55,12 +113,12 @@ pub struct Replica {
     /// Sum of the start times (clock µs) of the requests in flight: with the count it
     /// gives their total age without a list.
     started_sum_us: AtomicU64,
-    /// Running low quantile (about the 11th percentile) of the time per request,
-    /// in microseconds (0: fewer than `FIRST_SAMPLES` answers so far).
-    latency_us: AtomicU32,
-    /// The first `FIRST_SAMPLES` samples, whose fastest starts the running estimate.
-    first: [AtomicU32; FIRST_SAMPLES],
-    recorded: AtomicU32,
+    /// Time per request: each answer's time divided by the requests the replica
+    /// ran at once (see [`Replica::record_latency_among`]).
+    latency: LowQuantile,
+    /// Time of one whole request (to response headers), not divided: how long a
+    /// slot stays taken (see [`Replica::service_us`]).
+    service: LowQuantile,
     state: AtomicU8,
     /// Failures (connect errors, 5xx) in a row, for passive ejection.
     consecutive_failures: AtomicU32,
@@ -107,9 +165,8 @@ impl Replica {
             label: addr.to_string().into(),
             inflight: AtomicU32::new(0),
             started_sum_us: AtomicU64::new(0),
-            latency_us: AtomicU32::new(0),
-            first: Default::default(),
-            recorded: AtomicU32::new(0),
+            latency: LowQuantile::default(),
+            service: LowQuantile::default(),
             state: AtomicU8::new(state as u8),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
@@ -174,16 +231,31 @@ impl Replica {
     }
 
     /// Typical time per request of this replica (a running low quantile, see
-    /// [`Replica::record_latency`]), in microseconds; 0 until a few answers came back.
+    /// [`Replica::record_latency_among`]), in microseconds; 0 until a few answers came back.
     pub fn latency_us(&self) -> u32 {
-        self.latency_us.load(Ordering::Relaxed)
+        self.latency.get()
     }
 
-    /// Folds one time per request into the running low quantile, for a replica
-    /// with no peers (see [`Replica::record_latency_among`]).
+    /// Typical time of one whole request on this replica, to response headers and
+    /// not divided by the requests it ran beside (the same low quantile as
+    /// [`Replica::latency_us`]), in microseconds; 0 until a few answers came back.
+    /// With a cap of `c` slots, a full replica frees one about every `service / c`.
+    pub fn service_us(&self) -> u32 {
+        self.service.get()
+    }
+
+    /// Folds one answer that took `took` with nothing else running into both
+    /// estimates, for a replica with no peers (see [`Replica::record_latency_among`]).
     #[inline]
     pub fn record_latency(&self, took: Duration) {
         self.record_latency_among(took, || 0);
+        self.record_service(took);
+    }
+
+    /// Folds one whole request's time into [`Replica::service_us`].
+    #[inline]
+    pub(crate) fn record_service(&self, took: Duration) {
+        self.service.record(took, || 0);
     }
 
     /// Folds one time per request into the running low quantile. `peers_fastest`
@@ -211,38 +283,7 @@ impl Replica {
     /// Lock-free; concurrent updates may lose a step.
     #[inline]
     pub(crate) fn record_latency_among(&self, took: Duration, peers_fastest: impl FnOnce() -> u32) {
-        let v = self;
-        let sample = took.as_micros().clamp(1, u128::from(u32::MAX)) as u32;
-        let n = v.recorded.load(Ordering::Relaxed) as usize;
-        if n < FIRST_SAMPLES {
-            let n = v.recorded.fetch_add(1, Ordering::Relaxed) as usize;
-            if let Some(slot) = v.first.get(n) {
-                slot.store(sample, Ordering::Relaxed);
-            }
-            if n + 1 == FIRST_SAMPLES {
-                let mut first = [0u32; FIRST_SAMPLES];
-                for (f, s) in first.iter_mut().zip(&v.first) {
-                    *f = s.load(Ordering::Relaxed);
-                }
-                let mut fastest = first.iter().copied().min().unwrap_or(1);
-                let peers = peers_fastest();
-                if peers != 0 {
-                    fastest = fastest.min(peers);
-                }
-                v.latency_us.store(fastest.max(1), Ordering::Relaxed);
-            }
-            return;
-        }
-        let old = v.latency_us.load(Ordering::Relaxed);
-        if old == 0 {
-            return; // the first samples are still being folded in
-        }
-        let new = if sample > old {
-            old.saturating_add((old / 64).max(1).min(sample - old))
-        } else {
-            (old - (old / 8).max(1).min(old - sample)).max(1)
-        };
-        v.latency_us.store(new, Ordering::Relaxed);
+        self.latency.record(took, peers_fastest);
     }
 
     pub fn state(&self) -> BackendState {

@@ -205,7 +205,7 @@ impl Selector {
 
 /// Smallest expected time per request (µs): below it, differences between replicas
 /// are scheduling jitter on a busy host, not speed (model replicas take far longer).
-const MIN_REQUEST_US: u64 = 50_000;
+pub(super) const MIN_REQUEST_US: u64 = 50_000;
 /// One pick in this many ignores speed, so every replica keeps being measured
 /// (a replica that was slow once is not shunned forever).
 const EXPLORE_ONE_IN: u8 = 16;

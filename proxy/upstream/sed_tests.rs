@@ -1,0 +1,202 @@
+//! Shortest expected delay between fast and slow replicas with caps and a queue,
+//! on paused clocks: who waits for a fast slot, who takes the slow one, that a
+//! declined slot is offered again as time passes, that equal replicas never hold
+//! a request back, and the whole benchmark (a) workload simulated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::pool::Pool;
+use super::queue::Admission;
+use super::sched::Ticket;
+use super::select::Tried;
+use super::{Lease, Pick};
+use crate::config::{BackendAddr, BackendSource, Queue, Upstream};
+
+const FAST: Duration = Duration::from_millis(50);
+const SLOW: Duration = Duration::from_millis(200);
+
+/// Least outstanding over replicas measured at `times`, `slots` each, a queue.
+fn pool(times: &[Duration], slots: u32) -> Arc<Pool> {
+    let backends = (0..times.len())
+        .map(|i| BackendAddr {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1 + i as u16)),
+            weight: 1,
+        })
+        .collect();
+    let up = Upstream {
+        max_inflight: slots,
+        queue: Queue {
+            size: 1000,
+            timeout: Duration::from_secs(30),
+        },
+        ..Upstream::with_defaults("sed", BackendSource::Static(backends))
+    };
+    let pool = Pool::build(&up).unwrap_or_else(|e| panic!("{e}"));
+    pool.publish();
+    for (b, &t) in pool.backends().iter().zip(times) {
+        for _ in 0..8 {
+            b.record_latency(t);
+        }
+    }
+    pool
+}
+
+/// Takes every slot of backend `i` directly (as running requests do).
+fn fill(pool: &Pool, i: usize, slots: u32) -> Vec<Lease> {
+    let b = &pool.backends()[i];
+    (0..slots)
+        .map(|_| {
+            b.try_acquire(slots, pool.store().queue(), None)
+                .unwrap_or_else(|| panic!("backend {i} has a free slot"))
+        })
+        .collect()
+}
+
+type Granted = mpsc::UnboundedReceiver<(usize, Lease)>;
+
+/// Sends request `n` into the queue; its slot arrives on the channel.
+fn request(pool: &Arc<Pool>, tx: &mpsc::UnboundedSender<(usize, Lease)>, n: usize) {
+    let (pool, tx) = (Arc::clone(pool), tx.clone());
+    tokio::spawn(async move {
+        let t = Ticket { class: 0, flow: 0 };
+        match pool
+            .admit(&Tried::default(), t, 0, std::future::pending())
+            .await
+        {
+            Admission::Leased(l, _) => {
+                let _ = tx.send((n, l));
+            }
+            other => panic!("request {n}: {other:?}"),
+        }
+    });
+}
+
+/// Lets spawned requests run (without moving the paused clock) until `n` wait.
+async fn queued(pool: &Pool, n: usize) {
+    for _ in 0..1000 {
+        if pool.queued() == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("expected {n} queued, found {}", pool.queued());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_in_line_waits_for_a_fast_slot_and_the_last_takes_the_slow_one() {
+    let pool = pool(&[FAST, FAST, SLOW], 1);
+    let _a = fill(&pool, 0, 1);
+    let mut b = fill(&pool, 1, 1);
+    // Fast slots free every 25 ms: waiting behind k others takes (k + 1) × 25 ms
+    // + 50 ms, under the slow replica's 200 ms for up to 4 ahead.
+    assert!(matches!(pool.pick(&Tried::default(), 0), Pick::Wait(_)));
+    let (tx, mut granted) = mpsc::unbounded_channel();
+    for n in 0..5 {
+        request(&pool, &tx, n);
+        queued(&pool, n + 1).await;
+    }
+    assert_eq!(pool.backends()[2].inflight(), 0, "the slow slot sat idle");
+    // The sixth would wait 6 × 25 + 50 = 200 ms: the slow replica is no worse, and
+    // it goes to the last in line, not to the first, who has waited longest.
+    request(&pool, &tx, 5);
+    let (n, slow) = granted.recv().await.unwrap_or_else(|| panic!("no grant"));
+    assert_eq!((n, slow.backend().index()), (5, 2));
+    assert_eq!(pool.queued(), 5);
+    // A fast slot frees: the first in line gets it.
+    drop(b.pop());
+    let (n, fast) = granted.recv().await.unwrap_or_else(|| panic!("no grant"));
+    assert_eq!((n, fast.backend().index()), (0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_declined_slot_is_offered_again_when_the_fast_replicas_stall() {
+    let pool = pool(&[FAST, FAST, SLOW], 1);
+    let _held = [fill(&pool, 0, 1), fill(&pool, 1, 1)];
+    let (tx, mut granted) = mpsc::unbounded_channel();
+    request(&pool, &tx, 0);
+    queued(&pool, 1).await;
+    // The fast requests run on past their 50 ms; once they average 300 ms, one
+    // frees every 150 ms at best, and 150 + 50 ms is no better than 200 ms.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(pool.queued(), 1, "taken while waiting still paid");
+    let started = tokio::time::Instant::now();
+    let (_, l) = granted.recv().await.unwrap_or_else(|| panic!("no grant"));
+    assert_eq!(l.backend().index(), 2);
+    assert!(
+        started.elapsed() <= Duration::from_millis(100),
+        "offered again only {:?} later",
+        started.elapsed() + Duration::from_millis(250)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn equal_replicas_never_hold_a_request_back() {
+    // Within 2x: noise between equal replicas, whatever the queue.
+    let pool = pool(&[FAST, FAST, FAST.mul_f64(1.9)], 1);
+    let _held = [fill(&pool, 0, 1), fill(&pool, 1, 1)];
+    assert!(matches!(pool.pick(&Tried::default(), 0), Pick::Leased(l) if l.backend().index() == 2));
+    // Unmeasured or faster than 50 ms: never.
+    let quick = Duration::from_millis(5);
+    let pool = self::pool(&[quick, quick, quick * 8], 1);
+    let _held = [fill(&pool, 0, 1), fill(&pool, 1, 1)];
+    assert!(matches!(pool.pick(&Tried::default(), 0), Pick::Leased(l) if l.backend().index() == 2));
+}
+
+/// Benchmark (a) on a paused clock: replicas of 2 slots at 50, 50 and 200 ms,
+/// Poisson arrivals at 72 req/s (80% of the 90 req/s of all three, 90% of the
+/// two fast ones) for 60 s, `max_inflight = 2` and a queue.
+#[tokio::test(start_paused = true)]
+async fn the_slow_replica_takes_only_what_the_fast_queue_cannot() {
+    fastrand::seed(7);
+    let pool = pool(&[FAST, FAST, SLOW], 2);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let start = tokio::time::Instant::now();
+    let (tx, mut done) = mpsc::unbounded_channel();
+    let mut at = 0.0;
+    let n = 72 * 60;
+    for _ in 0..n {
+        at += -(1.0 - rng.f64()).ln() / 72.0;
+        let (pool, tx) = (Arc::clone(&pool), tx.clone());
+        let arrive = start + Duration::from_secs_f64(at);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(arrive).await;
+            let t = Ticket { class: 0, flow: 0 };
+            let Admission::Leased(lease, _) = pool
+                .admit(&Tried::default(), t, 0, std::future::pending())
+                .await
+            else {
+                panic!("no slot");
+            };
+            let took = if lease.backend().index() == 2 {
+                SLOW
+            } else {
+                FAST
+            };
+            tokio::time::sleep(took).await;
+            lease.record_latency(took);
+            let _ = tx.send((arrive.elapsed(), lease.backend().index() == 2));
+        });
+    }
+    drop(tx);
+    let mut lat = Vec::with_capacity(n);
+    let mut slow = 0;
+    while let Some((d, to_slow)) = done.recv().await {
+        lat.push(d);
+        slow += usize::from(to_slow);
+    }
+    lat.sort();
+    let p99 = lat[lat.len() * 99 / 100];
+    let share = slow as f64 / lat.len() as f64;
+    eprintln!(
+        "p99 {p99:?}, p50 {:?}, share to slow {share:.3}",
+        lat[lat.len() / 2]
+    );
+    assert_eq!(lat.len(), n);
+    // Greedy (any free slot at once) sends ~10% to the slow replica and its p99 is
+    // over 250 ms; nothing waits more than the slow replica's time beyond its own.
+    assert!(p99 <= Duration::from_millis(230), "p99 {p99:?}");
+    assert!(share < 0.05, "share to the slow replica {share}");
+}

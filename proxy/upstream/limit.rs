@@ -23,7 +23,11 @@
 //!   in [`STRIKES`] windows in a row (fewer may be a busy host) it queues: the
 //!   limit steps down (to the last good value while still in slow start). In
 //!   between it holds. With the limit at 1 no request is ever sent to a full
-//!   replica, so a window of answers at the limit lets it try 2.
+//!   replica, so a window of answers at the limit lets it try 2; in slow start
+//!   one round of [`MIN_BASELINE`] answers does (TCP's slow start likewise grows
+//!   every round trip, RFC 5681 3.1), so a replica with room is not held at 1
+//!   while the queue fills: measured on a replica with a knee at 4 behind 16
+//!   clients, waiting for a window at 1 was most of what learning cost.
 //! - An answer of 429 or 503 (the replica says it is overloaded) cuts the limit at
 //!   once to at most 0.9 × limit and below the count it was sent at (AIMD's
 //!   multiplicative decrease).
@@ -83,7 +87,7 @@ pub(super) const MAX_PROBE_BACKOFF: u32 = 64;
 /// Windows in a row at a settled limit that must show queueing before it steps down.
 pub(super) const STRIKES: u32 = 3;
 /// Baseline answers needed before any judgement.
-const MIN_BASELINE: usize = 4;
+pub(super) const MIN_BASELINE: usize = 4;
 
 /// `full / baseline` above which a replica at limit `limit` (at least 2) is judged
 /// to queue inside: a third of the way to what one queued request would show at
@@ -237,7 +241,15 @@ impl State {
             if a.concurrency == 1 {
                 self.at_limit_n += 1;
             }
-            if self.at_limit_n < WINDOW || self.baseline_n < MIN_BASELINE {
+            // In slow start one round of answers at 1 (enough for a baseline) lets
+            // it try 2, as TCP's slow start grows its window every round trip
+            // (RFC 5681, 3.1); after a step down it waits for a whole window.
+            let round = if self.slow_start {
+                MIN_BASELINE
+            } else {
+                WINDOW
+            };
+            if self.at_limit_n < round || self.baseline_n < MIN_BASELINE {
                 return limit;
             }
             self.at_limit_n = 0;
@@ -442,6 +454,22 @@ mod tests {
         let late = &limits[1000..];
         assert!(share(late, |l| l == 4) > 0.9, "{:?}", &late[..64]);
         assert!(late.iter().all(|&l| (3..=8).contains(&l)));
+    }
+
+    /// Slow start leaves 1 after one round of answers, not a window (TCP's slow
+    /// start grows every round trip): behind a queue, every answer at 1 on a
+    /// replica with room is a request that waited for nothing.
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_leaves_one_after_one_round() {
+        let l = LimitLearner::new(1);
+        let limits = saturate(&l, 64, |n| T * u64::from(n.max(4)) / 4).await;
+        let at_one = limits.iter().take_while(|&&l| l == 1).count();
+        assert_eq!(at_one, MIN_BASELINE, "{limits:?}");
+        let to_four = limits.iter().position(|&l| l >= 4);
+        assert!(
+            to_four.is_some_and(|i| i <= 4 + 2 * PROBE_WINDOW + 2),
+            "{limits:?}"
+        );
     }
 
     /// A replica that serves one request at a time (a Flask dev server), with

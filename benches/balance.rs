@@ -21,7 +21,10 @@
 //! and without `fair_share` and `priority` (modelgate only; `benches/fairness.sh`).
 //!
 //! Run with `bash benches/balance_compare.sh` (it builds the release binary and
-//! finds nginx and haproxy); `SCENARIO=b`, `c`, `d` or `f` runs only that table.
+//! finds nginx and haproxy); `SCENARIO=b`, `c`, `d` or `f` runs only that table,
+//! `SECS` sets the seconds per system (default 60). With `taskset` and two CPUs
+//! the proxies run on CPU 0 and this process (load generator and replicas) on
+//! CPU 1, as in `benches/compare.sh` (`PROXY_CPU`, `LOAD_CPU` override).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the tables are the output
 #![allow(unreachable_pub)] // a bench crate has no public API
@@ -47,6 +50,58 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     p
+}
+
+/// The CPU the proxies run on and the one the load generator and replicas run
+/// on (this process), as `benches/compare.sh` pins them; `PROXY_CPU` and
+/// `LOAD_CPU` override. `None` without `taskset` or with one CPU.
+fn cpus() -> Option<(String, String)> {
+    static CPUS: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(|| {
+        let two = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+        let taskset = Command::new("taskset")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        (two && taskset).then(|| {
+            let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+            (var("PROXY_CPU", "0"), var("LOAD_CPU", "1"))
+        })
+    })
+    .clone()
+}
+
+/// Pins this process (every thread; call it before starting any) to the load CPU.
+fn pin_self() {
+    match cpus() {
+        Some((_, load)) => {
+            let pid = std::process::id().to_string();
+            let ok = Command::new("taskset")
+                .args(["-a", "-p", "-c", &load, &pid])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            eprintln!(
+                "load generator and replicas on CPU {load}{}",
+                if ok { "" } else { " (taskset failed)" }
+            );
+        }
+        None => eprintln!("taskset missing or one CPU: not pinning"),
+    }
+}
+
+/// A command that runs `program` on the proxy CPU (as is without pinning).
+fn on_proxy_cpu(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match cpus() {
+        Some((proxy, _)) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(proxy).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 fn spawn(cmd: &mut Command) -> Proc {
@@ -105,7 +160,7 @@ fn modelgate_listening(
     );
     let file = write(dir, &format!("modelgate-{name}.toml"), &cfg);
     spawn(
-        Command::new(bin)
+        on_proxy_cpu(bin)
             .args(["run", "-c"])
             .arg(file)
             .env("RUST_LOG", "error"),
@@ -125,7 +180,7 @@ fn nginx(dir: &std::path::Path, port: u16, r: &[ReplicaHandle]) -> Proc {
         d = dir.display()
     );
     let file = write(dir, "nginx.conf", &cfg);
-    spawn(Command::new("nginx").arg("-c").arg(file).arg("-p").arg(dir))
+    spawn(on_proxy_cpu("nginx").arg("-c").arg(file).arg("-p").arg(dir))
 }
 
 fn haproxy(dir: &std::path::Path, port: u16, r: &[ReplicaHandle]) -> Proc {
@@ -161,7 +216,7 @@ fn haproxy_rules(
          frontend f\n  bind 127.0.0.1:{port}\n  default_backend m\nbackend m\n  balance leastconn\n  http-reuse always\n{rules}{servers}"
     );
     let file = write(dir, "haproxy.cfg", &cfg);
-    spawn(Command::new("haproxy").arg("-db").arg("-f").arg(file))
+    spawn(on_proxy_cpu("haproxy").arg("-db").arg("-f").arg(file))
 }
 
 async fn wait_up(addr: SocketAddr) {
@@ -263,7 +318,8 @@ fn main() {
     let secs: u64 = std::env::var("SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(60);
+    pin_self();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

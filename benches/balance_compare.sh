@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side latency of modelgate, nginx and HAProxy in front of slow replicas.
-# Usage: bash benches/balance_compare.sh   (SECS=20 per system by default)
+# Usage: bash benches/balance_compare.sh   (SECS=60 per system by default; proxies pinned
+# to CPU 0 and the load generator and replicas to CPU 1 when taskset is present)
 # Also scenario (c): a replica loaded by clients outside the proxy, load.metrics on vs
 # off; SCENARIO=c runs only that one.
 set -euo pipefail

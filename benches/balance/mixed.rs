@@ -197,7 +197,23 @@ pub async fn knee(bin: &str, secs: u64) {
         wait_up(addr).await;
         eprintln!("(d) running {name} for {secs}s, {CLIENTS} clients ...");
         let url = format!("http://{addr}/v1/predict");
-        let until = Instant::now() + Duration::from_secs(secs);
+        let started = Instant::now();
+        let until = started + Duration::from_secs(secs);
+        // The learned limit over time, every 100 ms (changes only).
+        let timeline = (cap == "\"auto\"").then(|| {
+            tokio::spawn(async move {
+                let mut changes: Vec<(f64, u64)> = Vec::new();
+                while Instant::now() < until {
+                    if let Some(l) = learned(([127, 0, 0, 1], admin).into()).await {
+                        if changes.last().is_none_or(|&(_, last)| last != l) {
+                            changes.push((started.elapsed().as_secs_f64(), l));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                changes
+            })
+        });
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|_| {
                 let url = url.clone();
@@ -228,6 +244,19 @@ pub async fn knee(bin: &str, secs: u64) {
         }
         lat.sort();
         let cap_now = learned(([127, 0, 0, 1], admin).into()).await;
+        if let Some(t) = timeline {
+            let changes = t.await.unwrap_or_default();
+            let line: Vec<String> = changes
+                .iter()
+                .map(|(at, l)| format!("{at:.1}s:{l}"))
+                .collect();
+            eprintln!("(d) learned max_inflight over time: {}", line.join(" "));
+            let below = changes.iter().filter(|(_, l)| *l < 4).count();
+            eprintln!(
+                "(d) limit below the knee at {below} of {} changes",
+                changes.len()
+            );
+        }
         let row = format!(
             "| {name} | {:.0} | {:.0} | {:.1} | {} |",
             pct(&lat, 0.5).as_secs_f64() * 1e3,

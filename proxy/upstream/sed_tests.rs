@@ -55,8 +55,6 @@ fn fill(pool: &Pool, i: usize, slots: u32) -> Vec<Lease> {
         .collect()
 }
 
-type Granted = mpsc::UnboundedReceiver<(usize, Lease)>;
-
 /// Sends request `n` into the queue; its slot arrives on the channel.
 fn request(pool: &Arc<Pool>, tx: &mpsc::UnboundedSender<(usize, Lease)>, n: usize) {
     let (pool, tx) = (Arc::clone(pool), tx.clone());

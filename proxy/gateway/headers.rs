@@ -20,7 +20,7 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 /// Longest client-supplied request id kept as is; longer ones are replaced.
-const MAX_REQUEST_ID: usize = 128;
+pub(super) const MAX_REQUEST_ID: usize = 128;
 
 /// The client's `X-Request-Id` if it sent a usable one, else a new random 128-bit id.
 pub fn request_id(req: &RequestHeader) -> HeaderValue {

@@ -57,6 +57,14 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
     std::str::from_utf8(first).ok()?.trim().parse().ok()
 }
 
+/// The media type of a `Content-Type` value or of one element of an `Accept` list:
+/// what precedes any `;` parameters, without surrounding spaces. Media types compare
+/// case-insensitively (RFC 9110 §8.3.1).
+pub(crate) fn media_type(value: &[u8]) -> &[u8] {
+    let end = memchr::memchr(b';', value).unwrap_or(value.len());
+    value[..end].trim_ascii()
+}
+
 /// Sends a `Content-Length` that arrived as a list or as repeated fields (identical
 /// values: RFC 9110 8.6 lets a recipient take them as one) on as one plain value, so
 /// no replica's parser has to agree with ours about lists.

@@ -912,10 +912,10 @@ fn refused(answer: &ResponseHeader) -> bool {
 /// How the tokens of a successful OpenAI answer are counted, from its `Content-Type`:
 /// an SSE stream, one JSON document, or not at all.
 fn answer_kind(answer: &ResponseHeader) -> Option<Kind> {
-    let ct = answer.headers.get(http::header::CONTENT_TYPE)?.as_bytes();
-    if ct.starts_with(b"text/event-stream") {
+    let ct = headers::media_type(answer.headers.get(http::header::CONTENT_TYPE)?.as_bytes());
+    if ct.eq_ignore_ascii_case(b"text/event-stream") {
         Some(Kind::Stream)
-    } else if ct.starts_with(b"application/json") {
+    } else if ct.eq_ignore_ascii_case(b"application/json") {
         Some(Kind::Json)
     } else {
         None

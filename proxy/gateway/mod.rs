@@ -274,10 +274,6 @@ impl ProxyHttp for Gateway {
             redirect.send(session, ctx.request_id.as_ref()).await?;
             return Ok(true);
         }
-        if missing_host(session.req_header()) {
-            session.set_keepalive(None);
-            return self.reject(session, ctx, Reject::BadRequest).await;
-        }
         if headers::header_bytes(session.req_header()) > self.limits.max_header_bytes
             || session.req_header().headers.len() > self.limits.max_header_count
         {
@@ -891,14 +887,6 @@ impl RequestCtx {
             completion_tokens: completion,
         }
     }
-}
-
-/// An HTTP/1.1 request without a host (RFC 9112 3.2 requires a 400): no `Host`
-/// header and no absolute-form URI. (pingora refuses two `Host` headers itself.)
-fn missing_host(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11
-        && req.uri.authority().is_none()
-        && !req.headers.contains_key(http::header::HOST)
 }
 
 /// The backend refused the request before doing its work, so it may go to another

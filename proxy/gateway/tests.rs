@@ -45,7 +45,8 @@ fn check<T: PartialEq + std::fmt::Debug>(got: impl IntoIterator<Item = (&'static
 
 #[tokio::test]
 async fn every_request_routes_on_one_host_or_is_refused() {
-    // (case, request head, the host it routes on; "400": refused before any hook)
+    // (case, request head, the host it routes on; "400": refused before any hook, by
+    // the vendored pingora's validate_request, see vendor/README.md)
     #[rustfmt::skip]
     let cases = [
         ("HTTP/1.1 with Host", "GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n", "a.test"),
@@ -82,7 +83,7 @@ async fn every_request_routes_on_one_host_or_is_refused() {
 
 #[tokio::test]
 async fn malformed_heads_are_refused_before_any_hook() {
-    // What missing_host and content_length rely on pingora to refuse (with a 400).
+    // What routing and content_length rely on pingora to refuse (with a 400).
     #[rustfmt::skip]
     let cases = [
         ("two different Hosts", "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"),

@@ -27,7 +27,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
-allocator_env
 STREAMS=${STREAMS:-16}
 TOKENS=${TOKENS:-100}
 REQUESTS=${REQUESTS:-400}
@@ -35,6 +34,7 @@ REPEATS=${REPEATS:-2}
 BIN=${1:-target/release/modelgate}
 need valgrind:valgrind curl:curl
 [ -x "$BIN" ] || cargo build --release --quiet --bin modelgate
+allocator_env "$BIN"
 scratch openai
 REP=$(free_port); MG=$(free_port)
 cat >"$T/modelgate.toml" <<EOF

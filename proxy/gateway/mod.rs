@@ -13,6 +13,8 @@ mod keepalive;
 mod models;
 mod redirect;
 mod reject;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -274,10 +276,6 @@ impl ProxyHttp for Gateway {
         if let Some(redirect) = self.redirect {
             redirect.send(session, ctx.request_id.as_ref()).await?;
             return Ok(true);
-        }
-        if missing_host(session.req_header()) {
-            session.set_keepalive(None);
-            return self.reject(session, ctx, Reject::BadRequest).await;
         }
         if headers::header_bytes(session.req_header()) > self.limits.max_header_bytes
             || session.req_header().headers.len() > self.limits.max_header_count
@@ -545,12 +543,9 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let refused = matches!(status, 502 | 503)
-            || (status == 429
-                && upstream_response
-                    .headers
-                    .contains_key(http::header::RETRY_AFTER));
-        if refused && !session.as_ref().retry_buffer_truncated() && route.pool.may_retry(&ctx.tried)
+        if refused(upstream_response)
+            && !session.as_ref().retry_buffer_truncated()
+            && route.pool.may_retry(&ctx.tried)
         {
             ctx.status_retry = true;
             log_failure(
@@ -598,12 +593,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if ctx.route.as_ref().is_some_and(|r| r.api.openai) && upstream_response.status.is_success()
         {
-            let kind = match upstream_response.headers.get(http::header::CONTENT_TYPE) {
-                Some(ct) if ct.as_bytes().starts_with(b"text/event-stream") => Some(Kind::Stream),
-                Some(ct) if ct.as_bytes().starts_with(b"application/json") => Some(Kind::Json),
-                _ => None,
-            };
-            if let Some(kind) = kind {
+            if let Some(kind) = answer_kind(upstream_response) {
                 let strip = ctx.pre.as_ref().is_some_and(|p| p.rewritten_len.is_some());
                 if strip && kind == Kind::Stream {
                     // The usage event is cut out, so the length changes.
@@ -679,16 +669,14 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
             return e;
         }
-        let broken = !matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        ) && e.esource() == &ErrorSource::Upstream;
+        let broken = broke(&e);
         let replayable = replayable_body
-            && (session.req_header().method.is_idempotent()
-                || ctx
-                    .route
+            && replayable_method(
+                &session.req_header().method,
+                ctx.route
                     .as_ref()
-                    .is_some_and(|r| r.pool.settings().retry_non_idempotent));
+                    .is_some_and(|r| r.pool.settings().retry_non_idempotent),
+            );
         if broken {
             if let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) {
                 route.pool.record_failure(lease.backend());
@@ -911,12 +899,41 @@ impl RequestCtx {
     }
 }
 
-/// An HTTP/1.1 request without a host (RFC 9112 3.2 requires a 400): no `Host`
-/// header and no absolute-form URI. (pingora refuses two `Host` headers itself.)
-fn missing_host(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11
-        && req.uri.authority().is_none()
-        && !req.headers.contains_key(http::header::HOST)
+/// The backend refused the request before doing its work, so it may go to another
+/// backend whatever its method: 502, 503, or 429 with `Retry-After` (a 429 without
+/// it is the replica's own rate limit answer, passed on).
+fn refused(answer: &ResponseHeader) -> bool {
+    matches!(answer.status.as_u16(), 502 | 503)
+        || (answer.status == 429 && answer.headers.contains_key(http::header::RETRY_AFTER))
+}
+
+/// How the tokens of a successful OpenAI answer are counted, from its `Content-Type`:
+/// an SSE stream, one JSON document, or not at all.
+fn answer_kind(answer: &ResponseHeader) -> Option<Kind> {
+    let ct = headers::media_type(answer.headers.get(http::header::CONTENT_TYPE)?.as_bytes());
+    if ct.eq_ignore_ascii_case(b"text/event-stream") {
+        Some(Kind::Stream)
+    } else if ct.eq_ignore_ascii_case(b"application/json") {
+        Some(Kind::Json)
+    } else {
+        None
+    }
+}
+
+/// The backend's connection broke (refused, reset, closed): the request may be sent
+/// elsewhere. A timeout is not a break: the work may still be running on the replica.
+fn broke(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Upstream
+        && !matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        )
+}
+
+/// A request whose backend broke may be sent to another one: an idempotent method
+/// (RFC 9110 §9.2.2), or any method where the upstream sets `retry_non_idempotent`.
+fn replayable_method(method: &http::Method, retry_non_idempotent: bool) -> bool {
+    method.is_idempotent() || retry_non_idempotent
 }
 
 /// The client hung up (while queued, or before the answer was complete).
@@ -1060,11 +1077,18 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 /// The peer for an attempt on `lease`'s backend.
 fn peer_for(lease: &Lease, session: &Session) -> Box<HttpPeer> {
     let mut peer = Box::new(lease.backend().peer().clone());
-    // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
-    if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
-        peer.options.alpn = ALPN::H1;
-    }
+    peer.options.alpn = alpn_for(&peer.options.alpn, session.is_upgrade_req());
     peer
+}
+
+/// The ALPN offered to a backend that offers `offer`: an upgrade (WebSocket) needs
+/// HTTP/1.1 end to end, so h2 is not offered for it when HTTP/1.1 is an option.
+fn alpn_for(offer: &ALPN, upgrade: bool) -> ALPN {
+    if upgrade && *offer == ALPN::H2H1 {
+        ALPN::H1
+    } else {
+        offer.clone()
+    }
 }
 
 /// Resolves when the client of a waiting request disconnects: an HTTP/2 stream

@@ -5,7 +5,7 @@ use modelgate::demo::replica::{Replica, ReplicaHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{eventually, pool_config, TestProxy, PATIENCE};
+use crate::support::{eventually, modelgate_bin, pool_config, TestProxy, PATIENCE};
 
 /// Idle connections held at once; enough that a few KiB each dwarfs RSS noise.
 const CONNS: usize = 2000;
@@ -117,4 +117,32 @@ async fn memory_returns_to_the_os_after_idle_connections_close() {
         || async { proxy.rss_kib() <= limit },
     )
     .await;
+}
+
+/// `modelgate allocator-env` prints the settings a running proxy re-executed itself
+/// with (the bench scripts export them before starting it under valgrind).
+#[tokio::test]
+async fn allocator_env_prints_what_the_process_runs_with() {
+    let out = std::process::Command::new(modelgate_bin())
+        .arg("allocator-env")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let vars: Vec<&str> = printed.lines().collect();
+    assert!(!vars.is_empty());
+    let replica = Replica::builder("r").spawn().await.unwrap();
+    let proxy = TestProxy::start(&pool_config(&format!("\"{}\"", replica.addr()), "")).await;
+    let environ = std::fs::read(format!("/proc/{}/environ", proxy.pid())).unwrap();
+    let environ: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+    for var in vars {
+        let (name, _) = var.split_once('=').expect("VAR=VALUE");
+        assert!(name.starts_with("MIMALLOC_"), "{var}");
+        if std::env::var_os(name).is_none() {
+            assert!(
+                environ.contains(&var.as_bytes()),
+                "{var} not set in the proxy"
+            );
+        }
+    }
 }

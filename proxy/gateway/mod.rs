@@ -37,7 +37,7 @@ use crate::edge::gate::{self, Passed};
 use crate::edge::{Consumer, RouteAuth};
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::openai::tokens::{Kind, TokenMeter, TokenSink, Usage};
+use crate::openai::tokens::{Kind, LocalGaps, TokenMeter, Usage};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
@@ -191,6 +191,8 @@ pub(crate) struct RequestCtx {
     model: Option<Arc<str>>,
     /// Token accounting of an OpenAI answer.
     tokens: Option<TokenMeter>,
+    /// Its inter-token gaps, observed locally (streams).
+    gaps: Option<LocalGaps>,
     /// Time spent in the pool's wait queue.
     queue_wait: Duration,
     /// When the current attempt got its backend.
@@ -243,6 +245,7 @@ impl ProxyHttp for Gateway {
             replay_pending: false,
             model: None,
             tokens: None,
+            gaps: None,
             queue_wait: Duration::ZERO,
             attempt_started: None,
             status_retry: false,
@@ -597,6 +600,14 @@ impl ProxyHttp for Gateway {
                     upstream_response.remove_header(&http::header::CONTENT_LENGTH);
                 }
                 ctx.tokens = Some(TokenMeter::new(kind, strip));
+                if kind == Kind::Stream {
+                    if let Some(route) = &ctx.route {
+                        let m = route
+                            .metrics
+                            .get_or_init(|| self.metrics.route(&route.name, route.pool.name()));
+                        ctx.gaps = Some(LocalGaps::new(&m.tokens().inter_token_latency));
+                    }
+                }
             }
         }
         if let Some(id) = &ctx.request_id {
@@ -725,18 +736,14 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if let (Some(meter), Some(route)) = (ctx.tokens.as_mut(), &ctx.route) {
-            let m = route
-                .metrics
-                .get_or_init(|| self.metrics.route(&route.name, route.pool.name()));
-            meter.scan(
-                body,
-                Instant::now(),
-                &mut Gaps(&m.tokens().inter_token_latency),
-            );
+        if let Some(meter) = ctx.tokens.as_mut() {
+            match ctx.gaps.as_mut() {
+                Some(gaps) => meter.scan(body, end_of_stream, Instant::now(), gaps),
+                None => meter.scan(body, end_of_stream, Instant::now(), &mut ()),
+            }
         }
         Ok(None)
     }
@@ -808,6 +815,9 @@ impl ProxyHttp for Gateway {
             up.client_abort();
         }
         let (ttft, usage, completion) = ctx.token_figures();
+        if let Some(gaps) = ctx.gaps.as_mut() {
+            gaps.flush();
+        }
         if ctx.tokens.is_some() {
             let t = m.tokens();
             if let Some(ttft) = ttft {
@@ -924,15 +934,6 @@ fn broke(e: &Error) -> bool {
 /// (RFC 9110 §9.2.2), or any method where the upstream sets `retry_non_idempotent`.
 fn replayable_method(method: &http::Method, retry_non_idempotent: bool) -> bool {
     method.is_idempotent() || retry_non_idempotent
-}
-
-/// Observes inter-token gaps into the route's histogram.
-struct Gaps<'a>(&'a prometheus::Histogram);
-
-impl TokenSink for Gaps<'_> {
-    fn inter_token(&mut self, gap: Duration) {
-        self.0.observe(gap.as_secs_f64());
-    }
 }
 
 /// The client hung up (while queued, or before the answer was complete).

@@ -12,13 +12,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
-allocator_env
 REQUESTS=${REQUESTS:-4000}
 CONNS=${CONNS:-16}
 BIN=${1:-target/release/modelgate}
 export PATH="$PATH:/usr/sbin"
 need valgrind:valgrind nginx:nginx h2load:nghttp2-client
 [ -x "$BIN" ] || cargo build --release --quiet --bin modelgate
+allocator_env "$BIN"
 scratch instr
 BACK=$(free_port); MG=$(free_port)
 cat >"$T/backend.conf" <<EOF

@@ -9,7 +9,10 @@
 #   bash benches/llama.sh stop             # stop the replicas this script started
 #
 # Everything lands in $LLAMA_DIR (default /tmp/modelgate-llama), never in the repo.
-# Model shape (env): LAYERS=8 EMBD=512 HEADS=8 FF=1408 CTX=8192. On 2 cores a cold
+# Model shape (env): LAYERS=8 EMBD=512 HEADS=8 FF=1408 CTX=8192. Replica options: PARALLEL=2
+# (slots), LLAMA_ARGS (more llama-server flags, e.g. `--cache-ram 0`: no host-memory
+# prompt cache, so only the slots' KV cache holds prefixes, as on a GPU whose KV cache
+# is smaller than the working set). On 2 cores a cold
 # 2.6k-token prompt takes about 1.7 s and the same prefix again 0.3-0.56 s, so the
 # replica's prefix cache is real and measurable.
 set -euo pipefail
@@ -54,21 +57,38 @@ start() {
     # Pinned round-robin to the cores: replicas share the machine like pods share a node.
     taskset -c $((i % cores)) "$SERVER" -m "$MODEL" --host 127.0.0.1 --port $((port + i)) \
       --threads 1 --parallel "${PARALLEL:-2}" --ctx-size "${CTX:-8192}" --metrics \
-      --chat-template chatml --no-webui -a random-llama >"$LLAMA_DIR/replica-$i.log" 2>&1 &
+      --chat-template chatml --no-webui -a random-llama ${LLAMA_ARGS:-} >"$LLAMA_DIR/replica-$i.log" 2>&1 &
     echo $! >"$LLAMA_DIR/replica-$i.pid"
   done
   for ((i = 0; i < n; i++)); do
-    until curl -fs "http://127.0.0.1:$((port + i))/health" >/dev/null; do sleep 0.5; done
+    # A replica that could not bind its port exits; another server's /health must not
+    # pass for it.
+    until curl -fs "http://127.0.0.1:$((port + i))/health" >/dev/null; do
+      kill -0 "$(cat "$LLAMA_DIR/replica-$i.pid")" 2>/dev/null \
+        || { echo "replica $i exited; see $LLAMA_DIR/replica-$i.log" >&2; exit 1; }
+      sleep 0.5
+    done
+    kill -0 "$(cat "$LLAMA_DIR/replica-$i.pid")" 2>/dev/null \
+      || { echo "replica $i exited; see $LLAMA_DIR/replica-$i.log" >&2; exit 1; }
   done
   echo "$n replicas ready on ports $port..$((port + n - 1))"
 }
 
 stop() {
+  local pids=()
   for f in "$LLAMA_DIR"/replica-*.pid; do
     [ -f "$f" ] || continue
-    kill "$(cat "$f")" 2>/dev/null || true
+    pids+=("$(cat "$f")")
     rm -f "$f"
   done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  # Wait until they are gone: a restart must find their ports free.
+  for _ in $(seq 100); do
+    kill -0 "${pids[@]}" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 case "${1:-build}" in

@@ -62,6 +62,9 @@ impl TokenSink for Discard {
 /// One token event as vLLM writes it (one event per write).
 const EVENT: &str = "data: {\"id\":\"chatcmpl-8c2f\",\"object\":\"chat.completion.chunk\",\"created\":1764490000,\"model\":\"llama-3-8b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" replica\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 
+/// The same as SGLang, TGI and OpenAI write it: `"usage":null` in every chunk.
+const EVENT_USAGE_NULL: &str = "data: {\"id\":\"chatcmpl-8c2f\",\"object\":\"chat.completion.chunk\",\"created\":1764490000,\"model\":\"llama-3-8b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" replica\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n";
+
 fn token_accounting(c: &mut Criterion) {
     let mut g = c.benchmark_group("token_accounting_per_token");
     let chunk = Bytes::from_static(EVENT.as_bytes());
@@ -72,15 +75,19 @@ fn token_accounting(c: &mut Criterion) {
             black_box(body)
         })
     });
-    for strip in [false, true] {
-        let mut m = TokenMeter::new(Kind::Stream, strip);
-        g.bench_function(if strip { "with_stream_usage" } else { "with" }, |b| {
-            b.iter(|| {
-                let mut body = Some(black_box(chunk.clone()));
-                m.scan(&mut body, now, &mut Discard);
-                black_box(body)
-            })
-        });
+    for (event, suffix) in [(EVENT, ""), (EVENT_USAGE_NULL, "_usage_null")] {
+        let chunk = Bytes::from_static(event.as_bytes());
+        for strip in [false, true] {
+            let mut m = TokenMeter::new(Kind::Stream, strip);
+            let name = if strip { "with_stream_usage" } else { "with" };
+            g.bench_function(format!("{name}{suffix}"), |b| {
+                b.iter(|| {
+                    let mut body = Some(black_box(chunk.clone()));
+                    m.scan(&mut body, false, now, &mut Discard);
+                    black_box(body)
+                })
+            });
+        }
     }
     g.finish();
 }

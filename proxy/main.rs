@@ -138,12 +138,17 @@ on Debian: cp DIR/ca/ca.crt /usr/local/share/ca-certificates/ && update-ca-certi
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
+    /// Print the allocator settings the process re-executes itself with at start
+    /// (`ALLOCATOR_ENV`), one `VAR=VALUE` a line. Tools that follow no exec
+    /// (valgrind, heaptrack) need them set before they start it; see benches/common.sh.
+    #[command(hide = true)]
+    AllocatorEnv,
 }
 
 /// mimalloc settings that make memory freed by closed connections go back to the OS,
 /// as `(variable, value)`. mimalloc reads its options before `main` runs, so the
 /// process re-executes itself once with the unset ones set; an operator's own values
-/// are kept.
+/// are kept. `modelgate allocator-env` prints them (for the bench scripts).
 /// - `MIMALLOC_PURGE_DELAY=0`: an emptied arena range is decommitted as it empties
 ///   instead of a second later, and only on later allocator activity (an idle proxy
 ///   has none).
@@ -199,6 +204,12 @@ fn main() -> ExitCode {
         ),
         Command::Check { file } => check(&file.path()),
         Command::Cert { dir, names } => cert(&dir, &names),
+        Command::AllocatorEnv => {
+            for (var, value) in ALLOCATOR_ENV {
+                println!("{var}={value}");
+            }
+            ExitCode::SUCCESS
+        }
         Command::Probe { url, timeout } => {
             match modelgate::probe(&url, std::time::Duration::from_secs(timeout)) {
                 Ok(code) if (200..300).contains(&code) => ExitCode::SUCCESS,

@@ -325,183 +325,134 @@ fn with_upstream(extra: &str) -> String {
     format!("{MINIMAL}{extra}\n")
 }
 
-/// Each broken file and every error it must produce, exactly.
-#[test]
-#[allow(clippy::print_stderr)] // every mismatch is printed before the one assertion
-fn broken_files() {
-    let cases: Vec<(String, Vec<&str>)> = vec![
-        // Unknown key with a suggestion.
-        (
-            with_upstream("max_inflite = 4"),
-            vec!["config/modelgate.toml:11:1: upstream.chat.max_inflite: unknown key `max_inflite`; did you mean `max_inflight`?"],
-        ),
-        // Unknown key inside an inline table, no close match.
-        (
-            with_upstream("queue = { size = 1, colour = \"red\" }"),
-            vec!["config/modelgate.toml:11:21: upstream.chat.queue.colour: unknown key `colour`; allowed keys here: size, timeout"],
-        ),
-        // Unknown top-level table.
-        (
-            format!("{MINIMAL}[upstreams.x]\n"),
-            vec!["config/modelgate.toml:11:2: upstreams: unknown key `upstreams`; did you mean `upstream`?"],
-        ),
-        // Wrong type.
-        (
-            with_upstream("max_inflight = \"four\""),
-            vec!["config/modelgate.toml:11:16: upstream.chat.max_inflight: expected a whole number >= 0, found \"four\"; use 0 for unlimited, or \"auto\" to learn each replica's limit"],
-        ),
-        (
-            with_upstream("max_inflight = \"auto\"\nmax_inflight_min = 8\nmax_inflight_max = 4"),
-            vec!["config/modelgate.toml:13:20: upstream.chat.max_inflight_max: 4 is below max_inflight_min = 8; raise it to at least 8"],
-        ),
-        (
-            with_upstream("max_inflight = \"auto\"\nmax_inflight_min = 0"),
-            vec!["config/modelgate.toml:12:20: upstream.chat.max_inflight_min: expected a whole number >= 1, found 0; the smallest limit a replica is ever given"],
-        ),
-        (
-            MINIMAL.replace("http = \"0.0.0.0:8080\"", "http = 8080"),
-            vec!["config/modelgate.toml:2:8: listen.http: expected an \"ip:port\" address such as \"0.0.0.0:8080\", found 8080"],
-        ),
-        // Bad durations.
-        (
-            with_upstream("connect_timeout = \"2x\""),
-            vec!["config/modelgate.toml:11:19: upstream.chat.connect_timeout: invalid duration \"2x\": unknown unit \"x\"; write a number and a unit (ms, s, m or h), e.g. \"500ms\", \"2s\", \"1.5s\", \"5m\""],
-        ),
-        (
-            with_upstream("connect_timeout = 2"),
-            vec!["config/modelgate.toml:11:19: upstream.chat.connect_timeout: expected a duration greater than 0 such as \"500ms\", \"2s\" or \"5m\", found 2; durations are strings with a unit, e.g. \"30s\""],
-        ),
-        (
-            with_upstream("idle_timeout = \"0s\""),
-            vec!["config/modelgate.toml:11:16: upstream.chat.idle_timeout: expected a duration greater than 0 such as \"500ms\", \"2s\" or \"5m\", found \"0s\""],
-        ),
-        // Bad size.
-        (
-            MINIMAL.replace("upstream = \"chat\"", "upstream = \"chat\"\nmax_body = \"20XB\""),
-            vec!["config/modelgate.toml:8:12: route[0].max_body: invalid size \"20XB\": unknown unit \"XB\"; write a whole number and a unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. \"512KiB\", \"20MiB\", or a plain number of bytes"],
-        ),
-        // Undefined upstream.
-        (
-            MINIMAL.replace("upstream = \"chat\"", "upstream = \"caht\""),
-            vec![
-                "config/modelgate.toml:7:12: route[0].upstream: upstream \"caht\" is not defined; did you mean \"chat\"? defined upstreams: chat",
-            ],
-        ),
-        // Duplicate route name (and so also the same path).
-        (
-            format!("{MINIMAL}\n[[route]]\nname = \"chat\"\npath = \"/v1/chat\"\nupstream = \"chat\"\n"),
-            vec![
-                "config/modelgate.toml:13:8: route[1].name: route name \"chat\" is already used by route[0] (line 4); give each route a unique name",
-                "config/modelgate.toml:14:8: route[1].path: path \"/v1/chat\" without host is already used by route[0] (line 4); routes must differ in host or path; change one or remove the duplicate",
-            ],
-        ),
-        // Empty backends.
-        (
-            MINIMAL.replace("[\"127.0.0.1:9001\"]", "[]"),
-            vec!["config/modelgate.toml:10:12: upstream.chat.backends: the list is empty; add at least one \"ip:port\", e.g. backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]"],
-        ),
-        // A host name without its port.
-        (
-            MINIMAL.replace("\"127.0.0.1:9001\"", "\"chat.local\""),
-            vec!["config/modelgate.toml:10:13: upstream.chat.backends[0]: \"chat.local\" has no port; write it as \"host:port\", e.g. \"vision:8000\" or \"10.0.0.5:8000\""],
-        ),
-        // Weight 0, and a duplicate backend.
-        (
-            MINIMAL.replace("\"127.0.0.1:9001\"", "{ addr = \"127.0.0.1:9001\", weight = 0 }, \"10.0.0.1:80\", \"10.0.0.1:80\""),
-            vec![
-                "config/modelgate.toml:10:49: upstream.chat.backends[0].weight: expected a whole number from 1 to 1000, found 0; a backend with weight 2 gets twice the traffic of weight 1",
-                "config/modelgate.toml:10:69: upstream.chat.backends[2]: 10.0.0.1:80 is already listed as upstream.chat.backends[1]; list each backend once and use weight to give it more traffic",
-            ],
-        ),
-        // Missing path: reported at the [[route]] header.
-        (
-            MINIMAL.replace("path = \"/v1/chat\"\n", ""),
-            vec!["config/modelgate.toml:4:1: route[0].path: missing; add path = \"/v1/chat\" (a prefix starting with \"/\")"],
-        ),
-        (
-            MINIMAL.replace("\"/v1/chat\"", "\"v1/chat\""),
-            vec!["config/modelgate.toml:6:8: route[0].path: expected a path starting with \"/\" such as \"/v1/chat\", found \"v1/chat\""],
-        ),
-        // Syntax error: only syntax errors are reported.
-        (
-            MINIMAL.replace("http = \"0.0.0.0:8080\"", "http = \"0.0.0.0:8080\nworkers = four"),
-            vec![
-                "config/modelgate.toml:2:21: invalid TOML: invalid basic string, expected `\"`",
-                "config/modelgate.toml:3:11: invalid TOML: invalid boolean, expected `false`",
-            ],
-        ),
-        // Many errors in one file, all reported in file order.
-        (
-            "[listen]\nhttps = \"0.0.0.0:8443\"\nadmin = \"0.0.0.0:9901\"\nworkers = 5000\n\n\
-             [[route]]\nname = \"\"\nhost = \"*.a.*.com\"\npath = \"/x\"\nupstream = \"gone\"\n\
-             rate_limit = { requests_per_second = 0, key = \"cookie\" }\n\
-             auth = { jwt = { secret_env = \"1X\" } }\n\n\
-             [upstream.m]\nbackends = [\"10.0.0.1:80\"]\nprotocol = \"http2\"\nbalance = \"round_robin\"\n\
-             retries = 11\nsni = \"x\"\n\n\
-             [upstream.m.health]\ninterval = \"1s\"\ntimeout = \"1s\"\nexpect_status = 600\n"
-                .to_string(),
-            vec![
-                "config/modelgate.toml:2:9: listen.https: https needs certificates; add a [tls] table with certs = \"certs\" (a directory of NAME.crt + NAME.key files)",
-                "config/modelgate.toml:3:9: listen.admin: 0.0.0.0:9901 is reachable from other hosts; bind admin to 127.0.0.1 or set listen.admin_token_file",
-                "config/modelgate.toml:4:11: listen.workers: expected a whole number from 0 to 1024, found 5000; use 0 for one per CPU core",
-                "config/modelgate.toml:7:8: route[0].name: expected a route name such as \"chat\", found \"\"",
-                "config/modelgate.toml:8:8: route[0].host: expected a host name such as \"api.example.com\" or \"*.example.com\", found \"*.a.*.com\"; `*` is only allowed as the whole first label, as in \"*.example.com\"",
-                "config/modelgate.toml:10:12: route[0].upstream: upstream \"gone\" is not defined; defined upstreams: m",
-                "config/modelgate.toml:11:38: route[0].rate_limit.requests_per_second: expected a number greater than 0, found 0; e.g. requests_per_second = 50 or 0.5",
-                "config/modelgate.toml:11:47: route[0].rate_limit.key: expected \"ip\", \"header:NAME\" or \"consumer\", found \"cookie\"; e.g. \"header:x-api-key\"; NAME must be a valid HTTP header name",
-                "config/modelgate.toml:12:31: route[0].auth.jwt.secret_env: expected an environment variable name such as \"JWT_SECRET\", found \"1X\"",
-                "config/modelgate.toml:16:12: upstream.m.protocol: expected one of \"http1\", \"h2c\", \"https\", found \"http2\"; did you mean \"http1\"?",
-                "config/modelgate.toml:18:11: upstream.m.retries: expected a whole number from 0 to 10, found 11; it counts other backends tried after the first; 0 disables retries",
-                "config/modelgate.toml:23:11: upstream.m.health.timeout: timeout (1s) must be shorter than interval (1s); e.g. interval = \"2s\", timeout = \"1s\"",
-                "config/modelgate.toml:24:17: upstream.m.health.expect_status: expected a whole number from 100 to 599, found 600; leave it out to accept any 2xx status",
-            ],
-        ),
-        // Structure: [route] instead of [[route]], no listener, no routes.
-        (
-            "[listen]\n[route]\nname = \"x\"\n".to_string(),
-            vec![
-                "config/modelgate.toml:1:1: listen: no listener; set http = \"0.0.0.0:8080\" and/or https = \"0.0.0.0:8443\" in [listen]",
-                "config/modelgate.toml:2:1: route: routes are a list; write each one as [[route]] (double brackets), not [route]",
-            ],
-        ),
-        (
-            "".to_string(),
-            vec![
-                "config/modelgate.toml:1:1: listen: missing; add a [listen] table with http = \"0.0.0.0:8080\"",
-                "config/modelgate.toml:1:1: route: missing; add at least one [[route]] with name = \"chat\", path = \"/v1/chat\", upstream = \"NAME\"",
-            ],
-        ),
-        // Upstream TLS keys and exactly-one rules.
-        (
-            with_upstream("ca = \"ca.pem\"\ndiscover = { dns = \"chat:80\" }\nclient_key = \"k.pem\""),
-            vec![
-                "config/modelgate.toml:11:6: upstream.chat.ca: only used with protocol = \"https\"; set protocol = \"https\" or remove it",
-                "config/modelgate.toml:12:12: upstream.chat.discover: use either backends or discover, not both; remove one of them",
-                "config/modelgate.toml:13:14: upstream.chat.client_key: only used with protocol = \"https\"; set protocol = \"https\" or remove it",
-                "config/modelgate.toml:13:14: upstream.chat.client_key: client_key needs client_cert; add client_cert = \"client.crt\"",
-            ],
-        ),
-        (
-            MINIMAL.replace("upstream = \"chat\"", "upstream = \"chat\"\nhost = \"API.example.com:80\"\nauth = {}"),
-            vec![
-                "config/modelgate.toml:8:8: route[0].host: expected a host name such as \"api.example.com\" or \"*.example.com\", found \"API.example.com:80\"; remove the port; routes match the host name only",
-                "config/modelgate.toml:9:8: route[0].auth: is empty; write { api_keys_file = \"keys.txt\" } or { jwt = { secret_env = \"JWT_SECRET\" } }",
-            ],
-        ),
-    ];
-    let mut failures = 0;
-    for (src, want) in &cases {
-        let got = errors(src);
-        if got != *want {
-            failures += 1;
-            eprintln!(
-                "for:\n{src}\ngot:\n{}\nwant:\n{}\n",
-                got.join("\n"),
-                want.join("\n")
-            );
+/// A broken file, as an edit of MINIMAL.
+#[derive(Clone, Copy)]
+enum Edit {
+    /// Lines appended to MINIMAL, whose last table is `[upstream.chat]` (line 10): keys
+    /// land in it from line 11, table headers start tables of their own.
+    Add(&'static str),
+    /// MINIMAL with its one occurrence of the first text replaced by the second.
+    Replace(&'static str, &'static str),
+    /// A whole file instead of MINIMAL.
+    Whole(&'static str),
+}
+use Edit::{Add, Replace, Whole};
+
+impl Edit {
+    fn apply(self) -> String {
+        match self {
+            Add(extra) => with_upstream(extra),
+            Replace(from, to) => {
+                assert_eq!(MINIMAL.matches(from).count(), 1, "{from:?} in MINIMAL");
+                MINIMAL.replace(from, to)
+            }
+            Whole(src) => src.to_string(),
         }
     }
-    assert_eq!(failures, 0);
+}
+
+/// One broken file per line: what it shows, the edit, and every error it must produce,
+/// exactly and in order, each after `config/modelgate.toml:` (`LINE:COL: KEY: message`).
+/// A new case is one more line.
+#[rustfmt::skip]
+const BROKEN: &[(&str, Edit, &[&str])] = &[
+    ("unknown key, with a suggestion", Add("max_inflite = 4"), &["11:1: upstream.chat.max_inflite: unknown key `max_inflite`; did you mean `max_inflight`?"]),
+    ("unknown key in an inline table, no close match", Add("queue = { size = 1, colour = \"red\" }"), &["11:21: upstream.chat.queue.colour: unknown key `colour`; allowed keys here: size, timeout"]),
+    ("unknown top-level table", Add("[upstreams.x]"), &["11:2: upstreams: unknown key `upstreams`; did you mean `upstream`?"]),
+    ("wrong type", Add("max_inflight = \"four\""), &["11:16: upstream.chat.max_inflight: expected a whole number >= 0, found \"four\"; use 0 for unlimited, or \"auto\" to learn each replica's limit"]),
+    ("learned cap: max below min", Add("max_inflight = \"auto\"\nmax_inflight_min = 8\nmax_inflight_max = 4"), &["13:20: upstream.chat.max_inflight_max: 4 is below max_inflight_min = 8; raise it to at least 8"]),
+    ("learned cap: min 0", Add("max_inflight = \"auto\"\nmax_inflight_min = 0"), &["12:20: upstream.chat.max_inflight_min: expected a whole number >= 1, found 0; the smallest limit a replica is ever given"]),
+    ("address as a number", Replace("http = \"0.0.0.0:8080\"", "http = 8080"), &["2:8: listen.http: expected an \"ip:port\" address such as \"0.0.0.0:8080\", found 8080"]),
+    ("duration with an unknown unit", Add("connect_timeout = \"2x\""), &["11:19: upstream.chat.connect_timeout: invalid duration \"2x\": unknown unit \"x\"; write a number and a unit (ms, s, m or h), e.g. \"500ms\", \"2s\", \"1.5s\", \"5m\""]),
+    ("duration without a unit", Add("connect_timeout = 2"), &["11:19: upstream.chat.connect_timeout: expected a duration greater than 0 such as \"500ms\", \"2s\" or \"5m\", found 2; durations are strings with a unit, e.g. \"30s\""]),
+    ("zero duration", Add("idle_timeout = \"0s\""), &["11:16: upstream.chat.idle_timeout: expected a duration greater than 0 such as \"500ms\", \"2s\" or \"5m\", found \"0s\""]),
+    ("size with an unknown unit", Replace("upstream = \"chat\"", "upstream = \"chat\"\nmax_body = \"20XB\""), &["8:12: route[0].max_body: invalid size \"20XB\": unknown unit \"XB\"; write a whole number and a unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. \"512KiB\", \"20MiB\", or a plain number of bytes"]),
+    ("undefined upstream", Replace("upstream = \"chat\"", "upstream = \"caht\""), &["7:12: route[0].upstream: upstream \"caht\" is not defined; did you mean \"chat\"? defined upstreams: chat"]),
+    ("duplicate route name, and so path", Add("\n[[route]]\nname = \"chat\"\npath = \"/v1/chat\"\nupstream = \"chat\""), &[
+        "13:8: route[1].name: route name \"chat\" is already used by route[0] (line 4); give each route a unique name",
+        "14:8: route[1].path: path \"/v1/chat\" without host is already used by route[0] (line 4); routes must differ in host or path; change one or remove the duplicate",
+    ]),
+    ("empty backends", Replace("[\"127.0.0.1:9001\"]", "[]"), &["10:12: upstream.chat.backends: the list is empty; add at least one \"ip:port\", e.g. backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]"]),
+    ("host name without its port", Replace("\"127.0.0.1:9001\"", "\"chat.local\""), &["10:13: upstream.chat.backends[0]: \"chat.local\" has no port; write it as \"host:port\", e.g. \"vision:8000\" or \"10.0.0.5:8000\""]),
+    ("weight 0, and a duplicate backend", Replace("\"127.0.0.1:9001\"", "{ addr = \"127.0.0.1:9001\", weight = 0 }, \"10.0.0.1:80\", \"10.0.0.1:80\""), &[
+        "10:49: upstream.chat.backends[0].weight: expected a whole number from 1 to 1000, found 0; a backend with weight 2 gets twice the traffic of weight 1",
+        "10:69: upstream.chat.backends[2]: 10.0.0.1:80 is already listed as upstream.chat.backends[1]; list each backend once and use weight to give it more traffic",
+    ]),
+    ("missing path, reported at the [[route]] header", Replace("path = \"/v1/chat\"\n", ""), &["4:1: route[0].path: missing; add path = \"/v1/chat\" (a prefix starting with \"/\")"]),
+    ("path without its leading /", Replace("\"/v1/chat\"", "\"v1/chat\""), &["6:8: route[0].path: expected a path starting with \"/\" such as \"/v1/chat\", found \"v1/chat\""]),
+    ("syntax errors: only they are reported", Replace("http = \"0.0.0.0:8080\"", "http = \"0.0.0.0:8080\nworkers = four"), &[
+        "2:21: invalid TOML: invalid basic string, expected `\"`",
+        "3:11: invalid TOML: invalid boolean, expected `false`",
+    ]),
+    ("many errors, all reported in file order", Whole(
+        "[listen]\nhttps = \"0.0.0.0:8443\"\nadmin = \"0.0.0.0:9901\"\nworkers = 5000\n\n\
+         [[route]]\nname = \"\"\nhost = \"*.a.*.com\"\npath = \"/x\"\nupstream = \"gone\"\n\
+         rate_limit = { requests_per_second = 0, key = \"cookie\" }\n\
+         auth = { jwt = { secret_env = \"1X\" } }\n\n\
+         [upstream.m]\nbackends = [\"10.0.0.1:80\"]\nprotocol = \"http2\"\nbalance = \"round_robin\"\n\
+         retries = 11\nsni = \"x\"\n\n\
+         [upstream.m.health]\ninterval = \"1s\"\ntimeout = \"1s\"\nexpect_status = 600\n"), &[
+        "2:9: listen.https: https needs certificates; add a [tls] table with certs = \"certs\" (a directory of NAME.crt + NAME.key files)",
+        "3:9: listen.admin: 0.0.0.0:9901 is reachable from other hosts; bind admin to 127.0.0.1 or set listen.admin_token_file",
+        "4:11: listen.workers: expected a whole number from 0 to 1024, found 5000; use 0 for one per CPU core",
+        "7:8: route[0].name: expected a route name such as \"chat\", found \"\"",
+        "8:8: route[0].host: expected a host name such as \"api.example.com\" or \"*.example.com\", found \"*.a.*.com\"; `*` is only allowed as the whole first label, as in \"*.example.com\"",
+        "10:12: route[0].upstream: upstream \"gone\" is not defined; defined upstreams: m",
+        "11:38: route[0].rate_limit.requests_per_second: expected a number greater than 0, found 0; e.g. requests_per_second = 50 or 0.5",
+        "11:47: route[0].rate_limit.key: expected \"ip\", \"header:NAME\" or \"consumer\", found \"cookie\"; e.g. \"header:x-api-key\"; NAME must be a valid HTTP header name",
+        "12:31: route[0].auth.jwt.secret_env: expected an environment variable name such as \"JWT_SECRET\", found \"1X\"",
+        "16:12: upstream.m.protocol: expected one of \"http1\", \"h2c\", \"https\", found \"http2\"; did you mean \"http1\"?",
+        "18:11: upstream.m.retries: expected a whole number from 0 to 10, found 11; it counts other backends tried after the first; 0 disables retries",
+        "23:11: upstream.m.health.timeout: timeout (1s) must be shorter than interval (1s); e.g. interval = \"2s\", timeout = \"1s\"",
+        "24:17: upstream.m.health.expect_status: expected a whole number from 100 to 599, found 600; leave it out to accept any 2xx status",
+    ]),
+    ("[route] instead of [[route]], and no listener", Whole("[listen]\n[route]\nname = \"x\"\n"), &[
+        "1:1: listen: no listener; set http = \"0.0.0.0:8080\" and/or https = \"0.0.0.0:8443\" in [listen]",
+        "2:1: route: routes are a list; write each one as [[route]] (double brackets), not [route]",
+    ]),
+    ("empty file", Whole(""), &[
+        "1:1: listen: missing; add a [listen] table with http = \"0.0.0.0:8080\"",
+        "1:1: route: missing; add at least one [[route]] with name = \"chat\", path = \"/v1/chat\", upstream = \"NAME\"",
+    ]),
+    ("upstream TLS keys without https, backends and discover", Add("ca = \"ca.pem\"\ndiscover = { dns = \"chat:80\" }\nclient_key = \"k.pem\""), &[
+        "11:6: upstream.chat.ca: only used with protocol = \"https\"; set protocol = \"https\" or remove it",
+        "12:12: upstream.chat.discover: use either backends or discover, not both; remove one of them",
+        "13:14: upstream.chat.client_key: only used with protocol = \"https\"; set protocol = \"https\" or remove it",
+        "13:14: upstream.chat.client_key: client_key needs client_cert; add client_cert = \"client.crt\"",
+    ]),
+    ("host with a port, and empty auth", Replace("upstream = \"chat\"", "upstream = \"chat\"\nhost = \"API.example.com:80\"\nauth = {}"), &[
+        "8:8: route[0].host: expected a host name such as \"api.example.com\" or \"*.example.com\", found \"API.example.com:80\"; remove the port; routes match the host name only",
+        "9:8: route[0].auth: is empty; write { api_keys_file = \"keys.txt\" } or { jwt = { secret_env = \"JWT_SECRET\" } }",
+    ]),
+    ("admin on the http listener's port", Replace("http = \"0.0.0.0:8080\"", "http = \"0.0.0.0:8080\"\nadmin = \"127.0.0.1:8080\""), &["3:9: listen.admin: 127.0.0.1:8080 collides with listen.http (0.0.0.0:8080); give each listener its own port"]),
+    ("share cap without a cap", Add("priority = { header = \"x-priority\", classes = [\"default\", { name = \"batch\", max_share = 10 }] }"), &["11:12: upstream.chat.priority: max_share is a share of in-flight slots, and upstream.chat has no cap; set max_inflight = N or \"auto\""]),
+    ("priority without its header", Add("max_inflight = 1\npriority = { classes = [\"default\"] }"), &["12:12: upstream.chat.priority.header: missing; add header = \"x-priority\" to [upstream.chat.priority]"]),
+    ("priority header not a header name", Add("max_inflight = 1\npriority = { header = \"x priority\", classes = [\"default\"] }"), &["12:23: upstream.chat.priority.header: expected a header name such as \"x-priority\", found \"x priority\"; letters, digits and !#$%&'*+-.^_`|~ only"]),
+    ("no priority classes", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [] }"), &["12:40: upstream.chat.priority.classes: name 1 to 8 classes, highest first, e.g. [\"interactive\", \"default\", \"batch\"]"]),
+    ("priority class listed twice", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", \"default\"] }"), &["12:52: upstream.chat.priority.classes[1]: \"default\" is listed twice; remove one"]),
+    ("default class not a class", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [\"a\", \"b\"], default = \"c\" }"), &["12:62: upstream.chat.priority.default: \"c\" is not one of the classes; name one of \"a\", \"b\""]),
+    ("unknown key in a class", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", { name = \"batch\", colour = 1 }] }"), &["12:70: upstream.chat.priority.classes[1].colour: unknown key `colour`; allowed keys here: max_share, name, queue"]),
+    ("class name not a label", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", \"two words\"] }"), &["12:52: upstream.chat.priority.classes[1]: expected a class name such as \"batch\", found \"two words\"; up to 64 letters, digits, '-', '_' or '.' (it is also a metric label)"]),
+    ("fair share header without its name", Add("max_inflight = 1\nfair_share = \"header:\""), &["12:14: upstream.chat.fair_share: expected \"consumer\" or \"header:NAME\", found \"header:\"; e.g. \"header:x-tenant\"; \"consumer\" is the client a route's auth accepted"]),
+];
+
+/// Every case of [`BROKEN`]; all mismatches are reported at once, by case name.
+#[test]
+fn broken_files() {
+    let mut wrong = Vec::new();
+    for (name, edit, want) in BROKEN {
+        let src = edit.apply();
+        let got = errors(&src);
+        let want: Vec<String> = want.iter().map(|w| format!("{FILE}:{w}")).collect();
+        if got != want {
+            wrong.push(format!(
+                "{name}:\n{src}\ngot:\n{}\nwant:\n{}\n",
+                got.join("\n"),
+                want.join("\n")
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
@@ -546,7 +497,7 @@ fn warnings() {
 }
 
 #[test]
-fn admin_with_token_and_listener_clash() {
+fn admin_token_file() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
@@ -573,14 +524,6 @@ fn admin_with_token_and_listener_clash() {
     assert!(
         errs[0].contains("is empty; put the bearer token in it"),
         "{errs:?}"
-    );
-    let src = MINIMAL.replace(
-        "http = \"0.0.0.0:8080\"",
-        "http = \"0.0.0.0:8080\"\nadmin = \"127.0.0.1:8080\"",
-    );
-    assert_eq!(
-        errors(&src),
-        ["config/modelgate.toml:3:9: listen.admin: 127.0.0.1:8080 collides with listen.http (0.0.0.0:8080); give each listener its own port"]
     );
 }
 
@@ -652,54 +595,8 @@ fn scheduling_keys() {
     assert_eq!(h.fair_share, Some(FairShare::Header("x-tenant".into())));
     assert_eq!(h.priority.unwrap().default, 1);
 
-    // Without a cap nothing waits: a warning, and a share cap is an error.
+    // Without a cap nothing waits: a warning (a share cap is an error, in BROKEN).
     let warned = ok(&with_upstream("fair_share = \"consumer\""));
     let w: Vec<String> = warned.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(w, ["config/modelgate.toml:11:14: upstream.chat.fair_share: has no effect without max_inflight: requests never wait, so there is no queue to order"]);
-    let cases: Vec<(&str, &str)> = vec![
-        (
-            "priority = { header = \"x-priority\", classes = [\"default\", { name = \"batch\", max_share = 10 }] }",
-            "config/modelgate.toml:11:12: upstream.chat.priority: max_share is a share of in-flight slots, and upstream.chat has no cap; set max_inflight = N or \"auto\"",
-        ),
-        (
-            "max_inflight = 1\npriority = { classes = [\"default\"] }",
-            "config/modelgate.toml:12:12: upstream.chat.priority.header: missing; add header = \"x-priority\" to [upstream.chat.priority]",
-        ),
-        (
-            "max_inflight = 1\npriority = { header = \"x priority\", classes = [\"default\"] }",
-            "config/modelgate.toml:12:23: upstream.chat.priority.header: expected a header name such as \"x-priority\", found \"x priority\"; letters, digits and !#$%&'*+-.^_`|~ only",
-        ),
-        (
-            "max_inflight = 1\npriority = { header = \"x-p\", classes = [] }",
-            "config/modelgate.toml:12:40: upstream.chat.priority.classes: name 1 to 8 classes, highest first, e.g. [\"interactive\", \"default\", \"batch\"]",
-        ),
-        (
-            "max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", \"default\"] }",
-            "config/modelgate.toml:12:52: upstream.chat.priority.classes[1]: \"default\" is listed twice; remove one",
-        ),
-        (
-            "max_inflight = 1\npriority = { header = \"x-p\", classes = [\"a\", \"b\"], default = \"c\" }",
-            "config/modelgate.toml:12:62: upstream.chat.priority.default: \"c\" is not one of the classes; name one of \"a\", \"b\"",
-        ),
-        (
-            "max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", { name = \"batch\", colour = 1 }] }",
-            "config/modelgate.toml:12:70: upstream.chat.priority.classes[1].colour: unknown key `colour`; allowed keys here: max_share, name, queue",
-        ),
-        (
-            "max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", \"two words\"] }",
-            "config/modelgate.toml:12:52: upstream.chat.priority.classes[1]: expected a class name such as \"batch\", found \"two words\"; up to 64 letters, digits, '-', '_' or '.' (it is also a metric label)",
-        ),
-        (
-            "max_inflight = 1\nfair_share = \"header:\"",
-            "config/modelgate.toml:12:14: upstream.chat.fair_share: expected \"consumer\" or \"header:NAME\", found \"header:\"; e.g. \"header:x-tenant\"; \"consumer\" is the client a route's auth accepted",
-        ),
-    ];
-    let mut wrong = Vec::new();
-    for (extra, want) in cases {
-        let got = errors(&with_upstream(extra));
-        if got != [want] {
-            wrong.push(format!("for {extra}:\n  got  {got:?}\n  want {want:?}"));
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -36,7 +36,7 @@ pub(crate) const DEFAULT_CACHE_BLOCKS: usize = 100_000;
 
 /// OpenAI endpoints the mock serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Endpoint {
+pub(crate) enum Endpoint {
     Chat,
     Completions,
     Models,
@@ -492,6 +492,27 @@ impl Plan {
         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
         out
     }
+}
+
+/// The events of a streamed answer of `tokens` tokens to a prompt of `prompt_tokens`,
+/// exactly as the replica writes them (tests of stream readers replay them).
+#[cfg(test)]
+pub(crate) fn sample_stream(
+    endpoint: Endpoint,
+    tokens: u64,
+    prompt_tokens: u64,
+    include_usage: bool,
+) -> Vec<Bytes> {
+    let plan = Plan {
+        endpoint,
+        id: "chatcmpl-r-7".into(),
+        model: "demo".into(),
+        created: 1_764_490_000,
+        prompt_tokens,
+        cached_tokens: 0,
+        completion_tokens: tokens,
+    };
+    plan.frames(include_usage)
 }
 
 #[cfg(test)]

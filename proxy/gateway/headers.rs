@@ -20,7 +20,7 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 /// Longest client-supplied request id kept as is; longer ones are replaced.
-const MAX_REQUEST_ID: usize = 128;
+pub(super) const MAX_REQUEST_ID: usize = 128;
 
 /// The client's `X-Request-Id` if it sent a usable one, else a new random 128-bit id.
 pub fn request_id(req: &RequestHeader) -> HeaderValue {
@@ -55,6 +55,14 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
     let value = req.headers.get(http::header::CONTENT_LENGTH)?.as_bytes();
     let first = value.split(|&b| b == b',').next()?;
     std::str::from_utf8(first).ok()?.trim().parse().ok()
+}
+
+/// The media type of a `Content-Type` value or of one element of an `Accept` list:
+/// what precedes any `;` parameters, without surrounding spaces. Media types compare
+/// case-insensitively (RFC 9110 §8.3.1).
+pub(crate) fn media_type(value: &[u8]) -> &[u8] {
+    let end = memchr::memchr(b';', value).unwrap_or(value.len());
+    value[..end].trim_ascii()
 }
 
 /// Sends a `Content-Length` that arrived as a list or as repeated fields (identical

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use super::{client_gone, Reject, RequestCtx, X_REQUEST_ID};
@@ -26,12 +26,17 @@ const COMMENT: &[u8] = b": keep-alive\n\n";
 /// Does this request want a stream: `"stream": true` in the body read to route
 /// it, or `Accept: text/event-stream`?
 pub(super) fn wants_stream(session: &Session, ctx: &RequestCtx) -> bool {
-    ctx.pre.as_ref().is_some_and(|p| p.stream)
-        || session
-            .req_header()
-            .headers
-            .get(http::header::ACCEPT)
-            .is_some_and(|v| memchr::memmem::find(v.as_bytes(), b"text/event-stream").is_some())
+    ctx.pre.as_ref().is_some_and(|p| p.stream) || accepts_event_stream(session.req_header())
+}
+
+/// The request's `Accept` lists `text/event-stream`, in any of its fields (a list may
+/// be split over repeated fields, RFC 9110 §5.3).
+pub(super) fn accepts_event_stream(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|range| super::headers::media_type(range).eq_ignore_ascii_case(b"text/event-stream"))
 }
 
 /// Waits for `admission` (the pool's queue, or a `hold` for a replica to come up),

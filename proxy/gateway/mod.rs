@@ -13,6 +13,8 @@ mod keepalive;
 mod models;
 mod redirect;
 mod reject;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use crate::edge::gate::{self, Passed};
 use crate::edge::{Consumer, RouteAuth};
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::openai::tokens::{Kind, TokenMeter, TokenSink, Usage};
+use crate::openai::tokens::{Kind, LocalGaps, TokenMeter, Usage};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
@@ -189,6 +191,8 @@ pub(crate) struct RequestCtx {
     model: Option<Arc<str>>,
     /// Token accounting of an OpenAI answer.
     tokens: Option<TokenMeter>,
+    /// Its inter-token gaps, observed locally (streams).
+    gaps: Option<LocalGaps>,
     /// Time spent in the pool's wait queue.
     queue_wait: Duration,
     /// When the current attempt got its backend.
@@ -241,6 +245,7 @@ impl ProxyHttp for Gateway {
             replay_pending: false,
             model: None,
             tokens: None,
+            gaps: None,
             queue_wait: Duration::ZERO,
             attempt_started: None,
             status_retry: false,
@@ -271,10 +276,6 @@ impl ProxyHttp for Gateway {
         if let Some(redirect) = self.redirect {
             redirect.send(session, ctx.request_id.as_ref()).await?;
             return Ok(true);
-        }
-        if missing_host(session.req_header()) {
-            session.set_keepalive(None);
-            return self.reject(session, ctx, Reject::BadRequest).await;
         }
         if headers::header_bytes(session.req_header()) > self.limits.max_header_bytes
             || session.req_header().headers.len() > self.limits.max_header_count
@@ -542,12 +543,9 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let refused = matches!(status, 502 | 503)
-            || (status == 429
-                && upstream_response
-                    .headers
-                    .contains_key(http::header::RETRY_AFTER));
-        if refused && !session.as_ref().retry_buffer_truncated() && route.pool.may_retry(&ctx.tried)
+        if refused(upstream_response)
+            && !session.as_ref().retry_buffer_truncated()
+            && route.pool.may_retry(&ctx.tried)
         {
             ctx.status_retry = true;
             log_failure(
@@ -595,18 +593,21 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if ctx.route.as_ref().is_some_and(|r| r.api.openai) && upstream_response.status.is_success()
         {
-            let kind = match upstream_response.headers.get(http::header::CONTENT_TYPE) {
-                Some(ct) if ct.as_bytes().starts_with(b"text/event-stream") => Some(Kind::Stream),
-                Some(ct) if ct.as_bytes().starts_with(b"application/json") => Some(Kind::Json),
-                _ => None,
-            };
-            if let Some(kind) = kind {
+            if let Some(kind) = answer_kind(upstream_response) {
                 let strip = ctx.pre.as_ref().is_some_and(|p| p.rewritten_len.is_some());
                 if strip && kind == Kind::Stream {
                     // The usage event is cut out, so the length changes.
                     upstream_response.remove_header(&http::header::CONTENT_LENGTH);
                 }
                 ctx.tokens = Some(TokenMeter::new(kind, strip));
+                if kind == Kind::Stream {
+                    if let Some(route) = &ctx.route {
+                        let m = route
+                            .metrics
+                            .get_or_init(|| self.metrics.route(&route.name, route.pool.name()));
+                        ctx.gaps = Some(LocalGaps::new(&m.tokens().inter_token_latency));
+                    }
+                }
             }
         }
         if let Some(id) = &ctx.request_id {
@@ -668,16 +669,14 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
             return e;
         }
-        let broken = !matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        ) && e.esource() == &ErrorSource::Upstream;
+        let broken = broke(&e);
         let replayable = replayable_body
-            && (session.req_header().method.is_idempotent()
-                || ctx
-                    .route
+            && replayable_method(
+                &session.req_header().method,
+                ctx.route
                     .as_ref()
-                    .is_some_and(|r| r.pool.settings().retry_non_idempotent));
+                    .is_some_and(|r| r.pool.settings().retry_non_idempotent),
+            );
         if broken {
             if let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) {
                 route.pool.record_failure(lease.backend());
@@ -737,18 +736,14 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if let (Some(meter), Some(route)) = (ctx.tokens.as_mut(), &ctx.route) {
-            let m = route
-                .metrics
-                .get_or_init(|| self.metrics.route(&route.name, route.pool.name()));
-            meter.scan(
-                body,
-                Instant::now(),
-                &mut Gaps(&m.tokens().inter_token_latency),
-            );
+        if let Some(meter) = ctx.tokens.as_mut() {
+            match ctx.gaps.as_mut() {
+                Some(gaps) => meter.scan(body, end_of_stream, Instant::now(), gaps),
+                None => meter.scan(body, end_of_stream, Instant::now(), &mut ()),
+            }
         }
         Ok(None)
     }
@@ -820,6 +815,9 @@ impl ProxyHttp for Gateway {
             up.client_abort();
         }
         let (ttft, usage, completion) = ctx.token_figures();
+        if let Some(gaps) = ctx.gaps.as_mut() {
+            gaps.flush();
+        }
         if ctx.tokens.is_some() {
             let t = m.tokens();
             if let Some(ttft) = ttft {
@@ -901,21 +899,41 @@ impl RequestCtx {
     }
 }
 
-/// An HTTP/1.1 request without a host (RFC 9112 3.2 requires a 400): no `Host`
-/// header and no absolute-form URI. (pingora refuses two `Host` headers itself.)
-fn missing_host(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11
-        && req.uri.authority().is_none()
-        && !req.headers.contains_key(http::header::HOST)
+/// The backend refused the request before doing its work, so it may go to another
+/// backend whatever its method: 502, 503, or 429 with `Retry-After` (a 429 without
+/// it is the replica's own rate limit answer, passed on).
+fn refused(answer: &ResponseHeader) -> bool {
+    matches!(answer.status.as_u16(), 502 | 503)
+        || (answer.status == 429 && answer.headers.contains_key(http::header::RETRY_AFTER))
 }
 
-/// Observes inter-token gaps into the route's histogram.
-struct Gaps<'a>(&'a prometheus::Histogram);
-
-impl TokenSink for Gaps<'_> {
-    fn inter_token(&mut self, gap: Duration) {
-        self.0.observe(gap.as_secs_f64());
+/// How the tokens of a successful OpenAI answer are counted, from its `Content-Type`:
+/// an SSE stream, one JSON document, or not at all.
+fn answer_kind(answer: &ResponseHeader) -> Option<Kind> {
+    let ct = headers::media_type(answer.headers.get(http::header::CONTENT_TYPE)?.as_bytes());
+    if ct.eq_ignore_ascii_case(b"text/event-stream") {
+        Some(Kind::Stream)
+    } else if ct.eq_ignore_ascii_case(b"application/json") {
+        Some(Kind::Json)
+    } else {
+        None
     }
+}
+
+/// The backend's connection broke (refused, reset, closed): the request may be sent
+/// elsewhere. A timeout is not a break: the work may still be running on the replica.
+fn broke(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Upstream
+        && !matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        )
+}
+
+/// A request whose backend broke may be sent to another one: an idempotent method
+/// (RFC 9110 §9.2.2), or any method where the upstream sets `retry_non_idempotent`.
+fn replayable_method(method: &http::Method, retry_non_idempotent: bool) -> bool {
+    method.is_idempotent() || retry_non_idempotent
 }
 
 /// The client hung up (while queued, or before the answer was complete).
@@ -1059,11 +1077,18 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 /// The peer for an attempt on `lease`'s backend.
 fn peer_for(lease: &Lease, session: &Session) -> Box<HttpPeer> {
     let mut peer = Box::new(lease.backend().peer().clone());
-    // An upgrade (WebSocket) needs HTTP/1.1 end to end; don't let ALPN pick h2.
-    if peer.options.alpn == ALPN::H2H1 && session.is_upgrade_req() {
-        peer.options.alpn = ALPN::H1;
-    }
+    peer.options.alpn = alpn_for(&peer.options.alpn, session.is_upgrade_req());
     peer
+}
+
+/// The ALPN offered to a backend that offers `offer`: an upgrade (WebSocket) needs
+/// HTTP/1.1 end to end, so h2 is not offered for it when HTTP/1.1 is an option.
+fn alpn_for(offer: &ALPN, upgrade: bool) -> ALPN {
+    if upgrade && *offer == ALPN::H2H1 {
+        ALPN::H1
+    } else {
+        offer.clone()
+    }
 }
 
 /// Resolves when the client of a waiting request disconnects: an HTTP/2 stream

@@ -78,10 +78,14 @@ impl RouteGroup {
     /// Only POSTs that may carry JSON are read (for a model, or for `stream` where a route
     /// needs it); anything else goes to the plain route.
     pub fn pick(&self, method: &http::Method, content_type: Option<&[u8]>) -> Pick<'_> {
+        // Media types compare case-insensitively (RFC 9110 §8.3.1).
         let json = content_type.is_none_or(|ct| {
-            !ct.starts_with(b"multipart/")
-                && !ct.starts_with(b"text/")
-                && !ct.starts_with(b"image/")
+            ![&b"multipart/"[..], b"text/", b"image/"]
+                .iter()
+                .any(|kind| {
+                    ct.get(..kind.len())
+                        .is_some_and(|t| t.eq_ignore_ascii_case(kind))
+                })
         });
         if (self.routes_by_model() || self.wants_stream || self.wants_prompt)
             && method == http::Method::POST

@@ -4,14 +4,24 @@
 //!
 //! Lines are found with memchr in the chunks pingora hands over; nothing is buffered
 //! or copied except the unfinished last line of a chunk (kept until the next one), and
-//! only a line holding `"usage":` is parsed, with a borrowed serde struct.
+//! only a line holding a `usage` object is parsed, with a borrowed serde struct.
+//!
+//! A `data:` line costs about one pass over its bytes: the token key (`"content":` of
+//! a chat delta, `"text":` of a completion) is searched from the start, and `"usage":`
+//! only after it. Every server we meet (vLLM, SGLang, TGI, llama.cpp server, OpenAI)
+//! writes `usage` after `choices`, and most write `"usage":null` into every chunk; a
+//! usage object on a line without a token is found wherever it is.
 
+use std::ops::Range;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
+use prometheus::local::LocalHistogram;
+use prometheus::Histogram;
 use serde::Deserialize;
+use sync_wrapper::SyncWrapper;
 
 /// The `usage` object of an OpenAI answer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -46,21 +56,19 @@ const USAGE_KEY: &[u8] = b"\"usage\":";
 /// The searchers of every line, built once (a `memmem::find` builds one per call).
 struct Finders {
     usage: Finder<'static>,
-    usage_object: Finder<'static>,
-    empty_choices: Finder<'static>,
+    choices: Finder<'static>,
     content: Finder<'static>,
     text: Finder<'static>,
 }
 
 static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
     usage: Finder::new(USAGE_KEY),
-    usage_object: Finder::new(b"\"usage\":{"),
-    empty_choices: Finder::new(b"\"choices\":[]"),
-    content: Finder::new(b"\"content\":\""),
-    text: Finder::new(b"\"text\":\""),
+    choices: Finder::new(b"\"choices\":"),
+    content: Finder::new(b"\"content\":"),
+    text: Finder::new(b"\"text\":"),
 });
 
-/// Longest unfinished line kept across chunks; longer lines are not accounted.
+/// Longest unfinished line kept across chunks; longer lines pass unaccounted.
 const MAX_CARRY: usize = 256 * 1024;
 
 /// What kind of answer is being metered.
@@ -78,6 +86,8 @@ pub struct TokenMeter {
     strip_usage: bool,
     /// The unfinished last line of the previous chunk (JSON: the answer from `usage` on).
     carry: BytesMut,
+    /// Stream: the current line outgrew `MAX_CARRY`; it passes unaccounted up to its end.
+    long_line: bool,
     /// The blank line ending a stripped usage event goes too.
     skip_blank: bool,
     /// JSON: the last bytes of the previous chunk, for a key split between chunks.
@@ -97,12 +107,104 @@ pub trait TokenSink {
     fn inter_token(&mut self, gap: Duration);
 }
 
+/// Gaps not wanted (whole JSON answers have none).
+impl TokenSink for () {
+    fn inter_token(&mut self, _gap: Duration) {}
+}
+
+/// Gaps observed into one answer's own copy of the route's histogram (plain adds, no
+/// atomics per token), added to the shared one every `FLUSH_EVERY` gaps, so a long
+/// stream shows while it runs, and by [`LocalGaps::flush`] when the request ends.
+pub(crate) struct LocalGaps {
+    /// `SyncWrapper`: the local histogram is `Send` but not `Sync`, and is only used
+    /// through `&mut`.
+    local: SyncWrapper<LocalHistogram>,
+    pending: u32,
+}
+
+const FLUSH_EVERY: u32 = 64;
+
+impl LocalGaps {
+    pub(crate) fn new(shared: &Histogram) -> LocalGaps {
+        LocalGaps {
+            local: SyncWrapper::new(shared.local()),
+            pending: 0,
+        }
+    }
+
+    /// Adds what was observed to the shared histogram.
+    pub(crate) fn flush(&mut self) {
+        self.local.get_mut().flush();
+        self.pending = 0;
+    }
+}
+
+impl TokenSink for LocalGaps {
+    fn inter_token(&mut self, gap: Duration) {
+        self.local.get_mut().observe(gap.as_secs_f64());
+        self.pending += 1;
+        if self.pending == FLUSH_EVERY {
+            self.flush();
+        }
+    }
+}
+
+/// What a chunk becomes in strip mode: one range of it while the kept lines are
+/// contiguous (no copy), a copy once they are not.
+#[derive(Default)]
+struct Kept {
+    range: Option<Range<usize>>,
+    copy: Option<BytesMut>,
+}
+
+impl Kept {
+    /// Keeps `chunk[r]`.
+    fn range(&mut self, chunk: &[u8], r: Range<usize>) {
+        if let Some(copy) = &mut self.copy {
+            copy.extend_from_slice(&chunk[r]);
+            return;
+        }
+        match &mut self.range {
+            None => self.range = Some(r),
+            Some(k) if k.end == r.start => k.end = r.end,
+            Some(_) => self.copied(chunk).extend_from_slice(&chunk[r]),
+        }
+    }
+
+    /// Keeps bytes from outside the chunk (a line carried from the previous one).
+    fn bytes(&mut self, chunk: &[u8], bytes: &[u8]) {
+        self.copied(chunk).extend_from_slice(bytes);
+    }
+
+    fn copied(&mut self, chunk: &[u8]) -> &mut BytesMut {
+        let range = self.range.take();
+        self.copy.get_or_insert_with(|| {
+            let mut copy = BytesMut::with_capacity(chunk.len() + 64);
+            if let Some(r) = range {
+                copy.extend_from_slice(&chunk[r]);
+            }
+            copy
+        })
+    }
+
+    /// What passes of `chunk`.
+    fn finish(self, chunk: Bytes) -> Bytes {
+        match (self.copy, self.range) {
+            (Some(copy), _) => copy.freeze(),
+            (None, Some(r)) if r == (0..chunk.len()) => chunk,
+            (None, Some(r)) => chunk.slice(r),
+            (None, None) => Bytes::new(),
+        }
+    }
+}
+
 impl TokenMeter {
     pub fn new(kind: Kind, strip_usage: bool) -> TokenMeter {
         TokenMeter {
             kind,
             strip_usage: strip_usage && kind == Kind::Stream,
             carry: BytesMut::new(),
+            long_line: false,
             skip_blank: false,
             tail: [0; USAGE_KEY.len() - 1],
             tail_len: 0,
@@ -119,85 +221,124 @@ impl TokenMeter {
         self.usage.map_or(self.chunks, |u| u.completion_tokens)
     }
 
-    /// Scans one body chunk as it passes; in strip mode, rewrites it without the usage
-    /// event. `sink` gets each inter-token gap.
-    pub fn scan(&mut self, body: &mut Option<Bytes>, now: Instant, sink: &mut impl TokenSink) {
-        let Some(chunk) = body.as_ref() else {
-            return;
-        };
-        if self.kind == Kind::Json {
-            self.scan_json(chunk);
-            return;
-        }
-        // A chunk of whole lines without usage, nothing carried in: it passes as is,
-        // also in strip mode (only the usage event is cut, and it is not here).
-        let untouched = !self.strip_usage
-            || (self.carry.is_empty()
-                && !self.skip_blank
-                && chunk.last() == Some(&b'\n')
-                && FIND.usage.find(chunk).is_none());
-        if untouched {
-            self.lines(chunk, now, sink, |_, _| {});
-            return;
-        }
-        // Strip mode: forward every complete line except the usage event; an
-        // unfinished last line waits for the next chunk so it is never half sent.
-        let carried_in = !self.carry.is_empty();
-        let mut out = BytesMut::with_capacity(chunk.len());
-        let mut dropped = false;
-        self.lines(chunk, now, sink, |line, usage| {
-            if usage {
-                dropped = true;
-            } else {
-                out.extend_from_slice(line);
+    /// Scans one body chunk as it passes (`end`: the answer's last); in strip mode,
+    /// rewrites it without the usage event, holding an unfinished last line until the
+    /// chunk that ends it. `sink` gets each inter-token gap.
+    pub fn scan(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        now: Instant,
+        sink: &mut impl TokenSink,
+    ) {
+        match self.kind {
+            Kind::Json => {
+                if let Some(chunk) = body {
+                    self.scan_json(chunk);
+                }
             }
-        });
-        if carried_in || dropped || !self.carry.is_empty() {
-            *body = Some(out.freeze());
+            Kind::Stream if self.strip_usage => self.strip(body, end, now, sink),
+            Kind::Stream => {
+                if let Some(chunk) = body {
+                    self.lines(chunk, now, sink, None);
+                }
+                if end && !self.carry.is_empty() {
+                    let line = std::mem::take(&mut self.carry);
+                    self.line(&line, now, sink);
+                }
+            }
         }
     }
 
-    /// Calls `each(line, is_usage)` for every complete line (with its `\n`) of
-    /// `carry ++ chunk`, and keeps the unfinished rest in `carry`.
+    /// Strip mode: every complete line passes except the usage event.
+    fn strip(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        now: Instant,
+        sink: &mut impl TokenSink,
+    ) {
+        let mut kept = Kept::default();
+        let had_body = body.is_some();
+        let chunk = body.take().unwrap_or_default();
+        self.lines(&chunk, now, sink, Some(&mut kept));
+        if end && !self.carry.is_empty() {
+            // The answer ended inside a line: it goes out as it came.
+            let line = std::mem::take(&mut self.carry);
+            if !self.line(&line, now, sink) {
+                kept.bytes(&chunk, &line);
+            }
+        }
+        let out = kept.finish(chunk);
+        if had_body || !out.is_empty() {
+            *body = Some(out);
+        }
+    }
+
+    /// Accounts every complete line of `carry ++ chunk`, keeps the unfinished rest in
+    /// `carry`, and in strip mode (`kept`) records the lines that pass.
     fn lines(
         &mut self,
         chunk: &[u8],
         now: Instant,
         sink: &mut impl TokenSink,
-        mut each: impl FnMut(&[u8], bool),
+        mut kept: Option<&mut Kept>,
     ) {
         let mut start = 0;
-        if !self.carry.is_empty() {
+        if self.long_line || !self.carry.is_empty() {
             let Some(nl) = memchr::memchr(b'\n', chunk) else {
-                self.push_carry(chunk);
+                self.push_carry(chunk, kept, 0..chunk.len());
                 return;
             };
-            self.push_carry(&chunk[..=nl]);
-            let line = std::mem::take(&mut self.carry);
-            let usage = self.line(&line, now, sink);
-            each(&line, usage);
             start = nl + 1;
+            if std::mem::take(&mut self.long_line) {
+                if let Some(k) = kept.as_deref_mut() {
+                    k.range(chunk, 0..start);
+                }
+            } else {
+                self.carry.extend_from_slice(&chunk[..start]);
+                let mut line = std::mem::take(&mut self.carry);
+                let stripped = self.line(&line, now, sink);
+                if let Some(k) = kept.as_deref_mut().filter(|_| !stripped) {
+                    k.bytes(chunk, &line);
+                }
+                line.clear();
+                self.carry = line; // its buffer serves the next carried line
+            }
         }
-        let rest = &chunk[start..];
-        let mut pos = 0;
-        for nl in memchr::memchr_iter(b'\n', rest) {
-            let line = &rest[pos..=nl];
-            let usage = self.line(line, now, sink);
-            each(line, usage);
-            pos = nl + 1;
+        let mut pos = start;
+        for nl in memchr::memchr_iter(b'\n', &chunk[start..]) {
+            let end = start + nl + 1;
+            let stripped = self.line(&chunk[pos..end], now, sink);
+            if let Some(k) = kept.as_deref_mut().filter(|_| !stripped) {
+                k.range(chunk, pos..end);
+            }
+            pos = end;
         }
-        if pos < rest.len() {
-            self.push_carry(&rest[pos..]);
+        if pos < chunk.len() {
+            self.push_carry(chunk, kept, pos..chunk.len());
         }
     }
 
-    fn push_carry(&mut self, bytes: &[u8]) {
-        if self.carry.len() + bytes.len() <= MAX_CARRY {
-            self.carry.extend_from_slice(bytes);
+    /// Carries `chunk[r]`, the start or middle of a line; a line longer than
+    /// `MAX_CARRY` is given up: what was carried of it passes, and so does the rest.
+    fn push_carry(&mut self, chunk: &[u8], kept: Option<&mut Kept>, r: Range<usize>) {
+        if !self.long_line && self.carry.len() + r.len() <= MAX_CARRY {
+            self.carry.extend_from_slice(&chunk[r]);
+            return;
         }
+        if let Some(k) = kept {
+            if !self.carry.is_empty() {
+                k.bytes(chunk, &self.carry);
+            }
+            k.range(chunk, r);
+        }
+        self.carry = BytesMut::new();
+        self.long_line = true;
     }
 
-    /// Accounts one line; true when it is a usage event to strip.
+    /// Accounts one line; true when it is a usage event to strip (or the blank line
+    /// that ends one).
     fn line(&mut self, line: &[u8], now: Instant, sink: &mut impl TokenSink) -> bool {
         if std::mem::take(&mut self.skip_blank) && line.trim_ascii().is_empty() {
             return true;
@@ -205,20 +346,25 @@ impl TokenMeter {
         let Some(data) = line.strip_prefix(b"data:") else {
             return false;
         };
-        if FIND.usage_object.find(data).is_some() {
-            if let Ok(w) = serde_json::from_slice::<WithUsage>(data.trim_ascii()) {
-                if w.usage.is_some() {
-                    self.usage = w.usage;
-                }
-                // The usage-only event (empty choices) is the one a client did not ask for.
-                let usage_only = FIND.empty_choices.find(data).is_some();
-                if !has_token(data) {
-                    self.skip_blank = usage_only && self.strip_usage;
-                    return self.skip_blank;
+        let token = token_at(data);
+        let from = token.unwrap_or(0);
+        if let Some(at) = FIND.usage.find(&data[from..]) {
+            let value = &data[from + at + USAGE_KEY.len()..];
+            if value.trim_ascii_start().first() == Some(&b'{') {
+                if let Ok(w) = serde_json::from_slice::<WithUsage>(data.trim_ascii()) {
+                    if w.usage.is_some() {
+                        self.usage = w.usage;
+                    }
+                    if token.is_none() {
+                        // The usage-only event (empty choices) is the one a client did
+                        // not ask for.
+                        self.skip_blank = self.strip_usage && empty_choices(data);
+                        return self.skip_blank;
+                    }
                 }
             }
         }
-        if has_token(data) {
+        if token.is_some() {
             if let Some(last) = self.last_token {
                 sink.inter_token(now.saturating_duration_since(last));
             } else {
@@ -250,12 +396,12 @@ impl TokenMeter {
             match start {
                 Some(at) => {
                     self.capturing = true;
-                    self.push_carry(&chunk[at..]);
+                    self.push_json(&chunk[at..]);
                 }
                 None => return,
             }
         } else {
-            self.push_carry(chunk);
+            self.push_json(chunk);
         }
         let mut it = serde_json::Deserializer::from_slice(&self.carry).into_iter::<Usage>();
         match it.next() {
@@ -266,6 +412,12 @@ impl TokenMeter {
         }
         self.capturing = false;
         self.carry.clear();
+    }
+
+    fn push_json(&mut self, bytes: &[u8]) {
+        if self.carry.len() + bytes.len() <= MAX_CARRY {
+            self.carry.extend_from_slice(bytes);
+        }
     }
 
     /// Keeps the last `USAGE_KEY.len() - 1` bytes seen.
@@ -284,19 +436,42 @@ impl TokenMeter {
     }
 }
 
-/// A chunk carrying generated text: a non-empty `content` (chat) or `text` (completions).
-fn has_token(data: &[u8]) -> bool {
+/// Where generated text starts in a `data:` payload (just past its key): a non-empty
+/// `content` string (chat) or `text` string (completions); `None` on chunks without
+/// text (the role chunk, the finish chunk, usage, tool calls).
+fn token_at(data: &[u8]) -> Option<usize> {
     for key in [&FIND.content, &FIND.text] {
-        if let Some(at) = key.find(data) {
-            if data
-                .get(at + key.needle().len())
-                .is_some_and(|&b| b != b'"')
-            {
-                return true;
+        if let Some((at, value)) = string_value(data, key) {
+            if value.first().is_some_and(|&b| b != b'"') {
+                return Some(at);
             }
         }
     }
-    false
+    None
+}
+
+/// The first string value of `key` in `data`: the offset past the key, and the bytes
+/// after the string's opening quote. Values of other types (`"content":null` of a tool
+/// call, `"content":[` of logprobs) are skipped.
+fn string_value<'a>(data: &'a [u8], key: &Finder<'_>) -> Option<(usize, &'a [u8])> {
+    let mut from = 0;
+    while let Some(at) = key.find(&data[from..]) {
+        from += at + key.needle().len();
+        if let Some(value) = data[from..].trim_ascii_start().strip_prefix(b"\"") {
+            return Some((from, value));
+        }
+    }
+    None
+}
+
+/// A chunk with `"choices":[]`, as the usage-only event has.
+fn empty_choices(data: &[u8]) -> bool {
+    FIND.choices.find(data).is_some_and(|at| {
+        data[at + FIND.choices.needle().len()..]
+            .trim_ascii_start()
+            .strip_prefix(b"[")
+            .is_some_and(|rest| rest.trim_ascii_start().first() == Some(&b']'))
+    })
 }
 
 #[cfg(test)]
@@ -321,20 +496,22 @@ mod tests {
         "data: [DONE]\n\n",
     ];
 
-    fn run(meter: &mut TokenMeter, chunks: &[Bytes]) -> (String, Gaps) {
-        let t0 = Instant::now();
+    /// Scans `chunks` in order, chunk `i` at `t0 + i ms`; what the client receives and
+    /// the gaps.
+    fn run(meter: &mut TokenMeter, chunks: &[Bytes], t0: Instant) -> (Vec<u8>, Gaps) {
         let mut gaps = Gaps::default();
-        let mut out = String::new();
+        let mut out = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
             let mut body = Some(c.clone());
-            meter.scan(
-                &mut body,
-                t0 + Duration::from_millis(10 * i as u64),
-                &mut gaps,
-            );
-            out.push_str(std::str::from_utf8(&body.unwrap()).unwrap());
+            let end = i + 1 == chunks.len();
+            meter.scan(&mut body, end, t0 + ms(i), &mut gaps);
+            out.extend_from_slice(&body.unwrap_or_default());
         }
         (out, gaps)
+    }
+
+    fn ms(i: usize) -> Duration {
+        Duration::from_millis(i as u64)
     }
 
     #[test]
@@ -348,7 +525,7 @@ mod tests {
                     .map(Bytes::copy_from_slice)
                     .collect();
                 let mut m = TokenMeter::new(Kind::Stream, strip);
-                let (out, gaps) = run(&mut m, &chunks);
+                let (out, gaps) = run(&mut m, &chunks, Instant::now());
                 assert_eq!(m.chunks, 2, "size {size}");
                 assert_eq!(gaps.0.len(), 1);
                 assert!(m.first_token.is_some());
@@ -356,9 +533,9 @@ mod tests {
                 assert_eq!((u.prompt_tokens, u.completion_tokens), (7, 2));
                 assert_eq!(u.cached_tokens(), Some(4));
                 if strip {
-                    assert_eq!(out, whole.replace(STREAM[4], ""), "size {size}");
+                    assert_eq!(out, whole.replace(STREAM[4], "").as_bytes(), "size {size}");
                 } else {
-                    assert_eq!(out, whole);
+                    assert_eq!(out, whole.as_bytes());
                 }
             }
         }
@@ -370,10 +547,332 @@ mod tests {
             let mut m = TokenMeter::new(Kind::Stream, strip);
             let chunk = Bytes::from_static(STREAM[1].as_bytes());
             let mut body = Some(chunk.clone());
-            m.scan(&mut body, Instant::now(), &mut Gaps::default());
+            m.scan(&mut body, false, Instant::now(), &mut Gaps::default());
             // The same buffer, not a copy.
             assert_eq!(body.unwrap().as_ptr(), chunk.as_ptr(), "strip {strip}");
         }
+    }
+
+    #[test]
+    fn a_stripped_usage_event_leaves_a_view_of_the_chunk() {
+        let mut m = TokenMeter::new(Kind::Stream, true);
+        // Usage, then [DONE]: what passes is the end of the same buffer.
+        let chunk = Bytes::from([STREAM[4], STREAM[5]].concat());
+        let mut body = Some(chunk.clone());
+        m.scan(&mut body, false, Instant::now(), &mut Gaps::default());
+        let body = body.unwrap();
+        assert_eq!(body, STREAM[5]);
+        assert_eq!(body.as_ptr(), chunk[STREAM[4].len()..].as_ptr());
+        // Lines on both sides of the usage event: a copy of them.
+        let chunk = Bytes::from([STREAM[3], STREAM[4], STREAM[5]].concat());
+        let mut body = Some(chunk);
+        m.scan(&mut body, true, Instant::now(), &mut Gaps::default());
+        assert_eq!(body.unwrap(), [STREAM[3], STREAM[5]].concat());
+        // A chunk that was only the usage event: nothing of it.
+        let mut body = Some(Bytes::from(STREAM[4]));
+        m.scan(&mut body, false, Instant::now(), &mut Gaps::default());
+        assert_eq!(body.unwrap(), "");
+    }
+
+    #[test]
+    fn an_answer_ending_inside_a_line_loses_nothing() {
+        for strip in [false, true] {
+            let mut m = TokenMeter::new(Kind::Stream, strip);
+            let cut = &STREAM[1][..STREAM[1].len() - 2];
+            let chunks = [Bytes::from(STREAM[0]), Bytes::from(cut)];
+            let (out, _) = run(&mut m, &chunks, Instant::now());
+            assert_eq!(out, [STREAM[0], cut].concat().as_bytes(), "strip {strip}");
+            assert_eq!(m.chunks, 1);
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_carry_passes_whole() {
+        let long = format!("data: {{\"x\":\"{}\"}}\n\n", "a".repeat(MAX_CARRY + 10));
+        let whole = [STREAM[1], &long, STREAM[2], STREAM[4], STREAM[5]].concat();
+        let chunks: Vec<Bytes> = whole
+            .as_bytes()
+            .chunks(4096)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let mut m = TokenMeter::new(Kind::Stream, true);
+        let (out, gaps) = run(&mut m, &chunks, Instant::now());
+        assert_eq!(out, whole.replace(STREAM[4], "").as_bytes());
+        assert_eq!((m.chunks, gaps.0.len()), (2, 1));
+        assert_eq!(m.usage.map(|u| u.completion_tokens), Some(2));
+    }
+
+    /// A stream as some server writes it: its events, which of them carries the
+    /// first token, the tokens it streams, its usage `(prompt, completion)`, and the
+    /// event a client that did not ask for usage must not see.
+    struct Recorded {
+        name: &'static str,
+        events: Vec<String>,
+        first_token: usize,
+        tokens: u64,
+        usage: Option<(u64, u64)>,
+        usage_event: Option<usize>,
+    }
+
+    impl Recorded {
+        fn whole(&self) -> String {
+            self.events.concat()
+        }
+
+        fn stripped(&self) -> String {
+            let mut e = self.events.clone();
+            if let Some(i) = self.usage_event {
+                e.remove(i);
+            }
+            e.concat()
+        }
+    }
+
+    fn demo(endpoint: crate::demo::openai::Endpoint) -> Recorded {
+        let events: Vec<String> = crate::demo::openai::sample_stream(endpoint, 12, 5, true)
+            .iter()
+            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .collect();
+        let chat = matches!(endpoint, crate::demo::openai::Endpoint::Chat);
+        let n = events.len();
+        Recorded {
+            name: if chat {
+                "demo chat"
+            } else {
+                "demo completions"
+            },
+            events,
+            first_token: usize::from(chat),
+            tokens: 12,
+            usage: Some((5, 12)),
+            usage_event: Some(n - 2),
+        }
+    }
+
+    /// vLLM: no `usage` key on token chunks, `"choices":[]` with usage at the end;
+    /// with `continuous_usage_stats`, usage on every chunk too.
+    fn vllm(continuous: bool) -> Recorded {
+        let head = r#"{"id":"chatcmpl-1f0c9a6e2b","object":"chat.completion.chunk","created":1764490000,"model":"meta-llama/Llama-3.1-8B-Instruct","#;
+        let usage = |c: u64| {
+            if continuous {
+                format!(
+                    r#","usage":{{"prompt_tokens":17,"total_tokens":{},"completion_tokens":{c}}}"#,
+                    17 + c
+                )
+            } else {
+                String::new()
+            }
+        };
+        let mut events = vec![format!(
+            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]{}}}\n\n",
+            usage(0)
+        )];
+        let words = [
+            "The",
+            " quick",
+            " \\\"brown\\\"",
+            " fox",
+            "\\n",
+            " jumps",
+            " \u{e9}t\u{e9}",
+        ];
+        for (i, w) in words.iter().enumerate() {
+            events.push(format!(
+                "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"logprobs\":null,\"finish_reason\":null}}]{}}}\n\n",
+                usage(i as u64 + 1)
+            ));
+        }
+        events.push(format!(
+            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":\"stop\",\"stop_reason\":null}}]{}}}\n\n",
+            usage(7)
+        ));
+        events.push(format!(
+            "data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":17,\"total_tokens\":24,\"completion_tokens\":7,\"prompt_tokens_details\":{{\"cached_tokens\":16}}}}}}\n\n"
+        ));
+        events.push("data: [DONE]\n\n".into());
+        let n = events.len();
+        Recorded {
+            name: if continuous {
+                "vllm continuous usage"
+            } else {
+                "vllm"
+            },
+            events,
+            first_token: 1,
+            tokens: 7,
+            usage: Some((17, 7)),
+            usage_event: Some(n - 2),
+        }
+    }
+
+    /// OpenAI, SGLang and TGI: `"usage":null` on every chunk, usage after `choices`.
+    fn usage_null() -> Recorded {
+        let head = r#"{"id":"chatcmpl-Bx9","object":"chat.completion.chunk","created":1764490000,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_8bda4d3a2c","#;
+        let mut events = vec![format!(
+            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null,\"obfuscation\":\"Rz\"}}\n\n"
+        )];
+        for w in ["Hi", "!", " How", " can"] {
+            events.push(format!(
+                "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null,\"obfuscation\":\"q8Xb\"}}\n\n"
+            ));
+        }
+        events.push(format!(
+            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"length\"}}],\"usage\":null,\"obfuscation\":\"x\"}}\n\n"
+        ));
+        events.push(format!(
+            "data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":8,\"completion_tokens\":4,\"total_tokens\":12,\"prompt_tokens_details\":{{\"cached_tokens\":0,\"audio_tokens\":0}},\"completion_tokens_details\":{{\"reasoning_tokens\":0}}}},\"obfuscation\":\"Yy\"}}\n\n"
+        ));
+        events.push("data: [DONE]\n\n".into());
+        let n = events.len();
+        Recorded {
+            name: "usage null",
+            events,
+            first_token: 1,
+            tokens: 4,
+            usage: Some((8, 4)),
+            usage_event: Some(n - 2),
+        }
+    }
+
+    /// llama.cpp server: `choices` first, usage (and timings) on the finish chunk,
+    /// whose choices are not empty: nothing to strip. Written here with `\r\n` line
+    /// ends, which SSE allows.
+    fn llama_cpp() -> Recorded {
+        let tail = r#""created":1764490000,"id":"chatcmpl-Zq1","model":"qwen2.5-0.5b-instruct-q4_k_m.gguf","system_fingerprint":"b5123-a0b1c2d3","object":"chat.completion.chunk""#;
+        let mut events = vec![format!(
+            "data: {{\"choices\":[{{\"finish_reason\":null,\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":null}}}}],{tail}}}\r\n\r\n"
+        )];
+        for w in ["Sure", ",", " here"] {
+            events.push(format!(
+                "data: {{\"choices\":[{{\"finish_reason\":null,\"index\":0,\"delta\":{{\"content\":\"{w}\"}}}}],{tail}}}\r\n\r\n"
+            ));
+        }
+        events.push(format!(
+            "data: {{\"choices\":[{{\"finish_reason\":\"stop\",\"index\":0,\"delta\":{{}}}}],{tail},\"usage\":{{\"completion_tokens\":3,\"prompt_tokens\":21,\"total_tokens\":24}},\"timings\":{{\"prompt_n\":21,\"predicted_n\":3,\"predicted_ms\":31.2}}}}\r\n\r\n"
+        ));
+        events.push("data: [DONE]\r\n\r\n".into());
+        Recorded {
+            name: "llama.cpp",
+            events,
+            first_token: 1,
+            tokens: 3,
+            usage: Some((21, 3)),
+            usage_event: None,
+        }
+    }
+
+    fn recorded() -> Vec<Recorded> {
+        vec![
+            demo(crate::demo::openai::Endpoint::Chat),
+            demo(crate::demo::openai::Endpoint::Completions),
+            vllm(false),
+            vllm(true),
+            usage_null(),
+            llama_cpp(),
+        ]
+    }
+
+    /// Scans `whole` cut at `cuts` and checks everything against `r`: the first token
+    /// at the time of the chunk its line ends in, one gap fewer than tokens, usage,
+    /// and what the client receives.
+    fn check(r: &Recorded, strip: bool, cuts: &[usize]) {
+        let whole = r.whole();
+        let bytes = whole.as_bytes();
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(bytes.len());
+        let chunks: Vec<Bytes> = bounds
+            .windows(2)
+            .map(|w| Bytes::copy_from_slice(&bytes[w[0]..w[1]]))
+            .collect();
+        let t0 = Instant::now();
+        let mut m = TokenMeter::new(Kind::Stream, strip);
+        let (out, gaps) = run(&mut m, &chunks, t0);
+        let at = format!("{} strip {strip} cuts {cuts:?}", r.name);
+        // The first token line ends with the first '\n' of its event.
+        let before: usize = r.events[..r.first_token].iter().map(String::len).sum();
+        let first_nl = before + r.events[r.first_token].find('\n').unwrap();
+        let chunk_of_nl = bounds.iter().filter(|&&b| b <= first_nl).count() - 1;
+        assert_eq!(m.first_token, Some(t0 + ms(chunk_of_nl)), "{at}");
+        assert_eq!(m.chunks, r.tokens, "{at}");
+        assert_eq!(gaps.0.len() as u64, r.tokens - 1, "{at}");
+        assert_eq!(
+            m.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            r.usage,
+            "{at}"
+        );
+        let expected = if strip { r.stripped() } else { whole.clone() };
+        assert_eq!(String::from_utf8_lossy(&out), expected, "{at}");
+    }
+
+    #[test]
+    fn recorded_streams_split_at_every_byte_count_the_same() {
+        for r in recorded() {
+            for strip in [false, true] {
+                check(&r, strip, &[]);
+                for cut in 1..r.whole().len() {
+                    check(&r, strip, &[cut]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn recorded_streams_split_at_random_count_the_same() {
+        let mut rng = fastrand::Rng::with_seed(13);
+        for r in recorded() {
+            let len = r.whole().len();
+            for strip in [false, true] {
+                for _ in 0..300 {
+                    let mut cuts: Vec<usize> =
+                        (0..rng.usize(2..40)).map(|_| rng.usize(1..len)).collect();
+                    cuts.sort_unstable();
+                    cuts.dedup();
+                    check(&r, strip, &cuts);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_need_text_and_usage_an_object() {
+        let lines: &[(&str, bool)] = &[
+            (r#"data: {"choices":[{"delta":{"content":"a"}}]}"#, true),
+            (r#"data: {"choices":[{"delta":{"content": "a"}}]}"#, true),
+            (r#"data: {"choices":[{"text":"a"}]}"#, true),
+            (r#"data: {"choices":[{"delta":{"content":""}}]}"#, false),
+            (
+                r#"data: {"choices":[{"delta":{"content":null,"tool_calls":[]}}]}"#,
+                false,
+            ),
+            (
+                r#"data: {"choices":[{"delta":{"reasoning_content":"a"}}]}"#,
+                false,
+            ),
+            (
+                r#"data: {"choices":[{"logprobs":{"content":[]},"delta":{"content":"a"}}]}"#,
+                true,
+            ),
+            (
+                r#"data: {"choices":[{"delta":{"content":"\"content\":\""}}]}"#,
+                true,
+            ),
+            ("data: [DONE]", false),
+            (": keep-alive", false),
+        ];
+        for &(line, token) in lines {
+            let mut m = TokenMeter::new(Kind::Stream, false);
+            let mut body = Some(Bytes::from(format!("{line}\n")));
+            m.scan(&mut body, false, Instant::now(), &mut Gaps::default());
+            assert_eq!(m.chunks, u64::from(token), "{line}");
+        }
+        let mut m = TokenMeter::new(Kind::Stream, true);
+        let mut body = Some(Bytes::from_static(
+            b"data: {\"choices\": [ ], \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 1}}\n\n",
+        ));
+        m.scan(&mut body, false, Instant::now(), &mut Gaps::default());
+        assert_eq!(m.usage.map(|u| u.prompt_tokens), Some(3));
+        assert_eq!(body.unwrap(), "", "spaced JSON is stripped too");
     }
 
     #[test]
@@ -382,8 +881,8 @@ mod tests {
         for size in [1, 5, body.len()] {
             let mut m = TokenMeter::new(Kind::Json, true);
             let chunks: Vec<Bytes> = body.chunks(size).map(Bytes::copy_from_slice).collect();
-            let (out, _) = run(&mut m, &chunks);
-            assert_eq!(out.as_bytes(), body);
+            let (out, _) = run(&mut m, &chunks, Instant::now());
+            assert_eq!(out, body);
             let u = m.usage.unwrap_or_else(|| panic!("size {size}"));
             assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 16));
         }

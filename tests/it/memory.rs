@@ -5,14 +5,15 @@ use modelgate::demo::replica::{Replica, ReplicaHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{eventually, pool_config, TestProxy, PATIENCE};
+use crate::support::{eventually, modelgate_bin, pool_config, TestProxy, PATIENCE};
 
 /// Idle connections held at once; enough that a few KiB each dwarfs RSS noise.
 const CONNS: usize = 2000;
 /// Bound on the proxy's resident memory per idle keep-alive client connection:
-/// 17-21 KiB measured (release and debug builds; nginx: under 1 KiB; pingora 0.9.1
-/// as released: 91-105 KiB). The margin absorbs allocator and RSS noise.
-const MAX_KIB_PER_CONN: u64 = 28;
+/// 5.5-5.7 KiB measured (release and debug builds, 2,000 connections; nginx: under
+/// 1 KiB; before the boxed connection futures of vendor/README.md: 19 KiB; pingora
+/// 0.9.1 as released: 91-105 KiB). The margin absorbs allocator and RSS noise.
+const MAX_KIB_PER_CONN: u64 = 8;
 
 /// Sends one GET on `stream` and reads its whole answer (headers and the
 /// Content-Length body), leaving the connection open and idle.
@@ -117,4 +118,32 @@ async fn memory_returns_to_the_os_after_idle_connections_close() {
         || async { proxy.rss_kib() <= limit },
     )
     .await;
+}
+
+/// `modelgate allocator-env` prints the settings a running proxy re-executed itself
+/// with (the bench scripts export them before starting it under valgrind).
+#[tokio::test]
+async fn allocator_env_prints_what_the_process_runs_with() {
+    let out = std::process::Command::new(modelgate_bin())
+        .arg("allocator-env")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let vars: Vec<&str> = printed.lines().collect();
+    assert!(!vars.is_empty());
+    let replica = Replica::builder("r").spawn().await.unwrap();
+    let proxy = TestProxy::start(&pool_config(&format!("\"{}\"", replica.addr()), "")).await;
+    let environ = std::fs::read(format!("/proc/{}/environ", proxy.pid())).unwrap();
+    let environ: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+    for var in vars {
+        let (name, _) = var.split_once('=').expect("VAR=VALUE");
+        assert!(name.starts_with("MIMALLOC_"), "{var}");
+        if std::env::var_os(name).is_none() {
+            assert!(
+                environ.contains(&var.as_bytes()),
+                "{var} not set in the proxy"
+            );
+        }
+    }
 }

@@ -49,6 +49,13 @@ async fn accounts(client: reqwest::Client) {
     assert_eq!(resp.status(), 200);
     assert!(r.last_openai_request().unwrap()["stream_options"].is_null());
 
+    // A request's token counts, time to first token and inter-token gaps are recorded
+    // when it is logged, which pingora does after the answer's last byte went out: a
+    // client can read /metrics before that. Its access log line is written last.
+    eventually("access log lines", PATIENCE, || async {
+        proxy.logs().matches("\"model\":\"m\"").count() == 3
+    })
+    .await;
     let text = proxy.admin_text("/metrics").await;
     let labels = r#"{kind="prompt",route="chat",upstream="m"}"#;
     assert_eq!(
@@ -80,10 +87,6 @@ async fn accounts(client: reqwest::Client) {
         "{text}"
     );
 
-    eventually("access log lines", PATIENCE, || async {
-        proxy.logs().matches("\"model\":\"m\"").count() == 3
-    })
-    .await;
     let logs = proxy.logs();
     let line: Value = logs
         .lines()

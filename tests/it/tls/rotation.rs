@@ -2,15 +2,24 @@
 //! ones keep working, and a broken new file keeps the previous certificate.
 
 use super::*;
+use modelgate::demo::replica::ReplicaHandle;
 
-#[tokio::test]
-async fn rotated_certificate_reaches_new_connections_and_open_ones_keep_working() {
+/// A proxy serving `api.test` with the first certificate (`v1`) of `ca` from the
+/// watched directory `dir`, in front of one replica:
+/// `(ca, dir, v1, replica, proxy)`.
+async fn rotating_proxy() -> (TestCa, tempfile::TempDir, Issued, ReplicaHandle, TestProxy) {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
     let v1 = ca.issue(&["api.test"]);
     v1.write(dir.path(), "api");
-    let r = Replica::builder("r").spawn().await.unwrap();
-    let proxy = TestProxy::start(&config(dir.path(), &one_pool(r.addr()), "")).await;
+    let replica = Replica::builder("r").spawn().await.unwrap();
+    let proxy = TestProxy::start(&config(dir.path(), &one_pool(replica.addr()), "")).await;
+    (ca, dir, v1, replica, proxy)
+}
+
+#[tokio::test]
+async fn rotated_certificate_reaches_new_connections_and_open_ones_keep_working() {
+    let (ca, dir, v1, _replica, proxy) = rotating_proxy().await;
     let addr = proxy.https_addr();
 
     // An h2 connection opened before the rotation.
@@ -63,12 +72,7 @@ async fn rotated_certificate_reaches_new_connections_and_open_ones_keep_working(
 
 #[tokio::test]
 async fn broken_new_certificate_keeps_the_previous_one() {
-    let ca = TestCa::new();
-    let dir = tempfile::tempdir().unwrap();
-    let v1 = ca.issue(&["api.test"]);
-    v1.write(dir.path(), "api");
-    let r = Replica::builder("r").spawn().await.unwrap();
-    let proxy = TestProxy::start(&config(dir.path(), &one_pool(r.addr()), "")).await;
+    let (ca, dir, v1, _replica, proxy) = rotating_proxy().await;
     let addr = proxy.https_addr();
 
     // Garbage in place of the certificate.

@@ -352,8 +352,9 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
-                    downstream_session
-                        .respond_error(400)
+                    // modelgate patch: boxed (a rare path), so the future of every idle
+                    // keep-alive connection waiting in `read_request` above does not carry it.
+                    Box::pin(downstream_session.respond_error(400))
                         .await
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");
@@ -365,7 +366,7 @@ where
                         downstream_session.session_type()
                     );
                 }
-                downstream_session.shutdown().await;
+                Box::pin(downstream_session.shutdown()).await;
                 return None;
             }
         }
@@ -385,13 +386,12 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
+            Box::pin(downstream_session.respond_error(405))
                 .await
                 .unwrap_or_else(|e| {
                     error!("failed to send error response to downstream: {e}");
                 });
-            downstream_session.shutdown().await;
+            Box::pin(downstream_session.shutdown()).await;
             return None;
         }
         Some(downstream_session)
@@ -1565,23 +1565,19 @@ impl SubrequestSpawner {
     }
 }
 
-#[async_trait]
-impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+impl<SV, C> HttpProxy<SV, C>
 where
     SV: ProxyHttp + Send + Sync + 'static,
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    async fn process_new_http(
+    /// [`HttpServerApp::process_new_http`] once the session is boxed.
+    async fn process_boxed_http(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        session: Box<HttpSession>,
+        prev_user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Extract user context from the previous request before the session is moved into the Box
-        let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
-
         // TODO: keepalive pool, use stack
         let mut session = match self.handle_new_request(session).await {
             Some(downstream_session) => Session::new(
@@ -1611,6 +1607,33 @@ where
         // the request has arrived; inline, its size would be held by every idle
         // keep-alive connection waiting in `handle_new_request` above.
         Box::pin(self.process_request(session, ctx)).await
+    }
+}
+
+#[async_trait]
+impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+    C: custom::Connector,
+{
+    // modelgate patch: written out instead of `async fn` so that the session is boxed
+    // before the future is made. An async fn's arguments stay in its future for its
+    // whole life (rust-lang/rust#62958), so the future of every idle keep-alive
+    // connection carried a second, dead copy of the session.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        mut session: HttpSession,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        // Extract user context from the previous request before the session is moved into the Box
+        let prev_user_ctx = session.take_connection_user_context();
+        Box::pin(self.process_boxed_http(Box::new(session), prev_user_ctx, shutdown))
     }
 
     async fn http_cleanup(&self) {

@@ -278,10 +278,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     let failures = failures.clone();
+                    let peer_addr = io.peer_addr();
+                    // modelgate patch: the handshake (TLS state included) lives in its own
+                    // allocation, freed once it completes; inline, the task of every
+                    // connection would keep its size for the connection's life.
+                    let handshake = Box::pin(io.handshake());
                     current_handle().spawn(async move {
                         let _permit = permit;
-                        let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        match timeout(Duration::from_secs(60), handshake).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,

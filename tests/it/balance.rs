@@ -430,3 +430,51 @@ async fn learned_limit_finds_a_replica_s_capacity_knee() {
         proxy.logs()
     );
 }
+
+/// Fast and slow replicas with slots behind caps and a queue (shortest expected
+/// delay): two fast replicas of 100 ms and one of 1 s, one slot each. While few
+/// requests wait, they wait for a fast slot (one frees every 50 ms) rather than
+/// take the free slow one; a burst that makes the wait for a fast slot longer
+/// than the slow replica's extra 900 ms sends the newest requests there.
+#[tokio::test]
+async fn the_slow_replica_is_used_only_when_the_fast_queue_is_long() {
+    let fast_a = Model::builder("fast-a")
+        .work(Duration::from_millis(100))
+        .spawn()
+        .await;
+    let fast_b = Model::builder("fast-b")
+        .work(Duration::from_millis(100))
+        .spawn()
+        .await;
+    let slow = Model::builder("slow")
+        .work(Duration::from_millis(1000))
+        .spawn()
+        .await;
+    let extra = "max_inflight = 1\nqueue = { size = 64, timeout = \"60s\" }";
+    let proxy = TestProxy::start(&pool_config(&models(&[&fast_a, &fast_b, &slow]), extra)).await;
+    // Every replica measured: rounds of three at once, one on each (a replica not
+    // measured yet is never declined), until the slow one has answered four.
+    for _ in 0..20 {
+        if slow.hits() >= 4 {
+            break;
+        }
+        closed_loop(&proxy, 3, 1, "/work").await;
+    }
+    assert!(slow.hits() >= 4, "the slow replica was never measured");
+    let measured = slow.hits();
+    // Three clients in a closed loop: at most one waits, 50 ms for a fast slot.
+    closed_loop(&proxy, 3, 12, "/work").await;
+    assert_eq!(
+        slow.hits(),
+        measured,
+        "a short wait for a fast slot beats 1 s"
+    );
+    assert!(fast_a.hits() + fast_b.hits() >= 36);
+    // Thirty at once: the last of them would wait about 1.5 s for a fast slot.
+    closed_loop(&proxy, 30, 1, "/work").await;
+    let burst = slow.hits() - measured;
+    assert!(
+        (1..=3).contains(&burst),
+        "the slow replica took {burst} of a burst of 30"
+    );
+}

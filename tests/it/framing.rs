@@ -30,18 +30,27 @@ impl Recorder {
             while let Ok((mut s, _)) = listener.accept().await {
                 let seen = Arc::clone(&s2);
                 tokio::spawn(async move {
+                    // One answer per connection, at the end of the first head, saying
+                    // the connection closes; everything that arrives after it is still
+                    // recorded. (Answering at every blank line answered a chunked
+                    // body's last chunk as a second request: the proxy then read that
+                    // stale answer on the pooled connection as the next request's.)
                     let mut buf = [0u8; 65536];
                     let mut pending = Vec::new();
+                    let mut answered = false;
                     loop {
                         let n = match s.read(&mut buf).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };
                         seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if answered {
+                            continue;
+                        }
                         pending.extend_from_slice(&buf[..n]);
-                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            pending.drain(..end + 4);
-                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if pending.windows(4).any(|w| w == b"\r\n\r\n") {
+                            answered = true;
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
                             if s.write_all(ok).await.is_err() {
                                 return;
                             }

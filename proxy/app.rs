@@ -54,7 +54,6 @@ pub struct App {
     /// are written before the process exits.
     access_log: Option<AccessLog>,
     reloader: Option<Arc<Reloader>>,
-    metrics: Arc<Metrics>,
     snapshot: SharedSnapshot,
 }
 
@@ -149,18 +148,12 @@ impl App {
             drain: parts.drain,
             access_log: parts.access_log,
             reloader,
-            metrics: parts.metrics,
             snapshot: parts.snapshot,
         })
     }
 
-    /// Every metric of this server (the reloader records reloads here).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// The live config generation (routes and pools), as the proxy sees it.
-    pub fn snapshot(&self) -> &SharedSnapshot {
+    pub(crate) fn snapshot(&self) -> &SharedSnapshot {
         &self.snapshot
     }
 

@@ -67,8 +67,9 @@ pub(crate) fn publishing() -> MutexGuard<'static, ()> {
 }
 
 impl Snapshot {
-    /// Builds every pool and route of `config`. Fails, listing every problem, on
-    /// settings this build cannot serve; `modelgate check` reports the same list.
+    /// Builds every pool and route of `config`. Fails, listing every problem, when
+    /// files the config names cannot be read (upstream TLS files, route key files);
+    /// `modelgate check` reports the same list.
     pub fn build(config: &Config) -> Result<Snapshot, Vec<String>> {
         Snapshot::build_next(config, None)
     }

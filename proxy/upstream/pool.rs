@@ -79,8 +79,9 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds a pool from a validated upstream. Fails only for features this build
-    /// cannot serve yet, with a message for the operator.
+    /// Builds a pool from a validated upstream. Fails only when a file the upstream
+    /// names cannot be read (its `tls` CA, client certificate or key), with a
+    /// message for the operator that names the file.
     pub fn build(up: &Upstream) -> Result<Arc<Pool>, String> {
         Pool::build_next(up, None)
     }

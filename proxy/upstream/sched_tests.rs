@@ -77,7 +77,7 @@ fn request(
 }
 
 /// Lets spawned requests run until `n` wait in the queue.
-async fn queued(pool: &Pool, n: usize) {
+pub(super) async fn queued(pool: &Pool, n: usize) {
     for _ in 0..1000 {
         if pool.queued() == n {
             return;

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::pool::Pool;
 use super::queue::Admission;
 use super::sched::Ticket;
+use super::sched_tests::queued;
 use super::select::Tried;
 use super::{Lease, Pick};
 use crate::config::{BackendAddr, BackendSource, Queue, Upstream};
@@ -73,16 +74,6 @@ fn request(pool: &Arc<Pool>, tx: &mpsc::UnboundedSender<(usize, Lease)>, n: usiz
 }
 
 /// Lets spawned requests run (without moving the paused clock) until `n` wait.
-async fn queued(pool: &Pool, n: usize) {
-    for _ in 0..1000 {
-        if pool.queued() == n {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("expected {n} queued, found {}", pool.queued());
-}
-
 #[tokio::test(start_paused = true)]
 async fn the_first_in_line_waits_for_a_fast_slot_and_the_last_takes_the_slow_one() {
     let pool = pool(&[FAST, FAST, SLOW], 1);

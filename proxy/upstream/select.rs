@@ -339,3 +339,94 @@ fn least_outstanding(
     }
     best.map(|(i, w)| (i, Some(w.inflight)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendAddr, BackendSource, Upstream};
+    use crate::upstream::pool::Pool;
+
+    /// A pool of backends with these weights (addresses 127.0.0.1:1, :2, ...).
+    fn pool(weights: &[u32]) -> Arc<Pool> {
+        let backends = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| BackendAddr {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1 + i as u16)),
+                weight,
+            })
+            .collect();
+        let up = Upstream::with_defaults("sel", BackendSource::Static(backends));
+        Pool::build(&up).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn pick(sel: &Selector, pool: &Pool, tried: &Tried, hash: u64) -> Option<usize> {
+        sel.pick(pool.backends(), tried, Cap::Unlimited, hash, Duration::ZERO)
+            .map(|(i, _)| i)
+    }
+
+    #[test]
+    fn round_robin_follows_the_weights_interleaved() {
+        let pool = pool(&[3, 1]);
+        let sel = Selector::round_robin(pool.backends());
+        let picks: Vec<usize> = (0..40)
+            .map(|_| pick(&sel, &pool, &Tried::default(), 0).unwrap_or(usize::MAX))
+            .collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 30, "{picks:?}");
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 10, "{picks:?}");
+        // Interleaved, not in blocks: the light backend comes at least every 4 picks.
+        assert!(picks.windows(5).all(|w| w.contains(&1)), "{picks:?}");
+    }
+
+    #[test]
+    fn round_robin_skips_a_backend_already_tried() {
+        let pool = pool(&[1, 1, 1]);
+        let sel = Selector::round_robin(pool.backends());
+        let mut tried = Tried::default();
+        tried.push(1);
+        for _ in 0..9 {
+            assert_ne!(pick(&sel, &pool, &tried, 0), Some(1));
+        }
+        tried.push(0);
+        tried.push(2);
+        assert_eq!(pick(&sel, &pool, &tried, 0), None);
+    }
+
+    #[test]
+    fn consistent_hash_moves_only_the_keys_of_a_backend_that_is_out() {
+        let pool = pool(&[1, 1, 1, 1]);
+        let sel = Selector::consistent_hash(pool.backends());
+        let mut rng = fastrand::Rng::with_seed(7);
+        let keys: Vec<u64> = (0..2000).map(|_| rng.u64(..)).collect();
+        let home: Vec<usize> = keys
+            .iter()
+            .map(|&k| pick(&sel, &pool, &Tried::default(), k).unwrap_or(usize::MAX))
+            .collect();
+        // Every backend holds a fair share of the keys (within 2x of a quarter).
+        for b in 0..4 {
+            let n = home.iter().filter(|&&h| h == b).count();
+            assert!((250..=1000).contains(&n), "backend {b} holds {n} of 2000");
+        }
+        // The same key always lands on the same backend.
+        for (&k, &h) in keys.iter().zip(&home) {
+            assert_eq!(pick(&sel, &pool, &Tried::default(), k), Some(h));
+        }
+        // With backend 2 out, only its keys move, and they spread over the others.
+        let mut out = Tried::default();
+        out.push(2);
+        let mut moved_to = [0usize; 4];
+        for (&k, &h) in keys.iter().zip(&home) {
+            let now = pick(&sel, &pool, &out, k).unwrap_or(usize::MAX);
+            if h == 2 {
+                assert_ne!(now, 2);
+                moved_to[now] += 1;
+            } else {
+                assert_eq!(now, h, "a key of backend {h} moved");
+            }
+        }
+        assert!(
+            moved_to.iter().filter(|&&n| n > 0).count() >= 2,
+            "{moved_to:?}"
+        );
+    }
+}

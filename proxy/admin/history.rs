@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::proto::MetricFamily;
 use serde_json::{json, Value};
 
+use crate::gateway::Reject;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// Time between chart points.
@@ -29,7 +30,11 @@ const TICKS_PER_STEP: u32 = 5;
 const SHARE_ALPHA: f64 = 1.0 / 60.0;
 
 /// Rejects that mean "no capacity": the proxy answered 503 itself.
-const CAPACITY_REASONS: [&str; 3] = ["overloaded", "queue_timeout", "no_healthy_backend"];
+const CAPACITY_REJECTS: [Reject; 3] = [
+    Reject::Overloaded,
+    Reject::QueueTimeout,
+    Reject::NoHealthyBackend,
+];
 
 /// One point of an upstream's charts. `None`: nothing finished in that step.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -155,7 +160,9 @@ pub(crate) fn totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
                     | "modelgate_upstream_first_byte_seconds"
                     | "modelgate_queue_wait_seconds"
             ) || (name == "modelgate_rejected_total"
-                && CAPACITY_REASONS.contains(&label(m, "reason")));
+                && CAPACITY_REJECTS
+                    .iter()
+                    .any(|r| r.reason() == label(m, "reason")));
             if !wanted {
                 continue;
             }

@@ -348,19 +348,16 @@ impl TokenMeter {
         };
         let token = token_at(data);
         let from = token.unwrap_or(0);
-        if let Some(at) = FIND.usage.find(&data[from..]) {
-            let value = &data[from + at + USAGE_KEY.len()..];
-            if value.trim_ascii_start().first() == Some(&b'{') {
-                if let Ok(w) = serde_json::from_slice::<WithUsage>(data.trim_ascii()) {
-                    if w.usage.is_some() {
-                        self.usage = w.usage;
-                    }
-                    if token.is_none() {
-                        // The usage-only event (empty choices) is the one a client did
-                        // not ask for.
-                        self.skip_blank = self.strip_usage && empty_choices(data);
-                        return self.skip_blank;
-                    }
+        if usage_object(&data[from..]) {
+            if let Ok(w) = serde_json::from_slice::<WithUsage>(data.trim_ascii()) {
+                if w.usage.is_some() {
+                    self.usage = w.usage;
+                }
+                if token.is_none() {
+                    // The usage-only event (empty choices) is the one a client did
+                    // not ask for.
+                    self.skip_blank = self.strip_usage && empty_choices(data);
+                    return self.skip_blank;
                 }
             }
         }
@@ -446,6 +443,16 @@ fn line_len(rest: &[u8]) -> Option<usize> {
         [b'\r', b'\n', ..] => Some(2),
         _ => memchr::memchr(b'\n', rest).map(|nl| nl + 1),
     }
+}
+
+/// Whether the first `"usage":` key in `data` has an object for its value. Without a
+/// `{` in `data` it cannot: most token lines have none after their token (`usage` is
+/// absent or `null` there), and one byte is found at a fraction of the key's cost.
+fn usage_object(data: &[u8]) -> bool {
+    memchr::memchr(b'{', data).is_some()
+        && FIND.usage.find(data).is_some_and(|at| {
+            data[at + USAGE_KEY.len()..].trim_ascii_start().first() == Some(&b'{')
+        })
 }
 
 /// Where generated text starts in a `data:` payload (just past its key): a non-empty

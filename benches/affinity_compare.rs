@@ -8,9 +8,15 @@
 //! sessions one after another. Workload B (no shared prefixes): the same number of
 //! requests, each with its own random prompt of the same length.
 //!
+//! modelgate runs with `max_inflight` set to the replicas' slots (`MAX_INFLIGHT`, default
+//! 2; 0 leaves the capacity unknown, so cache affinity falls back to its abs/rel guard)
+//! and a queue, as in front of slot-limited replicas.
+//!
 //! Per policy: the replicas' prefix-cache hit ratio (cached prompt tokens over prompt
 //! tokens, as the replicas report them in each response's usage), mean and p99 time
 //! to first token (first streamed content), and requests per second.
+//!
+//! `POLICIES=cache_affinity,least_outstanding` runs only those rows (default: all).
 //!
 //! Run with `bash benches/affinity_compare.sh`; `SGLANG_ROUTER=python3` (a Python
 //! with `sglang-router` installed) adds SGLang's `cache_aware` router. With real
@@ -33,6 +39,9 @@ const SESSIONS: usize = 24;
 const TURNS: usize = 4;
 const CLIENTS: usize = 6;
 const MAX_TOKENS: u64 = 8;
+/// Requests each replica runs at once: the mocks' slots, and llama-server's
+/// `--parallel` in benches/llama.sh (`PARALLEL`, default 2).
+const SLOTS: usize = 2;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -212,8 +221,10 @@ fn modelgate(bin: &Path, dir: &Path, port: u16, balance: &str, backends: &[Socke
     let cfg = format!(
         "[listen]\nhttp = \"127.0.0.1:{port}\"\n[log]\naccess = \"off\"\n\
          [[route]]\nname = \"chat\"\npath = \"/v1\"\napi = \"openai\"\nupstream = \"m\"\n\
-         [upstream.m]\nbackends = [{}]\nbalance = \"{balance}\"\nfirst_byte_timeout = \"300s\"\n",
-        list.join(", ")
+         [upstream.m]\nbackends = [{}]\nbalance = \"{balance}\"\nfirst_byte_timeout = \"300s\"\n\
+         max_inflight = {}\nqueue = {{ size = 256, timeout = \"300s\" }}\n",
+        list.join(", "),
+        env_usize("MAX_INFLIGHT", SLOTS)
     );
     let file = dir.join(format!("modelgate-{balance}.toml"));
     std::fs::write(&file, cfg).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -265,7 +276,7 @@ async fn mock_replicas() -> Vec<ReplicaHandle> {
         out.push(
             Replica::builder(name)
                 .models(["m"])
-                .concurrency(2)
+                .concurrency(SLOTS)
                 .prefill_per_token(Duration::from_micros(500))
                 .token_interval(Duration::from_millis(10))
                 .prefix_cache_blocks(env_usize("CACHE_BLOCKS", 300))
@@ -304,6 +315,9 @@ async fn bench() {
     let sglang = std::env::var("SGLANG_ROUTER").ok();
     if sglang.is_some() {
         policies.push("sglang-router cache_aware");
+    }
+    if let Ok(only) = std::env::var("POLICIES") {
+        policies.retain(|p| only.split(',').any(|o| p.starts_with(o.trim())));
     }
     for (title, work) in &workloads {
         println!(

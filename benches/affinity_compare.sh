@@ -3,6 +3,8 @@
 # on a seeded chat workload; prints the README tables. Usage:
 #   bash benches/affinity_compare.sh             # three mock replicas with a prefix cache
 #   LLAMA=1 bash benches/affinity_compare.sh     # three real llama-server replicas
+# modelgate gets max_inflight = the replicas' slots (MAX_INFLIGHT, default 2 = PARALLEL;
+# MAX_INFLIGHT=0 leaves capacity unknown: affinity then uses its abs/rel guard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${MODELGATE_BIN:-}" ]; then   # MODELGATE_BIN=path: use that binary, build none
@@ -16,6 +18,8 @@ if [ -z "${SGLANG_ROUTER:-}" ]; then
   fi
 fi
 if [ -n "${LLAMA:-}" ]; then
+  # modelgate's max_inflight follows the replicas' slots (llama-server --parallel).
+  export MAX_INFLIGHT=${MAX_INFLIGHT:-${PARALLEL:-2}}
   bash benches/llama.sh build
   export REPLICAS=127.0.0.1:18080,127.0.0.1:18081,127.0.0.1:18082
   export RESTART="bash benches/llama.sh stop; bash benches/llama.sh start 3 18080"

@@ -8,7 +8,8 @@
 # front of one nginx backend answering "ok\n"; after a warm-up the counters are zeroed,
 # h2load sends REQUESTS HTTP/1.1 keep-alive requests (CONNS connections), and the
 # instructions of the whole process (all threads) are divided by REQUESTS. Prints
-# "instructions/request N" and, with TOP=1, the costliest functions (inclusive).
+# "instructions/request N" and, with TOP=1, the costliest functions (inclusive); with
+# KEEP=FILE the callgrind dump is kept there for callgrind_annotate or kcachegrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -45,7 +46,7 @@ balance = "round_robin"
 max_inflight = 0
 EOF
 nginx -c "$T/backend.conf" -p "$T" & PIDS+=($!)
-RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$T/cg.out" \
+RUST_LOG=error valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$T/cg.out" \
   "$BIN" run -c "$T/modelgate.toml" 2>"$T/valgrind.log" & PIDS+=($!)
 VG=$!
 for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$MG/" && break; sleep 0.2; done
@@ -60,6 +61,7 @@ dump=$(ls -t "$T"/cg.out.* 2>/dev/null | head -1)
 total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 [ "$ok" = "$REQUESTS" ] || echo "warning: $ok of $REQUESTS requests succeeded" >&2
 echo "instructions/request $((total / ok))"
+[ -z "${KEEP:-}" ] || cp "$dump" "$KEEP"
 if [ "${TOP:-0}" = 1 ]; then
   callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | sed -n '/file:function/,$p' | head -60
 fi

@@ -304,9 +304,12 @@ pub enum AffinityKey {
     Header(String),
 }
 
-/// The balance guard of cache affinity (`affinity_guard = { abs = 4, rel = 1.5 }`): the
-/// replica holding a request's prefix is passed over when its load exceeds the least
-/// loaded replica's by more than `abs` requests and is more than `rel` times it.
+/// The fallback balance guard of cache affinity (`affinity_guard = { abs = 4, rel = 1.5 }`),
+/// used when the replicas' capacity is unknown (no `max_inflight`, no queue reported)
+/// or when the request would queue on every replica:
+/// the replica holding a request's prefix is passed over when its load exceeds the least
+/// loaded replica's by more than `abs` requests and is more than `rel` times it. With a
+/// known capacity the guard is whether the request would queue there instead.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AffinityGuard {
     pub abs: u32,

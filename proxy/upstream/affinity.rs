@@ -19,10 +19,19 @@
 //!   [`crate::config::DEFAULT_AFFINITY_BLOCKS`]); the least recently used block is forgotten first.
 //! - A request's match is the longest run of its leading blocks that one replica holds;
 //!   it counts when it covers at least `affinity_threshold` of the request's blocks.
-//! - The guard ([`AffinityGuard`]): the matched replica is passed over when its load exceeds
-//!   the least-loaded eligible replica's by more than `abs` requests *and* is more than
-//!   `rel` times it. Load is the least-outstanding view: requests in flight, or the
-//!   replica's own fresh report of queued plus running requests, whichever is larger.
+//! - The balance guard ([`pick`]) asks whether the request would queue on the matched
+//!   replica. When its capacity is known (`max_inflight`, or the learned limit with
+//!   `max_inflight = "auto"`, or a fresh load report showing a queue), the replica
+//!   keeps the request while it has a free slot and is passed over when the request
+//!   would wait there while another eligible replica would start it at once: a prefix
+//!   hit saves prefill, a queue costs whole requests, and a replica with a handful of
+//!   slots queues long before any count-based threshold notices. Only when capacity is
+//!   unknown does the fallback ([`AffinityGuard`], SGLang's `cache_aware` guard) decide:
+//!   pass over when its load exceeds the least-loaded available replica's by more than
+//!   `abs` requests *and* is more than `rel` times it. Load is the least-outstanding
+//!   view: requests in flight, or the replica's own fresh report of queued plus running
+//!   requests, whichever is larger. A passed-over replica's request goes where least
+//!   outstanding sends it among the others.
 //!
 //! A replica is named in the index by its affinity id, which changes when it goes down
 //! or is ejected (its cache is presumed lost) and which a removed replica takes with it,
@@ -35,6 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::backend::Backend;
+use super::balancer::Cap;
 use crate::config::{AffinityGuard, AffinityKey};
 
 /// Text bytes per block (about 16 tokens of English, llm-d's default block).
@@ -258,27 +268,79 @@ impl Affinity {
     }
 }
 
-/// The load the guard compares: requests in flight, or the replica's own fresh report
-/// of queued plus running requests, whichever is larger.
+/// The load the abs/rel guard compares: requests in flight, or the replica's own fresh
+/// report of queued plus running requests, whichever is larger.
 #[inline]
 fn load(b: &Backend, now_us: u64, report_ttl_ms: u64) -> u32 {
     b.inflight()
         .max(b.reported_load(now_us / 1000, report_ttl_ms))
 }
 
-/// The preferred backend named by `hint` (the less loaded of two, then the more recent),
-/// if it is eligible (`ok`) and the guard does not find it overloaded next to the
-/// least-loaded available backend.
+/// Would a replica start one more request at once, or queue it?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// A slot is free: fewer requests in flight than its capacity, no queue reported.
+    Free,
+    /// It would queue the request: its fresh report shows a queue, or its requests
+    /// in flight fill its capacity.
+    Full,
+    /// Its capacity is not known (no `max_inflight`, no queue reported).
+    Unknown,
+}
+
+/// The room on `b`, whose capacity is `slots` requests (0: not known). Its load counts
+/// as in the guard (its own report may show requests of other clients).
+#[inline]
+fn room(b: &Backend, slots: u32, now_us: u64, report_ttl_ms: u64) -> Room {
+    if b.reported_counts(now_us / 1000, report_ttl_ms)
+        .is_some_and(|(queue, _)| queue > 0)
+    {
+        return Room::Full;
+    }
+    match slots {
+        0 => Room::Unknown,
+        s if load(b, now_us, report_ttl_ms) < s => Room::Free,
+        _ => Room::Full,
+    }
+}
+
+/// Cache affinity's verdict on a request's preferred replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// No preference (no hint, or no holder of the prefix is eligible): least outstanding.
+    None,
+    /// Send it to the preferred replica (by index).
+    Stay(usize),
+    /// Pass the preferred replica (by index) over: least outstanding among the others.
+    PassOver(usize),
+}
+
+/// The balance guard: the verdict on the preferred backend named by `hint` (the less
+/// loaded of two holders, then the more recent) if it is eligible (`ok`).
+///
+/// With its capacity known (`cap`: `max_inflight`, or the learned limit with
+/// `max_inflight = "auto"`), the replica is kept while it has a free slot, and
+/// passed over when the request would queue there (its requests in flight fill its
+/// capacity, or its fresh load report shows a queue) while another eligible replica
+/// would start it at once (a free slot, no queue reported). A replica without
+/// `max_inflight` that reports a queue shows its capacity: the requests it runs; its
+/// peers, which usually run the same engine with the same settings, are judged by
+/// that count. When neither can tell, the fallback is the absolute/relative guard
+/// of SGLang's cache-aware router (sgl-router `cache_aware`): passed over when its
+/// load exceeds the least-loaded available replica's by more than `guard.abs` and is
+/// more than `guard.rel` times it. A request that would queue everywhere gets the
+/// fallback too: the prefix hit then weighs against the queues' lengths.
 pub(crate) fn pick(
     backends: &[Arc<Backend>],
     hint: u64,
     guard: AffinityGuard,
+    cap: Cap,
     report_ttl_ms: u64,
     now_us: u64,
     ok: impl Fn(usize) -> bool,
-) -> Option<usize> {
+) -> Verdict {
     if hint == 0 {
-        return None;
+        return Verdict::None;
     }
     let mut chosen: Option<(usize, u32)> = None;
     let mut least = u32::MAX;
@@ -295,10 +357,38 @@ pub(crate) fn pick(
             chosen = Some((i, l));
         }
     }
-    let (i, l) = chosen?;
+    let Some((p, l)) = chosen else {
+        return Verdict::None;
+    };
+    let preferred = &backends[p];
+    match room(preferred, cap.of(preferred), now_us, report_ttl_ms) {
+        Room::Free => return Verdict::Stay(p),
+        Room::Full => {
+            // The capacity of a replica without `max_inflight`: that of the preferred
+            // one when it shows it by queueing (0 otherwise: not known).
+            let shown = preferred
+                .reported_counts(now_us / 1000, report_ttl_ms)
+                .map_or(0, |(_, running)| running);
+            let free_elsewhere = backends.iter().enumerate().any(|(i, b)| {
+                let slots = match cap.of(b) {
+                    0 => shown,
+                    s => s,
+                };
+                i != p && ok(i) && room(b, slots, now_us, report_ttl_ms) == Room::Free
+            });
+            if free_elsewhere {
+                return Verdict::PassOver(p);
+            }
+        }
+        Room::Unknown => {}
+    }
     let overloaded = f64::from(l) > f64::from(least) + guard.abs as f64
         && f64::from(l) > guard.rel * f64::from(least);
-    (!overloaded).then_some(i)
+    if overloaded {
+        Verdict::PassOver(p)
+    } else {
+        Verdict::Stay(p)
+    }
 }
 
 #[cfg(test)]

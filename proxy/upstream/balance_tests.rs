@@ -17,7 +17,8 @@ use crate::config::{BackendAddr, BackendSource, Upstream};
 const SHORT: Duration = Duration::from_millis(50);
 const LONG: Duration = Duration::from_secs(1);
 
-fn pool(n: usize) -> Arc<Pool> {
+/// A least-outstanding pool of `n` unlimited backends (127.0.0.1:1, :2, ...).
+pub(super) fn pool(n: usize) -> Arc<Pool> {
     let backends = (0..n)
         .map(|i| BackendAddr {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1 + i as u16)),

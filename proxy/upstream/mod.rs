@@ -3,6 +3,8 @@
 //! retry budget.
 
 mod affinity;
+#[cfg(test)]
+mod affinity_tests;
 mod backend;
 #[cfg(test)]
 mod balance_tests;

@@ -460,19 +460,37 @@ impl Replica {
     /// proxy sees alone.
     #[inline]
     pub(crate) fn reported_load(&self, now_ms: u64, ttl_ms: u64) -> u32 {
+        self.reported_milli(now_ms, ttl_ms)
+            .map_or(0, |(queue, running)| {
+                u32::try_from((queue + running).div_ceil(1000)).unwrap_or(u32::MAX)
+            })
+    }
+
+    /// Requests the replica said it has queued and running (each rounded to the
+    /// nearest whole one; a gauge it did not report counts 0) if it said so within
+    /// `ttl_ms` of clock time `now_ms`, as [`Replica::reported_load`] judges freshness.
+    #[inline]
+    pub(crate) fn reported_counts(&self, now_ms: u64, ttl_ms: u64) -> Option<(u32, u32)> {
+        let whole = |milli: u64| u32::try_from((milli + 500) / 1000).unwrap_or(u32::MAX);
+        self.reported_milli(now_ms, ttl_ms)
+            .map(|(queue, running)| (whole(queue), whole(running)))
+    }
+
+    /// The fresh report's queue and running gauges in thousandths (missing: 0).
+    #[inline]
+    fn reported_milli(&self, now_ms: u64, ttl_ms: u64) -> Option<(u64, u64)> {
         if ttl_ms == 0 {
-            return 0;
+            return None;
         }
         let at = self.reported_at_ms.load(Ordering::Acquire);
         if at == 0 || now_ms.saturating_sub(at) > ttl_ms {
-            return 0;
+            return None;
         }
         let part = |a: &AtomicU32| match a.load(Ordering::Relaxed) {
             NONE => 0,
             x => u64::from(x),
         };
-        let milli = part(&self.reported_queue) + part(&self.reported_running);
-        u32::try_from(milli.div_ceil(1000)).unwrap_or(u32::MAX)
+        Some((part(&self.reported_queue), part(&self.reported_running)))
     }
 
     /// Takes an in-flight slot if fewer than `cap` are taken (`cap == 0`: no limit);

@@ -75,7 +75,8 @@ pub(crate) enum Selector {
         ring: Box<[(u64, u32)]>,
     },
     /// The replica holding the request's prefix (named by the hint the pick is given),
-    /// unless the guard finds it overloaded; else least outstanding.
+    /// unless the balance guard passes it over (see [`affinity::pick`]); else least
+    /// outstanding.
     CacheAffinity {
         report_ttl_ms: u64,
         guard: AffinityGuard,
@@ -186,9 +187,17 @@ impl Selector {
             Selector::CacheAffinity {
                 report_ttl_ms,
                 guard,
-            } => affinity::pick(backends, hash, *guard, *report_ttl_ms, clock::now_us(), ok)
-                .map(|i| (i, None))
-                .or_else(|| least_outstanding(backends, *report_ttl_ms, ok)),
+            } => {
+                let now_us = clock::now_us();
+                match affinity::pick(backends, hash, *guard, cap, *report_ttl_ms, now_us, ok) {
+                    affinity::Verdict::Stay(i) => Some((i, None)),
+                    affinity::Verdict::PassOver(p) => {
+                        least_outstanding(backends, *report_ttl_ms, |i| i != p && ok(i))
+                            .or_else(|| least_outstanding(backends, *report_ttl_ms, ok))
+                    }
+                    affinity::Verdict::None => least_outstanding(backends, *report_ttl_ms, ok),
+                }
+            }
             Selector::ConsistentHash { ring } => {
                 if ring.is_empty() {
                     return None;

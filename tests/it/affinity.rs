@@ -1,7 +1,9 @@
 //! Cache affinity (`balance = "cache_affinity"`) in front of mock OpenAI replicas with a
 //! prefix cache: shared prefixes stick to one replica, the balance guard diverts from an
-//! overloaded one, a replica taken out (by its health or by a reload) loses its
-//! prefixes, header sessions stick, and the keys are checked with line-precise errors.
+//! overloaded one, with known slots it queues nothing and keeps its hits, a replica
+//! reporting a queue is passed over, a replica taken out (by its health or by a reload)
+//! loses its prefixes, header sessions stick, and the keys are checked with
+//! line-precise errors.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -77,6 +79,34 @@ async fn send(client: &reqwest::Client, proxy: &TestProxy, body: &Value) -> (Str
     (replica, cached)
 }
 
+/// Sends `n` chats with system prompt `sys` (turns `q0`, `q1`, ...) one at a time, each
+/// once the ones before it are in flight (as `inflight` counts them), so each pick
+/// sees them; returns the tasks awaiting their statuses.
+async fn send_in_turn(
+    proxy: &TestProxy,
+    sys: &str,
+    n: u64,
+    inflight: impl Fn() -> u64,
+) -> Vec<tokio::task::JoinHandle<reqwest::StatusCode>> {
+    let client = h1();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (client, url, body) = (
+            client.clone(),
+            proxy.url("/v1/chat/completions"),
+            chat(sys, &[&format!("q{i}")]),
+        );
+        tasks.push(tokio::spawn(async move {
+            client.post(url).json(&body).send().await.unwrap().status()
+        }));
+        eventually("the request reaches its replica", PATIENCE, || async {
+            inflight() == i + 1
+        })
+        .await;
+    }
+    tasks
+}
+
 fn system_prompt(n: usize) -> String {
     (0..300)
         .map(|i| format!("rule{n}x{i}"))
@@ -133,22 +163,10 @@ async fn the_guard_diverts_from_an_overloaded_replica() {
     let (home, _) = send(&client, &proxy, &chat(&sys, &["warm up"])).await;
     let home = r.iter().find(|x| x.name() == home).unwrap();
     let before: Vec<u64> = r.iter().map(|x| x.hits()).collect();
-    let mut tasks = Vec::new();
-    for i in 0..9u64 {
-        let (client, url, body) = (
-            client.clone(),
-            proxy.url("/v1/chat/completions"),
-            chat(&sys, &[&format!("q{i}")]),
-        );
-        tasks.push(tokio::spawn(async move {
-            client.post(url).json(&body).send().await.unwrap().status()
-        }));
-        // One at a time, so each pick sees the ones before it in flight.
-        eventually("the request reaches its replica", PATIENCE, || async {
-            r.iter().map(ReplicaHandle::inflight).sum::<u64>() == i + 1
-        })
-        .await;
-    }
+    let tasks = send_in_turn(&proxy, &sys, 9, || {
+        r.iter().map(ReplicaHandle::inflight).sum::<u64>()
+    })
+    .await;
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
@@ -332,4 +350,169 @@ fn affinity_keys_are_checked_with_line_precise_errors() {
     );
     let (ok, out, _) = check(&format!("{head}balance = \"cache_afinity\"\n"));
     assert!(!ok && out.contains("cache_affinity"), "{out}");
+}
+
+/// Three replicas that run 2 requests at once (more wait inside, as llama.cpp's slots
+/// do) and hold a bounded prefix cache: about 0.25 s per request with a cold 300-word
+/// prompt, 0.1 s with a cached one.
+async fn slotted_replicas() -> Vec<ReplicaHandle> {
+    let mut out = Vec::new();
+    for name in ["a", "b", "c"] {
+        out.push(
+            Replica::builder(name)
+                .models(["m"])
+                .concurrency(2)
+                .prefill_per_token(Duration::from_micros(500))
+                .token_interval(Duration::from_millis(20))
+                .prefix_cache_blocks(120)
+                .spawn()
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Runs every client's requests in order, all clients at once (a closed loop); returns
+/// the prompt tokens sent and those the replicas found cached.
+async fn closed_loop(proxy: &TestProxy, clients: Vec<Vec<Value>>) -> (u64, u64) {
+    let client = h1();
+    let url = proxy.url("/v1/chat/completions");
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|bodies| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let (mut prompt, mut cached) = (0, 0);
+                for body in bodies {
+                    let resp = client.post(&url).json(&body).send().await.unwrap();
+                    let (status, v) = status_and_body(resp).await;
+                    assert_eq!(status, 200, "{v}");
+                    prompt += v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+                    cached += v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                        .as_u64()
+                        .unwrap_or(0);
+                }
+                (prompt, cached)
+            })
+        })
+        .collect();
+    let mut total = (0, 0);
+    for t in tasks {
+        let (p, c) = t.await.unwrap();
+        total = (total.0 + p, total.1 + c);
+    }
+    total
+}
+
+/// Fewer clients (4) than slots (3 replicas × 2), with room for a slot whose answer
+/// has reached its client but not yet been counted as freed: a policy that never lets
+/// a request wait while a slot is free anywhere queues nothing, in the proxy or in a
+/// replica.
+const CLIENTS: usize = 4;
+
+/// Asserts that no request waited for a slot, in the proxy's queue or inside a replica,
+/// and that every replica took a share.
+async fn assert_nobody_waited(proxy: &TestProxy, r: &[ReplicaHandle], policy: &str) {
+    let waited = metric_value(proxy, "modelgate_queue_wait_seconds_sum{upstream=\"pool\"}").await;
+    assert_eq!(
+        waited, 0.0,
+        "{policy}: requests waited in the proxy's queue"
+    );
+    for x in r {
+        assert!(
+            x.max_inflight() <= 2,
+            "{policy}: replica {} ran {} at once: requests queued inside it",
+            x.name(),
+            x.max_inflight()
+        );
+        assert!(x.hits() > 0, "{policy}: replica {} got nothing", x.name());
+    }
+}
+
+#[tokio::test]
+async fn with_known_slots_affinity_queues_no_request_and_keeps_its_cache_hits() {
+    let mut rng = fastrand::Rng::with_seed(14);
+    // B: every prompt its own (nothing to hit), the same for both policies.
+    let unique: Vec<Vec<Value>> = (0..CLIENTS)
+        .map(|c| {
+            (0..8)
+                .map(|k| {
+                    let sys: Vec<String> = (0..300).map(|i| format!("u{c}x{k}x{i}")).collect();
+                    chat(&sys.join(" "), &["go"])
+                })
+                .collect()
+        })
+        .collect();
+    for policy in ["cache_affinity", "least_outstanding"] {
+        let r = slotted_replicas().await;
+        let cfg = config(&r, "max_inflight = 2\n").replace(
+            "balance = \"cache_affinity\"",
+            &format!("balance = \"{policy}\""),
+        );
+        let proxy = TestProxy::start(&cfg).await;
+        let (_, cached) = closed_loop(&proxy, unique.clone()).await;
+        assert_eq!(cached, 0, "{policy}: unique prompts hit a cache");
+        assert_nobody_waited(&proxy, &r, policy).await;
+    }
+
+    // A: six shared system prompts, three-turn sessions that resend the conversation.
+    let prompts: Vec<String> = (0..6).map(|n| system_prompt(300 + n)).collect();
+    let shared: Vec<Vec<Value>> = (0..CLIENTS)
+        .map(|c| {
+            let mut bodies = Vec::new();
+            for s in 0..3 {
+                let sys = &prompts[rng.usize(..prompts.len())];
+                let mut turns: Vec<String> = Vec::new();
+                for t in 0..3 {
+                    turns.push(format!("client {c} session {s} turn {t} asks"));
+                    let refs: Vec<&str> = turns.iter().map(String::as_str).collect();
+                    bodies.push(chat(sys, &refs));
+                }
+            }
+            bodies
+        })
+        .collect();
+    let r = slotted_replicas().await;
+    let proxy = TestProxy::start(&config(&r, "max_inflight = 2\n")).await;
+    let (prompt, cached) = closed_loop(&proxy, shared).await;
+    assert_nobody_waited(&proxy, &r, "cache_affinity").await;
+    let ratio = cached as f64 / prompt.max(1) as f64;
+    assert!(ratio >= 0.5, "hit ratio {ratio:.2} ({cached} of {prompt})");
+}
+
+#[tokio::test]
+async fn without_max_inflight_a_replica_reporting_a_queue_is_passed_over() {
+    let r = slotted_replicas().await;
+    let load = "\n[upstream.pool.load]\nmetrics = \"/metrics\"\nevery = \"50ms\"\n";
+    let proxy = TestProxy::start(&config(&r, load)).await;
+    let client = h1();
+    let sys = system_prompt(500);
+    let (home, _) = send(&client, &proxy, &chat(&sys, &["warm up"])).await;
+    let home = r.iter().find(|x| x.name() == home).unwrap();
+    // Its requests now hold their slots for a while: two run, the third waits inside.
+    home.set_delay(Duration::from_secs(3));
+    let tasks = send_in_turn(&proxy, &sys, 3, || home.inflight()).await;
+    assert_eq!(home.slot_counts(), (1, 2), "waiting, running");
+    let addr = home.addr().to_string();
+    eventually(
+        "the proxy has the replica's report of its queue",
+        PATIENCE,
+        || async {
+            let v = proxy.admin_json("/upstreams").await;
+            let backends = v["upstreams"]["pool"]["backends"].as_array().cloned();
+            backends
+                .unwrap_or_default()
+                .iter()
+                .any(|b| b["addr"] == addr.as_str() && b["reported"]["queue"].as_f64() == Some(1.0))
+        },
+    )
+    .await;
+    // Load 3 against 0 is within the fallback guard (abs 4): only the reported queue,
+    // with the replica's 2 running showing its slots, sends the request elsewhere.
+    let (got, _) = send(&client, &proxy, &chat(&sys, &["q3"])).await;
+    assert_ne!(got, home.name(), "the request joined the replica's queue");
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
 }

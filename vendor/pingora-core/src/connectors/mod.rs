@@ -360,7 +360,9 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // modelgate patch: boxed, so the future of every request (which awaits this
+            // one inline) is not sized for a connect and TLS handshake it rarely makes.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }

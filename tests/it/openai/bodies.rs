@@ -1,0 +1,212 @@
+//! Request bodies the proxy decides on (routes by `model`, streams by `stream`): a key
+//! it decides on that appears twice, a `stream` that is not a boolean and a missing
+//! `model` are refused with 400 in OpenAI's shape before any replica sees them, the
+//! same whichever other keys the endpoint's routes set.
+
+use modelgate::demo::replica::{Replica, ReplicaHandle};
+use serde_json::Value;
+
+use crate::support::*;
+
+const KEY: &str = "sk-premium-0123456789";
+
+/// Routes `premium` (model `llama-3-8b-lora-premium`, with `auth`) and `free` (model
+/// `llama-3-8b`) on `/v1`, both to one replica, and a sibling route for `qwen/`
+/// models that sets `sibling` (e.g. `stream_usage = true`, or nothing), and the plain
+/// route `plain` on `/plain`.
+async fn endpoint(sibling: &str) -> (ReplicaHandle, TestProxy, tempfile::TempDir) {
+    let replica = Replica::builder("r")
+        .models(["llama-3-8b", "llama-3-8b-lora-premium", "qwen/x"])
+        .spawn()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.txt");
+    std::fs::write(&keys, format!("premium: {KEY}\n")).unwrap();
+    let backends = backend_list(&[&replica]);
+    let proxy = TestProxy::start(&format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "plain"
+path = "/plain"
+upstream = "llama"
+
+[[route]]
+name = "premium"
+path = "/v1"
+model = "llama-3-8b-lora-premium"
+api = "openai"
+upstream = "llama"
+auth = {{ api_keys_file = "{}" }}
+
+[[route]]
+name = "free"
+path = "/v1"
+model = "llama-3-8b"
+api = "openai"
+upstream = "llama"
+
+[[route]]
+name = "qwen"
+path = "/v1"
+model_prefix = "qwen/"
+api = "openai"
+upstream = "qwen"
+{sibling}
+
+[upstream.llama]
+backends = [{backends}]
+
+[upstream.qwen]
+backends = [{backends}]
+"#,
+        keys.display()
+    ))
+    .await;
+    (replica, proxy, dir)
+}
+
+/// The route configurations every case runs on: no sibling setting that needs the
+/// whole body, and the ones that do.
+const SIBLINGS: [&str; 3] = ["", "stream_usage = true", "sse_keepalive = \"5s\""];
+
+async fn post(client: &reqwest::Client, proxy: &TestProxy, body: &str, key: bool) -> (u16, Value) {
+    let mut req = client
+        .post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if key {
+        req = req.bearer_auth(KEY);
+    }
+    status_and_body(req.send().await.unwrap()).await
+}
+
+/// 400 in OpenAI's shape naming `param`.
+#[track_caller]
+fn refused(answer: &(u16, Value), param: &str, body: &str) {
+    let (status, v) = answer;
+    assert_eq!(*status, 400, "{body}: {v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{body}: {v}");
+    assert_eq!(v["error"]["code"], "bad_request", "{body}: {v}");
+    assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(param), "{body}: {v}");
+}
+
+#[tokio::test]
+async fn a_second_model_key_cannot_reach_a_route_with_auth() {
+    for sibling in SIBLINGS {
+        let (replica, proxy, _dir) = endpoint(sibling).await;
+        for client in [h1(), h2()] {
+            for body in [
+                r#"{"model":"llama-3-8b","model":"llama-3-8b-lora-premium"}"#,
+                r#"{"model":"llama-3-8b-lora-premium","messages":[],"model":"llama-3-8b"}"#,
+                // Escaped, the key is still `model` to the replica's parser.
+                r#"{"model":"llama-3-8b","messages":[],"mod\u0065l":"llama-3-8b-lora-premium"}"#,
+                r#"{"model":"qwen/x","model":"llama-3-8b"}"#,
+                r#"{"model":null,"model":"llama-3-8b-lora-premium"}"#,
+            ] {
+                refused(&post(&client, &proxy, body, false).await, "model", body);
+                // A credential does not make it acceptable either.
+                refused(&post(&client, &proxy, body, true).await, "model", body);
+            }
+            for (body, param) in [
+                (
+                    r#"{"model":"llama-3-8b","stream":false,"messages":[],"stream":true}"#,
+                    "stream",
+                ),
+                (
+                    r#"{"model":"qwen/x","stream":true,"stream_options":{"include_usage":false},"stream_options":{"include_usage":true}}"#,
+                    "stream_options",
+                ),
+            ] {
+                refused(&post(&client, &proxy, body, false).await, param, body);
+            }
+        }
+        assert_eq!(
+            replica.hits(),
+            0,
+            "{sibling}: a refused body reached the replica"
+        );
+
+        // Keys of the same name inside messages or other values are not top-level.
+        for client in [h1(), h2()] {
+            let nested = r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hi","model":"llama-3-8b-lora-premium","stream":"x"}],"metadata":{"model":"qwen/x"},"max_tokens":2}"#;
+            let (status, v) = post(&client, &proxy, nested, false).await;
+            assert_eq!(
+                (status, &v["model"]),
+                (200, &Value::from("llama-3-8b")),
+                "{v}"
+            );
+            assert_eq!(
+                replica.last_openai_request().unwrap()["model"],
+                "llama-3-8b"
+            );
+            // The premium model itself still needs the key.
+            let premium = r#"{"model":"llama-3-8b-lora-premium","max_tokens":2}"#;
+            assert_eq!(post(&client, &proxy, premium, false).await.0, 401);
+            assert_eq!(post(&client, &proxy, premium, true).await.0, 200);
+        }
+        let metrics = proxy.admin_text("/metrics").await;
+        assert!(
+            metrics.contains(r#"modelgate_rejected_total{reason="bad_request",upstream=""} 24"#),
+            "{sibling}: {metrics}"
+        );
+        assert_eq!(replica.hits(), 4, "{sibling}");
+    }
+}
+
+#[tokio::test]
+async fn stream_must_be_a_boolean_on_every_route() {
+    for sibling in SIBLINGS {
+        let (replica, proxy, _dir) = endpoint(sibling).await;
+        for client in [h1(), h2()] {
+            for model in ["llama-3-8b", "qwen/x"] {
+                for value in [r#""true""#, "1", "0", r#""false""#, "{}"] {
+                    let body = format!(r#"{{"model":"{model}","stream":{value}}}"#);
+                    refused(&post(&client, &proxy, &body, false).await, "stream", &body);
+                }
+                // `null` is no stream, as for OpenAI's servers.
+                let body = format!(r#"{{"model":"{model}","stream":null,"max_tokens":2}}"#);
+                let (status, v) = post(&client, &proxy, &body, false).await;
+                assert_eq!(status, 200, "{sibling} {body}: {v}");
+            }
+        }
+        assert_eq!(replica.hits(), 4, "{sibling}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_without_a_string_model_is_a_bad_request_where_every_route_names_one() {
+    for sibling in SIBLINGS {
+        let (replica, proxy, _dir) = endpoint(sibling).await;
+        for client in [h1(), h2()] {
+            for body in [
+                r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+                r#"{"model":null}"#,
+                r#"{"model":7}"#,
+                r#"{"model":["llama-3-8b"]}"#,
+                "{}",
+            ] {
+                refused(&post(&client, &proxy, body, false).await, "model", body);
+            }
+            for body in ["not json", "[1,2]", r#"{"model":"llama-3-8b"} {}"#] {
+                let (status, v) = post(&client, &proxy, body, false).await;
+                assert_eq!(status, 400, "{body}: {v}");
+                assert_eq!(v["error"]["type"], "invalid_request_error", "{body}: {v}");
+                assert_eq!(v["error"]["code"], "bad_request", "{body}: {v}");
+            }
+            // An unknown model is still 404.
+            let (status, v) = post(&client, &proxy, r#"{"model":"gpt-9"}"#, false).await;
+            assert_eq!(
+                (status, &v["error"]["code"]),
+                (404, &Value::from("model_not_found"))
+            );
+        }
+        assert_eq!(replica.hits(), 0, "{sibling}");
+    }
+}

@@ -293,6 +293,8 @@ impl ProxyHttp for Gateway {
         {
             downstream.set_keepalive(Some(idle));
         }
+        // pingora's HTTP/1 session waits this long for each read of the body.
+        downstream.set_read_timeout(Some(self.limits.body_read_timeout));
         // Route and forward on the normalised path only.
         if headers::normalize_target(session.req_header_mut()).is_err()
             || self.params_change_route(session.req_header())
@@ -1025,7 +1027,8 @@ impl Gateway {
         if headers::content_length(session.req_header()).is_some_and(|n| n > limit) {
             return Ok(Err(Reject::TooLarge));
         }
-        let read = openai::read_fields(session, limit, |model| {
+        let timeout = self.limits.body_read_timeout;
+        let read = openai::read_fields(session, limit, timeout, |model| {
             model.map(|m| group.by_model(Some(m)).ok_or(Reject::ModelNotFound))
         })
         .await?;
@@ -1131,6 +1134,7 @@ fn classify(e: &Error) -> Option<Reject> {
     use ErrorType::*;
     match (e.esource(), e.etype()) {
         (_, HTTPStatus(413)) => Some(Reject::TooLarge),
+        (ErrorSource::Downstream, ReadTimedout) => Some(Reject::RequestTimeout),
         (ErrorSource::Upstream, ReadTimedout) => Some(Reject::GatewayTimeout),
         (ErrorSource::Upstream, _) => Some(Reject::BadGateway),
         (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,

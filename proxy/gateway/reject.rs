@@ -112,6 +112,9 @@ rejects! {
         "invalid_request_error", r#""stream""#, "The request body has more than one stream key.";
     DuplicateStreamOptions => 400, "bad_request",
         "invalid_request_error", r#""stream_options""#, "The request body has more than one stream_options key.";
+    /// The client sent no body bytes for longer than `body_read_timeout` (408).
+    RequestTimeout => 408, "request_timeout",
+        "invalid_request_error", "null", "The request body did not arrive in time.";
     /// Missing or refused credentials on a route with `auth`.
     Unauthorized => 401, "unauthorized",
         "invalid_request_error", "null", "Missing or invalid credentials; send Authorization: Bearer KEY.";
@@ -212,6 +215,7 @@ mod tests {
             DuplicateModel,
             DuplicateStream,
             DuplicateStreamOptions,
+            RequestTimeout,
             Unauthorized,
             RateLimited(3),
         ];

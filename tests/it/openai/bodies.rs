@@ -1,10 +1,14 @@
 //! Request bodies the proxy decides on (routes by `model`, streams by `stream`): a key
 //! it decides on that appears twice, a `stream` that is not a boolean and a missing
 //! `model` are refused with 400 in OpenAI's shape before any replica sees them, the
-//! same whichever other keys the endpoint's routes set.
+//! same whichever other keys the endpoint's routes set. A client that leaves while its
+//! body is read is a 499, one that stalls a 408, never a 502.
+
+use std::time::{Duration, Instant};
 
 use modelgate::demo::replica::{Replica, ReplicaHandle};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
@@ -12,8 +16,8 @@ const KEY: &str = "sk-premium-0123456789";
 
 /// Routes `premium` (model `llama-3-8b-lora-premium`, with `auth`) and `free` (model
 /// `llama-3-8b`) on `/v1`, both to one replica, and a sibling route for `qwen/`
-/// models that sets `sibling` (e.g. `stream_usage = true`, or nothing), and the plain
-/// route `plain` on `/plain`.
+/// models that sets `sibling` (e.g. `stream_usage = true`, or nothing); the plain route
+/// `plain` on `/plain`; a 2 s `body_read_timeout`.
 async fn endpoint(sibling: &str) -> (ReplicaHandle, TestProxy, tempfile::TempDir) {
     let replica = Replica::builder("r")
         .models(["llama-3-8b", "llama-3-8b-lora-premium", "qwen/x"])
@@ -29,6 +33,7 @@ async fn endpoint(sibling: &str) -> (ReplicaHandle, TestProxy, tempfile::TempDir
 [listen]
 http = "{{http}}"
 admin = "{{admin}}"
+body_read_timeout = "2s"
 
 [[route]]
 name = "plain"
@@ -209,4 +214,127 @@ async fn a_body_without_a_string_model_is_a_bad_request_where_every_route_names_
         }
         assert_eq!(replica.hits(), 0, "{sibling}");
     }
+}
+
+/// The access log line of the request with `id`, once it is written.
+async fn logged(proxy: &TestProxy, id: &str) -> Value {
+    let find = || {
+        proxy
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["request_id"] == id)
+    };
+    eventually(
+        &format!("access log line of {id}"),
+        Duration::from_secs(10),
+        || async { find().is_some() },
+    )
+    .await;
+    find().unwrap_or_default()
+}
+
+/// Sends an HTTP/1.1 head announcing 1000 body bytes to `path`, then 38 of them.
+async fn partial_h1(proxy: &TestProxy, path: &str, id: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {id}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(br#"{"messages":[{"role":"user","content":""#)
+        .await
+        .unwrap();
+    s
+}
+
+/// A request body of one chunk, then an error (the client gives up: HTTP/2 resets the
+/// stream) or nothing more (`stall`).
+fn partial_body(stall: bool) -> reqwest::Body {
+    let first = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+            br#"{"messages":[{"role":"user","content":""#,
+        ))
+    });
+    let rest = futures_util::stream::once(async move {
+        if stall {
+            std::future::pending::<()>().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(std::io::Error::other("client gave up"))
+    });
+    reqwest::Body::wrap_stream(futures_util::StreamExt::chain(first, rest))
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_its_body_is_read_is_499_not_a_gateway_error() {
+    let (_replica, proxy, _dir) = endpoint("stream_usage = true").await;
+    // HTTP/1.1: part of the body, then the connection closes.
+    for (path, id) in [
+        ("/v1/chat/completions", "abort-h1-model"),
+        ("/plain/chat", "abort-h1-plain"),
+    ] {
+        let s = partial_h1(&proxy, path, id).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(s);
+        let line = logged(&proxy, id).await;
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["reject"], Value::Null, "{line}");
+    }
+    // HTTP/2: part of the body, then the stream is reset.
+    let resp = h2()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-request-id", "abort-h2-model")
+        .body(partial_body(false))
+        .send()
+        .await;
+    assert!(resp.is_err(), "{resp:?}");
+    let line = logged(&proxy, "abort-h2-model").await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["reject"], Value::Null, "{line}");
+
+    let metrics = proxy.admin_text("/metrics").await;
+    assert!(!metrics.contains(r#"code="502""#), "{metrics}");
+    assert!(!metrics.contains(r#"reason="bad_gateway""#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_while_its_body_is_read_gets_408() {
+    let (_replica, proxy, _dir) = endpoint("stream_usage = true").await;
+    for (path, id) in [
+        ("/v1/chat/completions", "stall-h1-model"),
+        ("/plain/chat", "stall-h1-plain"),
+    ] {
+        let started = Instant::now();
+        let mut s = partial_h1(&proxy, path, id).await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "{id}: no answer, connection not closed");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{id}: {text}");
+        assert!(text.contains("request_timeout"), "{id}: {text}");
+        assert!(started.elapsed() >= Duration::from_millis(1900), "{id}");
+        let line = logged(&proxy, id).await;
+        assert_eq!(
+            (&line["status"], &line["reject"]),
+            (&Value::from(408), &Value::from("request_timeout")),
+            "{line}"
+        );
+    }
+    let started = Instant::now();
+    let resp = h2()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(partial_body(true))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = status_and_body(resp).await;
+    assert_eq!(status, 408, "{v}");
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    assert!(started.elapsed() >= Duration::from_millis(1900));
 }

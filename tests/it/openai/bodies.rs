@@ -338,3 +338,115 @@ async fn a_client_that_stalls_while_its_body_is_read_gets_408() {
     assert_eq!(v["error"]["code"], "request_timeout", "{v}");
     assert!(started.elapsed() >= Duration::from_millis(1900));
 }
+
+/// Routes `small` (model `llama-3-8b`, `max_body = "64KiB"`) and `big` (prefix `qwen/`,
+/// `max_body = "1MiB"`) on `/v1`, the first with `sibling`, and `default` on `/d`
+/// (model `llama-3-8b`, no `max_body`).
+async fn limits(sibling: &str) -> (ReplicaHandle, TestProxy) {
+    let replica = Replica::builder("r")
+        .models(["llama-3-8b", "qwen/x"])
+        .spawn()
+        .await
+        .unwrap();
+    let backends = backend_list(&[&replica]);
+    let proxy = TestProxy::start(&format!(
+        r#"
+[listen]
+http = "{{http}}"
+admin = "{{admin}}"
+
+[[route]]
+name = "small"
+path = "/v1"
+model = "llama-3-8b"
+api = "openai"
+upstream = "m"
+max_body = "64KiB"
+{sibling}
+
+[[route]]
+name = "big"
+path = "/v1"
+model_prefix = "qwen/"
+api = "openai"
+upstream = "m"
+max_body = "1MiB"
+
+[[route]]
+name = "default"
+path = "/d"
+model = "llama-3-8b"
+api = "openai"
+upstream = "m"
+
+[upstream.m]
+backends = [{backends}]
+"#
+    ))
+    .await;
+    (replica, proxy)
+}
+
+/// A chat body for `model` (first) of about `len` bytes.
+fn sized(model: &str, len: usize) -> Vec<u8> {
+    let mut body =
+        format!(r#"{{"model":"{model}","max_tokens":1,"messages":[{{"role":"user","content":""#)
+            .into_bytes();
+    body.resize(len.saturating_sub(4), b'a');
+    body.extend_from_slice(br#""}]}"#);
+    body
+}
+
+/// The status of `body` sent to `path` with `Content-Length`, or chunked in 16 KiB chunks.
+async fn status_of(client: &reqwest::Client, url: &str, body: &[u8], chunked: bool) -> u16 {
+    let req = client.post(url).header("content-type", "application/json");
+    let req = if chunked {
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
+            .chunks(16 * 1024)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+    } else {
+        req.body(body.to_vec())
+    };
+    match req.send().await {
+        Ok(resp) => resp.status().as_u16(),
+        // The proxy may answer 413 and close before the whole body is sent.
+        Err(e) => panic!("{url} chunked={chunked}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn body_limits_are_the_same_for_both_framings_and_every_sibling() {
+    for sibling in SIBLINGS {
+        let (_replica, proxy) = limits(sibling).await;
+        let url = proxy.url("/v1/chat/completions");
+        for client in [h1(), h2()] {
+            for chunked in [false, true] {
+                for (model, len, want) in [
+                    ("llama-3-8b", 60 * 1024, 200),
+                    ("llama-3-8b", 100 * 1024, 413), // over its own 64 KiB
+                    ("qwen/x", 900 * 1024, 200),     // the sibling's 64 KiB does not apply
+                    ("qwen/x", 2 * 1024 * 1024, 413),
+                ] {
+                    let got = status_of(&client, &url, &sized(model, len), chunked).await;
+                    assert_eq!(got, want, "{sibling:?} {model} {len} chunked={chunked}");
+                }
+            }
+        }
+        // Without max_body, a body to route on is held up to 32 MiB.
+        let url = proxy.url("/d/chat/completions");
+        let huge = sized("llama-3-8b", 33 * 1024 * 1024);
+        for chunked in [false, true] {
+            assert_eq!(
+                status_of(&h1(), &url, &huge, chunked).await,
+                413,
+                "chunked={chunked}"
+            );
+        }
+        let fits = sized("llama-3-8b", 3 * 1024 * 1024);
+        assert_eq!(status_of(&h2(), &url, &fits, true).await, 200);
+    }
+}

@@ -308,7 +308,8 @@ pub enum AffinityKey {
 }
 
 /// The fallback balance guard of cache affinity (`affinity_guard = { abs = 4, rel = 1.5 }`),
-/// used when the replicas' capacity is unknown (no `max_inflight`, no queue reported):
+/// used when the replicas' capacity is unknown (no `max_inflight`, no queue reported)
+/// or when the request would queue on every replica:
 /// the replica holding a request's prefix is passed over when its load exceeds the least
 /// loaded replica's by more than `abs` requests and is more than `rel` times it. With a
 /// known capacity the guard is whether the request would queue there instead.

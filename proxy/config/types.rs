@@ -164,7 +164,8 @@ impl Api {
     }
 }
 
-/// `wake = { url, method }`: called once per cold period of an upstream.
+/// `wake = { url, method }`: called once per cold period of an upstream (a failed
+/// call again, with backoff).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wake {
     pub url: http::Uri,

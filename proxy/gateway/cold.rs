@@ -1,5 +1,5 @@
 //! Requests that find no ready replica (all `unknown` while loading, or down):
-//! `wake` is called once per cold period and, with `hold`, the request waits in
+//! `wake` is called once per cold period (a failed call again, with backoff) and, with `hold`, the request waits in
 //! the upstream's queue for a replica to come up instead of a 503 at once (a held
 //! stream gets SSE keep-alives, as a queued one does).
 
@@ -22,11 +22,14 @@ impl Gateway {
     ) -> Admission {
         let settings = pool.settings();
         if let Some(wake) = &settings.wake {
-            if pool.store().queue().begin_cold() {
+            let queue = pool.store().queue();
+            if let Some(period) = queue.cold().wake_due() {
                 crate::health::wake::spawn(
                     std::sync::Arc::clone(pool.name()),
                     wake.clone(),
                     std::sync::Arc::clone(&self.metrics),
+                    std::sync::Arc::clone(queue),
+                    period,
                 );
             }
         }

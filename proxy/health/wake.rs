@@ -1,6 +1,7 @@
 //! `wake = { url, method }`: the call that lets an autoscaler start an upstream's
 //! replicas, made once per cold period (no replica ready) by the first request that
-//! finds it cold. A failed call is logged and counted, never fatal.
+//! finds it cold. A failed call is logged, counted and retried with backoff while
+//! requests wait (see [`crate::upstream::WaitQueue::cold`]), never fatal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,27 +12,46 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::Wake;
 use crate::metrics::Metrics;
+use crate::upstream::{AfterWake, WaitQueue};
 
 /// How long one wake call may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Calls `wake` in the background for `upstream`.
-pub(crate) fn spawn(upstream: Arc<str>, wake: Wake, metrics: Arc<Metrics>) {
+/// Calls `wake` in the background for `upstream`, in cold `period` of `queue`
+/// (the number its `wake_due` gave). A failed call is
+/// made again after its backoff while requests are still waiting in the queue; a
+/// request that arrives later, when none are, makes it through `wake_due`.
+pub(crate) fn spawn(
+    upstream: Arc<str>,
+    wake: Wake,
+    metrics: Arc<Metrics>,
+    queue: Arc<WaitQueue>,
+    period: u64,
+) {
     tokio::spawn(async move {
-        let result = tokio::time::timeout(TIMEOUT, call(&wake))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {TIMEOUT:?}")));
-        match &result {
-            Ok(()) => log::info!(
-                "upstream {upstream}: no replica ready; called wake {}",
-                wake.url
-            ),
-            Err(why) => log::warn!(
-                "upstream {upstream}: wake call to {} failed: {why}",
-                wake.url
-            ),
+        loop {
+            let result = tokio::time::timeout(TIMEOUT, call(&wake))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {TIMEOUT:?}")));
+            match &result {
+                Ok(()) => log::info!(
+                    "upstream {upstream}: no replica ready; called wake {}",
+                    wake.url
+                ),
+                Err(why) => log::warn!(
+                    "upstream {upstream}: wake call to {} failed: {why}",
+                    wake.url
+                ),
+            }
+            metrics.wake_call(&upstream, result.is_ok());
+            match queue.cold().wake_finished(period, result.is_ok()) {
+                AfterWake::Done => return,
+                AfterWake::RetryIn(backoff) => tokio::time::sleep(backoff).await,
+            }
+            if queue.is_empty() || !queue.cold().retry_due(period) {
+                return;
+            }
         }
-        metrics.wake_call(&upstream, result.is_ok());
     });
 }
 

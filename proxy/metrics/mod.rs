@@ -194,7 +194,7 @@ impl Metrics {
             wake_calls: counter_vec(
                 r,
                 "modelgate_wake_calls_total",
-                "Calls of an upstream's wake URL, one per cold period, by result (ok: a 2xx answer).",
+                "Calls of an upstream's wake URL, one per cold period (failed ones retried with backoff), by result (ok: a 2xx answer).",
                 &["upstream", "result"],
             )?,
             time_to_first_token: histogram_vec(
@@ -309,7 +309,8 @@ impl Metrics {
         self.discovery_errors.with_label_values(&[upstream]).inc();
     }
 
-    /// Counts a call of `upstream`'s wake URL (once per cold period, not per request).
+    /// Counts a call of `upstream`'s wake URL (once per cold period, not per request;
+    /// a failed call is retried with backoff).
     pub fn wake_call(&self, upstream: &str, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.wake_calls.with_label_values(&[upstream, result]).inc();

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::backend::Lease;
 use super::balancer::{Balancer, Pick};
+use super::cold::ColdPeriod;
 use super::sched::{Discipline, Flows, Ticket};
 use super::select::Tried;
 use crate::config::MAX_CLASSES;
@@ -95,8 +96,8 @@ pub struct WaitQueue {
     discipline: ArcSwapOption<Discipline>,
     /// Requests in flight per priority class (kept with `priority` only).
     class_inflight: [AtomicU32; MAX_CLASSES],
-    /// In a cold period (no replica ready) whose wake call was made.
-    cold: AtomicBool,
+    /// Cold periods (no replica ready) and their wake calls.
+    cold: ColdPeriod,
     /// A dispatch is scheduled to offer a declined free slot again.
     recheck: AtomicBool,
 }
@@ -300,17 +301,14 @@ impl WaitQueue {
         outcome
     }
 
-    /// Marks the start of a cold period (no replica ready); true for the first
-    /// caller of the period, who wakes the upstream (`wake`).
-    pub fn begin_cold(&self) -> bool {
-        !self.cold.swap(true, Ordering::AcqRel)
+    /// Cold periods (no replica ready) and their wake calls.
+    pub(crate) fn cold(&self) -> &ColdPeriod {
+        &self.cold
     }
 
     /// A replica is ready again: the next cold period wakes the upstream anew.
     pub fn end_cold(&self) {
-        if self.cold.load(Ordering::Relaxed) {
-            self.cold.store(false, Ordering::Release);
-        }
+        self.cold.end();
     }
 
     /// Adds a waiter unless `capacity` are already waiting, or `class_capacity`

@@ -30,23 +30,7 @@ async fn cold_with(hold: &str, route: &str) -> Cold {
         .await
         .unwrap();
     let scaler = Replica::builder("scaler").spawn().await.unwrap();
-    let proxy = front(
-        route,
-        &format!(
-            r#"{}
-hold = "{hold}"
-{}
-[upstream.m.health]
-path = "/health"
-interval = "100ms"
-timeout = "80ms"
-unhealthy_after = 1
-"#,
-            backends(&[&model]),
-            wake(&scaler)
-        ),
-    )
-    .await;
+    let proxy = front(route, &cold_upstream(&model, hold, scaler.addr())).await;
     Cold {
         model,
         scaler,
@@ -59,10 +43,25 @@ async fn cold(hold: &str) -> Cold {
 }
 
 /// The `wake` line calling `scaler`.
-fn wake(scaler: &ReplicaHandle) -> String {
+fn wake(scaler: std::net::SocketAddr) -> String {
+    format!(r#"wake = {{ url = "http://{scaler}/wake", method = "POST" }}"#)
+}
+
+/// The upstream `m` of `model`, checked every 100 ms, with `hold` and a wake URL
+/// on `scaler`.
+fn cold_upstream(model: &ReplicaHandle, hold: &str, scaler: std::net::SocketAddr) -> String {
     format!(
-        r#"wake = {{ url = "http://{}/wake", method = "POST" }}"#,
-        scaler.addr()
+        r#"{}
+hold = "{hold}"
+{}
+[upstream.m.health]
+path = "/health"
+interval = "100ms"
+timeout = "80ms"
+unhealthy_after = 1
+"#,
+        backends(&[model]),
+        wake(scaler)
     )
 }
 
@@ -291,7 +290,7 @@ async fn a_cold_period_ends_without_health_checks() {
 hold = "30s"
 {}"#,
             dns.addr(),
-            wake(&scaler)
+            wake(scaler.addr())
         ),
     )
     .await;
@@ -327,4 +326,64 @@ hold = "30s"
     }
     assert_eq!(scaler.hits(), 2);
     assert_eq!(model.hits(), 3);
+}
+
+/// An autoscaler not reachable at first (its port refuses connections): the
+/// failed wake call is made again (after 1 s) while a request is held, and once
+/// one succeeds no more are made in the same cold period, however many requests
+/// arrive or wait.
+#[tokio::test]
+async fn a_failed_wake_call_is_retried_while_requests_are_held() {
+    let model = Replica::builder("m")
+        .models(["m"])
+        .health_status(503) // loading its weights
+        .spawn()
+        .await
+        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let scaler_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let proxy = front("", &cold_upstream(&model, "30s", scaler_addr)).await;
+    let client = h1();
+    let held = send(&client, &proxy);
+    let failed = r#"modelgate_wake_calls_total{result="error",upstream="m"}"#;
+    let ok = r#"modelgate_wake_calls_total{result="ok",upstream="m"}"#;
+    eventually(
+        "the first wake call failed",
+        Duration::from_secs(10),
+        || async { metric_value(&proxy, failed).await >= 1.0 },
+    )
+    .await;
+    let scaler = Replica::builder("scaler")
+        .bind(scaler_addr)
+        .spawn()
+        .await
+        .unwrap();
+    eventually(
+        "the wake call made again while the request is held",
+        Duration::from_secs(10),
+        || async { scaler.hits() == 1 },
+    )
+    .await;
+    assert!(!held.is_finished());
+    eventually("the success counted", PATIENCE, || async {
+        metric_value(&proxy, ok).await == 1.0
+    })
+    .await;
+    let second = send(&client, &proxy);
+    eventually("two held", Duration::from_secs(10), || async {
+        queued(&proxy).await == 2
+    })
+    .await;
+    holds_for(
+        "a successful wake call is not repeated",
+        Duration::from_millis(2500),
+        || async { scaler.hits() == 1 },
+    )
+    .await;
+    model.set_health_status(200);
+    assert_eq!(held.await.unwrap(), 200);
+    assert_eq!(second.await.unwrap(), 200);
+    assert_eq!(scaler.hits(), 1);
+    assert_eq!(metric_value(&proxy, ok).await, 1.0);
 }

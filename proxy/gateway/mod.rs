@@ -193,8 +193,11 @@ pub(crate) struct RequestCtx {
     tokens: Option<TokenMeter>,
     /// Its inter-token gaps, observed locally (streams).
     gaps: Option<LocalGaps>,
-    /// Time spent in the pool's wait queue.
+    /// Time spent in the pool's wait queue (or held for a replica), slots or not.
     queue_wait: Duration,
+    /// It waited and left without a slot (queue timeout, hold expiry, client gone):
+    /// its wait is recorded although no backend was tried.
+    waited_unserved: bool,
     /// When the current attempt got its backend.
     attempt_started: Option<Instant>,
     /// The current attempt failed on a retryable status (502/503/429); retry it
@@ -247,6 +250,7 @@ impl ProxyHttp for Gateway {
             tokens: None,
             gaps: None,
             queue_wait: Duration::ZERO,
+            waited_unserved: false,
             attempt_started: None,
             status_retry: false,
             consumer: None,
@@ -397,6 +401,7 @@ impl ProxyHttp for Gateway {
             .api
             .sse_keepalive
             .filter(|_| keepalive::wants_stream(session, ctx));
+        let asked = Instant::now();
         let mut admission = match keepalive {
             Some(every) => {
                 let queued =
@@ -433,12 +438,21 @@ impl ProxyHttp for Gateway {
             }
             Admission::NoneHealthy => self.fail(ctx, Reject::BadGateway),
             Admission::Overloaded => self.fail(ctx, Reject::Overloaded),
-            Admission::QueueTimeout => self.fail(ctx, Reject::QueueTimeout),
-            Admission::ClientGone => Err(Error::explain(
-                ErrorType::ConnectionClosed,
-                "client left while queued",
-            )
-            .into_down()),
+            Admission::QueueTimeout => {
+                ctx.waited_in_vain(asked);
+                self.fail(ctx, Reject::QueueTimeout)
+            }
+            Admission::HoldExpired => {
+                ctx.waited_in_vain(asked);
+                self.fail(ctx, Reject::NoHealthyBackend)
+            }
+            Admission::ClientGone => {
+                ctx.waited_in_vain(asked);
+                Err(
+                    Error::explain(ErrorType::ConnectionClosed, "client left while queued")
+                        .into_down(),
+                )
+            }
         }
     }
 
@@ -789,7 +803,8 @@ impl ProxyHttp for Gateway {
         if let Some(r) = ctx.reject {
             up.rejected(r);
         }
-        if !ctx.tried.is_empty() {
+        let waited = !ctx.tried.is_empty() || ctx.waited_unserved;
+        if waited {
             up.queue_wait(ctx.queue_wait.as_secs_f64());
             up.retries(u64::from(retries));
         }
@@ -803,7 +818,8 @@ impl ProxyHttp for Gateway {
             {
                 if let Some(r) = ctx.reject {
                     c.rejected(r);
-                } else if !ctx.tried.is_empty() {
+                }
+                if waited {
                     c.queue_wait(ctx.queue_wait.as_secs_f64());
                 }
             }
@@ -847,6 +863,13 @@ impl ProxyHttp for Gateway {
 }
 
 impl RequestCtx {
+    /// Counts the wait since `asked` of a request that left the queue (or its hold)
+    /// without a slot.
+    fn waited_in_vain(&mut self, asked: Instant) {
+        self.queue_wait += asked.elapsed();
+        self.waited_unserved = true;
+    }
+
     /// An OpenAI answer's time to first token, `usage` and completion tokens counted.
     fn token_figures(&self) -> (Option<Duration>, Option<Usage>, Option<u64>) {
         let Some(t) = &self.tokens else {

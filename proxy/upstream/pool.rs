@@ -383,8 +383,8 @@ impl Pool {
     }
 
     /// Waits in the upstream's queue, up to `hold` (and the queue's size), for a
-    /// replica to become ready when none is; [`Admission::NoneHealthy`] when none
-    /// does in time or the queue is full.
+    /// replica to become ready when none is; [`Admission::HoldExpired`] when none
+    /// does in time, [`Admission::NoneHealthy`] when the queue is full.
     pub async fn hold<F>(
         &self,
         hold: Duration,

@@ -43,8 +43,8 @@ pub(super) fn accepts_event_stream(req: &RequestHeader) -> bool {
 /// but once the request has waited `every` (or at once, when the head already went
 /// out: a retry, or a hold after the queue) sends the stream's head and then a
 /// comment every `every`. `admission` must not watch the client itself: a client that
-/// leaves is seen here (while waiting for the first interval, or as a failed write),
-/// and dropping `admission` takes the request out of the queue.
+/// leaves is seen here (a closed connection or reset stream at any time, or a failed
+/// write), and dropping `admission` takes the request out of the queue at once.
 pub(super) async fn wait(
     session: &mut Session,
     early_head: &mut bool,
@@ -67,16 +67,19 @@ pub(super) async fn wait(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // The client is watched between comments too: a write to a closed socket
+        // only fails once the peer's reset is back, a tick or two later, and the
+        // request would hold its place (or take a freed slot) until then.
         tokio::select! {
             a = &mut admission => return a,
-            _ = tick.tick() => {
-                let sent = session
-                    .write_response_body(Some(Bytes::from_static(COMMENT)), false)
-                    .await;
-                if sent.is_err() {
-                    return Admission::ClientGone;
-                }
-            }
+            () = client_gone(session) => return Admission::ClientGone,
+            _ = tick.tick() => {}
+        }
+        let sent = session
+            .write_response_body(Some(Bytes::from_static(COMMENT)), false)
+            .await;
+        if sent.is_err() {
+            return Admission::ClientGone;
         }
     }
 }

@@ -316,3 +316,98 @@ async fn overload_answers_take_openai_shape_http1() {
 async fn overload_answers_take_openai_shape_h2c() {
     overload_answers_take_openai_shape(h2()).await;
 }
+
+/// A client that leaves while queued is seen leaving at once, not at the next
+/// keep-alive write (a write to a closed socket only fails once the reset is back).
+/// The interval is long (3 s) and the queue holds one: the waiter must leave well
+/// before a second comment could tell, a new client must get its place (not 503
+/// overloaded), and the freed slot must never carry the dead request to the replica.
+/// `keepalive`: the route has `sse_keepalive` (the stream's head goes out while
+/// queued); without it the client leaves before any answer.
+async fn a_client_gone_leaves_the_queue_at_once(client: reqwest::Client, keepalive: bool) {
+    let r = replica("r", 1, 50).await;
+    let proxy = front(
+        if keepalive {
+            r#"sse_keepalive = "3s""#
+        } else {
+            ""
+        },
+        &format!(
+            "{}\nmax_inflight = 1\nqueue = {{ size = 1, timeout = \"60s\" }}",
+            backends(&[&r])
+        ),
+    )
+    .await;
+    let blocker = occupy(&client, &proxy, 140).await; // about 7 s
+    let leaving = client
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&stream_body(3))
+        .send();
+    if keepalive {
+        let resp = leaving.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], KEEPALIVE.as_bytes());
+        assert_eq!(queued(&proxy).await, 1);
+        drop(body);
+    } else {
+        let leaving = tokio::spawn(leaving);
+        eventually("queued", PATIENCE, || async { queued(&proxy).await == 1 }).await;
+        leaving.abort();
+    }
+    // Before the next comment (3 s on) could reveal the closed connection.
+    eventually("the waiter left", Duration::from_secs(2), || async {
+        queued(&proxy).await == 0
+    })
+    .await;
+    let next = tokio::spawn(
+        client
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&chat("m", "next", false))
+            .send(),
+    );
+    eventually("the next one queued", PATIENCE, || async {
+        queued(&proxy).await == 1
+    })
+    .await;
+    let (text, _) = read_stream(blocker).await;
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(next.await.unwrap().unwrap().status(), 200);
+    assert_eq!(r.hits(), 2, "the request of the client that left was sent");
+    eventually("access log lines", PATIENCE, || async {
+        access_lines(&proxy).len() == 3
+    })
+    .await;
+    let lines = access_lines(&proxy);
+    let left: Vec<_> = lines.iter().filter(|l| l["status"] == 499).collect();
+    assert_eq!(left.len(), 1, "{}", proxy.logs());
+    let waited = left[0]["queue_wait"].as_f64().unwrap();
+    let floor = if keepalive { 3.0 } else { 0.0 };
+    assert!(
+        waited > floor && waited < 5.0,
+        "queue_wait {waited}: {}",
+        proxy.logs()
+    );
+    assert_eq!(aborts(&proxy).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_client_gone_after_the_early_head_leaves_the_queue_at_once_http1() {
+    a_client_gone_leaves_the_queue_at_once(h1(), true).await;
+}
+
+#[tokio::test]
+async fn a_client_gone_after_the_early_head_leaves_the_queue_at_once_h2c() {
+    a_client_gone_leaves_the_queue_at_once(h2(), true).await;
+}
+
+#[tokio::test]
+async fn a_queued_stream_whose_client_is_gone_leaves_at_once_http1() {
+    a_client_gone_leaves_the_queue_at_once(h1(), false).await;
+}
+
+#[tokio::test]
+async fn a_queued_stream_whose_client_is_gone_leaves_at_once_h2c() {
+    a_client_gone_leaves_the_queue_at_once(h2(), false).await;
+}

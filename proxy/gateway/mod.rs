@@ -222,6 +222,9 @@ pub(crate) struct RequestCtx {
     spliced: bool,
     /// The status of the response head sent to the client (from a replica).
     sent: Option<u16>,
+    /// A replica's error answer to a stream whose head went out early, sent on
+    /// as an SSE error event.
+    relayed: Option<keepalive::RelayedError>,
     /// With the access log on: what the line of a request cut at shutdown needs
     /// (`logging` takes it; see [`cut`]).
     unlogged: Option<cut::Unlogged>,
@@ -261,6 +264,7 @@ impl ProxyHttp for Gateway {
             early_head: false,
             spliced: false,
             sent: None,
+            relayed: None,
             unlogged: None,
         }
     }
@@ -577,20 +581,17 @@ impl ProxyHttp for Gateway {
         }
         if ctx.early_head {
             if !upstream_response.status.is_success() {
-                // The client already has a 200 head: the answer becomes an error event.
-                ctx.status_retry = true;
-                ctx.reject = Some(Reject::BadGateway);
-                log_failure(
-                    ctx,
-                    failures::Reason::Status(status),
-                    &format_args!("answered {status} to a stream already started"),
-                    false,
-                );
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "backend refused a stream whose head was sent",
-                )
-                .into_up());
+                // The client already has a 200 head: the replica's answer becomes one
+                // error event carrying its status and message.
+                if status >= 500 {
+                    log_failure(
+                        ctx,
+                        failures::Reason::Status(status),
+                        &format_args!("answered {status} to a stream already started"),
+                        false,
+                    );
+                }
+                ctx.relayed = Some(keepalive::RelayedError::new(status));
             }
             ctx.spliced = true;
         }
@@ -753,6 +754,10 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(relayed) = ctx.relayed.as_mut() {
+            relayed.absorb(body, end_of_stream);
+            return Ok(None);
+        }
         if let Some(meter) = ctx.tokens.as_mut() {
             match ctx.gaps.as_mut() {
                 Some(gaps) => meter.scan(body, end_of_stream, Instant::now(), gaps),
@@ -786,6 +791,11 @@ impl ProxyHttp for Gateway {
                 Some(r) if !aborted => r.status(),
                 _ if aborted => 499,
                 _ => 200,
+            },
+            // A replica's error relayed as an event on a head sent early.
+            Some(_) if ctx.relayed.is_some() => match &ctx.relayed {
+                Some(r) if !aborted => r.status,
+                _ => 499,
             },
             Some(r) => r.status.as_u16(),
             // 499 (as nginx): the client left before any answer reached it.

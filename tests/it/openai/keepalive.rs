@@ -411,3 +411,82 @@ async fn a_queued_stream_whose_client_is_gone_leaves_at_once_http1() {
 async fn a_queued_stream_whose_client_is_gone_leaves_at_once_h2c() {
     a_client_gone_leaves_the_queue_at_once(h2(), false).await;
 }
+
+/// Sends a stream that queues behind `blocker` (long enough for its early head),
+/// lets the blocker finish and returns the queued stream's one error event.
+async fn queued_stream_error(
+    client: &reqwest::Client,
+    proxy: &TestProxy,
+    blocker: reqwest::Response,
+    before_slot_frees: impl FnOnce(),
+) -> Value {
+    let waiting = tokio::spawn({
+        let req = client
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&stream_body(3));
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            read_stream(resp).await
+        }
+    });
+    eventually("queued", PATIENCE, || async { queued(proxy).await == 1 }).await;
+    before_slot_frees();
+    let (text, _) = read_stream(blocker).await;
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let (text, comments) = waiting.await.unwrap();
+    assert!(comments >= 1, "{text:?}");
+    let events = events_after_keepalives(&text);
+    assert_eq!(events.len(), 1, "{text:?}");
+    serde_json::from_str(&events[0]).unwrap()
+}
+
+/// A replica that answers a queued stream (its head already sent) with an error
+/// before any byte: the error event carries the replica's status and message (its
+/// own JSON when OpenAI-shaped, wrapped otherwise), and the request is counted and
+/// logged with the replica's status, not as a 502 of the proxy.
+async fn a_replica_error_after_the_early_head_is_relayed(client: reqwest::Client) {
+    let (r, proxy) = setup("30s").await;
+
+    // OpenAI-shaped (the mock answers an unknown model as vLLM does): passed on.
+    let blocker = occupy(&client, &proxy, 20).await; // about 1 s
+    let e = queued_stream_error(&client, &proxy, blocker, || r.set_models(["other"])).await;
+    assert_eq!(e["error"]["code"], 404, "{e}");
+    assert_eq!(
+        e["error"]["message"], "The model `m` does not exist.",
+        "{e}"
+    );
+
+    // Not OpenAI-shaped: wrapped, the replica's text as the message.
+    r.set_models(["m"]);
+    let blocker = occupy(&client, &proxy, 20).await;
+    let e = queued_stream_error(&client, &proxy, blocker, || r.set_fail(Some(500))).await;
+    assert_eq!(e["error"]["code"], 500, "{e}");
+    assert_eq!(e["error"]["type"], "server_error", "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("injected"), "{e}");
+
+    assert_eq!(answered(&proxy, 404).await, 1.0);
+    assert_eq!(answered(&proxy, 500).await, 1.0);
+    assert_eq!(answered(&proxy, 502).await, 0.0);
+    eventually("access log lines", PATIENCE, || async {
+        access_lines(&proxy).len() == 4
+    })
+    .await;
+    let mut statuses: Vec<_> = access_lines(&proxy)
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 404, 500], "{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn a_replica_error_after_the_early_head_is_relayed_http1() {
+    a_replica_error_after_the_early_head_is_relayed(h1()).await;
+}
+
+#[tokio::test]
+async fn a_replica_error_after_the_early_head_is_relayed_h2c() {
+    a_replica_error_after_the_early_head_is_relayed(h2()).await;
+}

@@ -612,7 +612,7 @@ impl ProxyHttp for Gateway {
                 let strip = ctx.pre.as_ref().is_some_and(|p| p.rewritten_len.is_some());
                 if strip && kind == Kind::Stream {
                     // The usage event is cut out, so the length changes.
-                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                    headers::unknown_length(session, upstream_response)?;
                 }
                 ctx.tokens = Some(TokenMeter::new(kind, strip));
                 if kind == Kind::Stream {

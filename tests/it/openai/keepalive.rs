@@ -113,96 +113,24 @@ async fn queue_timeout_ends_the_stream_with_an_error_event_h2c() {
     queue_timeout_ends_the_stream_with_an_error_event(h2()).await;
 }
 
-/// A client that leaves while queued, with its keep-alive head (`stream`) or
-/// without, frees its place: the next request takes the slot, the replica never
-/// sees the request, and it is counted as a 499 and a client abort.
-async fn client_leaving_the_queue_frees_its_place(client: reqwest::Client, stream: bool) {
-    let (r, proxy) = setup("30s").await;
-    let blocker = occupy(&client, &proxy, 40).await; // about 2 s
-    let body = if stream {
-        stream_body(3)
-    } else {
-        chat("m", "hello", false)
-    };
-    let leaving = client
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&body)
-        .send();
-    if stream {
-        let resp = leaving.await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.bytes_stream();
-        let first = body.next().await.unwrap().unwrap();
-        assert_eq!(&first[..], KEEPALIVE.as_bytes());
-        assert_eq!(queued(&proxy).await, 1);
-        drop(body);
-    } else {
-        let leaving = tokio::spawn(leaving);
-        eventually("queued", Duration::from_secs(10), || async {
-            queued(&proxy).await == 1
-        })
-        .await;
-        assert!(
-            !leaving.is_finished(),
-            "answered while the only slot was taken"
-        );
-        leaving.abort();
-    }
-    eventually("the waiter left", Duration::from_secs(10), || async {
-        queued(&proxy).await == 0
-    })
-    .await;
-    // The place is free: the next request waits first in line and is served.
-    let next = tokio::spawn(
-        client
-            .post(proxy.url("/v1/chat/completions"))
-            .json(&chat("m", "next", false))
-            .send(),
-    );
-    eventually("the next one queued", Duration::from_secs(10), || async {
-        queued(&proxy).await == 1
-    })
-    .await;
-    let (text, _) = read_stream(blocker).await;
-    assert!(text.ends_with("data: [DONE]\n\n"));
-    assert_eq!(next.await.unwrap().unwrap().status(), 200);
-    assert_eq!(
-        r.hits(),
-        2,
-        "the request of the client that left was not sent"
-    );
-    assert_eq!(aborts(&proxy).await, 1.0);
-    assert_eq!(answered(&proxy, 499).await, 1.0);
-    assert_eq!(answered(&proxy, 200).await, 2.0);
-    eventually("access log lines", PATIENCE, || async {
-        access_lines(&proxy).len() == 3
-    })
-    .await;
-    let left: Vec<_> = access_lines(&proxy)
-        .into_iter()
-        .filter(|l| l["status"] == 499)
-        .collect();
-    assert_eq!(left.len(), 1, "{}", proxy.logs());
-}
-
 #[tokio::test]
 async fn client_leaving_a_kept_alive_stream_frees_its_place_http1() {
-    client_leaving_the_queue_frees_its_place(h1(), true).await;
+    client_leaving_the_queue_frees_its_place(h1(), true, true).await;
 }
 
 #[tokio::test]
 async fn client_leaving_a_kept_alive_stream_frees_its_place_h2c() {
-    client_leaving_the_queue_frees_its_place(h2(), true).await;
+    client_leaving_the_queue_frees_its_place(h2(), true, true).await;
 }
 
 #[tokio::test]
 async fn client_leaving_the_queue_frees_its_place_http1() {
-    client_leaving_the_queue_frees_its_place(h1(), false).await;
+    client_leaving_the_queue_frees_its_place(h1(), true, false).await;
 }
 
 #[tokio::test]
 async fn client_leaving_the_queue_frees_its_place_h2c() {
-    client_leaving_the_queue_frees_its_place(h2(), false).await;
+    client_leaving_the_queue_frees_its_place(h2(), true, false).await;
 }
 
 /// Two replicas of one slot each, both busy; the first to free up refuses (503)
@@ -321,10 +249,15 @@ async fn overload_answers_take_openai_shape_h2c() {
 /// keep-alive write (a write to a closed socket only fails once the reset is back).
 /// The interval is long (3 s) and the queue holds one: the waiter must leave well
 /// before a second comment could tell, a new client must get its place (not 503
-/// overloaded), and the freed slot must never carry the dead request to the replica.
-/// `keepalive`: the route has `sse_keepalive` (the stream's head goes out while
-/// queued); without it the client leaves before any answer.
-async fn a_client_gone_leaves_the_queue_at_once(client: reqwest::Client, keepalive: bool) {
+/// overloaded), the freed slot must never carry the dead request to the replica,
+/// and it is counted as a 499 and a client abort with its real queue wait.
+/// `keepalive`: the route has `sse_keepalive`; `stream`: the request streams (with
+/// both, its early head went out before the client left).
+async fn client_leaving_the_queue_frees_its_place(
+    client: reqwest::Client,
+    keepalive: bool,
+    stream: bool,
+) {
     let r = replica("r", 1, 50).await;
     let proxy = front(
         if keepalive {
@@ -339,11 +272,17 @@ async fn a_client_gone_leaves_the_queue_at_once(client: reqwest::Client, keepali
     )
     .await;
     let blocker = occupy(&client, &proxy, 140).await; // about 7 s
+    let body = if stream {
+        stream_body(3)
+    } else {
+        chat("m", "hello", false)
+    };
     let leaving = client
         .post(proxy.url("/v1/chat/completions"))
-        .json(&stream_body(3))
+        .json(&body)
         .send();
-    if keepalive {
+    let early_head = keepalive && stream;
+    if early_head {
         let resp = leaving.await.unwrap();
         assert_eq!(resp.status(), 200);
         let mut body = resp.bytes_stream();
@@ -354,6 +293,10 @@ async fn a_client_gone_leaves_the_queue_at_once(client: reqwest::Client, keepali
     } else {
         let leaving = tokio::spawn(leaving);
         eventually("queued", PATIENCE, || async { queued(&proxy).await == 1 }).await;
+        assert!(
+            !leaving.is_finished(),
+            "answered while the only slot was taken"
+        );
         leaving.abort();
     }
     // Before the next comment (3 s on) could reveal the closed connection.
@@ -361,6 +304,7 @@ async fn a_client_gone_leaves_the_queue_at_once(client: reqwest::Client, keepali
         queued(&proxy).await == 0
     })
     .await;
+    // The place is free: the next request waits first in line and is served.
     let next = tokio::spawn(
         client
             .post(proxy.url("/v1/chat/completions"))
@@ -375,6 +319,9 @@ async fn a_client_gone_leaves_the_queue_at_once(client: reqwest::Client, keepali
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert_eq!(next.await.unwrap().unwrap().status(), 200);
     assert_eq!(r.hits(), 2, "the request of the client that left was sent");
+    assert_eq!(aborts(&proxy).await, 1.0);
+    assert_eq!(answered(&proxy, 499).await, 1.0);
+    assert_eq!(answered(&proxy, 200).await, 2.0);
     eventually("access log lines", PATIENCE, || async {
         access_lines(&proxy).len() == 3
     })
@@ -383,33 +330,22 @@ async fn a_client_gone_leaves_the_queue_at_once(client: reqwest::Client, keepali
     let left: Vec<_> = lines.iter().filter(|l| l["status"] == 499).collect();
     assert_eq!(left.len(), 1, "{}", proxy.logs());
     let waited = left[0]["queue_wait"].as_f64().unwrap();
-    let floor = if keepalive { 3.0 } else { 0.0 };
+    let floor = if early_head { 3.0 } else { 0.0 };
     assert!(
         waited > floor && waited < 5.0,
         "queue_wait {waited}: {}",
         proxy.logs()
     );
-    assert_eq!(aborts(&proxy).await, 1.0);
 }
 
 #[tokio::test]
-async fn a_client_gone_after_the_early_head_leaves_the_queue_at_once_http1() {
-    a_client_gone_leaves_the_queue_at_once(h1(), true).await;
+async fn client_leaving_a_stream_without_keepalive_frees_its_place_http1() {
+    client_leaving_the_queue_frees_its_place(h1(), false, true).await;
 }
 
 #[tokio::test]
-async fn a_client_gone_after_the_early_head_leaves_the_queue_at_once_h2c() {
-    a_client_gone_leaves_the_queue_at_once(h2(), true).await;
-}
-
-#[tokio::test]
-async fn a_queued_stream_whose_client_is_gone_leaves_at_once_http1() {
-    a_client_gone_leaves_the_queue_at_once(h1(), false).await;
-}
-
-#[tokio::test]
-async fn a_queued_stream_whose_client_is_gone_leaves_at_once_h2c() {
-    a_client_gone_leaves_the_queue_at_once(h2(), false).await;
+async fn client_leaving_a_stream_without_keepalive_frees_its_place_h2c() {
+    client_leaving_the_queue_frees_its_place(h2(), false, true).await;
 }
 
 /// Sends a stream that queues behind `blocker` (long enough for its early head),

@@ -16,6 +16,8 @@
 //! tokens, as the replicas report them in each response's usage), mean and p99 time
 //! to first token (first streamed content), and requests per second.
 //!
+//! `POLICIES=cache_affinity,least_outstanding` runs only those rows (default: all).
+//!
 //! Run with `bash benches/affinity_compare.sh`; `SGLANG_ROUTER=python3` (a Python
 //! with `sglang-router` installed) adds SGLang's `cache_aware` router. With real
 //! replicas: `REPLICAS=127.0.0.1:18080,127.0.0.1:18081,127.0.0.1:18082
@@ -313,6 +315,9 @@ async fn bench() {
     let sglang = std::env::var("SGLANG_ROUTER").ok();
     if sglang.is_some() {
         policies.push("sglang-router cache_aware");
+    }
+    if let Ok(only) = std::env::var("POLICIES") {
+        policies.retain(|p| only.split(',').any(|o| p.starts_with(o.trim())));
     }
     for (title, work) in &workloads {
         println!(

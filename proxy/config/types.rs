@@ -58,6 +58,9 @@ pub struct ConnLimits {
     /// A request head must arrive whole within this long (of the connection's start,
     /// or of its first byte on a kept-alive connection).
     pub header_read_timeout: Duration,
+    /// Longest wait for the next bytes of a request body (408 beyond), as nginx's
+    /// `client_body_timeout`.
+    pub body_read_timeout: Duration,
     /// An idle kept-alive connection is closed after this long.
     pub keepalive_timeout: Duration,
     /// Most request header fields accepted (431 beyond).
@@ -305,7 +308,8 @@ pub enum AffinityKey {
 }
 
 /// The fallback balance guard of cache affinity (`affinity_guard = { abs = 4, rel = 1.5 }`),
-/// used when the replicas' capacity is unknown (no `max_inflight`, no queue reported):
+/// used when the replicas' capacity is unknown (no `max_inflight`, no queue reported)
+/// or when the request would queue on every replica:
 /// the replica holding a request's prefix is passed over when its load exceeds the least
 /// loaded replica's by more than `abs` requests and is more than `rel` times it. With a
 /// known capacity the guard is whether the request would queue there instead.

@@ -307,8 +307,8 @@ impl TokenMeter {
             }
         }
         let mut pos = start;
-        for nl in memchr::memchr_iter(b'\n', &chunk[start..]) {
-            let end = start + nl + 1;
+        while let Some(len) = line_len(&chunk[pos..]) {
+            let end = pos + len;
             let stripped = self.line(&chunk[pos..end], now, sink);
             if let Some(k) = kept.as_deref_mut().filter(|_| !stripped) {
                 k.range(chunk, pos..end);
@@ -348,19 +348,16 @@ impl TokenMeter {
         };
         let token = token_at(data);
         let from = token.unwrap_or(0);
-        if let Some(at) = FIND.usage.find(&data[from..]) {
-            let value = &data[from + at + USAGE_KEY.len()..];
-            if value.trim_ascii_start().first() == Some(&b'{') {
-                if let Ok(w) = serde_json::from_slice::<WithUsage>(data.trim_ascii()) {
-                    if w.usage.is_some() {
-                        self.usage = w.usage;
-                    }
-                    if token.is_none() {
-                        // The usage-only event (empty choices) is the one a client did
-                        // not ask for.
-                        self.skip_blank = self.strip_usage && empty_choices(data);
-                        return self.skip_blank;
-                    }
+        if usage_object(&data[from..]) {
+            if let Ok(w) = serde_json::from_slice::<WithUsage>(data.trim_ascii()) {
+                if w.usage.is_some() {
+                    self.usage = w.usage;
+                }
+                if token.is_none() {
+                    // The usage-only event (empty choices) is the one a client did
+                    // not ask for.
+                    self.skip_blank = self.strip_usage && empty_choices(data);
+                    return self.skip_blank;
                 }
             }
         }
@@ -434,6 +431,28 @@ impl TokenMeter {
             self.tail_len = keep + chunk.len();
         }
     }
+}
+
+/// The length of the complete line at the start of `rest` (with its `\n`), `None` if
+/// it does not end in `rest`. The blank line that ends every event is told apart
+/// without a search.
+fn line_len(rest: &[u8]) -> Option<usize> {
+    match rest {
+        [] => None,
+        [b'\n', ..] => Some(1),
+        [b'\r', b'\n', ..] => Some(2),
+        _ => memchr::memchr(b'\n', rest).map(|nl| nl + 1),
+    }
+}
+
+/// Whether the first `"usage":` key in `data` has an object for its value. Without a
+/// `{` in `data` it cannot: most token lines have none after their token (`usage` is
+/// absent or `null` there), and one byte is found at a fraction of the key's cost.
+fn usage_object(data: &[u8]) -> bool {
+    memchr::memchr(b'{', data).is_some()
+        && FIND.usage.find(data).is_some_and(|at| {
+            data[at + USAGE_KEY.len()..].trim_ascii_start().first() == Some(&b'{')
+        })
 }
 
 /// Where generated text starts in a `data:` payload (just past its key): a non-empty
@@ -873,6 +892,49 @@ mod tests {
         m.scan(&mut body, false, Instant::now(), &mut Gaps::default());
         assert_eq!(m.usage.map(|u| u.prompt_tokens), Some(3));
         assert_eq!(body.unwrap(), "", "spaced JSON is stripped too");
+    }
+
+    /// Comments, runs of blank lines, CRLF line ends, `data:` without a space, a `{`
+    /// in a token, usage on a token line and `[DONE]`, cut at every byte: only `data:`
+    /// lines with text count, usage is read wherever it is, and only the usage-only
+    /// event (with its blank line) is cut.
+    #[test]
+    fn comments_blank_lines_and_crlf_split_at_every_byte() {
+        let usage_event =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":3}}\n\n";
+        let events = [
+            ": keep-alive\n\n",
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\r\n\r\n",
+            "\n\n\r\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"{\"}}],\"usage\":null}\n\n",
+            ": ping\r\n\r\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\r\n\r\n",
+            "data:{\"choices\":[{\"text\":\"b\"}]}\n\n",
+            usage_event,
+            "data: [DONE]\n\n",
+        ];
+        let whole = events.concat();
+        let bytes = whole.as_bytes();
+        for strip in [false, true] {
+            for cut in 0..bytes.len() {
+                let chunks = [
+                    Bytes::copy_from_slice(&bytes[..cut]),
+                    Bytes::copy_from_slice(&bytes[cut..]),
+                ];
+                let mut m = TokenMeter::new(Kind::Stream, strip);
+                let (out, gaps) = run(&mut m, &chunks, Instant::now());
+                let at = format!("strip {strip} cut {cut}");
+                assert_eq!((m.chunks, gaps.0.len()), (3, 2), "{at}");
+                let u = m.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
+                assert_eq!(u, Some((3, 3)), "{at}");
+                let expected = if strip {
+                    whole.replace(usage_event, "")
+                } else {
+                    whole.clone()
+                };
+                assert_eq!(String::from_utf8_lossy(&out), expected, "{at}");
+            }
+        }
     }
 
     #[test]

@@ -175,6 +175,25 @@ impl ConnectionNominations {
     }
 }
 
+/// modelgate patch: whether the request has any field that
+/// [`strip_standard_hop_by_hop_headers`] or an upgrade policy removes, found in one pass
+/// over its names. Most requests carry none, and each removal by name parses the name
+/// and hashes it into both header maps (values and original-case names).
+fn has_hop_by_hop_field(req: &RequestHeader) -> bool {
+    req.headers.keys().any(|name| {
+        *name == header::CONNECTION
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::TE
+            || *name == header::TRAILER
+            || *name == header::UPGRADE
+            || *name == header::PROXY_AUTHENTICATE
+            || *name == header::PROXY_AUTHORIZATION
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+            || name == HTTP2_SETTINGS
+    })
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
@@ -354,25 +373,30 @@ pub(crate) fn sanitize_h1_upstream_request(
         nominations.remove_from(req);
     }
 
-    if policy.strip_hop_by_hop {
+    // modelgate patch: nothing below removes a field unless one is present.
+    let hop_by_hop = has_hop_by_hop_field(req);
+    if policy.strip_hop_by_hop && hop_by_hop {
         strip_standard_hop_by_hop_headers(req);
     }
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if hop_by_hop {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
-        H1UpgradePolicy::Deny => {
+        H1UpgradePolicy::Deny if hop_by_hop => {
             req.remove_header(&header::CONNECTION);
             req.remove_header(&header::UPGRADE);
             req.remove_header(HTTP2_SETTINGS);
         }
+        H1UpgradePolicy::Deny => {}
         H1UpgradePolicy::Preserve => {}
     }
 
@@ -402,7 +426,7 @@ pub(crate) fn sanitize_h2_upstream_request(
         ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations)?
             .remove_from(req);
     }
-    if policy.strip_hop_by_hop {
+    if policy.strip_hop_by_hop && has_hop_by_hop_field(req) {
         strip_standard_hop_by_hop_headers(req);
     }
     Ok(())

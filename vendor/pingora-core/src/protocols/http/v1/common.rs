@@ -31,6 +31,12 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// modelgate patch: room for the fields a proxy adds to a parsed head (`Date`,
+/// `Connection`, `X-Forwarded-*`, a request id), reserved when the head's header maps
+/// are made. Sized to exactly the fields received, every head rehashed both of its maps
+/// (values and original-case names) on the first field added.
+pub(crate) const HEADER_MAP_HEADROOM: usize = 8;
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use modelgate::bench::body::{scan, Want};
+use modelgate::bench::body::scan;
 use modelgate::bench::tokens::{Kind, TokenMeter, TokenSink};
 use std::time::{Duration, Instant};
 
@@ -25,20 +25,15 @@ fn chat_body(prompt_words: usize, model_first: bool) -> Vec<u8> {
 
 fn model_routing(c: &mut Criterion) {
     let mut g = c.benchmark_group("model_routing");
-    let want = Want {
-        model: true,
-        stream: false,
-        whole: false,
-    };
     for words in [100usize, 2_000] {
         let last = chat_body(words, false);
         let first = chat_body(words, true);
         g.throughput(Throughput::Bytes(last.len() as u64));
         g.bench_function(format!("model_last_{}B", last.len()), |b| {
-            b.iter(|| black_box(scan(black_box(&last), want, true)))
+            b.iter(|| black_box(scan(black_box(&last))))
         });
         g.bench_function(format!("model_first_{}B", first.len()), |b| {
-            b.iter(|| black_box(scan(black_box(&first), want, true)))
+            b.iter(|| black_box(scan(black_box(&first))))
         });
         g.bench_function(format!("serde_value_tree_{}B", last.len()), |b| {
             b.iter(|| {

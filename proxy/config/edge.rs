@@ -20,6 +20,7 @@ pub const DEFAULT_LIMITS: ConnLimits = ConnLimits {
     max_connections: 0,
     max_connections_per_ip: 0,
     header_read_timeout: Duration::from_secs(10),
+    body_read_timeout: Duration::from_secs(60),
     keepalive_timeout: Duration::from_secs(60),
     max_header_count: 100,
     max_header_bytes: 64 * 1024,
@@ -52,6 +53,9 @@ pub(crate) fn read_limits(cx: &mut Ctx<'_>, t: &mut TableReader<'_, '_>) -> Opti
     let header_read_timeout = t
         .take("header_read_timeout")
         .map_or(Some(d.header_read_timeout), |f| cx.duration(&f, false));
+    let body_read_timeout = t
+        .take("body_read_timeout")
+        .map_or(Some(d.body_read_timeout), |f| cx.duration(&f, false));
     let keepalive_timeout = t
         .take("keepalive_timeout")
         .map_or(Some(d.keepalive_timeout), |f| cx.duration(&f, false));
@@ -82,6 +86,7 @@ pub(crate) fn read_limits(cx: &mut Ctx<'_>, t: &mut TableReader<'_, '_>) -> Opti
         max_connections: max_connections?,
         max_connections_per_ip: max_connections_per_ip?,
         header_read_timeout: header_read_timeout?,
+        body_read_timeout: body_read_timeout?,
         keepalive_timeout: keepalive_timeout?,
         max_header_count: max_header_count?,
         max_header_bytes: max_header_bytes?,

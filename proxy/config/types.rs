@@ -58,6 +58,9 @@ pub struct ConnLimits {
     /// A request head must arrive whole within this long (of the connection's start,
     /// or of its first byte on a kept-alive connection).
     pub header_read_timeout: Duration,
+    /// Longest wait for the next bytes of a request body (408 beyond), as nginx's
+    /// `client_body_timeout`.
+    pub body_read_timeout: Duration,
     /// An idle kept-alive connection is closed after this long.
     pub keepalive_timeout: Duration,
     /// Most request header fields accepted (431 beyond).

@@ -23,10 +23,15 @@ use crate::upstream::Admission;
 /// WHATWG event-stream grammar: a line starting with `:`).
 const COMMENT: &[u8] = b": keep-alive\n\n";
 
-/// Does this request want a stream: `"stream": true` in the body read to route
-/// it, or `Accept: text/event-stream`?
+/// Does this request want a stream? A body read to route it says so itself
+/// (`"stream": true`; without `stream` OpenAI servers answer JSON, whatever the
+/// `Accept`, and an early SSE head would then frame that JSON wrongly); a request
+/// whose body was not read (not a POST of JSON) when it accepts `text/event-stream`.
 pub(super) fn wants_stream(session: &Session, ctx: &RequestCtx) -> bool {
-    ctx.pre.as_ref().is_some_and(|p| p.stream) || accepts_event_stream(session.req_header())
+    match &ctx.pre {
+        Some(p) => p.stream,
+        None => accepts_event_stream(session.req_header()),
+    }
 }
 
 /// The request's `Accept` lists `text/event-stream`, in any of its fields (a list may

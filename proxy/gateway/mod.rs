@@ -37,8 +37,9 @@ use crate::edge::gate::{self, Passed};
 use crate::edge::{Consumer, RouteAuth};
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::openai::body::Invalid;
 use crate::openai::tokens::{Kind, LocalGaps, TokenMeter, Usage};
-use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup, Want};
+use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup};
 use crate::routing::request_host;
 use crate::snapshot::{RouteEntry, SharedSnapshot};
 use crate::upstream::{
@@ -292,6 +293,8 @@ impl ProxyHttp for Gateway {
         {
             downstream.set_keepalive(Some(idle));
         }
+        // pingora's HTTP/1 session waits this long for each read of the body.
+        downstream.set_read_timeout(Some(self.limits.body_read_timeout));
         // Route and forward on the normalised path only.
         if headers::normalize_target(session.req_header_mut()).is_err()
             || self.params_change_route(session.req_header())
@@ -1015,8 +1018,8 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Reads as much of the body as it takes to know its `model` (and, for
-    /// `stream_usage`, whether it streams), and picks the group's route for it.
+    /// Reads the body to know its `model` and whether it streams, and picks the
+    /// group's route for it.
     async fn route_by_model(
         &self,
         session: &mut Session,
@@ -1027,31 +1030,37 @@ impl Gateway {
         if headers::content_length(session.req_header()).is_some_and(|n| n > limit) {
             return Ok(Err(Reject::TooLarge));
         }
-        let want = Want {
-            model: true,
-            stream: group.wants_stream(),
-            whole: group.wants_prompt(),
-        };
-        let read = openai::read_fields(session, want, limit, |model| group.by_model(model)).await?;
-        Ok(match read {
-            Ok((Some((route, model)), read)) => {
-                if route
-                    .pool
-                    .settings()
-                    .affinity
-                    .as_ref()
-                    .is_some_and(|a| a.key == AffinityKey::Prompt)
-                {
-                    ctx.affinity = openai::prompt::prompt_blocks(&read.bytes);
-                }
-                ctx.pre = Some(PreRead::new(session, read, &route.api));
-                ctx.model = model;
-                Ok(route)
-            }
-            Ok((None, _)) => Err(Reject::ModelNotFound),
-            Err(BodyError::TooLarge) => Err(Reject::TooLarge),
-            Err(BodyError::Invalid) => Err(Reject::BadRequest),
+        let timeout = self.limits.body_read_timeout;
+        let read = openai::read_fields(session, limit, timeout, |model| {
+            model.map(|m| group.by_model(Some(m)).ok_or(Reject::ModelNotFound))
         })
+        .await?;
+        let (picked, read) = match read {
+            Ok(r) => r,
+            Err(BodyError::TooLarge) => return Ok(Err(Reject::TooLarge)),
+            Err(BodyError::Invalid(why)) => return Ok(Err(refusal(&why))),
+        };
+        let (route, model) = match picked {
+            Some(Ok(found)) => found,
+            Some(Err(r)) => return Ok(Err(r)),
+            // No model: the route that names none, if the endpoint has one.
+            None => match group.by_model(None) {
+                Some(found) => found,
+                None => return Ok(Err(Reject::ModelMissing)),
+            },
+        };
+        if route
+            .pool
+            .settings()
+            .affinity
+            .as_ref()
+            .is_some_and(|a| a.key == AffinityKey::Prompt)
+        {
+            ctx.affinity = openai::prompt::prompt_blocks(&read.bytes);
+        }
+        ctx.pre = Some(PreRead::new(session, read, &route.api));
+        ctx.model = model;
+        Ok(Ok(route))
     }
 
     fn fail<T>(&self, ctx: &mut RequestCtx, r: Reject) -> Result<T> {
@@ -1111,11 +1120,24 @@ async fn client_gone(session: &mut Session) {
     std::future::pending::<()>().await
 }
 
+/// The answer to a body the proxy cannot decide on.
+fn refusal(why: &Invalid) -> Reject {
+    match why {
+        Invalid::NotObject(_) => Reject::NotJsonObject,
+        Invalid::ModelNotString => Reject::ModelMissing,
+        Invalid::StreamNotBool => Reject::StreamNotBool,
+        Invalid::DuplicateModel => Reject::DuplicateModel,
+        Invalid::DuplicateStream => Reject::DuplicateStream,
+        Invalid::DuplicateStreamOptions => Reject::DuplicateStreamOptions,
+    }
+}
+
 /// Maps a pingora error to the answer the client gets; `None` when nobody can hear it.
 fn classify(e: &Error) -> Option<Reject> {
     use ErrorType::*;
     match (e.esource(), e.etype()) {
         (_, HTTPStatus(413)) => Some(Reject::TooLarge),
+        (ErrorSource::Downstream, ReadTimedout) => Some(Reject::RequestTimeout),
         (ErrorSource::Upstream, ReadTimedout) => Some(Reject::GatewayTimeout),
         (ErrorSource::Upstream, _) => Some(Reject::BadGateway),
         (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,

@@ -95,7 +95,26 @@ rejects! {
     GatewayTimeout => 504, "gateway_timeout",
         "server_error", "null", "The model server did not answer in time.";
     BadRequest => 400, "bad_request",
-        "invalid_request_error", "null", "The request body must be a JSON object with a string model field.";
+        "invalid_request_error", "null", "The request is malformed.";
+    /// A body to route on that is not a JSON object (400).
+    NotJsonObject => 400, "bad_request",
+        "invalid_request_error", "null", "The request body must be a JSON object.";
+    /// No string `model` where routes differ by model and none takes requests without one (400).
+    ModelMissing => 400, "bad_request",
+        "invalid_request_error", r#""model""#, "The request body must have a string model field.";
+    /// `stream` is not a boolean (400).
+    StreamNotBool => 400, "bad_request",
+        "invalid_request_error", r#""stream""#, "stream must be true or false.";
+    /// The body has more than one top-level `model` (400): servers differ on which counts.
+    DuplicateModel => 400, "bad_request",
+        "invalid_request_error", r#""model""#, "The request body has more than one model key.";
+    DuplicateStream => 400, "bad_request",
+        "invalid_request_error", r#""stream""#, "The request body has more than one stream key.";
+    DuplicateStreamOptions => 400, "bad_request",
+        "invalid_request_error", r#""stream_options""#, "The request body has more than one stream_options key.";
+    /// The client sent no body bytes for longer than `body_read_timeout` (408).
+    RequestTimeout => 408, "request_timeout",
+        "invalid_request_error", "null", "The request body did not arrive in time.";
     /// Missing or refused credentials on a route with `auth`.
     Unauthorized => 401, "unauthorized",
         "invalid_request_error", "null", "Missing or invalid credentials; send Authorization: Bearer KEY.";
@@ -190,6 +209,13 @@ mod tests {
             BadGateway,
             GatewayTimeout,
             BadRequest,
+            NotJsonObject,
+            ModelMissing,
+            StreamNotBool,
+            DuplicateModel,
+            DuplicateStream,
+            DuplicateStreamOptions,
+            RequestTimeout,
             Unauthorized,
             RateLimited(3),
         ];

@@ -167,7 +167,7 @@ fn failures_get_the_answer_of_spec_md() {
         ("client read error", down(ReadError), None, true, false),
         ("client write error", down(WriteError), None, true, false),
         ("client sent a bad head", down(InvalidHTTPHeader), Some(Reject::BadRequest), false, false),
-        ("client read timeout", down(ReadTimedout), Some(Reject::BadRequest), false, false),
+        ("client read timeout", down(ReadTimedout), Some(Reject::RequestTimeout), false, false),
         ("internal error", neither(InternalError), Some(Reject::BadGateway), false, false),
     ];
     let mut answers = Vec::new();

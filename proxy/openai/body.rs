@@ -2,110 +2,178 @@
 //! OpenAI request body without building a tree of it.
 //!
 //! serde_json walks the object key by key; every value but the ones wanted is skipped
-//! with `IgnoredAny` (validated, never allocated), and the walk stops as soon as every
-//! wanted key is known, so a body whose `model` comes first is read no further than it.
+//! with `IgnoredAny` (validated, never allocated). The whole object is walked: a key
+//! the proxy decides on (which route, whether the answer streams) that appears twice is
+//! refused, because model servers disagree on which one counts (Python's `json` keeps
+//! the last, a scanner that stops early the first), and the proxy must read the body
+//! as the replica will.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-/// The top-level keys of interest, as found so far.
+/// The top-level keys of interest.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Fields<'a> {
+    /// `model`, when present and not `null`.
     pub model: Option<Cow<'a, str>>,
-    /// `stream`, when present and a boolean.
+    /// `stream`, when present and not `null`.
     pub stream: Option<bool>,
     /// `stream_options` is present (whatever its value).
     pub stream_options: bool,
 }
 
-/// Which keys the caller needs before it can decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Want {
-    pub model: bool,
-    /// `stream` and `stream_options`: only the whole body tells that they are absent.
-    pub stream: bool,
-    /// The whole body is needed (its prompt is the cache-affinity key).
-    pub whole: bool,
+/// Why a body is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not JSON, or not an object; the message says where.
+    NotObject(String),
+    /// `model` is not a string (nor `null`).
+    ModelNotString,
+    /// `stream` is not a boolean (nor `null`): `"true"` and `1` are refused, as OpenAI's
+    /// API does, rather than guessed at.
+    StreamNotBool,
+    /// A top-level key appears more than once: `model`, `stream`, `stream_options`.
+    DuplicateModel,
+    DuplicateStream,
+    DuplicateStreamOptions,
 }
 
-/// The outcome of scanning a body prefix.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Scan<'a> {
-    /// Everything wanted is known (the rest of the body need not be read).
-    Done(Fields<'a>),
-    /// The prefix ends before that; read more.
-    NeedMore,
-    /// Not a JSON object, or malformed; the message says where.
-    Invalid(String),
-}
-
-/// Scans `buf`, the body read so far; `complete` when it is the whole body.
-pub fn scan(buf: &[u8], want: Want, complete: bool) -> Scan<'_> {
-    let mut found = Found {
-        fields: Fields::default(),
-        want,
-        done: false,
-    };
-    let mut de = serde_json::Deserializer::from_slice(buf);
-    let result = (&mut de).deserialize_map(TopLevel(&mut found));
-    if found.done {
-        return Scan::Done(found.fields);
+/// Scans `body`, a whole request body, for the top-level keys of [`Fields`].
+pub fn scan(body: &[u8]) -> Result<Fields<'_>, Invalid> {
+    let mut fields = Fields::default();
+    let mut refused = None;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let result = (&mut de).deserialize_map(TopLevel {
+        fields: &mut fields,
+        refused: &mut refused,
+    });
+    if let Some(r) = refused {
+        return Err(r);
     }
     match result.and_then(|()| de.end()) {
-        Ok(()) => Scan::Done(found.fields),
-        Err(e) if e.is_eof() && !complete => Scan::NeedMore,
-        Err(e) => Scan::Invalid(e.to_string()),
+        Ok(()) => Ok(fields),
+        Err(e) => Err(Invalid::NotObject(e.to_string())),
     }
 }
 
-struct Found<'a> {
-    fields: Fields<'a>,
-    want: Want,
-    /// Every wanted key is known; the walk was cut short on purpose.
-    done: bool,
+struct TopLevel<'f, 'a> {
+    fields: &'f mut Fields<'a>,
+    /// Set, with the walk cut short, when the body is well-formed so far but refused.
+    refused: &'f mut Option<Invalid>,
 }
 
-impl Found<'_> {
-    fn complete(&self) -> bool {
-        // Without `stream` wanted, only the model matters; with it, absence of
-        // `stream` or `stream_options` is only known at the end of the object.
-        !self.want.whole
-            && (!self.want.model || self.fields.model.is_some())
-            && (!self.want.stream || (self.fields.stream.is_some() && self.fields.stream_options))
+impl TopLevel<'_, '_> {
+    fn refuse<E: de::Error>(&mut self, why: Invalid) -> E {
+        *self.refused = Some(why);
+        E::custom("refused")
     }
 }
 
-struct TopLevel<'f, 'a>(&'f mut Found<'a>);
+/// A JSON value that is a string, a boolean, `null`, or something else (skipped).
+enum Scalar<'de> {
+    Str(Str<'de>),
+    Bool(bool),
+    Null,
+    Other,
+}
 
-impl<'de, 'f> Visitor<'de> for TopLevel<'f, 'de> {
+impl<'de> de::Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Str(Str(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Str(Str(Cow::Owned(v.to_owned()))))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Bool(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let found = self.0;
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        let (mut model, mut stream) = (false, false);
         while let Some(key) = map.next_key::<Str<'de>>()? {
+            // Keys compare unescaped: `"mod\u0065l"` is `model` to every JSON parser.
             match &*key.0 {
-                "model" => match map.next_value::<Option<Str<'de>>>()? {
-                    Some(s) => found.fields.model = Some(s.0),
-                    None => found.fields.model = None,
-                },
-                "stream" => found.fields.stream = map.next_value::<Option<bool>>()?,
+                "model" => {
+                    if std::mem::replace(&mut model, true) {
+                        return Err(self.refuse(Invalid::DuplicateModel));
+                    }
+                    self.fields.model = match map.next_value::<Scalar<'de>>()? {
+                        Scalar::Str(s) => Some(s.0),
+                        Scalar::Null => None,
+                        _ => return Err(self.refuse(Invalid::ModelNotString)),
+                    };
+                }
+                "stream" => {
+                    if std::mem::replace(&mut stream, true) {
+                        return Err(self.refuse(Invalid::DuplicateStream));
+                    }
+                    self.fields.stream = match map.next_value::<Scalar<'de>>()? {
+                        Scalar::Bool(b) => Some(b),
+                        Scalar::Null => None,
+                        _ => return Err(self.refuse(Invalid::StreamNotBool)),
+                    };
+                }
                 "stream_options" => {
+                    if std::mem::replace(&mut self.fields.stream_options, true) {
+                        return Err(self.refuse(Invalid::DuplicateStreamOptions));
+                    }
                     map.next_value::<IgnoredAny>()?;
-                    found.fields.stream_options = true;
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
-            }
-            if found.complete() {
-                found.done = true;
-                return Err(de::Error::custom("stopped: every wanted key found"));
             }
         }
         Ok(())
@@ -165,81 +233,73 @@ pub fn with_usage_requested(body: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    const MODEL: Want = Want {
-        model: true,
-        stream: false,
-        whole: false,
-    };
-    const ALL: Want = Want {
-        model: true,
-        stream: true,
-        whole: false,
-    };
-
     fn model(s: &str) -> Option<Cow<'_, str>> {
         Some(Cow::Borrowed(s))
     }
 
     #[test]
-    fn model_first_stops_before_the_rest() {
-        let body = br#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"#;
-        match scan(body, MODEL, false) {
-            Scan::Done(f) => assert_eq!(f.model, model("llama-3-8b")),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn model_last_needs_the_whole_body() {
-        let full = br#"{"messages":[{"role":"user","content":"a \"model\": x"}],"stream":true,"model":"m\u00e9"}"#;
-        for cut in 1..full.len() - 1 {
-            assert_eq!(
-                scan(&full[..cut], MODEL, false),
-                Scan::NeedMore,
-                "cut {cut}"
-            );
-        }
-        match scan(full, MODEL, true) {
-            Scan::Done(f) => {
-                assert_eq!(f.model.as_deref(), Some("mé"));
-                assert!(matches!(f.model, Some(Cow::Owned(_))));
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn stream_keys_need_the_end_unless_both_are_seen() {
-        let body = br#"{"model":"m","stream":true,"messages":[]}"#;
-        assert_eq!(scan(&body[..30], ALL, false), Scan::NeedMore);
+    fn keys_anywhere_at_the_top_level_are_found() {
+        let body = br#"{"messages":[{"role":"user","content":"a \"model\": x","model":"n"}],"stream":true,"model":"m\u00e9"}"#;
+        let f = scan(body).unwrap();
+        assert_eq!(f.model.as_deref(), Some("mé"));
+        assert!(matches!(f.model, Some(Cow::Owned(_))));
+        assert_eq!(f.stream, Some(true));
+        assert!(!f.stream_options);
+        let f = scan(br#"{"model":"m","stream_options":{"include_usage":false},"stream":false}"#)
+            .unwrap();
         assert_eq!(
-            scan(body, ALL, true),
-            Scan::Done(Fields {
+            f,
+            Fields {
                 model: model("m"),
-                stream: Some(true),
-                stream_options: false
-            })
+                stream: Some(false),
+                stream_options: true
+            }
         );
-        let body =
-            br#"{"stream_options":{"include_usage":false},"stream":true,"model":"m","messages":["#;
-        assert!(matches!(scan(body, ALL, false), Scan::Done(f) if f.stream_options));
     }
 
     #[test]
-    fn bad_bodies_are_invalid_not_pending() {
-        assert!(matches!(scan(b"[1,2]", MODEL, true), Scan::Invalid(_)));
-        assert!(matches!(
-            scan(b"{\"model\":", MODEL, true),
-            Scan::Invalid(_)
-        ));
-        assert!(matches!(
-            scan(b"{\"model\":1}", MODEL, true),
-            Scan::Invalid(_)
-        ));
-        assert!(matches!(scan(b"not json", MODEL, false), Scan::Invalid(_)));
+    fn a_decided_key_twice_is_refused_nested_ones_are_not() {
+        for (body, key) in [
+            (
+                &br#"{"model":"a","model":"b"}"#[..],
+                Invalid::DuplicateModel,
+            ),
+            (
+                br#"{"model":"a","messages":[],"mod\u0065l":"b"}"#,
+                Invalid::DuplicateModel,
+            ),
+            (br#"{"model":null,"model":"b"}"#, Invalid::DuplicateModel),
+            (
+                br#"{"model":"a","stream":false,"stream":true}"#,
+                Invalid::DuplicateStream,
+            ),
+            (
+                br#"{"stream_options":{},"model":"a","stream_options":null}"#,
+                Invalid::DuplicateStreamOptions,
+            ),
+        ] {
+            assert_eq!(scan(body), Err(key), "{body:?}");
+        }
+        let nested =
+            br#"{"model":"a","messages":[{"model":"b","stream":"x"}],"metadata":{"model":"c"}}"#;
+        assert_eq!(scan(nested).unwrap().model, model("a"));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_their_reason() {
+        assert!(matches!(scan(b"[1,2]"), Err(Invalid::NotObject(_))));
+        assert!(matches!(scan(b"{\"model\":"), Err(Invalid::NotObject(_))));
+        assert!(matches!(scan(b"not json"), Err(Invalid::NotObject(_))));
+        assert!(matches!(scan(b"{} {}"), Err(Invalid::NotObject(_))));
+        assert_eq!(scan(b"{\"model\":1}"), Err(Invalid::ModelNotString));
+        assert_eq!(scan(b"{\"model\":[\"m\"]}"), Err(Invalid::ModelNotString));
+        for v in ["\"true\"", "1", "0", "{}"] {
+            let body = format!(r#"{{"model":"m","stream":{v}}}"#);
+            assert_eq!(scan(body.as_bytes()), Err(Invalid::StreamNotBool), "{v}");
+        }
         assert_eq!(
-            scan(b"{\"model\":null}", MODEL, true),
-            Scan::Done(Fields::default())
+            scan(b"{\"model\":null,\"stream\":null}"),
+            Ok(Fields::default())
         );
     }
 

@@ -2,8 +2,8 @@
 //! the per-route API settings the gateway consults.
 //!
 //! pingora has no hook for routing on a request body (pingora issues 575 and 780), so
-//! [`read_fields`] reads it in `request_filter`, as far as needed and no further than
-//! the route group's limit. pingora's retry buffer keeps what was read (up to 64 KiB)
+//! [`read_fields`] reads it whole in `request_filter`, no further than the route
+//! group's limit. pingora's retry buffer keeps what was read (up to 64 KiB)
 //! and sends it upstream first; beyond that, or when the body is rewritten
 //! (`stream_usage`), the gateway replays [`PreRead::replay`] from `request_body_filter`.
 
@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
-pub(crate) use body::{Scan, Want};
 pub(crate) use route::{Pick, RouteGroup};
 
 /// What a route does for OpenAI traffic (from its `api`, `stream_usage` and
@@ -53,7 +52,7 @@ impl PreRead {
             stream: read.stream,
             ..PreRead::default()
         };
-        if api.stream_usage && read.stream && !read.stream_options && read.complete {
+        if api.stream_usage && read.stream && !read.stream_options {
             if let Some(body) = body::with_usage_requested(&read.bytes) {
                 pre.rewritten_len = Some(body.len());
                 pre.replay = Some(Bytes::from(body));
@@ -83,120 +82,95 @@ impl PreRead {
     }
 }
 
-/// The body bytes read by [`read_fields`] and the stream keys found.
+/// The body read by [`read_fields`] and the stream keys found in it.
 #[derive(Debug)]
 pub(crate) struct BodyRead {
     pub bytes: Bytes,
-    /// The whole body was read.
-    pub complete: bool,
     pub stream: bool,
     pub stream_options: bool,
 }
 
 /// Why a body could not be routed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BodyError {
-    /// More than the limit was read without finding what was needed.
+    /// The body is larger than the limit.
     TooLarge,
-    /// Not a JSON object, or the `model` is not a string.
-    Invalid,
+    /// The body is not an OpenAI request the proxy can decide on.
+    Invalid(body::Invalid),
 }
 
-/// The most recent bytes kept to spot a key split across two chunks.
-const KEY_OVERLAP: usize = 8;
-
-/// Reads the request body until the `want`ed top-level keys are known (or it ends),
-/// at most `limit` bytes, and hands the model found to `decide` while the bytes it
+/// Reads the whole request body, at most `limit` bytes and waiting at most `timeout`
+/// for each read (pingora times HTTP/1 reads itself, not HTTP/2 ones), finds its top-level `model`,
+/// `stream` and `stream_options`, and hands the model to `decide` while the bytes it
 /// borrows are alive. Turns on pingora's retry buffering first, so what is read here
-/// is sent upstream too. Client connection errors come back as the outer `Err`.
+/// is sent upstream too. Client connection errors come back as the outer `Err`, as
+/// the client's (downstream) errors.
+///
+/// The body is read whole even when `model` comes first: a second `model` (or
+/// `stream`) later in it would be the one most model servers act on.
 pub(crate) async fn read_fields<T>(
     session: &mut Session,
-    want: Want,
     limit: u64,
+    timeout: Duration,
     decide: impl FnOnce(Option<&str>) -> T,
 ) -> pingora::Result<Result<(T, BodyRead), BodyError>> {
     session.enable_retry_buffering();
-    // One chunk is scanned where it lies; more are joined (one copy of what is read).
+    // A body that arrives in one read is scanned where it lies; more are joined.
     let mut first: Option<Bytes> = None;
     let mut joined = BytesMut::new();
+    let mut held = 0u64;
     loop {
-        let chunk = session.read_request_body().await?;
-        let complete = chunk.is_none();
-        let mut hint = complete;
-        if let Some(c) = chunk {
-            if c.is_empty() {
-                continue;
+        let read = tokio::time::timeout(timeout, session.read_request_body()).await;
+        let c = match read {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(e.into_down()),
+            Err(_) => {
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::ReadTimedout,
+                    "reading the request body",
+                )
+                .into_down())
             }
-            let held = first.as_ref().map_or(0, |f| f.len().max(joined.len()));
-            if (held + c.len()) as u64 > limit {
-                return Ok(Err(BodyError::TooLarge));
-            }
-            // Scan only when the new bytes may hold a wanted key, or at the end: a
-            // body is then walked once or twice, not once per chunk.
-            match &first {
-                None => {
-                    hint = may_hold_key(&[], &c);
-                    first = Some(c);
-                }
-                Some(f) => {
-                    if joined.is_empty() {
-                        joined.extend_from_slice(f);
-                    }
-                    hint = may_hold_key(&joined[joined.len().saturating_sub(KEY_OVERLAP)..], &c);
-                    joined.extend_from_slice(&c);
-                }
-            }
-        }
-        if !hint {
+        };
+        if c.is_empty() {
             continue;
         }
-        let buf: &[u8] = match &first {
-            Some(f) if joined.is_empty() => f,
-            Some(_) => &joined,
-            None => &[],
-        };
-        let (decided, stream, stream_options) = match body::scan(buf, want, complete) {
-            Scan::NeedMore => continue,
-            Scan::Invalid(why) => {
-                log::debug!("request body is not an OpenAI request: {why}");
-                return Ok(Err(BodyError::Invalid));
+        held += c.len() as u64;
+        if held > limit {
+            return Ok(Err(BodyError::TooLarge));
+        }
+        match &first {
+            None => first = Some(c),
+            Some(f) => {
+                if joined.is_empty() {
+                    joined.reserve(held as usize);
+                    joined.extend_from_slice(f);
+                }
+                joined.extend_from_slice(&c);
             }
-            Scan::Done(fields) => (
-                decide(fields.model.as_deref()),
-                fields.stream == Some(true),
-                fields.stream_options,
-            ),
-        };
-        let bytes = if joined.is_empty() {
-            first.unwrap_or_default()
-        } else {
-            joined.freeze()
-        };
-        let read = BodyRead {
-            bytes,
-            complete: complete || session.is_body_done(),
-            stream,
-            stream_options,
-        };
-        return Ok(Ok((decided, read)));
+        }
     }
-}
-
-/// Whether `"model"` or `"stream` may appear in `tail` followed by `chunk`.
-fn may_hold_key(tail: &[u8], chunk: &[u8]) -> bool {
-    let found = |hay: &[u8]| {
-        memchr::memmem::find(hay, b"\"model\"").is_some()
-            || memchr::memmem::find(hay, b"\"stream").is_some()
+    let bytes = if joined.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        joined.freeze()
     };
-    if found(chunk) {
-        return true;
-    }
-    if tail.is_empty() {
-        return false;
-    }
-    let mut seam = [0u8; 2 * KEY_OVERLAP];
-    let edge = chunk.len().min(KEY_OVERLAP);
-    seam[..tail.len()].copy_from_slice(tail);
-    seam[tail.len()..tail.len() + edge].copy_from_slice(&chunk[..edge]);
-    found(&seam[..tail.len() + edge])
+    let (decided, stream, stream_options) = match body::scan(&bytes) {
+        Ok(fields) => (
+            decide(fields.model.as_deref()),
+            fields.stream == Some(true),
+            fields.stream_options,
+        ),
+        Err(why) => {
+            log::debug!("request body refused: {why:?}");
+            return Ok(Err(BodyError::Invalid(why)));
+        }
+    };
+    let read = BodyRead {
+        bytes,
+        stream,
+        stream_options,
+    };
+    Ok(Ok((decided, read)))
 }

@@ -94,8 +94,7 @@ async fn queue_timeout_ends_the_stream_with_an_error_event(client: reqwest::Clie
     let blocker = occupy(&client, &proxy, 60).await; // about 3 s
     let resp = client
         .post(proxy.url("/v1/chat/completions"))
-        .header("accept", "text/event-stream")
-        .json(&chat("m", "hello", false))
+        .json(&chat("m", "hello", true))
         .send()
         .await
         .unwrap();

@@ -2,6 +2,8 @@
 //! token accounting from streams, streams kept alive while queued or held, `hold`
 //! and `wake`.
 
+mod accept;
+mod bodies;
 mod cold;
 mod fixture;
 mod keepalive;

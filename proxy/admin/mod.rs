@@ -244,7 +244,8 @@ impl Admin {
                 // One FIFO queue per upstream feeds every backend.
                 "queued": queued,
                 "weight": b.weight(),
-                "latency_ms": f64::from(b.latency_us()) / 1000.0,
+                // null until the replica's first answer.
+                "latency_ms": (b.latency_us() > 0).then(|| f64::from(b.latency_us()) / 1000.0),
                 "last_check": b.last_check().map(rfc3339),
                 // Per backend; 0 = unlimited.
                 "max_inflight": cap,

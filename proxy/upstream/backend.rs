@@ -116,7 +116,7 @@ impl Lease {
     /// serves one at a time that removes the time spent queued inside it, so a
     /// busy replica does not look slow for being busy (its load is counted
     /// already); on one that batches it understates every replica alike, which
-    /// keeps them comparable. A replica's first estimate is no slower than the
+    /// keeps them comparable. A replica's first answers are bounded by the
     /// fastest of its peers in the upstream (see [`Replica::record_latency_among`]).
     /// The whole time also feeds [`Replica::service_us`], how long a slot stays
     /// taken, which the wait-or-run choice reads.

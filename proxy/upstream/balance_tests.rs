@@ -282,8 +282,9 @@ async fn a_much_slower_replica_gets_work_only_when_the_fast_ones_are_busy() {
 fn the_typical_time_ignores_one_long_request_in_ten_and_follows_a_slowdown() {
     let pool = pool(1);
     let b = &pool.backends()[0];
+    assert_eq!(b.latency_us(), 0, "not measured yet");
     b.record_latency(LONG);
-    assert_eq!(b.latency_us(), 0, "one answer is not a trend");
+    assert_eq!(b.latency_us(), 1_000_000, "measured from its first answer");
     for i in 0..200 {
         b.record_latency(if i % 10 == 9 { LONG } else { SHORT });
     }
@@ -330,6 +331,42 @@ fn a_run_of_long_requests_does_not_make_a_replica_look_slow() {
         }
     }
     assert_eq!(to_a, 100, "every short request goes to the idle replica");
+}
+
+/// A new replica 20x slower than its measured peer (answers through a lease, as
+/// the proxy records them, so the peer seeds its start): seen slower from its
+/// first answer, 16x after four and at its own speed within twenty, where the
+/// 1/64 step from the peer's time alone would take some 190 answers.
+#[test]
+fn a_replica_20x_slower_than_its_peer_is_seen_slower_within_five_answers() {
+    let pool = pool(2);
+    pool.publish();
+    let (fast, slow) = (&pool.backends()[0], &pool.backends()[1]);
+    measured(fast, SHORT);
+    let fast_us = fast.latency_us();
+    assert_eq!(fast_us, 50_000);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let l = slow
+            .try_acquire(0, pool.store().queue(), None)
+            .unwrap_or_else(|| panic!("uncapped acquire"));
+        l.record_latency(LONG);
+        seen.push(slow.latency_us());
+    }
+    assert!(
+        seen.iter().all(|&us| us > fast_us),
+        "slower than the peer after every answer: {seen:?} µs vs {fast_us} µs"
+    );
+    assert_eq!(seen, [100_000, 200_000, 400_000, 800_000, 812_500]);
+    assert_eq!(slow.service_us(), 1_000_000, "a slot's time is its own");
+    for _ in 0..15 {
+        slow.record_latency(LONG);
+    }
+    assert_eq!(
+        slow.latency_us(),
+        1_000_000,
+        "at its own speed within 20 answers"
+    );
 }
 
 /// A replica's first answers may all be long requests: while one replica is busy

@@ -41,20 +41,23 @@ impl BackendState {
     }
 }
 
-/// Answers needed before a replica's speed counts (one long request is not a
-/// trend); the fastest of them starts the running estimate.
-const FIRST_SAMPLES: usize = 4;
+/// Answers that start a replica's estimate (one long request is not a trend): the
+/// estimate is the fastest of them so far, no more than twice the seed per answer.
+const FIRST_SAMPLES: u32 = 4;
 
 /// A running low quantile (about the 11th percentile) of a time, in µs, without a
-/// lock: started from the fastest of the first `FIRST_SAMPLES` samples, then moved
-/// 1/64 of itself up or 1/8 down toward each new one (see
+/// lock: during the first `FIRST_SAMPLES` samples the fastest so far, at most the
+/// seed (the fastest peer's estimate when the first sample came) times 2^n after
+/// n samples; then moved 1/64 of itself up or 1/8 down toward each new one (see
 /// [`Replica::record_latency_among`]).
 #[derive(Debug, Default)]
 struct LowQuantile {
-    /// The estimate (0: fewer than `FIRST_SAMPLES` samples so far).
+    /// The estimate (0: no sample yet).
     value: AtomicU32,
-    /// The first `FIRST_SAMPLES` samples, whose fastest starts the estimate.
-    first: [AtomicU32; FIRST_SAMPLES],
+    /// The fastest sample during the start (0: none yet).
+    fastest: AtomicU32,
+    /// The fastest peer's estimate when the first sample came (0: none).
+    seed: AtomicU32,
     recorded: AtomicU32,
 }
 
@@ -64,31 +67,30 @@ impl LowQuantile {
         self.value.load(Ordering::Relaxed)
     }
 
-    /// Folds `took` in; `peers_fastest` (µs, 0: none) caps the first estimate.
-    /// Concurrent updates may lose a step.
+    /// Folds `took` in; `peers_fastest` (µs, 0: none) seeds the start and is
+    /// called only on the first sample. Concurrent updates may lose a step.
     #[inline]
     fn record(&self, took: Duration, peers_fastest: impl FnOnce() -> u32) {
         let v = self;
         let sample = took.as_micros().clamp(1, u128::from(u32::MAX)) as u32;
-        let n = v.recorded.load(Ordering::Relaxed) as usize;
-        if n < FIRST_SAMPLES {
-            let n = v.recorded.fetch_add(1, Ordering::Relaxed) as usize;
-            if let Some(slot) = v.first.get(n) {
-                slot.store(sample, Ordering::Relaxed);
+        if v.recorded.load(Ordering::Relaxed) < FIRST_SAMPLES {
+            let n = v.recorded.fetch_add(1, Ordering::Relaxed);
+            if n == 0 {
+                v.seed.store(peers_fastest(), Ordering::Relaxed);
             }
-            if n + 1 == FIRST_SAMPLES {
-                let mut first = [0u32; FIRST_SAMPLES];
-                for (f, s) in first.iter_mut().zip(&v.first) {
-                    *f = s.load(Ordering::Relaxed);
-                }
-                let mut fastest = first.iter().copied().min().unwrap_or(1);
-                let peers = peers_fastest();
-                if peers != 0 {
-                    fastest = fastest.min(peers);
-                }
-                v.value.store(fastest.max(1), Ordering::Relaxed);
+            if n < FIRST_SAMPLES {
+                let prev = v.fastest.load(Ordering::Relaxed);
+                let fastest = if prev == 0 { sample } else { prev.min(sample) };
+                v.fastest.store(fastest, Ordering::Relaxed);
+                let seed = v.seed.load(Ordering::Relaxed);
+                let start = if seed == 0 {
+                    fastest
+                } else {
+                    fastest.min(seed.saturating_mul(1 << (n + 1)))
+                };
+                v.value.store(start.max(1), Ordering::Relaxed);
+                return;
             }
-            return;
         }
         let old = v.value.load(Ordering::Relaxed);
         if old == 0 {
@@ -231,14 +233,14 @@ impl Replica {
     }
 
     /// Typical time per request of this replica (a running low quantile, see
-    /// [`Replica::record_latency_among`]), in microseconds; 0 until a few answers came back.
+    /// [`Replica::record_latency_among`]), in microseconds; 0 until the first answer came back.
     pub fn latency_us(&self) -> u32 {
         self.latency.get()
     }
 
     /// Typical time of one whole request on this replica, to response headers and
     /// not divided by the requests it ran beside (the same low quantile as
-    /// [`Replica::latency_us`]), in microseconds; 0 until a few answers came back.
+    /// [`Replica::latency_us`]), in microseconds; 0 until the first answer came back.
     /// With a cap of `c` slots, a full replica frees one about every `service / c`.
     pub fn service_us(&self) -> u32 {
         self.service.get()
@@ -260,26 +262,29 @@ impl Replica {
 
     /// Folds one time per request into the running low quantile. `peers_fastest`
     /// gives the fastest typical time of the other replicas of the upstream (µs,
-    /// 0: none measured); it is called once, when the estimate starts.
+    /// 0: none measured); it is called once, on the first answer.
     ///
-    /// The estimate starts as the fastest of the first `FIRST_SAMPLES`, or the
-    /// fastest peer's when that is faster, then moves
-    /// toward each sample by a step proportional to itself: 1/64 up, 1/8 down, so
-    /// it settles where one sample in nine is faster, about the 11th percentile
-    /// (Ma, Muthukrishnan and Sandler, "Frugal Streaming for Estimating Quantiles",
-    /// 2013: a step up with weight q and down with weight 1 − q tracks the
-    /// q-quantile). A low quantile measures the replica rather than the requests it
-    /// happened to get: a replica that served a run of long requests (as the idle
-    /// one does when the balancer keeps short work off a busy one) still looks as
-    /// fast as it is (thirty long answers in a row move it 1.6x), while a replica
-    /// that really slows down for everything is seen within about a hundred answers
-    /// (8x slower: 3x within 70). Starting no slower than the fastest peer is
-    /// the same rule for the first answers: replicas of one upstream usually run
-    /// the same model on the same hardware, and a replica whose first few answers
-    /// happened to be long requests (the one left idle gets the next long request
-    /// while short ones go around the busy one) must not start out looking 300x
-    /// slower than its peers, which would make a busy peer look cheaper than it;
-    /// one that really is slower is seen as the estimate climbs, as above.
+    /// For the first `FIRST_SAMPLES` answers the estimate is the fastest of them
+    /// so far, but no more than the fastest peer's times 2^n after n answers; then
+    /// it moves toward each sample by a step proportional to itself: 1/64 up, 1/8
+    /// down, so it settles where one sample in nine is faster, about the 11th
+    /// percentile (Ma, Muthukrishnan and Sandler, "Frugal Streaming for Estimating
+    /// Quantiles", 2013: a step up with weight q and down with weight 1 − q tracks
+    /// the q-quantile). A low quantile measures the replica rather than the
+    /// requests it happened to get: a replica that served a run of long requests
+    /// (as the idle one does when the balancer keeps short work off a busy one)
+    /// still looks as fast as it is (thirty long answers in a row move it 1.6x),
+    /// while a replica that really slows down for everything is seen within about
+    /// a hundred answers (8x slower: 3x within 70). The start reflects the
+    /// replica's own answers from the first one (a replica 20x slower than its
+    /// peer shows 2x after one answer, 16x after four and 20x some fifteen
+    /// answers later), where the 1/64 step from the peer's time alone would take
+    /// some 190 answers to climb 20x; the doubling bound keeps a
+    /// replica whose first answers happened to be long requests (the one left
+    /// idle gets the next long request while short ones go around the busy one)
+    /// from starting out 300x slower than its peers, which would make a busy peer
+    /// look cheaper than it: after four long answers it is at most 16x its peer,
+    /// and the 1/8 step down corrects that within twenty short answers.
     /// Lock-free; concurrent updates may lose a step.
     #[inline]
     pub(crate) fn record_latency_among(&self, took: Duration, peers_fastest: impl FnOnce() -> u32) {

@@ -18,6 +18,19 @@ async fn every_endpoint_answers_and_the_rest_is_405_or_404() {
         r[0].addr().to_string(),
         "{upstreams}"
     );
+    assert!(
+        upstreams["upstreams"]["pool"]["backends"][0]["latency_ms"].is_null(),
+        "no estimate before the first answer: {upstreams}"
+    );
+    let resp = h1().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    eventually("the first answer measured", PATIENCE, || async {
+        let u = proxy.admin_json("/upstreams").await;
+        u["upstreams"]["pool"]["backends"][0]["latency_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0)
+    })
+    .await;
     let config = proxy.admin_json("/config").await;
     let file = proxy.config_path().display().to_string();
     assert_eq!(config["file"].as_str(), Some(file.as_str()), "{config}");

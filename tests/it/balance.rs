@@ -454,14 +454,15 @@ async fn the_slow_replica_is_used_only_when_the_fast_queue_is_long() {
     let extra = "max_inflight = 1\nqueue = { size = 64, timeout = \"60s\" }";
     let proxy = TestProxy::start(&pool_config(&models(&[&fast_a, &fast_b, &slow]), extra)).await;
     // Every replica measured: rounds of three at once, one on each (a replica not
-    // measured yet is never declined), until the slow one has answered four.
+    // measured yet is never declined), until the slow one has answered (its own
+    // first answer gives its time per request).
     for _ in 0..20 {
-        if slow.hits() >= 4 {
+        if slow.hits() >= 1 {
             break;
         }
         closed_loop(&proxy, 3, 1, "/work").await;
     }
-    assert!(slow.hits() >= 4, "the slow replica was never measured");
+    assert!(slow.hits() >= 1, "the slow replica was never measured");
     let measured = slow.hits();
     // Three clients in a closed loop: at most one waits, 50 ms for a fast slot.
     closed_loop(&proxy, 3, 12, "/work").await;

@@ -1,4 +1,5 @@
-//! Process logs on stderr: `RUST_LOG`-style filter, text or one JSON object per line.
+//! Process logs on stderr: `RUST_LOG`-style filter, text or one JSON object per line;
+//! and [`print`], the commands' output on stdout.
 
 use std::io::Write;
 
@@ -49,5 +50,19 @@ impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_> {
         };
         self.0.insert(key.as_str().to_owned(), v);
         Ok(())
+    }
+}
+
+/// Writes a command's output to stdout. A reader that went away (`modelgate check |
+/// head -1`) ends the process quietly with success, as Unix tools do, where `print!`
+/// would panic; any other write error ends it with a message and failure.
+pub fn print(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        let _ = writeln!(std::io::stderr(), "cannot write to stdout: {e}");
+        std::process::exit(1);
     }
 }

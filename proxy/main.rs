@@ -1,19 +1,28 @@
 //! The `modelgate` command: parses the command line and hands over to the library.
 //! This is the only place that prints results for humans and picks exit codes.
 
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use modelgate::config;
-use modelgate::logging::{self, LogFormat};
+use modelgate::logging::{self, print, LogFormat};
 use modelgate::App;
 
 /// mimalloc: pingora allocates per request; it measured noticeably cheaper than glibc's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `print!` and `println!` through [`logging::print`]: a closed stdout ends the
+/// command quietly instead of a panic.
+macro_rules! print_ {
+    ($($t:tt)*) => { print(format_args!($($t)*)) };
+}
+macro_rules! println_ {
+    ($($t:tt)*) => { print(format_args!("{}\n", format_args!($($t)*))) };
+}
 
 #[derive(Parser)]
 #[command(
@@ -206,7 +215,7 @@ fn main() -> ExitCode {
         Command::Cert { dir, names } => cert(&dir, &names),
         Command::AllocatorEnv => {
             for (var, value) in ALLOCATOR_ENV {
-                println!("{var}={value}");
+                println_!("{var}={value}");
             }
             ExitCode::SUCCESS
         }
@@ -268,8 +277,8 @@ fn check(path: &std::path::Path) -> ExitCode {
     match load(path) {
         Ok((loaded, warnings)) => {
             report_warnings(&warnings);
-            println!("{}: ok", path.display());
-            print!("{}", config::summary(&loaded.config));
+            println_!("{}: ok", path.display());
+            print_!("{}", config::summary(&loaded.config));
             ExitCode::SUCCESS
         }
         Err(errors) => report_errors(path, &errors, "nothing was changed"),
@@ -287,14 +296,14 @@ fn cert(dir: &std::path::Path, names: &[String]) -> ExitCode {
     };
     let ca = w.ca.cert.display();
     if w.ca.created {
-        println!(
+        println_!(
             "made a development CA: {ca} (its key {} stays private)",
             w.ca.key.display()
         );
     } else {
-        println!("signed with the existing CA: {ca}");
+        println_!("signed with the existing CA: {ca}");
     }
-    println!(
+    println_!(
         "{} {} + {} for {} (valid until {})",
         if w.replaced { "replaced" } else { "wrote" },
         w.cert.display(),
@@ -311,7 +320,7 @@ fn cert(dir: &std::path::Path, names: &[String]) -> ExitCode {
     } else {
         host.to_string()
     };
-    print!(
+    print_!(
         "
 Serve them: point [tls] certs at {dir} (in the config file, a relative path is
 relative to the file). A running proxy picks up new or replaced pairs within seconds.

@@ -86,8 +86,15 @@ pub(crate) fn read_route(
 /// A non-empty string, or a non-empty list of distinct non-empty strings.
 fn names(cx: &mut Ctx<'_>, f: &Field<'_, '_>, example: &str) -> Option<Vec<String>> {
     let expected = format!("a model name or a list of them, such as {example}");
-    if matches!(f.value.get_ref(), toml::de::DeValue::String(_)) {
-        return cx.nonempty(f, &expected).map(|s| vec![s.to_string()]);
+    match f.value.get_ref() {
+        toml::de::DeValue::String(_) => {
+            return cx.nonempty(f, &expected).map(|s| vec![s.to_string()]);
+        }
+        toml::de::DeValue::Array(_) => {}
+        _ => {
+            cx.expected(f, &expected, "");
+            return None;
+        }
     }
     let items = cx.array(f, example)?;
     if items.is_empty() {
@@ -135,6 +142,14 @@ pub(crate) fn read_wake(cx: &mut Ctx<'_>, t: &mut TableReader<'_, '_>) -> Option
     let Some(f) = t.take("wake") else {
         return Some(None);
     };
+    if t.entries().iter().all(|(k, _, _)| *k != "hold") {
+        cx.warn(
+            &f.span(),
+            &f.path,
+            "wake without hold: requests still get 503 at once while the upstream wakes; \
+             add hold = \"30s\" to hold them until a replica is ready",
+        );
+    }
     let mut w = cx.table(&f, EXAMPLE)?;
     let url = w.require(cx, "url", "url = \"http://autoscaler:8080/wake\"").and_then(|f| {
         let s = cx.nonempty(&f, "an http:// URL")?;

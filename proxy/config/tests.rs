@@ -600,3 +600,39 @@ fn scheduling_keys() {
     let w: Vec<String> = warned.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(w, ["config/modelgate.toml:11:14: upstream.chat.fair_share: has no effect without max_inflight: requests never wait, so there is no queue to order"]);
 }
+
+#[test]
+fn settings_that_would_do_nothing_are_warned_about() {
+    let src = "[listen]\nhttp = \"0.0.0.0:8080\"\n\
+               [[route]]\nname = \"a\"\npath = \"/\"\nupstream = \"u\"\n\
+               [upstream.u]\nbackends = [\"10.0.0.1:80\"]\n\
+               wake = { url = \"http://autoscaler:8080/wake\" }\n\
+               [upstream.u.load]\nevery = \"1s\"\n";
+    let got: Vec<String> = ok(src).warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "config/modelgate.toml:9:8: upstream.u.wake: wake without hold: requests still get 503 at once while the upstream wakes; add hold = \"30s\" to hold them until a replica is ready",
+            "config/modelgate.toml:10:1: upstream.u.load: reads no load report (neither metrics nor orca); add metrics = \"/metrics\" or orca = true, or remove the table",
+        ]
+    );
+    // With hold and a report source, nothing to say.
+    let fixed = src
+        .replace("wake = {", "hold = \"30s\"\nwake = {")
+        .replace("every = \"1s\"", "every = \"1s\"\norca = true");
+    assert!(ok(&fixed).warnings.is_empty());
+}
+
+#[test]
+fn a_model_that_is_not_a_string_or_a_list_says_so() {
+    let src = "[listen]\nhttp = \"0.0.0.0:8080\"\n\
+               [[route]]\nname = \"a\"\npath = \"/v1\"\nupstream = \"u\"\napi = \"openai\"\nmodel = 5\n\
+               [upstream.u]\nbackends = [\"10.0.0.1:80\"]\n";
+    let got = errors(src);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains("route[0].model: expected a model name or a list of them, such as"),
+        "{got:?}"
+    );
+    assert!(!got[0].contains("an array"), "{got:?}");
+}

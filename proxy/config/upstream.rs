@@ -681,6 +681,14 @@ fn read_load(cx: &mut Ctx<'_>, f: &Field<'_, '_>) -> Option<LoadReports> {
         gauges.push(read_gauge(cx, &g).map(Some));
     }
     t.finish(cx);
+    if matches!((orca, &path), (Some(false), Some(None))) {
+        cx.warn(
+            &f.span(),
+            &f.path,
+            "reads no load report (neither metrics nor orca); add metrics = \"/metrics\" \
+             or orca = true, or remove the table",
+        );
+    }
     let [queue, running, cache] = <[Option<Option<GaugeSelector>>; 3]>::try_from(gauges).ok()?;
     let metrics = path?.map(|path| MetricsPage {
         path,

@@ -5,11 +5,15 @@
 //! so editing it shows a reload. Needs no files and no network; every command it prints
 //! works as printed.
 
-#![allow(clippy::print_stdout)] // the demo's output is the curl lines it prints
-
 pub(crate) mod cert;
 pub(crate) mod openai;
 pub mod replica;
+
+/// `println!` through [`crate::logging::print`]: a closed stdout (`| head`) ends
+/// the demo quietly instead of a panic.
+macro_rules! println_ {
+    ($($t:tt)*) => { crate::logging::print(format_args!("{}\n", format_args!($($t)*))) };
+}
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -143,7 +147,7 @@ pub fn run_replica(listen: SocketAddr, name: &str) -> Result<(), StartError> {
             .spawn()
             .await
             .map_err(|e| fail(&format!("cannot listen on {listen}"), e))?;
-        println!("modelgate demo replica {name} on {}", replica.addr());
+        println_!("modelgate demo replica {name} on {}", replica.addr());
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -164,19 +168,19 @@ fn print_banner(
     let ca = certs.ca.display();
     let host = format!("localhost:{}", https.port());
     let cfg = file.display();
-    println!(
+    println_!(
         "modelgate demo: {} model replicas with {SLOTS} slots each behind the proxy",
         replicas.len()
     );
     for ((name, addr), spec) in replicas.iter().zip(&FLEET) {
-        println!(
+        println_!(
             "- {name} on {addr}: {:.1} s per request, {}",
             spec.delay.as_secs_f64(),
             spec.about
         );
     }
     let burst_body = r#"'{"input":"burst"}'"#;
-    println!(
+    println_!(
         r#"
 The proxy caps each replica at max_inflight = {SLOTS} and queues {QUEUE} more requests;
 past that it answers 503 overloaded at once instead of piling work on the replicas.

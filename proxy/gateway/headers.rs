@@ -7,7 +7,7 @@ use std::io::Write;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri};
 use pingora::http::authority::raw_target_authority;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
@@ -260,6 +260,24 @@ pub fn for_http1(upstream: &mut RequestHeader, default_host: &str) -> Result<()>
         let joined = HeaderValue::from_bytes(&joined)
             .or_err(ErrorType::InvalidHTTPHeader, "joining cookies")?;
         upstream.insert_header(http::header::COOKIE, joined)?;
+    }
+    Ok(())
+}
+
+/// A response whose body the proxy changes (so its `Content-Length` no longer holds)
+/// is framed without it: chunked to an HTTP/1.1 client; closed after the body for an
+/// HTTP/1.0 one (the only framing left, and the close must be said, or the client
+/// cannot tell a truncated body from a whole one). HTTP/2 frames itself.
+pub(crate) fn unknown_length(session: &mut Session, resp: &mut ResponseHeader) -> Result<()> {
+    if resp.remove_header(&http::header::CONTENT_LENGTH).is_none() {
+        return Ok(());
+    }
+    match session.req_header().version {
+        http::Version::HTTP_11 => {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        http::Version::HTTP_10 | http::Version::HTTP_09 => session.set_keepalive(None),
+        _ => {}
     }
     Ok(())
 }

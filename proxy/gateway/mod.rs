@@ -194,8 +194,11 @@ pub(crate) struct RequestCtx {
     tokens: Option<TokenMeter>,
     /// Its inter-token gaps, observed locally (streams).
     gaps: Option<LocalGaps>,
-    /// Time spent in the pool's wait queue.
+    /// Time spent in the pool's wait queue (or held for a replica), slots or not.
     queue_wait: Duration,
+    /// It waited and left without a slot (queue timeout, hold expiry, client gone):
+    /// its wait is recorded although no backend was tried.
+    waited_unserved: bool,
     /// When the current attempt got its backend.
     attempt_started: Option<Instant>,
     /// The current attempt failed on a retryable status (502/503/429); retry it
@@ -220,6 +223,9 @@ pub(crate) struct RequestCtx {
     spliced: bool,
     /// The status of the response head sent to the client (from a replica).
     sent: Option<u16>,
+    /// A replica's error answer to a stream whose head went out early, sent on
+    /// as an SSE error event.
+    relayed: Option<keepalive::RelayedError>,
     /// With the access log on: what the line of a request cut at shutdown needs
     /// (`logging` takes it; see [`cut`]).
     unlogged: Option<cut::Unlogged>,
@@ -248,6 +254,7 @@ impl ProxyHttp for Gateway {
             tokens: None,
             gaps: None,
             queue_wait: Duration::ZERO,
+            waited_unserved: false,
             attempt_started: None,
             status_retry: false,
             consumer: None,
@@ -258,6 +265,7 @@ impl ProxyHttp for Gateway {
             early_head: false,
             spliced: false,
             sent: None,
+            relayed: None,
             unlogged: None,
         }
     }
@@ -400,6 +408,7 @@ impl ProxyHttp for Gateway {
             .api
             .sse_keepalive
             .filter(|_| keepalive::wants_stream(session, ctx));
+        let asked = Instant::now();
         let mut admission = match keepalive {
             Some(every) => {
                 let queued =
@@ -436,12 +445,21 @@ impl ProxyHttp for Gateway {
             }
             Admission::NoneHealthy => self.fail(ctx, Reject::BadGateway),
             Admission::Overloaded => self.fail(ctx, Reject::Overloaded),
-            Admission::QueueTimeout => self.fail(ctx, Reject::QueueTimeout),
-            Admission::ClientGone => Err(Error::explain(
-                ErrorType::ConnectionClosed,
-                "client left while queued",
-            )
-            .into_down()),
+            Admission::QueueTimeout => {
+                ctx.waited_in_vain(asked);
+                self.fail(ctx, Reject::QueueTimeout)
+            }
+            Admission::HoldExpired => {
+                ctx.waited_in_vain(asked);
+                self.fail(ctx, Reject::NoHealthyBackend)
+            }
+            Admission::ClientGone => {
+                ctx.waited_in_vain(asked);
+                Err(
+                    Error::explain(ErrorType::ConnectionClosed, "client left while queued")
+                        .into_down(),
+                )
+            }
         }
     }
 
@@ -566,20 +584,17 @@ impl ProxyHttp for Gateway {
         }
         if ctx.early_head {
             if !upstream_response.status.is_success() {
-                // The client already has a 200 head: the answer becomes an error event.
-                ctx.status_retry = true;
-                ctx.reject = Some(Reject::BadGateway);
-                log_failure(
-                    ctx,
-                    failures::Reason::Status(status),
-                    &format_args!("answered {status} to a stream already started"),
-                    false,
-                );
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "backend refused a stream whose head was sent",
-                )
-                .into_up());
+                // The client already has a 200 head: the replica's answer becomes one
+                // error event carrying its status and message.
+                if status >= 500 {
+                    log_failure(
+                        ctx,
+                        failures::Reason::Status(status),
+                        &format_args!("answered {status} to a stream already started"),
+                        false,
+                    );
+                }
+                ctx.relayed = Some(keepalive::RelayedError::new(status));
             }
             ctx.spliced = true;
         }
@@ -600,7 +615,7 @@ impl ProxyHttp for Gateway {
                 let strip = ctx.pre.as_ref().is_some_and(|p| p.rewritten_len.is_some());
                 if strip && kind == Kind::Stream {
                     // The usage event is cut out, so the length changes.
-                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                    headers::unknown_length(session, upstream_response)?;
                 }
                 ctx.tokens = Some(TokenMeter::new(kind, strip));
                 if kind == Kind::Stream {
@@ -745,6 +760,10 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(relayed) = ctx.relayed.as_mut() {
+            relayed.absorb(body, end_of_stream);
+            return Ok(None);
+        }
         if let Some(meter) = ctx.tokens.as_mut() {
             match ctx.gaps.as_mut() {
                 Some(gaps) => meter.scan(body, end_of_stream, Instant::now(), gaps),
@@ -779,6 +798,11 @@ impl ProxyHttp for Gateway {
                 _ if aborted => 499,
                 _ => 200,
             },
+            // A replica's error relayed as an event on a head sent early.
+            Some(_) if ctx.relayed.is_some() => match &ctx.relayed {
+                Some(r) if !aborted => r.status,
+                _ => 499,
+            },
             Some(r) => r.status.as_u16(),
             // 499 (as nginx): the client left before any answer reached it.
             None => 499,
@@ -795,7 +819,8 @@ impl ProxyHttp for Gateway {
         if let Some(r) = ctx.reject {
             up.rejected(r);
         }
-        if !ctx.tried.is_empty() {
+        let waited = !ctx.tried.is_empty() || ctx.waited_unserved;
+        if waited {
             up.queue_wait(ctx.queue_wait.as_secs_f64());
             up.retries(u64::from(retries));
         }
@@ -809,7 +834,8 @@ impl ProxyHttp for Gateway {
             {
                 if let Some(r) = ctx.reject {
                     c.rejected(r);
-                } else if !ctx.tried.is_empty() {
+                }
+                if waited {
                     c.queue_wait(ctx.queue_wait.as_secs_f64());
                 }
             }
@@ -853,6 +879,13 @@ impl ProxyHttp for Gateway {
 }
 
 impl RequestCtx {
+    /// Counts the wait since `asked` of a request that left the queue (or its hold)
+    /// without a slot.
+    fn waited_in_vain(&mut self, asked: Instant) {
+        self.queue_wait += asked.elapsed();
+        self.waited_unserved = true;
+    }
+
     /// An OpenAI answer's time to first token, `usage` and completion tokens counted.
     fn token_figures(&self) -> (Option<Duration>, Option<Usage>, Option<u64>) {
         let Some(t) = &self.tokens else {

@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 use super::keepalive::accepts_event_stream;
 use super::*;
 use crate::config::parse;
-use crate::openai::models::is_list_request;
+use crate::openai::models::asked;
 use crate::snapshot::Snapshot;
 
 /// `raw` (a request head, CRLF lines) read off a connection by pingora, as a listener
@@ -294,17 +294,22 @@ async fn upgrades_reach_the_backend_over_http1() {
 
 #[tokio::test]
 async fn model_lists_are_answered_by_the_proxy() {
-    // (case, request line, answered by the proxy itself)
+    use crate::openai::models::Asked::{List, One};
+    // (case, request line, what the proxy answers itself)
     #[rustfmt::skip]
     let cases = [
-        ("GET /v1/models", "GET /v1/models", true),
-        ("behind a prefix", "GET /openai/v1/models", true),
-        ("with a query", "GET /v1/models?limit=5", true),
-        ("one model", "GET /v1/models/m", false),
-        ("a longer name", "GET /v1/modelsx", false),
-        ("POST", "POST /v1/models", false),
-        ("HEAD", "HEAD /v1/models", false),
-        ("lower-case get", "get /v1/models", false),
+        ("GET /v1/models", "GET /v1/models", Some(List)),
+        ("behind a prefix", "GET /openai/v1/models", Some(List)),
+        ("with a query", "GET /v1/models?limit=5", Some(List)),
+        ("HEAD", "HEAD /v1/models", Some(List)),
+        ("one model", "GET /v1/models/m", Some(One("m"))),
+        ("one model with a slash", "GET /v1/models/org/m", Some(One("org/m"))),
+        ("one model behind a prefix", "HEAD /x/v1/models/m", Some(One("m"))),
+        ("no id", "GET /v1/models/", None),
+        ("a longer name", "GET /v1/modelsx", None),
+        ("POST", "POST /v1/models", None),
+        ("DELETE one", "DELETE /v1/models/m", None),
+        ("lower-case get", "get /v1/models", None),
     ];
     let mut got = Vec::new();
     for (name, line, want) in cases {
@@ -312,7 +317,11 @@ async fn model_lists_are_answered_by_the_proxy() {
             "{line} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
         ))
         .await;
-        got.push((name, is_list_request(s.req_header()), want));
+        got.push((
+            name,
+            asked(s.req_header()).map(|a| format!("{a:?}")),
+            want.map(|a| format!("{a:?}")),
+        ));
     }
     check(got);
 }

@@ -4,7 +4,7 @@
 //! and per priority class of a wait queue `modelgate_class_queue_depth` and
 //! `modelgate_class_inflight`.
 //! They cost the request path nothing, and a removed backend's series is gone at the
-//! next scrape.
+//! next scrape, as is a report series once the report expires.
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -92,6 +92,7 @@ impl Collector for PoolCollector {
         let snapshot = self.snapshot.load();
         for pool in &snapshot.pools {
             let upstream: &str = pool.name();
+            let report_ttl = pool.report_ttl();
             depth.push(&[upstream], pool.queued() as f64);
             for (class, waiting, running) in pool.class_counts() {
                 class_depth.push(&[upstream, class], f64::from(waiting));
@@ -101,7 +102,9 @@ impl Collector for PoolCollector {
                 let labels = [upstream, b.label()];
                 up.push(&labels, f64::from(u8::from(b.is_available())));
                 inflight.push(&labels, f64::from(b.inflight()));
-                let Some((report, _)) = b.reported() else {
+                // A report the balancer no longer counts (older than three
+                // intervals: the replica stopped answering) is not shown either.
+                let Some(report) = b.fresh_report(report_ttl) else {
                     continue;
                 };
                 for (family, value) in [

@@ -26,11 +26,32 @@ pub struct Card {
 /// A replica's model list, as last fetched.
 pub(crate) type ModelList = Vec<Card>;
 
-/// Whether a request asks for the model list: `GET` on a path ending in
-/// `/v1/models` (so `/v1/models` and a prefixed `/openai/v1/models` both are).
+/// What a request to the models endpoint asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked<'a> {
+    /// The list (`/v1/models`).
+    List,
+    /// One model (`/v1/models/{id}`; an id may hold `/`, as `org/model` does).
+    One(&'a str),
+}
+
+/// What a request asks of the models endpoint, if it is one: `GET` (or `HEAD`) on a
+/// path ending in `/v1/models` (so `/v1/models` and a prefixed `/openai/v1/models`
+/// both are), or in `/v1/models/{id}`.
 #[inline]
-pub(crate) fn is_list_request(req: &pingora::http::RequestHeader) -> bool {
-    req.method == http::Method::GET && req.uri.path().ends_with(PATH)
+pub(crate) fn asked(req: &pingora::http::RequestHeader) -> Option<Asked<'_>> {
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return None;
+    }
+    let path = req.uri.path();
+    if path.ends_with(PATH) {
+        return Some(Asked::List);
+    }
+    let at = path.rfind("/v1/models/")?;
+    match &path[at + PATH.len() + 1..] {
+        "" => None,
+        id => Some(Asked::One(id)),
+    }
 }
 
 /// Reads a `/v1/models` answer: `{"object":"list","data":[{"id":...},...]}`.
@@ -60,18 +81,49 @@ struct OutCard<'a> {
 }
 
 /// The body of modelgate's `/v1/models` for `group`, in OpenAI's list shape,
-/// sorted by id with each id once. Listed: every `model` name of a `reachable`
-/// route whose upstream has an available replica (`created` = `loaded_at`, Unix
-/// seconds; `owned_by` = the upstream), and every model an available replica of
-/// such a route's upstream listed itself (`health.models`) that this endpoint routes
-/// to that upstream (the replica's card wins).
+/// sorted by id with each id once (see [`cards`]).
 pub(crate) fn list(
     group: &RouteGroup,
     reachable: impl Fn(&RouteEntry) -> bool,
     loaded_at: u64,
 ) -> Vec<u8> {
-    let mut cards: BTreeMap<Arc<str>, OutCard<'_>> = BTreeMap::new();
-    let lists: Vec<(Arc<ModelList>, &RouteEntry)> = group
+    let (lists, named) = sources(group, &reachable);
+    let out = Out {
+        object: "list",
+        data: cards(group, &reachable, loaded_at, &lists, &named)
+            .into_values()
+            .collect(),
+    };
+    // Serialising plain strings and numbers cannot fail.
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+/// The body of modelgate's `/v1/models/{id}`: the model object of `id` in OpenAI's
+/// shape (`{"id","object":"model","created","owned_by"}`), when the list has it.
+pub(crate) fn one(
+    group: &RouteGroup,
+    reachable: impl Fn(&RouteEntry) -> bool,
+    loaded_at: u64,
+    id: &str,
+) -> Option<Vec<u8>> {
+    let (lists, named) = sources(group, &reachable);
+    let cards = cards(group, &reachable, loaded_at, &lists, &named);
+    cards
+        .get(id)
+        .map(|card| serde_json::to_vec(card).unwrap_or_default())
+}
+
+/// Where the cards come from: the model lists of the available replicas of
+/// `reachable` routes' upstreams (`health.models`), and the group's named models.
+#[allow(clippy::type_complexity)]
+fn sources<'g>(
+    group: &'g RouteGroup,
+    reachable: &impl Fn(&RouteEntry) -> bool,
+) -> (
+    Vec<(Arc<ModelList>, &'g RouteEntry)>,
+    Vec<(&'g Arc<str>, &'g RouteEntry)>,
+) {
+    let lists = group
         .routes()
         .filter(|r| reachable(r))
         .filter(|r| r.pool.settings().health.as_ref().is_some_and(|h| h.models))
@@ -83,7 +135,27 @@ pub(crate) fn list(
                 .filter_map(move |b| b.models().map(|m| (m, &**r)))
         })
         .collect();
-    for (list, route) in &lists {
+    let named = group
+        .named()
+        .map(|(name, route)| (name, &**route))
+        .collect();
+    (lists, named)
+}
+
+/// The models of `group` by id. Listed: every `model` name of a `reachable` route
+/// whose upstream has an available replica (`created` = `loaded_at`, Unix seconds;
+/// `owned_by` = the upstream), and every model an available replica of such a
+/// route's upstream listed itself (`health.models`) that this endpoint routes to
+/// that upstream (the replica's card wins).
+fn cards<'a>(
+    group: &RouteGroup,
+    reachable: &impl Fn(&RouteEntry) -> bool,
+    loaded_at: u64,
+    lists: &'a [(Arc<ModelList>, &'a RouteEntry)],
+    named: &[(&'a Arc<str>, &'a RouteEntry)],
+) -> BTreeMap<Arc<str>, OutCard<'a>> {
+    let mut cards: BTreeMap<Arc<str>, OutCard<'a>> = BTreeMap::new();
+    for (list, route) in lists {
         for card in list.iter() {
             // Listed only when a request for it here would reach this upstream.
             let routed = group
@@ -102,7 +174,7 @@ pub(crate) fn list(
             }
         }
     }
-    for (name, route) in group.named() {
+    for &(name, route) in named {
         if reachable(route) && route.pool.backends().iter().any(|b| b.is_available()) {
             cards.entry(Arc::clone(name)).or_insert(OutCard {
                 id: name,
@@ -112,12 +184,7 @@ pub(crate) fn list(
             });
         }
     }
-    let out = Out {
-        object: "list",
-        data: cards.into_values().collect(),
-    };
-    // Serialising plain strings and numbers cannot fail.
-    serde_json::to_vec(&out).unwrap_or_default()
+    cards
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@
 //!
 //! A `data:` line costs about one pass over its bytes: the token key (`"content":` of
 //! a chat delta, `"text":` of a completion) is searched from the start, and `"usage":`
-//! only after it. Every server we meet (vLLM, SGLang, TGI, llama.cpp server, OpenAI)
-//! writes `usage` after `choices`, and most write `"usage":null` into every chunk; a
-//! usage object on a line without a token is found wherever it is.
+//! only after it, and only when a `{` follows the token (a usage object needs one).
+//! Every server we meet (vLLM, SGLang, TGI, llama.cpp server, OpenAI) writes `usage`
+//! after `choices`, and most write `"usage":null` into every chunk; a usage object on
+//! a line without a token is found wherever it is. The blank line that ends an event
+//! is told apart by its first byte, without a search.
 
 use std::ops::Range;
 use std::sync::LazyLock;

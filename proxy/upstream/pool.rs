@@ -63,6 +63,12 @@ pub struct PoolSettings {
     pub(crate) affinity: Option<Affinity>,
 }
 
+/// How long a load report counts: three intervals of `load` (zero without reports).
+fn report_ttl(load: Option<&LoadReports>) -> Duration {
+    load.filter(|l| l.orca || l.metrics.is_some())
+        .map_or(Duration::ZERO, |l| l.every * 3)
+}
+
 /// One generation of one upstream.
 #[derive(Debug)]
 pub struct Pool {
@@ -174,11 +180,7 @@ impl Pool {
                 ))
             })
             .collect();
-        let report_ttl = up
-            .load
-            .as_ref()
-            .filter(|l| l.orca || l.metrics.is_some())
-            .map_or(Duration::ZERO, |l| l.every * 3);
+        let report_ttl = report_ttl(up.load.as_ref());
         let selector = match (up.balance, &up.affinity) {
             (Balance::RoundRobin, _) => Selector::round_robin(&backends),
             (Balance::ConsistentHash, _) => Selector::consistent_hash(&backends),
@@ -258,6 +260,12 @@ impl Pool {
 
     pub fn backends(&self) -> &[Arc<Backend>] {
         self.balancer.backends()
+    }
+
+    /// How long a replica's load report counts (three polling intervals); zero
+    /// when the upstream takes no reports.
+    pub(crate) fn report_ttl(&self) -> Duration {
+        report_ttl(self.settings.load.as_ref())
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -383,8 +391,8 @@ impl Pool {
     }
 
     /// Waits in the upstream's queue, up to `hold` (and the queue's size), for a
-    /// replica to become ready when none is; [`Admission::NoneHealthy`] when none
-    /// does in time or the queue is full.
+    /// replica to become ready when none is; [`Admission::HoldExpired`] when none
+    /// does in time, [`Admission::NoneHealthy`] when the queue is full.
     pub async fn hold<F>(
         &self,
         hold: Duration,

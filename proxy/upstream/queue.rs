@@ -37,6 +37,8 @@ pub enum Admission {
     /// Every backend busy and the queue full (or no queue).
     Overloaded,
     QueueTimeout,
+    /// Held for a replica to come up (`hold`), and none did in time.
+    HoldExpired,
     /// The client went away while waiting.
     ClientGone,
 }
@@ -264,7 +266,7 @@ impl WaitQueue {
         let Some((id, rx)) = self.push(balancer.queue().size, class_size, asking) else {
             return Admission::NoneHealthy;
         };
-        self.wait(id, rx, started, hold, Admission::NoneHealthy, client_gone)
+        self.wait(id, rx, started, hold, Admission::HoldExpired, client_gone)
             .await
     }
 

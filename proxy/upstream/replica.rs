@@ -449,6 +449,17 @@ impl Replica {
         Some((report, at))
     }
 
+    /// The last load report if it came within `ttl` (as the balancer counts it);
+    /// `None` when there is none, it is older, or `ttl` is zero (reports off).
+    pub(crate) fn fresh_report(&self, ttl: Duration) -> Option<LoadReport> {
+        let ttl_ms = ttl.as_millis() as u64;
+        let at = self.reported_at_ms.load(Ordering::Acquire);
+        if ttl_ms == 0 || at == 0 || clock::now_ms().saturating_sub(at) > ttl_ms {
+            return None;
+        }
+        self.reported().map(|(report, _)| report)
+    }
+
     /// Keeps the model list the replica just served on its `/v1/models`.
     pub(crate) fn record_models(&self, models: ModelList) {
         self.models.store(Some(Arc::new(models)));

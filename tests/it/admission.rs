@@ -89,6 +89,25 @@ async fn a_full_queue_answers_overloaded_at_once_and_a_long_wait_times_out() {
         1,
         "rejected requests never reached the replica"
     );
+    // The waits that timed out are recorded (with the one that ran at once); the
+    // requests refused at once did not wait.
+    // (The running one is logged after its answer's last byte, maybe after this.)
+    let waits = r#"modelgate_queue_wait_seconds_count{upstream="pool"} "#;
+    eventually("three waits recorded", PATIENCE, || async {
+        metric_value(&proxy, waits).await == 3.0
+    })
+    .await;
+    let waited = r#"modelgate_queue_wait_seconds_sum{upstream="pool"} "#;
+    assert!(metric_value(&proxy, waited).await >= 3.0);
+    let timeouts: Vec<f64> = proxy
+        .logs()
+        .lines()
+        .filter(|l| l.contains("\"reject\":\"queue_timeout\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| l["queue_wait"].as_f64())
+        .collect();
+    assert_eq!(timeouts.len(), 2, "{}", proxy.logs());
+    assert!(timeouts.iter().all(|&w| w >= 1.5), "{timeouts:?}");
 }
 
 #[tokio::test]

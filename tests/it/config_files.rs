@@ -461,3 +461,42 @@ fn json_log_format_writes_one_object_per_line() {
     let _ = child.wait();
     assert_eq!(seen, 3);
 }
+
+/// A reader that stops reading (`modelgate check ... | head -1`, here a pipe whose
+/// read end is closed before anything is written): every command that prints ends
+/// quietly with success instead of panicking on the broken pipe.
+#[test]
+fn commands_that_print_end_quietly_when_their_reader_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("modelgate.toml");
+    std::fs::write(
+        &config,
+        "[listen]\nhttp = \"127.0.0.1:8080\"\n[[route]]\nname = \"a\"\npath = \"/\"\n\
+         upstream = \"u\"\n[upstream.u]\nbackends = [\"10.0.0.1:80\"]\n",
+    )
+    .unwrap();
+    let certs = dir.path().join("certs");
+    let runs: [&[&std::ffi::OsStr]; 3] = [
+        &["check".as_ref(), "-c".as_ref(), config.as_os_str()],
+        &["allocator-env".as_ref()],
+        &[
+            "cert".as_ref(),
+            "--dir".as_ref(),
+            certs.as_os_str(),
+            "localhost".as_ref(),
+        ],
+    ];
+    for args in runs {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(modelgate_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+    }
+}

@@ -156,6 +156,27 @@ vllm:kv_cache_usage_perc{model_name=\"b\"} 0.5\n";
     })
     .await;
     assert_eq!(m.hits(), 0, "polls are not requests");
+
+    // The page stops answering: once the report is older than three intervals the
+    // balancer ignores it, and its series leave /metrics (no stale last value).
+    m.set_page_fault(PageFault::Status(500));
+    eventually("the stale report's series are gone", PATIENCE, || async {
+        !proxy
+            .admin_text("/metrics")
+            .await
+            .contains("modelgate_backend_reported_")
+    })
+    .await;
+    m.set_page_fault(PageFault::None);
+    eventually("fresh reports show again", PATIENCE, || async {
+        metric_value(
+            &proxy,
+            &format!("modelgate_backend_reported_queue{{{backend}}}"),
+        )
+        .await
+            == 27.0
+    })
+    .await;
 }
 
 /// A page that is garbage, answers 500, or comes later than `every` never takes

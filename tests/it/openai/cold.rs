@@ -132,6 +132,12 @@ async fn hold_ends_and_clients_that_leave_are_let_go(client: reqwest::Client) {
     })
     .await;
     assert_eq!(answered(&c.proxy, 499).await, 1.0);
+    let waits = r#"modelgate_queue_wait_seconds_count{upstream="m"} "#;
+    assert_eq!(
+        metric_value(&c.proxy, waits).await,
+        1.0,
+        "the wait of a client gone"
+    );
     c.model.set_health_status(200);
     eventually("up", Duration::from_secs(10), || async {
         state(&c.proxy).await == "up"
@@ -160,6 +166,17 @@ async fn hold_ends_and_clients_that_leave_are_let_go(client: reqwest::Client) {
     let (status, v) = status_and_body(resp).await;
     assert_eq!(status, 503);
     assert_eq!(v["error"]["code"], "no_healthy_backend", "{v}");
+    // The wait of a hold that ended unserved is recorded, in the log and the metric.
+    let waits = r#"modelgate_queue_wait_seconds_count{upstream="m"} "#;
+    assert_eq!(metric_value(&c.proxy, waits).await, 1.0);
+    let waited = r#"modelgate_queue_wait_seconds_sum{upstream="m"} "#;
+    assert!(metric_value(&c.proxy, waited).await >= 0.7);
+    eventually("the access log line", PATIENCE, || async {
+        access_lines(&c.proxy).len() == 1
+    })
+    .await;
+    let line = &access_lines(&c.proxy)[0];
+    assert!(line["queue_wait"].as_f64().unwrap() >= 0.7, "{line}");
     let failed = r#"modelgate_wake_calls_total{result="error",upstream="m"}"#;
     eventually("failed wake counted", Duration::from_secs(10), || async {
         metric_value(&c.proxy, failed).await == 1.0

@@ -112,96 +112,24 @@ async fn queue_timeout_ends_the_stream_with_an_error_event_h2c() {
     queue_timeout_ends_the_stream_with_an_error_event(h2()).await;
 }
 
-/// A client that leaves while queued, with its keep-alive head (`stream`) or
-/// without, frees its place: the next request takes the slot, the replica never
-/// sees the request, and it is counted as a 499 and a client abort.
-async fn client_leaving_the_queue_frees_its_place(client: reqwest::Client, stream: bool) {
-    let (r, proxy) = setup("30s").await;
-    let blocker = occupy(&client, &proxy, 40).await; // about 2 s
-    let body = if stream {
-        stream_body(3)
-    } else {
-        chat("m", "hello", false)
-    };
-    let leaving = client
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&body)
-        .send();
-    if stream {
-        let resp = leaving.await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.bytes_stream();
-        let first = body.next().await.unwrap().unwrap();
-        assert_eq!(&first[..], KEEPALIVE.as_bytes());
-        assert_eq!(queued(&proxy).await, 1);
-        drop(body);
-    } else {
-        let leaving = tokio::spawn(leaving);
-        eventually("queued", Duration::from_secs(10), || async {
-            queued(&proxy).await == 1
-        })
-        .await;
-        assert!(
-            !leaving.is_finished(),
-            "answered while the only slot was taken"
-        );
-        leaving.abort();
-    }
-    eventually("the waiter left", Duration::from_secs(10), || async {
-        queued(&proxy).await == 0
-    })
-    .await;
-    // The place is free: the next request waits first in line and is served.
-    let next = tokio::spawn(
-        client
-            .post(proxy.url("/v1/chat/completions"))
-            .json(&chat("m", "next", false))
-            .send(),
-    );
-    eventually("the next one queued", Duration::from_secs(10), || async {
-        queued(&proxy).await == 1
-    })
-    .await;
-    let (text, _) = read_stream(blocker).await;
-    assert!(text.ends_with("data: [DONE]\n\n"));
-    assert_eq!(next.await.unwrap().unwrap().status(), 200);
-    assert_eq!(
-        r.hits(),
-        2,
-        "the request of the client that left was not sent"
-    );
-    assert_eq!(aborts(&proxy).await, 1.0);
-    assert_eq!(answered(&proxy, 499).await, 1.0);
-    assert_eq!(answered(&proxy, 200).await, 2.0);
-    eventually("access log lines", PATIENCE, || async {
-        access_lines(&proxy).len() == 3
-    })
-    .await;
-    let left: Vec<_> = access_lines(&proxy)
-        .into_iter()
-        .filter(|l| l["status"] == 499)
-        .collect();
-    assert_eq!(left.len(), 1, "{}", proxy.logs());
-}
-
 #[tokio::test]
 async fn client_leaving_a_kept_alive_stream_frees_its_place_http1() {
-    client_leaving_the_queue_frees_its_place(h1(), true).await;
+    client_leaving_the_queue_frees_its_place(h1(), true, true).await;
 }
 
 #[tokio::test]
 async fn client_leaving_a_kept_alive_stream_frees_its_place_h2c() {
-    client_leaving_the_queue_frees_its_place(h2(), true).await;
+    client_leaving_the_queue_frees_its_place(h2(), true, true).await;
 }
 
 #[tokio::test]
 async fn client_leaving_the_queue_frees_its_place_http1() {
-    client_leaving_the_queue_frees_its_place(h1(), false).await;
+    client_leaving_the_queue_frees_its_place(h1(), true, false).await;
 }
 
 #[tokio::test]
 async fn client_leaving_the_queue_frees_its_place_h2c() {
-    client_leaving_the_queue_frees_its_place(h2(), false).await;
+    client_leaving_the_queue_frees_its_place(h2(), true, false).await;
 }
 
 /// Two replicas of one slot each, both busy; the first to free up refuses (503)
@@ -314,4 +242,186 @@ async fn overload_answers_take_openai_shape_http1() {
 #[tokio::test]
 async fn overload_answers_take_openai_shape_h2c() {
     overload_answers_take_openai_shape(h2()).await;
+}
+
+/// A client that leaves while queued is seen leaving at once, not at the next
+/// keep-alive write (a write to a closed socket only fails once the reset is back).
+/// The interval is long (3 s) and the queue holds one: the waiter must leave well
+/// before a second comment could tell, a new client must get its place (not 503
+/// overloaded), the freed slot must never carry the dead request to the replica,
+/// and it is counted as a 499 and a client abort with its real queue wait.
+/// `keepalive`: the route has `sse_keepalive`; `stream`: the request streams (with
+/// both, its early head went out before the client left).
+async fn client_leaving_the_queue_frees_its_place(
+    client: reqwest::Client,
+    keepalive: bool,
+    stream: bool,
+) {
+    let r = replica("r", 1, 50).await;
+    let proxy = front(
+        if keepalive {
+            r#"sse_keepalive = "3s""#
+        } else {
+            ""
+        },
+        &format!(
+            "{}\nmax_inflight = 1\nqueue = {{ size = 1, timeout = \"60s\" }}",
+            backends(&[&r])
+        ),
+    )
+    .await;
+    let blocker = occupy(&client, &proxy, 140).await; // about 7 s
+    let body = if stream {
+        stream_body(3)
+    } else {
+        chat("m", "hello", false)
+    };
+    let leaving = client
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&body)
+        .send();
+    let early_head = keepalive && stream;
+    if early_head {
+        let resp = leaving.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], KEEPALIVE.as_bytes());
+        assert_eq!(queued(&proxy).await, 1);
+        drop(body);
+    } else {
+        let leaving = tokio::spawn(leaving);
+        eventually("queued", PATIENCE, || async { queued(&proxy).await == 1 }).await;
+        assert!(
+            !leaving.is_finished(),
+            "answered while the only slot was taken"
+        );
+        leaving.abort();
+    }
+    // Before the next comment (3 s on) could reveal the closed connection.
+    eventually("the waiter left", Duration::from_secs(2), || async {
+        queued(&proxy).await == 0
+    })
+    .await;
+    // The place is free: the next request waits first in line and is served.
+    let next = tokio::spawn(
+        client
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&chat("m", "next", false))
+            .send(),
+    );
+    eventually("the next one queued", PATIENCE, || async {
+        queued(&proxy).await == 1
+    })
+    .await;
+    let (text, _) = read_stream(blocker).await;
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(next.await.unwrap().unwrap().status(), 200);
+    assert_eq!(r.hits(), 2, "the request of the client that left was sent");
+    assert_eq!(aborts(&proxy).await, 1.0);
+    assert_eq!(answered(&proxy, 499).await, 1.0);
+    assert_eq!(answered(&proxy, 200).await, 2.0);
+    eventually("access log lines", PATIENCE, || async {
+        access_lines(&proxy).len() == 3
+    })
+    .await;
+    let lines = access_lines(&proxy);
+    let left: Vec<_> = lines.iter().filter(|l| l["status"] == 499).collect();
+    assert_eq!(left.len(), 1, "{}", proxy.logs());
+    let waited = left[0]["queue_wait"].as_f64().unwrap();
+    let floor = if early_head { 3.0 } else { 0.0 };
+    assert!(
+        waited > floor && waited < 5.0,
+        "queue_wait {waited}: {}",
+        proxy.logs()
+    );
+}
+
+#[tokio::test]
+async fn client_leaving_a_stream_without_keepalive_frees_its_place_http1() {
+    client_leaving_the_queue_frees_its_place(h1(), false, true).await;
+}
+
+#[tokio::test]
+async fn client_leaving_a_stream_without_keepalive_frees_its_place_h2c() {
+    client_leaving_the_queue_frees_its_place(h2(), false, true).await;
+}
+
+/// Sends a stream that queues behind `blocker` (long enough for its early head),
+/// lets the blocker finish and returns the queued stream's one error event.
+async fn queued_stream_error(
+    client: &reqwest::Client,
+    proxy: &TestProxy,
+    blocker: reqwest::Response,
+    before_slot_frees: impl FnOnce(),
+) -> Value {
+    let waiting = tokio::spawn({
+        let req = client
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&stream_body(3));
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            read_stream(resp).await
+        }
+    });
+    eventually("queued", PATIENCE, || async { queued(proxy).await == 1 }).await;
+    before_slot_frees();
+    let (text, _) = read_stream(blocker).await;
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let (text, comments) = waiting.await.unwrap();
+    assert!(comments >= 1, "{text:?}");
+    let events = events_after_keepalives(&text);
+    assert_eq!(events.len(), 1, "{text:?}");
+    serde_json::from_str(&events[0]).unwrap()
+}
+
+/// A replica that answers a queued stream (its head already sent) with an error
+/// before any byte: the error event carries the replica's status and message (its
+/// own JSON when OpenAI-shaped, wrapped otherwise), and the request is counted and
+/// logged with the replica's status, not as a 502 of the proxy.
+async fn a_replica_error_after_the_early_head_is_relayed(client: reqwest::Client) {
+    let (r, proxy) = setup("30s").await;
+
+    // OpenAI-shaped (the mock answers an unknown model as vLLM does): passed on.
+    let blocker = occupy(&client, &proxy, 20).await; // about 1 s
+    let e = queued_stream_error(&client, &proxy, blocker, || r.set_models(["other"])).await;
+    assert_eq!(e["error"]["code"], 404, "{e}");
+    assert_eq!(
+        e["error"]["message"], "The model `m` does not exist.",
+        "{e}"
+    );
+
+    // Not OpenAI-shaped: wrapped, the replica's text as the message.
+    r.set_models(["m"]);
+    let blocker = occupy(&client, &proxy, 20).await;
+    let e = queued_stream_error(&client, &proxy, blocker, || r.set_fail(Some(500))).await;
+    assert_eq!(e["error"]["code"], 500, "{e}");
+    assert_eq!(e["error"]["type"], "server_error", "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("injected"), "{e}");
+
+    assert_eq!(answered(&proxy, 404).await, 1.0);
+    assert_eq!(answered(&proxy, 500).await, 1.0);
+    assert_eq!(answered(&proxy, 502).await, 0.0);
+    eventually("access log lines", PATIENCE, || async {
+        access_lines(&proxy).len() == 4
+    })
+    .await;
+    let mut statuses: Vec<_> = access_lines(&proxy)
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 404, 500], "{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn a_replica_error_after_the_early_head_is_relayed_http1() {
+    a_replica_error_after_the_early_head_is_relayed(h1()).await;
+}
+
+#[tokio::test]
+async fn a_replica_error_after_the_early_head_is_relayed_h2c() {
+    a_replica_error_after_the_early_head_is_relayed(h2()).await;
 }

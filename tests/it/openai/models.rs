@@ -133,6 +133,54 @@ backends = ["{}"]
         ids(&client, &url, Some("sk-alice-0123456789")).await,
         (200, want(&["llama-3-8b", "org/qwen-7b", "secret-model"]))
     );
+    // One model, in OpenAI's model-object shape (an id may hold a slash); HEAD
+    // answers like GET without a body; an unknown or unreachable one is 404.
+    let (status, m) = status_and_body(
+        client
+            .get(proxy.url("/v1/models/org/qwen-7b"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(
+        (&m["id"], &m["object"]),
+        (&"org/qwen-7b".into(), &"model".into()),
+        "{m}"
+    );
+    assert!(m["created"].is_u64() && m["owned_by"].is_string(), "{m}");
+    let (status, m) = status_and_body(
+        client
+            .get(proxy.url("/v1/models/llama-3-8b"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &m["owned_by"]), (200, &"llama".into()), "{m}");
+    for unknown in [
+        "/v1/models/nope",
+        "/v1/models/secret-model",
+        "/v1/models/dead-model",
+    ] {
+        let (status, e) =
+            status_and_body(client.get(proxy.url(unknown)).send().await.unwrap()).await;
+        assert_eq!(status, 404, "{unknown}: {e}");
+        assert_eq!(e["error"]["code"], "model_not_found", "{unknown}: {e}");
+    }
+    for path in ["/v1/models", "/v1/models/llama-3-8b"] {
+        let get = client.get(proxy.url(path)).send().await.unwrap();
+        let head = client.head(proxy.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), 200, "{path}");
+        assert_eq!(head.headers()["content-type"], "application/json", "{path}");
+        assert_eq!(
+            head.headers().get("content-length"),
+            get.headers().get("content-length"),
+            "{path}"
+        );
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+    }
     // Nothing reached the replicas (the org replica's hits are the checker's polls).
     assert_eq!(llama.hits() + secret.hits(), 0);
 

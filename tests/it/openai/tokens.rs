@@ -107,3 +107,112 @@ async fn streams_and_answers_are_accounted_http1() {
 async fn streams_and_answers_are_accounted_h2c() {
     accounts(h2()).await;
 }
+
+/// An SSE answer framed by `Content-Length` (a replica that buffers its stream)
+/// with the usage event the proxy asked for.
+fn sse_with_length() -> Vec<u8> {
+    let body = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Reads one response head and its chunked body (to the last chunk) from `s`;
+/// the head and the de-chunked body.
+async fn read_chunked(s: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut b).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before the head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&b[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    let mut rest = buf[head_end..].to_vec();
+    let mut body = Vec::new();
+    loop {
+        if let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16).unwrap();
+            if rest.len() >= eol + 2 + size + 2 {
+                body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+                rest.drain(..eol + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+                continue;
+            }
+        }
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed inside the body");
+        rest.extend_from_slice(&b[..n]);
+    }
+    (head, String::from_utf8(body).unwrap())
+}
+
+/// `stream_usage` cuts the usage event the client did not ask for out of an SSE
+/// answer, so a `Content-Length` framing no longer holds: an HTTP/1.1 client gets
+/// the answer chunked, and the connection stays usable; an HTTP/1.0 client gets it
+/// delimited by the close the head announces.
+#[tokio::test]
+async fn a_shortened_stream_with_a_length_is_sent_chunked_or_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = raw::RawReplica::spawn(|_| raw::Action::Reply(sse_with_length())).await;
+    let proxy = front(
+        "stream_usage = true",
+        &format!("backends = [\"{}\"]", r.addr()),
+    )
+    .await;
+    let body = r#"{"model":"m","stream":true,"messages":[]}"#;
+    let request = |version: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/{version}\r\nHost: a\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        s.write_all(request("1.1").as_bytes()).await.unwrap();
+        let (head, text) = read_chunked(&mut s).await;
+        assert!(!head.contains("connection: close"), "{head}");
+        let events = sse_events(&text);
+        assert_eq!(events.len(), 3, "{text:?}");
+        assert!(!text.contains("usage"), "{text:?}");
+        assert_eq!(events[2], "[DONE]");
+    }
+
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    s.write_all(request("1.0").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes after the body")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out).to_lowercase();
+    let (head, text) = out.split_once("\r\n\r\n").unwrap();
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(!head.contains("keep-alive"), "{head}");
+    assert!(text.ends_with("data: [done]\n\n"), "{text:?}");
+    assert!(!text.contains("usage"), "{text:?}");
+}

@@ -138,19 +138,15 @@ async fn interactive_requests_overtake_queued_batch_ones() {
         done.list(),
         ["running", "interactive", "plain", "batch-1", "batch-2"]
     );
-    // Per-class series: three of the waits were batch and interactive requests.
-    let batch_waits = metric_value(
-        &proxy,
-        "modelgate_class_queue_wait_seconds_count{class=\"batch\",upstream=\"pool\"}",
-    )
+    // Per-class series: three of the waits were batch and interactive requests (recorded
+    // when each request is logged, which may follow its answer's last byte).
+    let batch = "modelgate_class_queue_wait_seconds_count{class=\"batch\",upstream=\"pool\"}";
+    let interactive =
+        "modelgate_class_queue_wait_seconds_count{class=\"interactive\",upstream=\"pool\"}";
+    eventually("the per-class waits recorded", PATIENCE, || async {
+        metric_value(&proxy, batch).await == 2.0 && metric_value(&proxy, interactive).await == 1.0
+    })
     .await;
-    assert_eq!(batch_waits, 2.0);
-    let interactive_waits = metric_value(
-        &proxy,
-        "modelgate_class_queue_wait_seconds_count{class=\"interactive\",upstream=\"pool\"}",
-    )
-    .await;
-    assert_eq!(interactive_waits, 1.0);
     let depth = metric_value(
         &proxy,
         "modelgate_class_queue_depth{class=\"batch\",upstream=\"pool\"}",

@@ -132,12 +132,12 @@ async fn hold_ends_and_clients_that_leave_are_let_go(client: reqwest::Client) {
     })
     .await;
     assert_eq!(answered(&c.proxy, 499).await, 1.0);
+    // Metrics are recorded when the request is logged, after its answer is written.
     let waits = r#"modelgate_queue_wait_seconds_count{upstream="m"} "#;
-    assert_eq!(
-        metric_value(&c.proxy, waits).await,
-        1.0,
-        "the wait of a client gone"
-    );
+    eventually("the wait of a client gone", PATIENCE, || async {
+        metric_value(&c.proxy, waits).await == 1.0
+    })
+    .await;
     c.model.set_health_status(200);
     eventually("up", Duration::from_secs(10), || async {
         state(&c.proxy).await == "up"
@@ -167,10 +167,13 @@ async fn hold_ends_and_clients_that_leave_are_let_go(client: reqwest::Client) {
     assert_eq!(status, 503);
     assert_eq!(v["error"]["code"], "no_healthy_backend", "{v}");
     // The wait of a hold that ended unserved is recorded, in the log and the metric.
+    // (recorded when the request is logged, which may follow the answer's last byte)
     let waits = r#"modelgate_queue_wait_seconds_count{upstream="m"} "#;
-    assert_eq!(metric_value(&c.proxy, waits).await, 1.0);
     let waited = r#"modelgate_queue_wait_seconds_sum{upstream="m"} "#;
-    assert!(metric_value(&c.proxy, waited).await >= 0.7);
+    eventually("the unserved wait recorded", PATIENCE, || async {
+        metric_value(&c.proxy, waits).await == 1.0 && metric_value(&c.proxy, waited).await >= 0.7
+    })
+    .await;
     eventually("the access log line", PATIENCE, || async {
         access_lines(&c.proxy).len() == 1
     })

@@ -244,7 +244,11 @@ async fn held_streams_are_kept_alive(client: reqwest::Client) {
         .await
         .unwrap();
     expect_error_event(resp, "no_healthy_backend").await;
-    assert_eq!(answered(&c.proxy, 503).await, 1.0);
+    // (counted when the request is logged, which can follow the event's last byte)
+    eventually("the 503 counted", PATIENCE, || async {
+        answered(&c.proxy, 503).await == 1.0
+    })
+    .await;
     assert_eq!(answered(&c.proxy, 200).await, 0.0);
 
     // A client that leaves a held stream leaves the queue and is counted.

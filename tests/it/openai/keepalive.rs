@@ -181,8 +181,12 @@ async fn retry_after_the_early_head_splices_the_second_stream(client: reqwest::C
     let first: Value = serde_json::from_str(&events[0]).unwrap();
     assert_eq!(first["object"], "chat.completion.chunk");
     assert_eq!((refusing.hits(), other.hits()), (2, 2));
+    // Metrics are recorded when a request is logged, which can follow its last byte.
     let retried = r#"modelgate_retries_total{upstream="m"} "#;
-    assert_eq!(metric_value(&proxy, retried).await, 1.0);
+    eventually("the retry counted", PATIENCE, || async {
+        metric_value(&proxy, retried).await == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -318,13 +322,14 @@ async fn client_leaving_the_queue_frees_its_place(
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert_eq!(next.await.unwrap().unwrap().status(), 200);
     assert_eq!(r.hits(), 2, "the request of the client that left was sent");
-    assert_eq!(aborts(&proxy).await, 1.0);
-    assert_eq!(answered(&proxy, 499).await, 1.0);
-    assert_eq!(answered(&proxy, 200).await, 2.0);
+    // The access log line is queued last when a request is logged: its metrics are in.
     eventually("access log lines", PATIENCE, || async {
         access_lines(&proxy).len() == 3
     })
     .await;
+    assert_eq!(aborts(&proxy).await, 1.0);
+    assert_eq!(answered(&proxy, 499).await, 1.0);
+    assert_eq!(answered(&proxy, 200).await, 2.0);
     let lines = access_lines(&proxy);
     let left: Vec<_> = lines.iter().filter(|l| l["status"] == 499).collect();
     assert_eq!(left.len(), 1, "{}", proxy.logs());
@@ -401,13 +406,14 @@ async fn a_replica_error_after_the_early_head_is_relayed(client: reqwest::Client
     let message = e["error"]["message"].as_str().unwrap();
     assert!(message.contains("injected"), "{e}");
 
-    assert_eq!(answered(&proxy, 404).await, 1.0);
-    assert_eq!(answered(&proxy, 500).await, 1.0);
-    assert_eq!(answered(&proxy, 502).await, 0.0);
+    // The access log line is queued last when a request is logged: its metrics are in.
     eventually("access log lines", PATIENCE, || async {
         access_lines(&proxy).len() == 4
     })
     .await;
+    assert_eq!(answered(&proxy, 404).await, 1.0);
+    assert_eq!(answered(&proxy, 500).await, 1.0);
+    assert_eq!(answered(&proxy, 502).await, 0.0);
     let mut statuses: Vec<_> = access_lines(&proxy)
         .iter()
         .map(|l| l["status"].as_u64().unwrap())

@@ -22,13 +22,7 @@ async fn accept_does_not_make_a_json_request_a_stream(client: reqwest::Client) {
     no_stream.as_object_mut().unwrap().remove("stream");
     for body in [chat("m", "hello", false), no_stream] {
         // The only slot is busy for about a second: the request waits past the interval.
-        let blocker = client
-            .post(&url)
-            .json(&stream_body(20))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(blocker.status(), 200);
+        let blocker = occupy(&client, &proxy, 20).await;
         let resp = client
             .post(&url)
             .header("accept", "text/event-stream")
@@ -47,12 +41,7 @@ async fn accept_does_not_make_a_json_request_a_stream(client: reqwest::Client) {
     }
 
     // `"stream": true` is kept alive whatever the Accept says.
-    let blocker = client
-        .post(&url)
-        .json(&stream_body(20))
-        .send()
-        .await
-        .unwrap();
+    let blocker = occupy(&client, &proxy, 20).await;
     let resp = client
         .post(&url)
         .header("accept", "application/json")

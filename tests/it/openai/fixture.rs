@@ -158,3 +158,15 @@ pub fn access_lines(proxy: &TestProxy) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// Holds the only slot until the returned response is read to its end.
+pub async fn occupy(client: &reqwest::Client, proxy: &TestProxy, tokens: u64) -> reqwest::Response {
+    let resp = client
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&stream_body(tokens))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}

@@ -27,18 +27,6 @@ async fn setup(queue_timeout: &str) -> (ReplicaHandle, TestProxy) {
     (r, proxy)
 }
 
-/// Holds the only slot until the returned response is read to its end.
-async fn occupy(client: &reqwest::Client, proxy: &TestProxy, tokens: u64) -> reqwest::Response {
-    let resp = client
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&stream_body(tokens))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp
-}
-
 async fn queued_stream_is_kept_alive_then_spliced(client: reqwest::Client) {
     let (r, proxy) = setup("30s").await;
     let blocker = occupy(&client, &proxy, 20).await; // about 1 s of tokens

@@ -8,6 +8,7 @@
 mod cold;
 mod cut;
 pub(crate) mod failures;
+mod gone;
 pub mod headers;
 mod keepalive;
 mod models;
@@ -28,6 +29,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType, RetryType};
 
+use gone::client_gone;
 pub(crate) use redirect::HttpsRedirect;
 pub(crate) use reject::Reject;
 
@@ -1134,23 +1136,6 @@ fn alpn_for(offer: &ALPN, upgrade: bool) -> ALPN {
     } else {
         offer.clone()
     }
-}
-
-/// Resolves when the client of a waiting request disconnects: an HTTP/2 stream
-/// reset, or an HTTP/1 connection closing once its request body is read. Requests
-/// still sending a body are not watched (reading would consume it).
-async fn client_gone(session: &mut Session) {
-    let downstream = session.as_downstream_mut();
-    if let Some(closed) = downstream.watch_h2_stream_close() {
-        let _ = closed.await;
-        return;
-    }
-    if downstream.is_body_done() {
-        // Any outcome (close, error, stray bytes) means this request cannot go on.
-        let _ = downstream.read_body_or_idle(true).await;
-        return;
-    }
-    std::future::pending::<()>().await
 }
 
 /// The answer to a body the proxy cannot decide on.

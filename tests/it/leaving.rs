@@ -326,6 +326,13 @@ fn h1_cases() -> Vec<(&'static str, Vec<u8>, Hangup)> {
             ),
             Hangup::Close,
         ),
+        // Past what pingora reads with the head (64 KiB): the rest lies unread in the
+        // kernel's buffer when the FIN comes.
+        (
+            "/large",
+            post("/large", "Content-Length: 81920\r\n", &"x".repeat(80 << 10)),
+            Hangup::Close,
+        ),
         (
             "/length-reset",
             post("/length-reset", "Content-Length: 11\r\n", "hello world"),
@@ -394,6 +401,9 @@ enum H2Hangup {
     /// The TCP connection closed, with no GOAWAY.
     CloseConnection,
 }
+
+/// A body larger than an HTTP/2 stream's initial window (64 KiB).
+static LARGE: [u8; 256 << 10] = [b'x'; 256 << 10];
 
 /// An h2c request of a leaver: `length` is its `content-length` field, if any;
 /// `end` ends the stream after `body` (else the body is left unfinished).
@@ -486,6 +496,9 @@ async fn h2c_clients_that_hang_up_while_queued_leave_at_once() {
         whole("/length-close", CloseConnection),
         H2Request::new("/get-close", "GET", CloseConnection),
         part("/part-close", CloseConnection),
+        // More than the stream's flow-control window: the client holds the rest.
+        H2Request::new("/large", "POST", ResetStream).body(None, &LARGE, true),
+        H2Request::new("/large-close", "POST", CloseConnection).body(None, &LARGE, true),
     ];
     for case in &cases {
         let start = H2::send(addr, case);

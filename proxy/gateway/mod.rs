@@ -303,7 +303,7 @@ impl ProxyHttp for Gateway {
         {
             downstream.set_keepalive(Some(idle));
         }
-        // pingora's HTTP/1 session waits this long for each read of the body.
+        // pingora's session (HTTP/1 and HTTP/2) waits this long for each read of the body.
         downstream.set_read_timeout(Some(self.limits.body_read_timeout));
         // Route and forward on the normalised path only.
         if headers::normalize_target(session.req_header_mut()).is_err()
@@ -1065,8 +1065,7 @@ impl Gateway {
         if headers::content_length(session.req_header()).is_some_and(|n| n > limit) {
             return Ok(Err(Reject::TooLarge));
         }
-        let timeout = self.limits.body_read_timeout;
-        let read = openai::read_fields(session, limit, timeout, |model| {
+        let read = openai::read_fields(session, limit, |model| {
             model.map(|m| group.by_model(Some(m)).ok_or(Reject::ModelNotFound))
         })
         .await?;

@@ -407,6 +407,53 @@ fn fifo_cap_one_model(seed: u64, secs: f64) -> f64 {
     p99_ms(short)
 }
 
+/// An age-aware least-work model in front of benchmark (b)'s replicas (no
+/// cap): each request goes at once to the replica where it is expected to
+/// start soonest, counting for the running request its expected remaining time
+/// given how long it has run, `E[S − age | S > age]` over the service times
+/// observed so far, and the mean for each one waiting inside (ties to a random
+/// one, seeded). What the proxy could know without knowing sizes in advance.
+fn expected_remaining_model(seed: u64, secs: f64) -> f64 {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    // Per replica, (service start, completion) of its requests in flight.
+    let mut flight: [Vec<(f64, f64)>; 3] = Default::default();
+    let (mut seen, mut short) = (Vec::<f64>::new(), Vec::new());
+    for (at, long) in serial_arrivals(seed, secs) {
+        for f in &mut flight {
+            while f.first().is_some_and(|&(_, done)| done <= at) {
+                let (start, done) = f.remove(0);
+                let k = seen.partition_point(|&x| x < done - start);
+                seen.insert(k, done - start);
+            }
+        }
+        let mean = seen.iter().sum::<f64>() / seen.len().max(1) as f64;
+        let remaining = |age: f64| {
+            let longer = &seen[seen.partition_point(|&x| x <= age)..];
+            if longer.is_empty() {
+                0.0
+            } else {
+                longer.iter().sum::<f64>() / longer.len() as f64 - age
+            }
+        };
+        let wait = |f: &Vec<(f64, f64)>| match f.first() {
+            None => 0.0,
+            Some(&(start, _)) => remaining(at - start) + (f.len() - 1) as f64 * mean,
+        };
+        let start = rng.usize(..3);
+        let i = (0..3)
+            .map(|k| (start + k) % 3)
+            .min_by(|&a, &b| wait(&flight[a]).total_cmp(&wait(&flight[b])))
+            .unwrap_or(0);
+        let begin = flight[i].last().map_or(at, |&(_, done)| done.max(at));
+        let done = begin + own_s(long);
+        flight[i].push((begin, done));
+        if !long {
+            short.push(done - at);
+        }
+    }
+    p99_ms(short)
+}
+
 /// Mean, least and greatest of `xs`.
 fn spread(xs: &[f64]) -> (f64, f64, f64) {
     let mean = xs.iter().sum::<f64>() / xs.len() as f64;
@@ -431,6 +478,7 @@ async fn serial_replicas_report() {
     };
     let (secs, seeds) = (var("SIM_SECS", 60.0), var("SIM_SEEDS", 20.0) as u64);
     let (mut plain, mut auto, mut one, mut fifo_lc) = (vec![], vec![], vec![], vec![]);
+    let mut aged = vec![];
     for seed in 1..=seeds {
         let lc = least_conn_model(seed, secs);
         let fifo = fifo_cap_one_model(seed, secs);
@@ -442,12 +490,14 @@ async fn serial_replicas_report() {
         }
         one.push(serial_mixed("1", seed, secs).await.0 / fifo);
         fifo_lc.push(fifo / lc);
+        aged.push(expected_remaining_model(seed, secs) / lc);
     }
     for (name, r) in [
         ("no cap / least_conn", &plain),
         ("auto / FIFO cap 1", &auto),
         ("1 / FIFO cap 1", &one),
         ("FIFO cap 1 / least_conn", &fifo_lc),
+        ("age-aware least work model / least_conn", &aged),
     ] {
         let (mean, lo, hi) = spread(r);
         eprintln!("{name}: mean {mean:.3} [{lo:.3}, {hi:.3}] over {seeds} seeds of {secs} s");

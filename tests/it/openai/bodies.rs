@@ -371,19 +371,34 @@ async fn a_client_that_stalls_while_its_body_is_read_gets_408() {
             "{line}"
         );
     }
-    let started = Instant::now();
-    let resp = h2()
-        .post(proxy.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(partial_body(true))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .unwrap();
-    let (status, v) = status_and_body(resp).await;
-    assert_eq!(status, 408, "{v}");
-    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
-    assert!(started.elapsed() >= Duration::from_millis(1900));
+    // HTTP/2: read to route on the body, and forwarded as it comes.
+    for (path, id) in [
+        ("/v1/chat/completions", "stall-h2-model"),
+        ("/plain/chat", "stall-h2-plain"),
+    ] {
+        let started = Instant::now();
+        let resp = h2()
+            .post(proxy.url(path))
+            .header("content-type", "application/json")
+            .header("x-request-id", id)
+            .body(partial_body(true))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        let (status, v) = status_and_body(resp).await;
+        assert_eq!(status, 408, "{id}: {v}");
+        assert!(started.elapsed() >= Duration::from_millis(1900), "{id}");
+        let line = logged(&proxy, id).await;
+        assert_eq!(
+            (&line["status"], &line["reject"]),
+            (&Value::from(408), &Value::from("request_timeout")),
+            "{line}"
+        );
+        if path.starts_with("/v1") {
+            assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+        }
+    }
 }
 
 /// Routes `small` (model `llama-3-8b`, `max_body = "64KiB"`) and `big` (prefix `qwen/`,

@@ -39,7 +39,7 @@ use crate::edge::gate::{self, Passed};
 use crate::edge::{Consumer, RouteAuth};
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::openai::body::Invalid;
+use crate::openai::body::{Invalid, Key};
 use crate::openai::tokens::{Kind, LocalGaps, TokenMeter, Usage};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup};
 use crate::routing::request_host;
@@ -1090,7 +1090,10 @@ impl Gateway {
             .as_ref()
             .is_some_and(|a| a.key == AffinityKey::Prompt)
         {
-            ctx.affinity = openai::prompt::prompt_blocks(&read.bytes);
+            ctx.affinity = match openai::prompt::prompt_blocks(&read.bytes) {
+                Ok(blocks) => blocks,
+                Err(why) => return Ok(Err(refusal(&why))),
+            };
         }
         ctx.pre = Some(PreRead::new(session, read, &route.api));
         ctx.model = model;
@@ -1143,9 +1146,13 @@ fn refusal(why: &Invalid) -> Reject {
         Invalid::NotObject(_) => Reject::NotJsonObject,
         Invalid::ModelNotString => Reject::ModelMissing,
         Invalid::StreamNotBool => Reject::StreamNotBool,
-        Invalid::DuplicateModel => Reject::DuplicateModel,
-        Invalid::DuplicateStream => Reject::DuplicateStream,
-        Invalid::DuplicateStreamOptions => Reject::DuplicateStreamOptions,
+        Invalid::Duplicate(key) => match key {
+            Key::Model => Reject::DuplicateModel,
+            Key::Stream => Reject::DuplicateStream,
+            Key::StreamOptions => Reject::DuplicateStreamOptions,
+            Key::Messages => Reject::DuplicateMessages,
+            Key::Prompt => Reject::DuplicatePrompt,
+        },
     }
 }
 

@@ -1,5 +1,5 @@
 //! Process logs on stderr: `RUST_LOG`-style filter, text or one JSON object per line;
-//! and [`print`], the commands' output on stdout.
+//! and [`print`] and [`eprint`], the commands' output on stdout and stderr.
 
 use std::io::Write;
 
@@ -65,4 +65,12 @@ pub fn print(args: std::fmt::Arguments<'_>) {
         let _ = writeln!(std::io::stderr(), "cannot write to stdout: {e}");
         std::process::exit(1);
     }
+}
+
+/// Writes a command's message to stderr. Nothing is left to tell when stderr itself
+/// is gone (`modelgate check 2>&- `, a closed pipe): the message is dropped, where
+/// `eprint!` would panic, and the command ends with the status it would have had.
+pub fn eprint(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.flush());
 }

@@ -1,14 +1,12 @@
 //! The `modelgate` command: parses the command line and hands over to the library.
 //! This is the only place that prints results for humans and picks exit codes.
 
-#![allow(clippy::print_stderr)]
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use modelgate::config;
-use modelgate::logging::{self, print, LogFormat};
+use modelgate::logging::{self, eprint, print, LogFormat};
 use modelgate::App;
 
 /// mimalloc: pingora allocates per request; it measured noticeably cheaper than glibc's.
@@ -22,6 +20,14 @@ macro_rules! print_ {
 }
 macro_rules! println_ {
     ($($t:tt)*) => { print(format_args!("{}\n", format_args!($($t)*))) };
+}
+/// `eprint!` and `eprintln!` through [`logging::eprint`]: a closed stderr does not
+/// panic.
+macro_rules! eprint_ {
+    ($($t:tt)*) => { eprint(format_args!($($t)*)) };
+}
+macro_rules! eprintln_ {
+    ($($t:tt)*) => { eprint(format_args!("{}\n", format_args!($($t)*))) };
 }
 
 #[derive(Parser)]
@@ -189,7 +195,7 @@ fn return_freed_memory_promptly() {
         .args(args)
         .envs(unset.iter().copied().copied())
         .exec();
-    eprintln!(
+    eprintln_!(
         "warning: cannot re-execute {} with {unset:?} ({err}); freed memory returns to the OS later",
         exe.display()
     );
@@ -223,11 +229,11 @@ fn main() -> ExitCode {
             match modelgate::probe(&url, std::time::Duration::from_secs(timeout)) {
                 Ok(code) if (200..300).contains(&code) => ExitCode::SUCCESS,
                 Ok(code) => {
-                    eprintln!("{url}: answered {code}");
+                    eprintln_!("{url}: answered {code}");
                     ExitCode::FAILURE
                 }
                 Err(e) => {
-                    eprintln!("{e}");
+                    eprintln_!("{e}");
                     ExitCode::FAILURE
                 }
             }
@@ -247,7 +253,7 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprint!("{e}");
+                    eprint_!("{e}");
                     ExitCode::FAILURE
                 }
             }
@@ -269,7 +275,7 @@ fn load(path: &std::path::Path) -> Result<(config::Loaded, Vec<String>), Vec<Str
 
 fn report_warnings(warnings: &[String]) {
     for w in warnings {
-        eprintln!("warning: {w}");
+        eprintln_!("warning: {w}");
     }
 }
 
@@ -290,7 +296,7 @@ fn cert(dir: &std::path::Path, names: &[String]) -> ExitCode {
     let w = match modelgate::write_dev_cert(dir, names) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln_!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -363,8 +369,8 @@ fn run(path: &std::path::Path, opts: &modelgate::StartOptions) -> ExitCode {
 /// Prints every error, then a count and what happened, and fails.
 fn report_errors(path: &std::path::Path, errors: &[String], outcome: &str) -> ExitCode {
     for e in errors {
-        eprintln!("{e}");
+        eprintln_!("{e}");
     }
-    eprintln!("{}: {} error(s); {outcome}", path.display(), errors.len());
+    eprintln_!("{}: {} error(s); {outcome}", path.display(), errors.len());
     ExitCode::FAILURE
 }

@@ -70,17 +70,24 @@ pub(crate) fn parse(src: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
     }
     let upstreams: Option<Vec<_>> = upstreams.into_iter().map(|u| u.value).collect();
     match (listen, log, tls, routes, upstreams) {
-        (Some(listen), Some(log), Some(tls), Some(routes), Some(upstreams)) => Ok(Loaded {
-            config: Config {
+        (Some(listen), Some(log), Some(tls), Some(routes), Some(upstreams)) => {
+            let config = Config {
                 source: path.to_path_buf(),
                 listen,
                 log,
                 tls,
                 routes,
                 upstreams,
-            },
-            warnings: sorted(cx.warnings).0,
-        }),
+            };
+            super::advice::check(&mut cx, doc.get_ref(), &config);
+            if !cx.errors.is_empty() {
+                return Err(sorted(cx.errors));
+            }
+            Ok(Loaded {
+                config,
+                warnings: sorted(cx.warnings).0,
+            })
+        }
         // Unreachable: every `None` above comes with an error.
         _ => {
             cx.error(

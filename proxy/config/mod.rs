@@ -5,6 +5,7 @@
 //! the TOML tree, `units` parses durations and sizes, `error` is the error type, and `summary`
 //! renders a config for `modelgate check`.
 
+mod advice;
 mod affinity;
 mod edge;
 mod error;

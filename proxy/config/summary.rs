@@ -144,7 +144,7 @@ pub fn summary(cfg: &Config) -> String {
 }
 
 /// `30s`, `500ms`, `1.5s`, `5m`, `1h`.
-fn duration(d: Duration) -> String {
+pub(super) fn duration(d: Duration) -> String {
     let whole_secs = d.subsec_nanos() == 0 && !d.is_zero();
     match d.as_secs() {
         s if whole_secs && s % 3600 == 0 => format!("{}h", s / 3600),

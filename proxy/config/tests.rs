@@ -568,7 +568,12 @@ fn no_panics() {
 
 #[test]
 fn scheduling_keys() {
-    let up = |extra: &str| ok(&with_upstream(extra)).config.upstreams[0].clone();
+    // `fair_share = "consumer"` needs a route with auth.
+    let authed = MINIMAL.replace(
+        "upstream = \"chat\"\n",
+        "upstream = \"chat\"\nauth = { api_keys_file = \"keys.txt\" }\n",
+    );
+    let up = |extra: &str| ok(&format!("{authed}{extra}\n")).config.upstreams[0].clone();
     let u = up("max_inflight = 2\nqueue = { size = 100, timeout = \"20s\" }\n\
                 priority = { header = \"X-Priority\", max_wait_behind = \"3s\", classes = [\"interactive\", \"default\", \
                 { name = \"batch\", queue = { size = 10 }, max_share = 25 }] }\n\
@@ -596,7 +601,7 @@ fn scheduling_keys() {
     assert_eq!(h.priority.unwrap().default, 1);
 
     // Without a cap nothing waits: a warning (a share cap is an error, in BROKEN).
-    let warned = ok(&with_upstream("fair_share = \"consumer\""));
+    let warned = ok(&with_upstream("fair_share = \"header:x-tenant\""));
     let w: Vec<String> = warned.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(w, ["config/modelgate.toml:11:14: upstream.chat.fair_share: has no effect without max_inflight: requests never wait, so there is no queue to order"]);
 }
@@ -616,9 +621,13 @@ fn settings_that_would_do_nothing_are_warned_about() {
             "config/modelgate.toml:10:1: upstream.u.load: reads no load report (neither metrics nor orca); add metrics = \"/metrics\" or orca = true, or remove the table",
         ]
     );
-    // With hold and a report source, nothing to say.
+    // With hold (and health checks, which tell it the replicas are down or starting)
+    // and a report source, nothing to say.
     let fixed = src
-        .replace("wake = {", "hold = \"30s\"\nwake = {")
+        .replace(
+            "wake = {",
+            "hold = \"30s\"\nhealth = { path = \"/health\" }\nwake = {",
+        )
         .replace("every = \"1s\"", "every = \"1s\"\norca = true");
     assert!(ok(&fixed).warnings.is_empty());
 }

@@ -8,6 +8,7 @@
 mod cold;
 mod cut;
 pub(crate) mod failures;
+mod gone;
 pub mod headers;
 mod keepalive;
 mod models;
@@ -28,6 +29,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType, RetryType};
 
+use gone::client_gone;
 pub(crate) use redirect::HttpsRedirect;
 pub(crate) use reject::Reject;
 
@@ -37,7 +39,7 @@ use crate::edge::gate::{self, Passed};
 use crate::edge::{Consumer, RouteAuth};
 use crate::metrics::access::{AccessLog, Entry};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::openai::body::Invalid;
+use crate::openai::body::{Invalid, Key};
 use crate::openai::tokens::{Kind, LocalGaps, TokenMeter, Usage};
 use crate::openai::{self, BodyError, Pick, PreRead, RouteGroup};
 use crate::routing::request_host;
@@ -306,7 +308,7 @@ impl ProxyHttp for Gateway {
         {
             downstream.set_keepalive(Some(idle));
         }
-        // pingora's HTTP/1 session waits this long for each read of the body.
+        // pingora's session (HTTP/1 and HTTP/2) waits this long for each read of the body.
         downstream.set_read_timeout(Some(self.limits.body_read_timeout));
         // Route and forward on the normalised path only.
         if headers::normalize_target(session.req_header_mut()).is_err()
@@ -1068,8 +1070,7 @@ impl Gateway {
         if headers::content_length(session.req_header()).is_some_and(|n| n > limit) {
             return Ok(Err(Reject::TooLarge));
         }
-        let timeout = self.limits.body_read_timeout;
-        let read = openai::read_fields(session, limit, timeout, |model| {
+        let read = openai::read_fields(session, limit, |model| {
             model.map(|m| group.by_model(Some(m)).ok_or(Reject::ModelNotFound))
         })
         .await?;
@@ -1094,7 +1095,10 @@ impl Gateway {
             .as_ref()
             .is_some_and(|a| a.key == AffinityKey::Prompt)
         {
-            ctx.affinity = openai::prompt::prompt_blocks(&read.bytes);
+            ctx.affinity = match openai::prompt::prompt_blocks(&read.bytes) {
+                Ok(blocks) => blocks,
+                Err(why) => return Ok(Err(refusal(&why))),
+            };
         }
         ctx.pre = Some(PreRead::new(session, read, &route.api));
         ctx.model = model;
@@ -1141,32 +1145,19 @@ fn alpn_for(offer: &ALPN, upgrade: bool) -> ALPN {
     }
 }
 
-/// Resolves when the client of a waiting request disconnects: an HTTP/2 stream
-/// reset, or an HTTP/1 connection closing once its request body is read. Requests
-/// still sending a body are not watched (reading would consume it).
-async fn client_gone(session: &mut Session) {
-    let downstream = session.as_downstream_mut();
-    if let Some(closed) = downstream.watch_h2_stream_close() {
-        let _ = closed.await;
-        return;
-    }
-    if downstream.is_body_done() {
-        // Any outcome (close, error, stray bytes) means this request cannot go on.
-        let _ = downstream.read_body_or_idle(true).await;
-        return;
-    }
-    std::future::pending::<()>().await
-}
-
 /// The answer to a body the proxy cannot decide on.
 fn refusal(why: &Invalid) -> Reject {
     match why {
         Invalid::NotObject(_) => Reject::NotJsonObject,
         Invalid::ModelNotString => Reject::ModelMissing,
         Invalid::StreamNotBool => Reject::StreamNotBool,
-        Invalid::DuplicateModel => Reject::DuplicateModel,
-        Invalid::DuplicateStream => Reject::DuplicateStream,
-        Invalid::DuplicateStreamOptions => Reject::DuplicateStreamOptions,
+        Invalid::Duplicate(key) => match key {
+            Key::Model => Reject::DuplicateModel,
+            Key::Stream => Reject::DuplicateStream,
+            Key::StreamOptions => Reject::DuplicateStreamOptions,
+            Key::Messages => Reject::DuplicateMessages,
+            Key::Prompt => Reject::DuplicatePrompt,
+        },
     }
 }
 

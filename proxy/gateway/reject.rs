@@ -112,6 +112,12 @@ rejects! {
         "invalid_request_error", r#""stream""#, "The request body has more than one stream key.";
     DuplicateStreamOptions => 400, "bad_request",
         "invalid_request_error", r#""stream_options""#, "The request body has more than one stream_options key.";
+    /// `messages` more than once on a route whose cache affinity reads it (400).
+    DuplicateMessages => 400, "bad_request",
+        "invalid_request_error", r#""messages""#, "The request body has more than one messages key.";
+    /// `prompt` more than once on a route whose cache affinity reads it (400).
+    DuplicatePrompt => 400, "bad_request",
+        "invalid_request_error", r#""prompt""#, "The request body has more than one prompt key.";
     /// The client sent no body bytes for longer than `body_read_timeout` (408).
     RequestTimeout => 408, "request_timeout",
         "invalid_request_error", "null", "The request body did not arrive in time.";
@@ -215,6 +221,8 @@ mod tests {
             DuplicateModel,
             DuplicateStream,
             DuplicateStreamOptions,
+            DuplicateMessages,
+            DuplicatePrompt,
             RequestTimeout,
             Unauthorized,
             RateLimited(3),

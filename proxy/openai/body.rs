@@ -2,11 +2,14 @@
 //! OpenAI request body without building a tree of it.
 //!
 //! serde_json walks the object key by key; every value but the ones wanted is skipped
-//! with `IgnoredAny` (validated, never allocated). The whole object is walked: a key
-//! the proxy decides on (which route, whether the answer streams) that appears twice is
-//! refused, because model servers disagree on which one counts (Python's `json` keeps
-//! the last, a scanner that stops early the first), and the proxy must read the body
-//! as the replica will.
+//! with `IgnoredAny` (validated, never allocated). The whole object is walked.
+//!
+//! One rule for every top-level key the proxy reads ([`Key`]: the ones it routes and
+//! streams by here, and the prompt that cache affinity reads in
+//! [`super::prompt`]): a key that appears twice is refused ([`Seen`]), because model
+//! servers disagree on which one counts (Python's `json`, used by vLLM and FastAPI,
+//! keeps the last; a scanner that stops early the first), and the proxy must read the
+//! body as the replica will.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -24,6 +27,48 @@ pub struct Fields<'a> {
     pub stream_options: bool,
 }
 
+/// A top-level body key the proxy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Model,
+    Stream,
+    StreamOptions,
+    /// Read by cache affinity (`affinity_key = "prompt"`), chat bodies.
+    Messages,
+    /// Read by cache affinity (`affinity_key = "prompt"`), completions bodies.
+    Prompt,
+}
+
+impl Key {
+    /// The key as it is written in the body.
+    pub fn name(self) -> &'static str {
+        match self {
+            Key::Model => "model",
+            Key::Stream => "stream",
+            Key::StreamOptions => "stream_options",
+            Key::Messages => "messages",
+            Key::Prompt => "prompt",
+        }
+    }
+}
+
+/// The keys of one body's top level a parser has met, to refuse a second of any.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Seen(u8);
+
+impl Seen {
+    /// Notes `key`; [`Invalid::Duplicate`] when it was met before.
+    #[inline]
+    pub(crate) fn first(&mut self, key: Key) -> Result<(), Invalid> {
+        let bit = 1u8 << key as u8;
+        if self.0 & bit != 0 {
+            return Err(Invalid::Duplicate(key));
+        }
+        self.0 |= bit;
+        Ok(())
+    }
+}
+
 /// Why a body is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalid {
@@ -34,10 +79,8 @@ pub enum Invalid {
     /// `stream` is not a boolean (nor `null`): `"true"` and `1` are refused, as OpenAI's
     /// API does, rather than guessed at.
     StreamNotBool,
-    /// A top-level key appears more than once: `model`, `stream`, `stream_options`.
-    DuplicateModel,
-    DuplicateStream,
-    DuplicateStreamOptions,
+    /// A top-level key the proxy reads appears more than once.
+    Duplicate(Key),
 }
 
 /// Scans `body`, a whole request body, for the top-level keys of [`Fields`].
@@ -66,9 +109,37 @@ struct TopLevel<'f, 'a> {
 
 impl TopLevel<'_, '_> {
     fn refuse<E: de::Error>(&mut self, why: Invalid) -> E {
-        *self.refused = Some(why);
-        E::custom("refused")
+        refuse(self.refused, why)
     }
+}
+
+/// The next top-level key of `map` that is one of `read`, skipping the values of the
+/// others; a key met before (`seen`) is refused: kept in `refused`, and the walk cut
+/// short. Keys compare unescaped: `"mod\u0065l"` is `model` to every JSON parser.
+pub(crate) fn next_read_key<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    read: &[Key],
+    seen: &mut Seen,
+    refused: &mut Option<Invalid>,
+) -> Result<Option<Key>, A::Error> {
+    while let Some(k) = map.next_key::<Str<'de>>()? {
+        let Some(&key) = read.iter().find(|key| key.name() == k.0) else {
+            map.next_value::<IgnoredAny>()?;
+            continue;
+        };
+        if let Err(why) = seen.first(key) {
+            return Err(refuse(refused, why));
+        }
+        return Ok(Some(key));
+    }
+    Ok(None)
+}
+
+/// Keeps `why` in `refused` and returns the error that cuts a serde walk short (the
+/// caller answers `why`, not the error).
+pub(crate) fn refuse<E: de::Error>(refused: &mut Option<Invalid>, why: Invalid) -> E {
+    *refused = Some(why);
+    E::custom("refused")
 }
 
 /// A JSON value that is a string, a boolean, `null`, or something else (skipped).
@@ -141,37 +212,27 @@ impl<'de> Visitor<'de> for TopLevel<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        let (mut model, mut stream) = (false, false);
-        while let Some(key) = map.next_key::<Str<'de>>()? {
-            // Keys compare unescaped: `"mod\u0065l"` is `model` to every JSON parser.
-            match &*key.0 {
-                "model" => {
-                    if std::mem::replace(&mut model, true) {
-                        return Err(self.refuse(Invalid::DuplicateModel));
-                    }
+        const READ: &[Key] = &[Key::Model, Key::Stream, Key::StreamOptions];
+        let mut seen = Seen::default();
+        while let Some(key) = next_read_key(&mut map, READ, &mut seen, self.refused)? {
+            match key {
+                Key::Model => {
                     self.fields.model = match map.next_value::<Scalar<'de>>()? {
                         Scalar::Str(s) => Some(s.0),
                         Scalar::Null => None,
                         _ => return Err(self.refuse(Invalid::ModelNotString)),
                     };
                 }
-                "stream" => {
-                    if std::mem::replace(&mut stream, true) {
-                        return Err(self.refuse(Invalid::DuplicateStream));
-                    }
+                Key::Stream => {
                     self.fields.stream = match map.next_value::<Scalar<'de>>()? {
                         Scalar::Bool(b) => Some(b),
                         Scalar::Null => None,
                         _ => return Err(self.refuse(Invalid::StreamNotBool)),
                     };
                 }
-                "stream_options" => {
-                    if std::mem::replace(&mut self.fields.stream_options, true) {
-                        return Err(self.refuse(Invalid::DuplicateStreamOptions));
-                    }
-                    map.next_value::<IgnoredAny>()?;
-                }
+                // `stream_options`, the one other key read: its presence only.
                 _ => {
+                    self.fields.stream_options = true;
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -262,20 +323,23 @@ mod tests {
         for (body, key) in [
             (
                 &br#"{"model":"a","model":"b"}"#[..],
-                Invalid::DuplicateModel,
+                Invalid::Duplicate(Key::Model),
             ),
             (
                 br#"{"model":"a","messages":[],"mod\u0065l":"b"}"#,
-                Invalid::DuplicateModel,
+                Invalid::Duplicate(Key::Model),
             ),
-            (br#"{"model":null,"model":"b"}"#, Invalid::DuplicateModel),
+            (
+                br#"{"model":null,"model":"b"}"#,
+                Invalid::Duplicate(Key::Model),
+            ),
             (
                 br#"{"model":"a","stream":false,"stream":true}"#,
-                Invalid::DuplicateStream,
+                Invalid::Duplicate(Key::Stream),
             ),
             (
                 br#"{"stream_options":{},"model":"a","stream_options":null}"#,
-                Invalid::DuplicateStreamOptions,
+                Invalid::Duplicate(Key::StreamOptions),
             ),
         ] {
             assert_eq!(scan(body), Err(key), "{body:?}");

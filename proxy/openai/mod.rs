@@ -99,8 +99,8 @@ pub(crate) enum BodyError {
     Invalid(body::Invalid),
 }
 
-/// Reads the whole request body, at most `limit` bytes and waiting at most `timeout`
-/// for each read (pingora times HTTP/1 reads itself, not HTTP/2 ones), finds its top-level `model`,
+/// Reads the whole request body, at most `limit` bytes (each read waits at most the
+/// session's read timeout, `body_read_timeout`), finds its top-level `model`,
 /// `stream` and `stream_options`, and hands the model to `decide` while the bytes it
 /// borrows are alive. Turns on pingora's retry buffering first, so what is read here
 /// is sent upstream too. Client connection errors come back as the outer `Err`, as
@@ -111,7 +111,6 @@ pub(crate) enum BodyError {
 pub(crate) async fn read_fields<T>(
     session: &mut Session,
     limit: u64,
-    timeout: Duration,
     decide: impl FnOnce(Option<&str>) -> T,
 ) -> pingora::Result<Result<(T, BodyRead), BodyError>> {
     session.enable_retry_buffering();
@@ -120,18 +119,10 @@ pub(crate) async fn read_fields<T>(
     let mut joined = BytesMut::new();
     let mut held = 0u64;
     loop {
-        let read = tokio::time::timeout(timeout, session.read_request_body()).await;
-        let c = match read {
-            Ok(Ok(Some(c))) => c,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => return Err(e.into_down()),
-            Err(_) => {
-                return Err(pingora::Error::explain(
-                    pingora::ErrorType::ReadTimedout,
-                    "reading the request body",
-                )
-                .into_down())
-            }
+        let c = match session.read_request_body().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => return Err(e.into_down()),
         };
         if c.is_empty() {
             continue;

@@ -4,26 +4,40 @@
 //!
 //! The body is walked once with serde_json; text is fed to the key where it lies
 //! (unescaped in serde_json's scratch buffer when it has escapes), never collected.
+//! A body with `messages` or `prompt` twice is refused, as every key the proxy reads
+//! is (see [`super::body`]): a replica reads the last, and the key must be of the text
+//! the replica caches.
 
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::body::Str;
+use super::body::{next_read_key, Invalid, Key, Seen, Str};
 use crate::upstream::PrefixKey;
 
 /// The prefix blocks of `body`'s messages or prompt; empty when the body is not a JSON
 /// object or carries neither (the request then has no affinity and is balanced by load).
-pub fn prompt_blocks(body: &[u8]) -> Vec<u64> {
+/// A body with `messages` or `prompt` more than once is [`Invalid::Duplicate`].
+pub fn prompt_blocks(body: &[u8]) -> Result<Vec<u64>, Invalid> {
     let mut key = PrefixKey::with_capacity(body.len());
+    let mut refused = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    match de.deserialize_map(TopLevel(&mut key)) {
-        Ok(()) => key.finish(),
-        Err(_) => Vec::new(),
+    let walked = de.deserialize_map(TopLevel {
+        key: &mut key,
+        refused: &mut refused,
+    });
+    match (refused, walked) {
+        (Some(why), _) => Err(why),
+        (None, Ok(())) => Ok(key.finish()),
+        (None, Err(_)) => Ok(Vec::new()),
     }
 }
 
-struct TopLevel<'k>(&'k mut PrefixKey);
+struct TopLevel<'k> {
+    key: &'k mut PrefixKey,
+    /// Set, with the walk cut short, when a key it reads comes twice.
+    refused: &'k mut Option<Invalid>,
+}
 
 impl<'de> Visitor<'de> for TopLevel<'_> {
     type Value = ();
@@ -33,13 +47,10 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(k) = map.next_key::<Str<'de>>()? {
-            match &*k.0 {
-                "messages" | "prompt" => map.next_value_seed(Text(&mut *self.0))?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
+        let mut seen = Seen::default();
+        let read = &[Key::Messages, Key::Prompt];
+        while next_read_key(&mut map, read, &mut seen, self.refused)?.is_some() {
+            map.next_value_seed(Text(&mut *self.key))?;
         }
         Ok(())
     }
@@ -120,6 +131,10 @@ impl<'de> Visitor<'de> for Text<'_> {
 mod tests {
     use super::*;
 
+    fn blocks(body: &[u8]) -> Vec<u64> {
+        prompt_blocks(body).unwrap_or_else(|why| panic!("refused: {why:?}"))
+    }
+
     fn chat(msgs: &[(&str, &str)]) -> Vec<u8> {
         let messages: Vec<_> = msgs
             .iter()
@@ -133,8 +148,8 @@ mod tests {
     #[test]
     fn a_later_turn_extends_the_earlier_turns_blocks() {
         let sys = "You are a careful assistant. ".repeat(20);
-        let one = prompt_blocks(&chat(&[("system", &sys), ("user", "hello")]));
-        let two = prompt_blocks(&chat(&[
+        let one = blocks(&chat(&[("system", &sys), ("user", "hello")]));
+        let two = blocks(&chat(&[
             ("system", &sys),
             ("user", "hello"),
             ("assistant", "hi there"),
@@ -143,7 +158,7 @@ mod tests {
         assert!(one.len() >= 9);
         // Every full block of the first turn is a prefix block of the second.
         assert_eq!(one[..one.len() - 1], two[..one.len() - 1]);
-        let other = prompt_blocks(&chat(&[("system", "Another prompt."), ("user", "hello")]));
+        let other = blocks(&chat(&[("system", "Another prompt."), ("user", "hello")]));
         assert_ne!(one[0], other[0]);
     }
 
@@ -151,15 +166,36 @@ mod tests {
     fn content_parts_escapes_and_completions_prompts_count_as_text() {
         let parts = br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a\nb"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
         let plain = br#"{"messages":[{"role":"user","content":"a\nb"}]}"#;
-        assert_eq!(prompt_blocks(parts), prompt_blocks(plain));
+        assert_eq!(blocks(parts), blocks(plain));
         let completion = br#"{"model":"m","prompt":"Once upon a time"}"#;
-        assert_eq!(prompt_blocks(completion).len(), 1);
+        assert_eq!(blocks(completion).len(), 1);
     }
 
     #[test]
     fn bodies_without_text_or_not_json_have_no_key() {
-        assert!(prompt_blocks(br#"{"model":"m"}"#).is_empty());
-        assert!(prompt_blocks(b"not json").is_empty());
-        assert!(prompt_blocks(br#"{"messages":[1,2"#).is_empty());
+        assert!(blocks(br#"{"model":"m"}"#).is_empty());
+        assert!(blocks(b"not json").is_empty());
+        assert!(blocks(br#"{"messages":[1,2"#).is_empty());
+    }
+
+    #[test]
+    fn messages_or_prompt_twice_is_refused_nested_ones_are_not() {
+        for (body, key) in [
+            (
+                &br#"{"messages":[{"role":"user","content":"a"}],"model":"m","messages":[]}"#[..],
+                Key::Messages,
+            ),
+            (br#"{"prompt":"a","prompt":"b"}"#, Key::Prompt),
+            (br#"{"prompt":null,"pr\u006fmpt":"b"}"#, Key::Prompt),
+        ] {
+            assert_eq!(
+                prompt_blocks(body),
+                Err(Invalid::Duplicate(key)),
+                "{body:?}"
+            );
+        }
+        // One of each, and the keys inside messages, are fine.
+        let ok = br#"{"messages":[{"role":"user","content":"a","prompt":"x"}],"prompt":"b"}"#;
+        assert!(!blocks(ok).is_empty());
     }
 }

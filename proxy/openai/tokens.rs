@@ -4,7 +4,11 @@
 //!
 //! Lines are found with memchr in the chunks pingora hands over; nothing is buffered
 //! or copied except the unfinished last line of a chunk (kept until the next one), and
-//! only a line holding a `usage` object is parsed, with a borrowed serde struct.
+//! of a line holding a `usage` object only that value is parsed.
+//!
+//! In strip mode (the proxy asked for usage, the client did not) every chunk loses
+//! its top-level `usage` member (object or `null`) and one comma next to it, and the
+//! usage-only event goes whole; all other bytes pass as they came.
 //!
 //! A `data:` line costs about one pass over its bytes: the token key (`"content":` of
 //! a chat delta, `"text":` of a completion) is searched from the start, and `"usage":`
@@ -48,12 +52,10 @@ impl Usage {
     }
 }
 
-#[derive(Deserialize)]
-struct WithUsage {
-    usage: Option<Usage>,
-}
-
 const USAGE_KEY: &[u8] = b"\"usage\":";
+
+/// The key of a stream chunk's `usage` member; a colon follows, after whitespace.
+const USAGE_NAME: &[u8] = b"\"usage\"";
 
 /// The searchers of every line, built once (a `memmem::find` builds one per call).
 struct Finders {
@@ -64,7 +66,7 @@ struct Finders {
 }
 
 static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
-    usage: Finder::new(USAGE_KEY),
+    usage: Finder::new(USAGE_NAME),
     choices: Finder::new(b"\"choices\":"),
     content: Finder::new(b"\"content\":"),
     text: Finder::new(b"\"text\":"),
@@ -151,6 +153,15 @@ impl TokenSink for LocalGaps {
     }
 }
 
+/// What of a line passes in strip mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Edit {
+    Keep,
+    Drop,
+    /// All but this range of the line.
+    Cut(Range<usize>),
+}
+
 /// What a chunk becomes in strip mode: one range of it while the kept lines are
 /// contiguous (no copy), a copy once they are not.
 #[derive(Default)]
@@ -176,6 +187,30 @@ impl Kept {
     /// Keeps bytes from outside the chunk (a line carried from the previous one).
     fn bytes(&mut self, chunk: &[u8], bytes: &[u8]) {
         self.copied(chunk).extend_from_slice(bytes);
+    }
+
+    /// Keeps what `edit` leaves of the line `chunk[r]`.
+    fn line(&mut self, chunk: &[u8], r: Range<usize>, edit: Edit) {
+        match edit {
+            Edit::Keep => self.range(chunk, r),
+            Edit::Drop => {}
+            Edit::Cut(cut) => {
+                self.range(chunk, r.start..r.start + cut.start);
+                self.range(chunk, r.start + cut.end..r.end);
+            }
+        }
+    }
+
+    /// Keeps what `edit` leaves of a line from outside the chunk.
+    fn line_bytes(&mut self, chunk: &[u8], line: &[u8], edit: Edit) {
+        match edit {
+            Edit::Keep => self.bytes(chunk, line),
+            Edit::Drop => {}
+            Edit::Cut(cut) => {
+                self.bytes(chunk, &line[..cut.start]);
+                self.bytes(chunk, &line[cut.end..]);
+            }
+        }
     }
 
     fn copied(&mut self, chunk: &[u8]) -> &mut BytesMut {
@@ -267,9 +302,8 @@ impl TokenMeter {
         if end && !self.carry.is_empty() {
             // The answer ended inside a line: it goes out as it came.
             let line = std::mem::take(&mut self.carry);
-            if !self.line(&line, now, sink) {
-                kept.bytes(&chunk, &line);
-            }
+            let edit = self.line(&line, now, sink);
+            kept.line_bytes(&chunk, &line, edit);
         }
         let out = kept.finish(chunk);
         if had_body || !out.is_empty() {
@@ -300,9 +334,9 @@ impl TokenMeter {
             } else {
                 self.carry.extend_from_slice(&chunk[..start]);
                 let mut line = std::mem::take(&mut self.carry);
-                let stripped = self.line(&line, now, sink);
-                if let Some(k) = kept.as_deref_mut().filter(|_| !stripped) {
-                    k.bytes(chunk, &line);
+                let edit = self.line(&line, now, sink);
+                if let Some(k) = kept.as_deref_mut() {
+                    k.line_bytes(chunk, &line, edit);
                 }
                 line.clear();
                 self.carry = line; // its buffer serves the next carried line
@@ -311,9 +345,9 @@ impl TokenMeter {
         let mut pos = start;
         while let Some(len) = line_len(&chunk[pos..]) {
             let end = pos + len;
-            let stripped = self.line(&chunk[pos..end], now, sink);
-            if let Some(k) = kept.as_deref_mut().filter(|_| !stripped) {
-                k.range(chunk, pos..end);
+            let edit = self.line(&chunk[pos..end], now, sink);
+            if let Some(k) = kept.as_deref_mut() {
+                k.line(chunk, pos..end, edit);
             }
             pos = end;
         }
@@ -339,30 +373,26 @@ impl TokenMeter {
         self.long_line = true;
     }
 
-    /// Accounts one line; true when it is a usage event to strip (or the blank line
-    /// that ends one).
-    fn line(&mut self, line: &[u8], now: Instant, sink: &mut impl TokenSink) -> bool {
+    /// Accounts one line; in strip mode, what of it passes.
+    fn line(&mut self, line: &[u8], now: Instant, sink: &mut impl TokenSink) -> Edit {
         if std::mem::take(&mut self.skip_blank) && line.trim_ascii().is_empty() {
-            return true;
+            return Edit::Drop;
         }
         let Some(data) = line.strip_prefix(b"data:") else {
-            return false;
+            return Edit::Keep;
         };
         let token = token_at(data);
-        let from = token.unwrap_or(0);
-        if usage_object(&data[from..]) {
-            if let Ok(w) = serde_json::from_slice::<WithUsage>(data.trim_ascii()) {
-                if w.usage.is_some() {
-                    self.usage = w.usage;
-                }
-                if token.is_none() {
-                    // The usage-only event (empty choices) is the one a client did
-                    // not ask for.
-                    self.skip_blank = self.strip_usage && empty_choices(data);
-                    return self.skip_blank;
-                }
+        let edit = if self.strip_usage {
+            self.usage_member(data, token.is_none())
+        } else {
+            let from = token.unwrap_or(0);
+            if let Some((_, Some(u))) =
+                usage_object(&data[from..]).and_then(|v| usage_value(&data[from + v..]))
+            {
+                self.usage = Some(u);
             }
-        }
+            Edit::Keep
+        };
         if token.is_some() {
             if let Some(last) = self.last_token {
                 sink.inter_token(now.saturating_duration_since(last));
@@ -372,7 +402,47 @@ impl TokenMeter {
             self.last_token = Some(now);
             self.chunks += 1;
         }
-        false
+        match edit {
+            Edit::Cut(r) => Edit::Cut(r.start + 5..r.end + 5),
+            e => e,
+        }
+    }
+
+    /// Strip mode: finds the top-level `usage` member of a `data:` payload (an object
+    /// or `null`, wherever it is), reads a usage object, and says what passes: the
+    /// usage-only event (no text, `"choices":[]`) not at all, any other chunk without
+    /// the member and one comma next to it (byte ranges of `data`).
+    fn usage_member(&mut self, data: &[u8], no_token: bool) -> Edit {
+        let mut from = 0;
+        while let Some(at) = FIND.usage.find(&data[from..]) {
+            let key = from + at;
+            from = key + USAGE_NAME.len();
+            // `\"usage":` ends a key that only ends in `usage`.
+            if key > 0 && data[key - 1] == b'\\' {
+                continue;
+            }
+            let Some(colon) = past_colon(&data[from..]) else {
+                continue;
+            };
+            from += colon;
+            let Some((len, usage)) = usage_value(&data[from..]) else {
+                continue;
+            };
+            let end = from + len;
+            if !closes_top_level(&data[end..]) {
+                continue;
+            }
+            if usage.is_some() {
+                self.usage = usage;
+                if no_token && empty_choices(data) {
+                    // The blank line that ends the event goes with it.
+                    self.skip_blank = true;
+                    return Edit::Drop;
+                }
+            }
+            return Edit::Cut(member_range(data, key, end));
+        }
+        Edit::Keep
     }
 
     /// A whole JSON answer: `usage` is near its end; keep from the last `"usage":`.
@@ -447,14 +517,82 @@ fn line_len(rest: &[u8]) -> Option<usize> {
     }
 }
 
-/// Whether the first `"usage":` key in `data` has an object for its value. Without a
-/// `{` in `data` it cannot: most token lines have none after their token (`usage` is
-/// absent or `null` there), and one byte is found at a fraction of the key's cost.
-fn usage_object(data: &[u8]) -> bool {
-    memchr::memchr(b'{', data).is_some()
-        && FIND.usage.find(data).is_some_and(|at| {
-            data[at + USAGE_KEY.len()..].trim_ascii_start().first() == Some(&b'{')
-        })
+/// Where the value of the first `"usage":` key in `data` starts, when it is an
+/// object. Without a `{` in `data` it cannot be: most token lines have none after
+/// their token (`usage` is absent or `null` there), and one byte is found at a
+/// fraction of the key's cost.
+fn usage_object(data: &[u8]) -> Option<usize> {
+    memchr::memchr(b'{', data)?;
+    let mut from = FIND.usage.find(data)? + USAGE_NAME.len();
+    from += past_colon(&data[from..])?;
+    let at = from + (data.len() - from - data[from..].trim_ascii_start().len());
+    (data.get(at) == Some(&b'{')).then_some(at)
+}
+
+/// The length of the whitespace and `:` at the start of `rest` (after a key).
+fn past_colon(rest: &[u8]) -> Option<usize> {
+    let ws = rest.len() - rest.trim_ascii_start().len();
+    (rest.get(ws) == Some(&b':')).then_some(ws + 1)
+}
+
+/// The value at the start of `rest` (after leading whitespace) when it is `null` or
+/// a usage object: the length of `rest` up to the value's end, and the usage. Only
+/// the value is parsed.
+fn usage_value(rest: &[u8]) -> Option<(usize, Option<Usage>)> {
+    let v = rest.len() - rest.trim_ascii_start().len();
+    match rest.get(v)? {
+        b'n' => rest[v..].starts_with(b"null").then_some((v + 4, None)),
+        b'{' => {
+            let mut it = serde_json::Deserializer::from_slice(&rest[v..]).into_iter::<Usage>();
+            let usage = it.next()?.ok()?;
+            Some((v + it.byte_offset(), Some(usage)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `rest`, what follows a member's value, ends the object the member is in
+/// and that object is the whole payload: the first bracket closed outside strings
+/// is its last byte. `rest` is short wherever `usage` is: most servers write it last.
+fn closes_top_level(rest: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut bytes = rest.iter().enumerate();
+    while let Some((i, &b)) = bytes.next() {
+        match b {
+            b'"' => {
+                // Skip the string, escapes and all.
+                while let Some((_, &c)) = bytes.next() {
+                    match c {
+                        b'\\' => {
+                            bytes.next();
+                        }
+                        b'"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth == 0 => return rest[i + 1..].trim_ascii().is_empty(),
+            b'}' | b']' => depth -= 1,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The bytes of `data` to cut for the member from `key` to `end`: with the comma
+/// before it, or else the one after it (and the whitespace between), so the object
+/// stays valid JSON and everything else stays as it was.
+fn member_range(data: &[u8], key: usize, end: usize) -> Range<usize> {
+    let before = data[..key].trim_ascii_end();
+    if before.last() == Some(&b',') {
+        return before.len() - 1..end;
+    }
+    let after = data[end..].trim_ascii_start();
+    if let Some(next) = after.strip_prefix(b",") {
+        return key..data.len() - next.trim_ascii_start().len();
+    }
+    key..end
 }
 
 /// Where generated text starts in a `data:` payload (just past its key): a non-empty
@@ -623,29 +761,44 @@ mod tests {
         assert_eq!(m.usage.map(|u| u.completion_tokens), Some(2));
     }
 
-    /// A stream as some server writes it: its events, which of them carries the
-    /// first token, the tokens it streams, its usage `(prompt, completion)`, and the
-    /// event a client that did not ask for usage must not see.
+    /// A stream as some server writes it: its events, what a client that did not ask
+    /// for usage must receive of them, which event carries the first token, the
+    /// tokens it streams and its usage `(prompt, completion)`.
     struct Recorded {
         name: &'static str,
         events: Vec<String>,
+        stripped: Vec<String>,
         first_token: usize,
         tokens: u64,
         usage: Option<(u64, u64)>,
-        usage_event: Option<usize>,
     }
 
     impl Recorded {
-        fn whole(&self) -> String {
-            self.events.concat()
+        /// `events(true)` is the stream as sent, `events(false)` the same without
+        /// its `usage` members; `usage_event` is cut whole.
+        fn new(
+            name: &'static str,
+            events: impl Fn(bool) -> Vec<String>,
+            usage_event: Option<usize>,
+            tokens: u64,
+            usage: Option<(u64, u64)>,
+        ) -> Recorded {
+            let mut stripped = events(false);
+            if let Some(i) = usage_event {
+                stripped.remove(i);
+            }
+            Recorded {
+                name,
+                events: events(true),
+                stripped,
+                first_token: 1,
+                tokens,
+                usage,
+            }
         }
 
-        fn stripped(&self) -> String {
-            let mut e = self.events.clone();
-            if let Some(i) = self.usage_event {
-                e.remove(i);
-            }
-            e.concat()
+        fn whole(&self) -> String {
+            self.events.concat()
         }
     }
 
@@ -656,130 +809,151 @@ mod tests {
             .collect();
         let chat = matches!(endpoint, crate::demo::openai::Endpoint::Chat);
         let n = events.len();
-        Recorded {
-            name: if chat {
+        let mut r = Recorded::new(
+            if chat {
                 "demo chat"
             } else {
                 "demo completions"
             },
-            events,
-            first_token: usize::from(chat),
-            tokens: 12,
-            usage: Some((5, 12)),
-            usage_event: Some(n - 2),
-        }
+            |_| events.clone(),
+            Some(n - 2),
+            12,
+            Some((5, 12)),
+        );
+        r.first_token = usize::from(chat);
+        r
     }
 
     /// vLLM: no `usage` key on token chunks, `"choices":[]` with usage at the end;
-    /// with `continuous_usage_stats`, usage on every chunk too.
+    /// with `continuous_usage_stats`, usage on every chunk too, after `choices`.
     fn vllm(continuous: bool) -> Recorded {
-        let head = r#"{"id":"chatcmpl-1f0c9a6e2b","object":"chat.completion.chunk","created":1764490000,"model":"meta-llama/Llama-3.1-8B-Instruct","#;
-        let usage = |c: u64| {
-            if continuous {
-                format!(
-                    r#","usage":{{"prompt_tokens":17,"total_tokens":{},"completion_tokens":{c}}}"#,
-                    17 + c
-                )
-            } else {
-                String::new()
+        let events = |members: bool| {
+            let head = r#"{"id":"chatcmpl-1f0c9a6e2b","object":"chat.completion.chunk","created":1764490000,"model":"meta-llama/Llama-3.1-8B-Instruct","#;
+            let usage = |c: u64| {
+                if continuous && members {
+                    format!(
+                        r#","usage":{{"prompt_tokens":17,"total_tokens":{},"completion_tokens":{c}}}"#,
+                        17 + c
+                    )
+                } else {
+                    String::new()
+                }
+            };
+            let mut events = vec![format!(
+                "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]{}}}\n\n",
+                usage(0)
+            )];
+            let words = [
+                "The",
+                " quick",
+                " \\\"brown\\\"",
+                " fox",
+                "\\n",
+                " jumps",
+                " \u{e9}t\u{e9}",
+            ];
+            for (i, w) in words.iter().enumerate() {
+                events.push(format!(
+                    "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"logprobs\":null,\"finish_reason\":null}}]{}}}\n\n",
+                    usage(i as u64 + 1)
+                ));
             }
+            events.push(format!(
+                "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":\"stop\",\"stop_reason\":null}}]{}}}\n\n",
+                usage(7)
+            ));
+            events.push(format!(
+                "data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":17,\"total_tokens\":24,\"completion_tokens\":7,\"prompt_tokens_details\":{{\"cached_tokens\":16}}}}}}\n\n"
+            ));
+            events.push("data: [DONE]\n\n".into());
+            events
         };
-        let mut events = vec![format!(
-            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]{}}}\n\n",
-            usage(0)
-        )];
-        let words = [
-            "The",
-            " quick",
-            " \\\"brown\\\"",
-            " fox",
-            "\\n",
-            " jumps",
-            " \u{e9}t\u{e9}",
-        ];
-        for (i, w) in words.iter().enumerate() {
-            events.push(format!(
-                "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"logprobs\":null,\"finish_reason\":null}}]{}}}\n\n",
-                usage(i as u64 + 1)
-            ));
-        }
-        events.push(format!(
-            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":\"stop\",\"stop_reason\":null}}]{}}}\n\n",
-            usage(7)
-        ));
-        events.push(format!(
-            "data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":17,\"total_tokens\":24,\"completion_tokens\":7,\"prompt_tokens_details\":{{\"cached_tokens\":16}}}}}}\n\n"
-        ));
-        events.push("data: [DONE]\n\n".into());
-        let n = events.len();
-        Recorded {
-            name: if continuous {
-                "vllm continuous usage"
-            } else {
-                "vllm"
-            },
-            events,
-            first_token: 1,
-            tokens: 7,
-            usage: Some((17, 7)),
-            usage_event: Some(n - 2),
-        }
+        let name = if continuous {
+            "vllm continuous usage"
+        } else {
+            "vllm"
+        };
+        Recorded::new(name, events, Some(9), 7, Some((17, 7)))
     }
 
-    /// OpenAI, SGLang and TGI: `"usage":null` on every chunk, usage after `choices`.
+    /// OpenAI (and older vLLM, SGLang, TGI): `"usage":null` on every chunk, usage
+    /// after `choices`, other members after it.
     fn usage_null() -> Recorded {
-        let head = r#"{"id":"chatcmpl-Bx9","object":"chat.completion.chunk","created":1764490000,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_8bda4d3a2c","#;
-        let mut events = vec![format!(
-            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null,\"obfuscation\":\"Rz\"}}\n\n"
-        )];
-        for w in ["Hi", "!", " How", " can"] {
+        let events = |members: bool| {
+            let head = r#"{"id":"chatcmpl-Bx9","object":"chat.completion.chunk","created":1764490000,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_8bda4d3a2c","#;
+            let null = if members { ",\"usage\":null" } else { "" };
+            let mut events = vec![format!(
+                "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null}},\"logprobs\":null,\"finish_reason\":null}}]{null},\"obfuscation\":\"Rz\"}}\n\n"
+            )];
+            for w in ["Hi", "!", " How", " can"] {
+                events.push(format!(
+                    "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"logprobs\":null,\"finish_reason\":null}}]{null},\"obfuscation\":\"q8Xb\"}}\n\n"
+                ));
+            }
             events.push(format!(
-                "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null,\"obfuscation\":\"q8Xb\"}}\n\n"
+                "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"length\"}}]{null},\"obfuscation\":\"x\"}}\n\n"
             ));
-        }
-        events.push(format!(
-            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"length\"}}],\"usage\":null,\"obfuscation\":\"x\"}}\n\n"
-        ));
-        events.push(format!(
-            "data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":8,\"completion_tokens\":4,\"total_tokens\":12,\"prompt_tokens_details\":{{\"cached_tokens\":0,\"audio_tokens\":0}},\"completion_tokens_details\":{{\"reasoning_tokens\":0}}}},\"obfuscation\":\"Yy\"}}\n\n"
-        ));
-        events.push("data: [DONE]\n\n".into());
-        let n = events.len();
-        Recorded {
-            name: "usage null",
-            events,
-            first_token: 1,
-            tokens: 4,
-            usage: Some((8, 4)),
-            usage_event: Some(n - 2),
-        }
+            events.push(format!(
+                "data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":8,\"completion_tokens\":4,\"total_tokens\":12,\"prompt_tokens_details\":{{\"cached_tokens\":0,\"audio_tokens\":0}},\"completion_tokens_details\":{{\"reasoning_tokens\":0}}}},\"obfuscation\":\"Yy\"}}\n\n"
+            ));
+            events.push("data: [DONE]\n\n".into());
+            events
+        };
+        Recorded::new("usage null", events, Some(6), 4, Some((8, 4)))
     }
 
-    /// llama.cpp server: `choices` first, usage (and timings) on the finish chunk,
-    /// whose choices are not empty: nothing to strip. Written here with `\r\n` line
-    /// ends, which SSE allows.
+    /// llama.cpp server (and older vLLM completions): `choices` first, usage (and
+    /// timings) on the finish chunk, whose choices are not empty. Written here with
+    /// `\r\n` line ends, which SSE allows.
     fn llama_cpp() -> Recorded {
-        let tail = r#""created":1764490000,"id":"chatcmpl-Zq1","model":"qwen2.5-0.5b-instruct-q4_k_m.gguf","system_fingerprint":"b5123-a0b1c2d3","object":"chat.completion.chunk""#;
-        let mut events = vec![format!(
-            "data: {{\"choices\":[{{\"finish_reason\":null,\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":null}}}}],{tail}}}\r\n\r\n"
-        )];
-        for w in ["Sure", ",", " here"] {
+        let events = |members: bool| {
+            let tail = r#""created":1764490000,"id":"chatcmpl-Zq1","model":"qwen2.5-0.5b-instruct-q4_k_m.gguf","system_fingerprint":"b5123-a0b1c2d3","object":"chat.completion.chunk""#;
+            let mut events = vec![format!(
+                "data: {{\"choices\":[{{\"finish_reason\":null,\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":null}}}}],{tail}}}\r\n\r\n"
+            )];
+            for w in ["Sure", ",", " here"] {
+                events.push(format!(
+                    "data: {{\"choices\":[{{\"finish_reason\":null,\"index\":0,\"delta\":{{\"content\":\"{w}\"}}}}],{tail}}}\r\n\r\n"
+                ));
+            }
+            let usage = if members {
+                r#","usage":{"completion_tokens":3,"prompt_tokens":21,"total_tokens":24}"#
+            } else {
+                ""
+            };
             events.push(format!(
-                "data: {{\"choices\":[{{\"finish_reason\":null,\"index\":0,\"delta\":{{\"content\":\"{w}\"}}}}],{tail}}}\r\n\r\n"
+                "data: {{\"choices\":[{{\"finish_reason\":\"stop\",\"index\":0,\"delta\":{{}}}}],{tail}{usage},\"timings\":{{\"prompt_n\":21,\"predicted_n\":3,\"predicted_ms\":31.2}}}}\r\n\r\n"
             ));
-        }
-        events.push(format!(
-            "data: {{\"choices\":[{{\"finish_reason\":\"stop\",\"index\":0,\"delta\":{{}}}}],{tail},\"usage\":{{\"completion_tokens\":3,\"prompt_tokens\":21,\"total_tokens\":24}},\"timings\":{{\"prompt_n\":21,\"predicted_n\":3,\"predicted_ms\":31.2}}}}\r\n\r\n"
-        ));
-        events.push("data: [DONE]\r\n\r\n".into());
-        Recorded {
-            name: "llama.cpp",
-            events,
-            first_token: 1,
-            tokens: 3,
-            usage: Some((21, 3)),
-            usage_event: None,
-        }
+            events.push("data: [DONE]\r\n\r\n".into());
+            events
+        };
+        Recorded::new("llama.cpp", events, None, 3, Some((21, 3)))
+    }
+
+    /// `usage` before `choices`, with the whitespace of Python's `json.dumps`
+    /// (`", "` and `": "`), on every chunk: first of all members, then after `id`,
+    /// then spaced around its colon; the usage event has it first as well.
+    fn usage_first() -> Recorded {
+        let events = |members: bool| {
+            let m = |s: &'static str| if members { s } else { "" };
+            let tok = |w: &str| {
+                format!("{{\"index\": 0, \"delta\": {{\"content\": \"{w}\"}}, \"finish_reason\": null}}")
+            };
+            vec![
+                format!(
+                    "data: {{{}\"id\": \"c1\", \"choices\": [{{\"index\": 0, \"delta\": {{\"role\": \"assistant\"}}}}]}}\n\n",
+                    m("\"usage\": null, ")
+                ),
+                format!("data: {{{}\"choices\": [{}]}}\n\n", m("\"usage\": {\"prompt_tokens\": 6, \"completion_tokens\": 1}, "), tok("One")),
+                format!("data: {{\"id\": \"c1\"{}, \"choices\": [{}]}}\n\n", m(", \"usage\": null"), tok(" two")),
+                format!("data: {{\"id\": \"c1\"{} , \"choices\": [{}] }}\n\n", m(", \"usage\" : { \"prompt_tokens\" : 6 , \"completion_tokens\" : 3 }"), tok(" usage\\\": null")),
+                format!(
+                    "data: {{\"id\": \"c1\", \"usage\": {{\"prompt_tokens\": 6, \"completion_tokens\": 3}}, \"choices\": []}}\n\n"
+                ),
+                "data: [DONE]\n\n".into(),
+            ]
+        };
+        Recorded::new("usage first", events, Some(4), 3, Some((6, 3)))
     }
 
     fn recorded() -> Vec<Recorded> {
@@ -790,6 +964,7 @@ mod tests {
             vllm(true),
             usage_null(),
             llama_cpp(),
+            usage_first(),
         ]
     }
 
@@ -822,7 +997,11 @@ mod tests {
             r.usage,
             "{at}"
         );
-        let expected = if strip { r.stripped() } else { whole.clone() };
+        let expected = if strip {
+            r.stripped.concat()
+        } else {
+            whole.clone()
+        };
         assert_eq!(String::from_utf8_lossy(&out), expected, "{at}");
     }
 
@@ -897,25 +1076,36 @@ mod tests {
     }
 
     /// Comments, runs of blank lines, CRLF line ends, `data:` without a space, a `{`
-    /// in a token, usage on a token line and `[DONE]`, cut at every byte: only `data:`
-    /// lines with text count, usage is read wherever it is, and only the usage-only
-    /// event (with its blank line) is cut.
+    /// in a token, usage on token lines (`null`, an object, nested in a choice, in a
+    /// string) and `[DONE]`, cut at every byte: only `data:` lines with text count,
+    /// usage is read wherever it is, and a client that did not ask receives no
+    /// top-level `usage` member and no usage-only event, all else as it came.
     #[test]
     fn comments_blank_lines_and_crlf_split_at_every_byte() {
-        let usage_event =
-            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":3}}\n\n";
-        let events = [
-            ": keep-alive\n\n",
-            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\r\n\r\n",
-            "\n\n\r\n",
-            "data: {\"choices\":[{\"delta\":{\"content\":\"{\"}}],\"usage\":null}\n\n",
-            ": ping\r\n\r\n",
-            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\r\n\r\n",
-            "data:{\"choices\":[{\"text\":\"b\"}]}\n\n",
-            usage_event,
-            "data: [DONE]\n\n",
-        ];
-        let whole = events.concat();
+        let events = |members: bool| {
+            let m = |s: &'static str| if members { s } else { "" };
+            let mut e = vec![
+                ": keep-alive\n\n".to_owned(),
+                "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\r\n\r\n".into(),
+                "\n\n\r\n".into(),
+                format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{{\"}}}}]{}}}\n\n", m(",\"usage\":null")),
+                ": ping\r\n\r\n".into(),
+                format!(
+                    "data: {{\"choices\":[{{\"delta\":{{\"content\":\"a\"}},\"usage\":null}}]{}}}\r\n\r\n",
+                    m(",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}")
+                ),
+                format!(
+                    "data:{{{}\"choices\":[{{\"text\":\"b\",\"x\":{{\"usage\":{{}}}}}}],\"tool\":\"{{\\\"usage\\\":null}}\"}}\n\n",
+                    m("\"usage\":null,")
+                ),
+            ];
+            if members {
+                e.push("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":3}}\n\n".into());
+            }
+            e.push("data: [DONE]\n\n".into());
+            e.concat()
+        };
+        let whole = events(true);
         let bytes = whole.as_bytes();
         for strip in [false, true] {
             for cut in 0..bytes.len() {
@@ -929,11 +1119,7 @@ mod tests {
                 assert_eq!((m.chunks, gaps.0.len()), (3, 2), "{at}");
                 let u = m.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
                 assert_eq!(u, Some((3, 3)), "{at}");
-                let expected = if strip {
-                    whole.replace(usage_event, "")
-                } else {
-                    whole.clone()
-                };
+                let expected = if strip { events(false) } else { whole.clone() };
                 assert_eq!(String::from_utf8_lossy(&out), expected, "{at}");
             }
         }

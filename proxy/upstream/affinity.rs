@@ -25,12 +25,13 @@
 //!   keeps the request while it has a free slot and is passed over when the request
 //!   would wait there while another eligible replica would start it at once: a prefix
 //!   hit saves prefill, a queue costs whole requests, and a replica with a handful of
-//!   slots queues long before any count-based threshold notices. Only when capacity is
-//!   unknown does the fallback ([`AffinityGuard`], SGLang's `cache_aware` guard) decide:
-//!   pass over when its load exceeds the least-loaded available replica's by more than
-//!   `abs` requests *and* is more than `rel` times it. Load is the least-outstanding
-//!   view: requests in flight, or the replica's own fresh report of queued plus running
-//!   requests, whichever is larger. A passed-over replica's request goes where least
+//!   slots queues long before any count-based threshold notices (a replica queueing
+//!   with nothing running shows no capacity: only an idle peer then counts as free).
+//!   Only when capacity is unknown does the fallback ([`AffinityGuard`], SGLang's
+//!   `cache_aware` guard) decide: pass over when its load exceeds the least-loaded
+//!   available replica's by more than `abs` requests *and* is more than `rel` times
+//!   it. Load is the least-outstanding view: requests in flight, or the replica's own
+//!   fresh report of queued plus running requests, whichever is larger. A passed-over replica's request goes where least
 //!   outstanding sends it among the others.
 //!
 //! A replica is named in the index by its affinity id, which changes when it goes down
@@ -304,6 +305,23 @@ fn room(b: &Backend, slots: u32, now_us: u64, report_ttl_ms: u64) -> Room {
     }
 }
 
+/// Would `b`, a peer of a preferred replica that would queue the request, start it at
+/// once? With its capacity known (`own`: `max_inflight` or the learned limit; else
+/// `shown`, the slots the preferred replica showed, 0: not known) when it has a free
+/// slot. With neither, when it is idle: nothing in flight and a fresh report, if any,
+/// of nothing queued or running. The preferred replica is full here either by its
+/// own cap (then every peer's capacity is known too) or by a reported queue, so an
+/// idle peer is passed to only when the preferred replica says the request would wait.
+#[inline]
+fn starts_at_once(b: &Backend, own: u32, shown: u32, now_us: u64, report_ttl_ms: u64) -> bool {
+    let slots = if own == 0 { shown } else { own };
+    match room(b, slots, now_us, report_ttl_ms) {
+        Room::Free => true,
+        Room::Full => false,
+        Room::Unknown => load(b, now_us, report_ttl_ms) == 0,
+    }
+}
+
 /// Cache affinity's verdict on a request's preferred replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -325,7 +343,9 @@ pub(crate) enum Verdict {
 /// would start it at once (a free slot, no queue reported). A replica without
 /// `max_inflight` that reports a queue shows its capacity: the requests it runs; its
 /// peers, which usually run the same engine with the same settings, are judged by
-/// that count. When neither can tell, the fallback is the absolute/relative guard
+/// that count. One that queues with nothing running shows no capacity; its peers
+/// are then judged free only when idle (nothing in flight, no queue or running
+/// requests reported). When neither can tell, the fallback is the absolute/relative guard
 /// of SGLang's cache-aware router (sgl-router `cache_aware`): passed over when its
 /// load exceeds the least-loaded available replica's by more than `guard.abs` and is
 /// more than `guard.rel` times it. A request that would queue everywhere gets the
@@ -365,16 +385,14 @@ pub(crate) fn pick(
         Room::Free => return Verdict::Stay(p),
         Room::Full => {
             // The capacity of a replica without `max_inflight`: that of the preferred
-            // one when it shows it by queueing (0 otherwise: not known).
+            // one when it shows it by queueing while it runs requests. One that queues
+            // with none running (preempted, or its KV cache full) shows nothing: 0,
+            // not known.
             let shown = preferred
                 .reported_counts(now_us / 1000, report_ttl_ms)
                 .map_or(0, |(_, running)| running);
             let free_elsewhere = backends.iter().enumerate().any(|(i, b)| {
-                let slots = match cap.of(b) {
-                    0 => shown,
-                    s => s,
-                };
-                i != p && ok(i) && room(b, slots, now_us, report_ttl_ms) == Room::Free
+                i != p && ok(i) && starts_at_once(b, cap.of(b), shown, now_us, report_ttl_ms)
             });
             if free_elsewhere {
                 return Verdict::PassOver(p);

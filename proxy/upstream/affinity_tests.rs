@@ -218,3 +218,92 @@ fn no_hint_or_no_eligible_holder_means_no_preference() {
     );
     assert_eq!(tried, Verdict::None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_queueing_with_nothing_running_shows_no_slots_and_an_idle_peer_takes_the_request()
+{
+    fastrand::seed(6);
+    let pool = pool(3);
+    // No `max_inflight`. P is preempted, or its KV cache is full: 3 waiting, none
+    // running. That shows no slot count (0 would judge every peer full); its load 3
+    // against the idle peers' 0 is within abs 4, so only the reported queue passes P
+    // over, to a peer with nothing in flight and nothing reported.
+    report(&pool, P, 3.0, 0.0);
+    let guard = AffinityGuard::default();
+    assert_eq!(verdict(&pool, guard, Cap::Unlimited), Verdict::PassOver(P));
+    let got = picks(&pool, guard, Cap::Unlimited);
+    assert_eq!(got[P], 0, "{got:?}");
+    // A report of the queue alone (ORCA's `num_requests_waiting` without a running
+    // gauge) is the same, with requests of ours on P too.
+    pool.backends()[P].replica().record_report(&LoadReport {
+        queue: Some(2.0),
+        running: None,
+        cache_usage: None,
+    });
+    let _p = busy(&pool, P, 1);
+    assert_eq!(verdict(&pool, guard, Cap::Unlimited), Verdict::PassOver(P));
+    // Once P's report is stale nothing says the request would wait there: the
+    // fallback weighs its one request in flight, and keeps it.
+    tokio::time::advance(REPORT_TTL + Duration::from_millis(10)).await;
+    assert_eq!(verdict(&pool, guard, Cap::Unlimited), Verdict::Stay(P));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_queueing_with_nothing_running_passes_only_to_an_idle_peer() {
+    fastrand::seed(7);
+    let pool = pool(3);
+    let guard = AffinityGuard::default();
+    // Peer 1 has one of ours; peer 2 reports 2 running (other clients'), no queue.
+    // Neither is idle and their slots are unknown: the fallback decides (P's 3 is
+    // within abs 4 of the least, 1) and keeps the request.
+    report(&pool, P, 3.0, 0.0);
+    let _q = busy(&pool, 1, 1);
+    report(&pool, 2, 0.0, 2.0);
+    assert_eq!(verdict(&pool, guard, Cap::Unlimited), Verdict::Stay(P));
+    // Peer 2's report goes stale (its poll lags) while P's is renewed: with nothing
+    // in flight and nothing reported, peer 2 is idle, and takes every request.
+    tokio::time::advance(REPORT_TTL + Duration::from_millis(10)).await;
+    report(&pool, P, 3.0, 0.0);
+    assert_eq!(verdict(&pool, guard, Cap::Unlimited), Verdict::PassOver(P));
+    assert_eq!(picks(&pool, guard, Cap::Unlimited), [0, 0, 50]);
+    // A peer reporting its own queue is not idle, whatever it has in flight.
+    report(&pool, 2, 1.0, 0.0);
+    assert_eq!(verdict(&pool, guard, Cap::Unlimited), Verdict::Stay(P));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_every_replica_reporting_a_queue_the_abs_rel_guard_decides() {
+    fastrand::seed(8);
+    let pool = pool(3);
+    let guard = AffinityGuard { abs: 4, rel: 1.5 };
+    // The request would wait anywhere: the prefix hit weighs against the queues.
+    report(&pool, P, 3.0, 0.0);
+    report(&pool, 1, 1.0, 2.0);
+    report(&pool, 2, 2.0, 2.0);
+    assert_eq!(verdict(&pool, guard, Cap::Unlimited), Verdict::Stay(P));
+    assert_eq!(picks(&pool, guard, Cap::Unlimited), [50, 0, 0]);
+    // 9 waiting against a least of 3 is past abs 4 and rel 1.5: the shortest queue.
+    report(&pool, P, 9.0, 0.0);
+    assert_eq!(verdict(&pool, guard, Cap::Unlimited), Verdict::PassOver(P));
+    assert_eq!(picks(&pool, guard, Cap::Unlimited), [0, 50, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_learned_limit_peers_are_judged_by_their_own_limits_beside_the_reports() {
+    fastrand::seed(9);
+    let pool = pool(3);
+    let guard = AffinityGuard::default();
+    // `max_inflight = "auto"` with a learned limit of 1; P's engine queues 2 of other
+    // clients' requests with none running. Peer 1 is at its limit, peer 2 is not.
+    let cap = Cap::Learned(Bounds { min: 1, max: 1 });
+    report(&pool, P, 2.0, 0.0);
+    let _q = busy(&pool, 1, 1);
+    assert_eq!(verdict(&pool, guard, cap), Verdict::PassOver(P));
+    assert_eq!(picks(&pool, guard, cap), [0, 0, 50]);
+    // P running 3 shows 3 slots, but each peer's own learned limit counts: peer 2
+    // at its limit of 1 would queue the request too, so the fallback keeps it on P
+    // (its load 4 is within abs 4 of the least, 1).
+    report(&pool, P, 1.0, 3.0);
+    let _r = busy(&pool, 2, 1);
+    assert_eq!(verdict(&pool, guard, cap), Verdict::Stay(P));
+}

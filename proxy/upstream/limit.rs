@@ -38,9 +38,14 @@
 //!   window median's verdict, reached early), and steps back at once otherwise
 //!   (a wrongly failed probe only delays the next one). Answers to requests
 //!   sent at the new limit while those of the old one still ran (not judged,
-//!   below) count against it when they queued. A failed probe of a replica
-//!   that serves one request at a time thus takes 4 answers at the raised
-//!   limit, where a whole window of 7 took 8.
+//!   below) count against it when they queued. One answer decides at once when
+//!   it shows the request waiting for a slot (see `State::waited_for_a_slot`:
+//!   answered a whole request's time after another answer that came well
+//!   after it was sent), the signature of a replica that serves one at a time,
+//!   which then waits 4x longer before the next probe, not 2x. A failed probe
+//!   of such a replica thus costs the request that decided it and the one sent
+//!   behind it meanwhile, where the majority took 4 answers and a whole window
+//!   of 7 took 8.
 //! - A step down of a settled limit is checked like a probe: queueing inside
 //!   the replica makes it answer faster with one request fewer (by about `1 / L`
 //!   when it slows in proportion past its knee), while a busy host, or harder
@@ -59,8 +64,10 @@
 //!   fast as below it (measured: a probe from 4 to 8 on a replica with a knee at
 //!   4 judged that way saw no queueing on a loaded host and doubled to 16).
 //! - Every decrease doubles how many windows pass before the next step up (up to
-//!   [`MAX_PROBE_BACKOFF`]), and the next step up also waits [`PROBE_HOLD`] times
-//!   that factor in time (15 s, 30 s, ... up to [`MAX_PROBE_HOLD`]), so a replica
+//!   [`MAX_PROBE_BACKOFF`]; a probe answered by a request that waited for a
+//!   slot quadruples it), and the next step up also waits [`PROBE_HOLD`] times
+//!   that factor in time (15 s, 30 s, ... up to [`MAX_PROBE_HOLD`]; 15 s, 60 s,
+//!   240 s, 320 s for a replica that serves one at a time), so a replica
 //!   whose knee has been found is probed past it rarely in wall time too,
 //!   however fast its windows fill; a step up whose first window finds no
 //!   queueing resets that. Envoy's adaptive concurrency filter likewise
@@ -193,6 +200,8 @@ struct State {
     held: u32,
     /// A step down of a settled limit waiting for its check.
     check: Option<Check>,
+    /// When (clock µs) the answer before the one being folded in arrived.
+    last_answer_us: u64,
 }
 
 /// A step down of a settled limit, to be checked (see [`State::verify_step_down`]).
@@ -230,6 +239,7 @@ impl LimitLearner {
                 judge_from_us: 0,
                 held: 0,
                 check: None,
+                last_answer_us: 0,
             }),
         }
     }
@@ -259,6 +269,8 @@ impl LimitLearner {
 impl State {
     fn fold(&mut self, a: Answer, limit: u32, b: Bounds) -> u32 {
         self.held = a.inflight;
+        let now_us = clock::now_us();
+        let previous_us = std::mem::replace(&mut self.last_answer_us, now_us);
         if a.overloaded {
             let cut = ((f64::from(limit) * 0.9) as u32)
                 .min(a.concurrency.saturating_sub(1))
@@ -289,6 +301,9 @@ impl State {
                     .probe_base()
                     .is_some_and(|fast| a.took_us as f64 > fast)
             {
+                if self.waited_for_a_slot(&a, previous_us, now_us) {
+                    return self.step_back_serial(limit);
+                }
                 self.full[self.full_n] = a.took_us;
                 self.full_n += 1;
                 return self.judge_probe(limit);
@@ -326,6 +341,9 @@ impl State {
         }
         if a.concurrency < limit.max(2) {
             return limit;
+        }
+        if self.probing && self.waited_for_a_slot(&a, previous_us, now_us) {
+            return self.step_back_serial(limit);
         }
         self.full[self.full_n] = a.took_us;
         self.full_n += 1;
@@ -405,6 +423,32 @@ impl State {
         self.step_back(limit)
     }
 
+    /// Did this answer, to a request sent at a raised limit, wait for a slot
+    /// inside the replica? It did when the replica answered another request
+    /// after this one was sent, a good while after (at least a quarter of a
+    /// typical request's time), and then this one about one whole request's
+    /// time later (between 0.9x the baseline's lower quartile and 1.1x its
+    /// median), having taken longer than a request to an idle replica: it
+    /// started when the other ended, the signature of a replica that serves one
+    /// request at a time (or all its slots were taken). One such answer decides
+    /// a probe; answers that run beside others (a replica with room, or one that
+    /// slows every request in proportion past its knee) come closer after the
+    /// previous answer than a whole request and leave the verdict to the
+    /// majority of the probe's window.
+    fn waited_for_a_slot(&self, a: &Answer, previous_us: u64, now_us: u64) -> bool {
+        if a.concurrency < 2 || previous_us <= a.sent_us || self.baseline_n < MIN_BASELINE {
+            return false;
+        }
+        let mut base = self.baseline;
+        let base = &mut base[..self.baseline_n.min(BASELINE)];
+        let (median, low) = (median(base) as f64, lower_quartile(base) as f64);
+        let waited = (previous_us - a.sent_us) as f64;
+        let own = now_us.saturating_sub(previous_us) as f64;
+        a.took_us as f64 > median * NO_QUEUEING_BELOW
+            && waited >= median / 4.0
+            && (0.9 * low..=median * NO_QUEUEING_BELOW).contains(&own)
+    }
+
     /// The longest time (µs) of an answer that shows no queueing at a probe:
     /// [`NO_QUEUEING_BELOW`] times the baseline's median; `None` before
     /// [`MIN_BASELINE`] answers.
@@ -479,6 +523,15 @@ impl State {
             limit - 1
         };
         self.stepped_down(down)
+    }
+
+    /// Steps back from a probe whose answer waited for a slot (see
+    /// [`State::waited_for_a_slot`]): the replica showed it cannot run the
+    /// raised limit at all, so the backoff grows 4x rather than 2x.
+    fn step_back_serial(&mut self, limit: u32) -> u32 {
+        let down = self.step_back(limit);
+        self.probe_backoff = (self.probe_backoff * 2).min(MAX_PROBE_BACKOFF);
+        down
     }
 
     fn step_up(&mut self, limit: u32) -> u32 {
@@ -750,11 +803,11 @@ mod tests {
         assert!(share(late, |l| l == 1) > 0.97, "{:?}", &late[..64]);
     }
 
-    /// A probe above the knee of a replica that serves one at a time costs the
-    /// majority of its first window that decides it (every answer waited behind
-    /// another), not the whole window.
+    /// A probe above the knee of a replica that serves one at a time is decided
+    /// by its first answer that waited for the one running before it (see
+    /// `State::waited_for_a_slot`), not by the majority of its window.
     #[tokio::test(start_paused = true)]
-    async fn a_failed_probe_steps_back_once_most_of_its_window_queued() {
+    async fn a_failed_probe_of_a_serial_replica_steps_back_at_its_first_answer() {
         let l = LimitLearner::new(1);
         let limits = saturate(&l, 400, |n| T * u64::from(n)).await;
         // 20 s of answers: slow start's probe, and one more after 15 s.
@@ -762,10 +815,30 @@ mod tests {
         assert_eq!(starts.len(), 2, "{limits:?}");
         for i in starts {
             let raised = limits[i..].iter().take_while(|&&l| l == 2).count();
-            // The majority, plus the answer to a request sent while the one of
-            // the old limit still ran (8 when the whole window of 7 decided).
-            assert!(raised <= PROBE_MAJORITY + 1, "{raised}: {limits:?}");
-            assert!(raised < PROBE_WINDOW, "{raised}: {limits:?}");
+            // The answer to a request sent while the one of the old limit still
+            // ran (not judged at the new limit), then the one that decides.
+            assert!(raised <= 2, "{raised}: {limits:?}");
+        }
+    }
+
+    /// A probe that fails by the majority of its window (a replica that slows
+    /// every request in proportion past its knee, so no answer shows one waiting
+    /// for another) costs that majority, not the whole window.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_steps_back_once_most_of_its_window_queued() {
+        let l = LimitLearner::new(1);
+        let limits = saturate(&l, 3000, knee(4)).await;
+        let settled = after_slow_start(&limits);
+        let late = &limits[settled..];
+        let starts: Vec<usize> = (1..late.len())
+            .filter(|&i| late[i] == 5 && late[i - 1] == 4)
+            .collect();
+        assert!(!starts.is_empty(), "never probed 5: {late:?}");
+        for i in starts {
+            let raised = late[i..].iter().take_while(|&&l| l == 5).count();
+            // The majority, plus the answers to requests sent while those of
+            // the old limit still ran (not judged at the new one).
+            assert!(raised <= PROBE_MAJORITY + 4, "{raised}: {late:?}");
         }
     }
 
@@ -800,6 +873,32 @@ mod tests {
                 "probe {} came {gap} s after the last ({at:?})",
                 k + 1
             );
+        }
+    }
+
+    /// A replica that answered a probe by making a request wait for the one
+    /// before it cannot run the raised limit at all: each such failure grows
+    /// the hold before the next probe 4x (15 s, 60 s, 240 s, then the 320 s
+    /// most), not 2x. One at a time, 1 ms per request, 20 minutes.
+    #[tokio::test(start_paused = true)]
+    async fn probes_of_a_serial_replica_back_off_four_times_over() {
+        let l = LimitLearner::new(1);
+        let start = tokio::time::Instant::now();
+        let (mut at, mut last) = (Vec::new(), 1);
+        while start.elapsed() < Duration::from_secs(1200) {
+            let limit = l.limit(B);
+            if limit > 1 && last == 1 {
+                at.push(start.elapsed().as_secs_f64());
+            }
+            last = limit;
+            tokio::time::advance(Duration::from_millis(1)).await;
+            l.on_answer(sent_at(limit, 1000 * u64::from(limit)), B);
+        }
+        let gaps: Vec<f64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(at.len(), 6, "probes at {at:?} s");
+        for (k, gap) in gaps.iter().enumerate() {
+            let hold = (15.0 * 4f64.powi(k as i32)).min(320.0);
+            assert!((hold..hold + 1.0).contains(gap), "gaps {gaps:?} s");
         }
     }
 

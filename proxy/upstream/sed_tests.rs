@@ -208,6 +208,23 @@ async fn the_slow_replica_takes_only_what_the_fast_queue_cannot() {
 /// 70% of capacity; the p99 of the short requests (ms), and answers sent to a
 /// busy replica.
 async fn serial_mixed(cap: &str, seed: u64, secs: f64) -> (f64, usize) {
+    let run = mixed_on_slots(cap, 1, seed, secs).await;
+    (run.p99_ms, run.behind)
+}
+
+/// What [`mixed_on_slots`] saw.
+struct MixedRun {
+    /// The short requests' p99 (ms).
+    p99_ms: f64,
+    /// Requests sent to a replica already running one of ours.
+    behind: usize,
+    /// Each replica's cap at the end.
+    caps: Vec<u32>,
+}
+
+/// [`serial_mixed`] on replicas of `slots` slots each (more wait inside, first
+/// come first served), at 70% of their capacity.
+async fn mixed_on_slots(cap: &str, slots: usize, seed: u64, secs: f64) -> MixedRun {
     fastrand::seed(seed);
     let (max_inflight, max_inflight_auto) = match cap {
         "auto" => (0, Some(crate::config::AutoLimit { min: 1, max: 256 })),
@@ -221,9 +238,9 @@ async fn serial_mixed(cap: &str, seed: u64, secs: f64) -> (f64, usize) {
     let pool = Pool::build(&up).unwrap_or_else(|e| panic!("{e}"));
     pool.publish();
     let replicas: Vec<Arc<tokio::sync::Semaphore>> = (0..3)
-        .map(|_| Arc::new(tokio::sync::Semaphore::new(1)))
+        .map(|_| Arc::new(tokio::sync::Semaphore::new(slots)))
         .collect();
-    let rate = 0.7 * 3.0 / 0.145;
+    let rate = 0.7 * 3.0 * slots as f64 / 0.145;
     let mut rng = fastrand::Rng::with_seed(seed);
     let start = tokio::time::Instant::now();
     let (tx, mut done) = mpsc::unbounded_channel();
@@ -261,17 +278,25 @@ async fn serial_mixed(cap: &str, seed: u64, secs: f64) -> (f64, usize) {
     }
     short.sort();
     let p99 = short[short.len() * 99 / 100];
-    (p99.as_secs_f64() * 1e3, behind)
+    MixedRun {
+        p99_ms: p99.as_secs_f64() * 1e3,
+        behind,
+        caps: pool
+            .backends()
+            .iter()
+            .map(|b| pool.settings().cap.of(b))
+            .collect(),
+    }
 }
 
 /// `max_inflight = "auto"` in benchmark (b): each replica learns 1, and what
-/// learning costs (slow start's probe of 2, then a probe after 15 s, 30 s ...
-/// of backoff, each sending a few requests behind a running one) keeps the short
-/// requests' p99 within a few percent of a hand-set `max_inflight = 1`, over 20
-/// seeded minutes. Before probes were decided by the majority of their window
-/// (and counted answers that queued beside the old limit's), they sent 1.7x as
-/// many requests behind a busy replica (90 a minute, now 37) and cost 8.5% on
-/// average (now 3.6%).
+/// learning costs (slow start's probe of 2, then a probe after 15 s, 60 s ...
+/// of backoff, each sending a request or two behind a running one) keeps the
+/// short requests' p99 within a few percent of a hand-set `max_inflight = 1`,
+/// over 20 seeded minutes. Probes decided by the majority of 5 answers and
+/// held 15 s doubling sent 37 requests a minute behind a busy replica and cost
+/// 3.6% on average; decided by the first answer that waited for the running
+/// request and held 4x longer after each such failure, 12 and 0.9%.
 #[tokio::test(start_paused = true)]
 async fn serial_replicas_a_learned_limit_costs_little_over_a_hand_set_one() {
     let (mut ratios, mut behind) = (Vec::new(), 0);
@@ -285,6 +310,196 @@ async fn serial_replicas_a_learned_limit_costs_little_over_a_hand_set_one() {
     let behind = behind as f64 / ratios.len() as f64;
     let say =
         format!("mean {mean:.3}, {behind:.1} sent behind a busy replica per minute: {ratios:.2?}");
-    assert!(mean <= 1.05, "{say}");
-    assert!(behind <= 60.0, "{say}");
+    assert!(mean <= 1.02, "{say}");
+    assert!(behind <= 20.0, "{say}");
+}
+
+/// A replica with two slots (a third request waits inside for one to free) is
+/// not taken for one that serves one at a time: under the mixed work of
+/// benchmark (b), at 70% of two slots each, every replica learns 2 and the
+/// short requests' p99 stays within a few percent of a hand-set
+/// `max_inflight = 2` (10 seeded minutes).
+#[tokio::test(start_paused = true)]
+async fn replicas_with_two_slots_learn_two_under_mixed_work() {
+    let mut ratios = Vec::new();
+    for seed in 1..=10 {
+        let two = mixed_on_slots("2", 2, seed, 60.0).await;
+        let auto = mixed_on_slots("auto", 2, seed, 60.0).await;
+        assert!(
+            auto.caps.iter().all(|&c| c >= 2),
+            "seed {seed}: caps {:?}",
+            auto.caps
+        );
+        ratios.push(auto.p99_ms / two.p99_ms);
+    }
+    let (mean, _, hi) = spread(&ratios);
+    assert!(mean <= 1.05, "mean {mean:.3}, worst {hi:.3}: {ratios:.2?}");
+}
+
+/// Benchmark (b)'s arrivals for `seed` over `secs`: (arrival s, long?), as
+/// [`serial_mixed`] draws them.
+fn serial_arrivals(seed: u64, secs: f64) -> Vec<(f64, bool)> {
+    let rate = 0.7 * 3.0 / 0.145;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut at = 0.0;
+    (0..(rate * secs) as usize)
+        .map(|_| {
+            at += -(1.0 - rng.f64()).ln() / rate;
+            (at, rng.u8(..10) == 0)
+        })
+        .collect()
+}
+
+fn own_s(long: bool) -> f64 {
+    if long {
+        1.0
+    } else {
+        FAST.as_secs_f64()
+    }
+}
+
+/// The short requests' p99 (ms) of a sorted list of times (s).
+fn p99_ms(mut short: Vec<f64>) -> f64 {
+    short.sort_by(f64::total_cmp);
+    short[short.len() * 99 / 100] * 1e3
+}
+
+/// nginx `least_conn` in front of benchmark (b)'s replicas (no cap): each
+/// request goes at once to a replica with the fewest in flight (ties to a
+/// random one, seeded), where it waits its turn.
+fn least_conn_model(seed: u64, secs: f64) -> f64 {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    // Per replica, the completion times of its requests in flight, in order.
+    let mut flight: [Vec<f64>; 3] = Default::default();
+    let mut short = Vec::new();
+    for (at, long) in serial_arrivals(seed, secs) {
+        for f in &mut flight {
+            f.retain(|&done| done > at);
+        }
+        let start = rng.usize(..3);
+        let i = (0..3)
+            .map(|k| (start + k) % 3)
+            .min_by_key(|&i| flight[i].len())
+            .unwrap_or(0);
+        let done = flight[i].last().copied().unwrap_or(at).max(at) + own_s(long);
+        flight[i].push(done);
+        if !long {
+            short.push(done - at);
+        }
+    }
+    p99_ms(short)
+}
+
+/// HAProxy `maxconn 1` in front of benchmark (b)'s replicas: one central
+/// first-come-first-served queue, each request to the first replica free.
+fn fifo_cap_one_model(seed: u64, secs: f64) -> f64 {
+    let mut free = [0.0f64; 3];
+    let mut short = Vec::new();
+    for (at, long) in serial_arrivals(seed, secs) {
+        let i = (0..3)
+            .min_by(|&a, &b| free[a].total_cmp(&free[b]))
+            .unwrap_or(0);
+        free[i] = free[i].max(at) + own_s(long);
+        if !long {
+            short.push(free[i] - at);
+        }
+    }
+    p99_ms(short)
+}
+
+/// An age-aware least-work model in front of benchmark (b)'s replicas (no
+/// cap): each request goes at once to the replica where it is expected to
+/// start soonest, counting for the running request its expected remaining time
+/// given how long it has run, `E[S − age | S > age]` over the service times
+/// observed so far, and the mean for each one waiting inside (ties to a random
+/// one, seeded). What the proxy could know without knowing sizes in advance.
+fn expected_remaining_model(seed: u64, secs: f64) -> f64 {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    // Per replica, (service start, completion) of its requests in flight.
+    let mut flight: [Vec<(f64, f64)>; 3] = Default::default();
+    let (mut seen, mut short) = (Vec::<f64>::new(), Vec::new());
+    for (at, long) in serial_arrivals(seed, secs) {
+        for f in &mut flight {
+            while f.first().is_some_and(|&(_, done)| done <= at) {
+                let (start, done) = f.remove(0);
+                let k = seen.partition_point(|&x| x < done - start);
+                seen.insert(k, done - start);
+            }
+        }
+        let mean = seen.iter().sum::<f64>() / seen.len().max(1) as f64;
+        let remaining = |age: f64| {
+            let longer = &seen[seen.partition_point(|&x| x <= age)..];
+            if longer.is_empty() {
+                0.0
+            } else {
+                longer.iter().sum::<f64>() / longer.len() as f64 - age
+            }
+        };
+        let wait = |f: &Vec<(f64, f64)>| match f.first() {
+            None => 0.0,
+            Some(&(start, _)) => remaining(at - start) + (f.len() - 1) as f64 * mean,
+        };
+        let start = rng.usize(..3);
+        let i = (0..3)
+            .map(|k| (start + k) % 3)
+            .min_by(|&a, &b| wait(&flight[a]).total_cmp(&wait(&flight[b])))
+            .unwrap_or(0);
+        let begin = flight[i].last().map_or(at, |&(_, done)| done.max(at));
+        let done = begin + own_s(long);
+        flight[i].push((begin, done));
+        if !long {
+            short.push(done - at);
+        }
+    }
+    p99_ms(short)
+}
+
+/// Mean, least and greatest of `xs`.
+fn spread(xs: &[f64]) -> (f64, f64, f64) {
+    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(0.0, f64::max);
+    (mean, lo, hi)
+}
+
+/// Benchmark (b) over many seeds: modelgate with no cap against the least_conn
+/// model, and with `max_inflight = "auto"` and `= 1` against the central FIFO
+/// with cap 1, as ratios of the short requests' p99 (mean, least, greatest).
+/// `SIM_SECS` (default 60) and `SIM_SEEDS` (default 20) set the runs.
+#[tokio::test(start_paused = true)]
+#[ignore = "a report, not a check: run with --ignored --nocapture"]
+#[allow(clippy::print_stderr)]
+async fn serial_replicas_report() {
+    let var = |k: &str, d: f64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (secs, seeds) = (var("SIM_SECS", 60.0), var("SIM_SEEDS", 20.0) as u64);
+    let (mut plain, mut auto, mut one, mut fifo_lc) = (vec![], vec![], vec![], vec![]);
+    let mut aged = vec![];
+    for seed in 1..=seeds {
+        let lc = least_conn_model(seed, secs);
+        let fifo = fifo_cap_one_model(seed, secs);
+        plain.push(serial_mixed("0", seed, secs).await.0 / lc);
+        let (a, behind) = serial_mixed("auto", seed, secs).await;
+        auto.push(a / fifo);
+        if std::env::var("SIM_VERBOSE").is_ok() {
+            eprintln!("seed {seed}: auto {a:.0} ms, FIFO {fifo:.0} ms, {behind} sent behind a busy replica");
+        }
+        one.push(serial_mixed("1", seed, secs).await.0 / fifo);
+        fifo_lc.push(fifo / lc);
+        aged.push(expected_remaining_model(seed, secs) / lc);
+    }
+    for (name, r) in [
+        ("no cap / least_conn", &plain),
+        ("auto / FIFO cap 1", &auto),
+        ("1 / FIFO cap 1", &one),
+        ("FIFO cap 1 / least_conn", &fifo_lc),
+        ("age-aware least work model / least_conn", &aged),
+    ] {
+        let (mean, lo, hi) = spread(r);
+        eprintln!("{name}: mean {mean:.3} [{lo:.3}, {hi:.3}] over {seeds} seeds of {secs} s");
+    }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use modelgate::demo::replica::{Replica, ReplicaHandle};
 use serde_json::{json, Value};
 
+use crate::support::model::LLAMACPP_METRICS;
 use crate::support::*;
 
 async fn replicas(delay: Duration) -> Vec<ReplicaHandle> {
@@ -494,18 +495,10 @@ async fn without_max_inflight_a_replica_reporting_a_queue_is_passed_over() {
     home.set_delay(Duration::from_secs(3));
     let tasks = send_in_turn(&proxy, &sys, 3, || home.inflight()).await;
     assert_eq!(home.slot_counts(), (1, 2), "waiting, running");
-    let addr = home.addr().to_string();
     eventually(
         "the proxy has the replica's report of its queue",
         PATIENCE,
-        || async {
-            let v = proxy.admin_json("/upstreams").await;
-            let backends = v["upstreams"]["pool"]["backends"].as_array().cloned();
-            backends
-                .unwrap_or_default()
-                .iter()
-                .any(|b| b["addr"] == addr.as_str() && b["reported"]["queue"].as_f64() == Some(1.0))
-        },
+        || async { reported_queue(&proxy, home.addr()).await == Some(1.0) },
     )
     .await;
     // Load 3 against 0 is within the fallback guard (abs 4): only the reported queue,
@@ -515,4 +508,69 @@ async fn without_max_inflight_a_replica_reporting_a_queue_is_passed_over() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
+}
+
+/// The queue `/upstreams` shows the backend at `addr` last reported.
+async fn reported_queue(proxy: &TestProxy, addr: std::net::SocketAddr) -> Option<f64> {
+    let v = proxy.admin_json("/upstreams").await;
+    let addr = addr.to_string();
+    v["upstreams"]["pool"]["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["addr"] == addr.as_str())?["reported"]["queue"]
+        .as_f64()
+}
+
+/// A replica whose llama.cpp page shows requests deferred with none processing (its
+/// KV cache full, its requests preempted) shows no slot count: with no `max_inflight`
+/// the request goes to an idle replica, not to the count fallback that would keep it
+/// there (a queue of 3 is within abs 4).
+#[tokio::test]
+async fn a_holder_queueing_with_nothing_running_is_passed_over_for_an_idle_replica() {
+    let reports = Reports {
+        metrics: Some(LLAMACPP_METRICS.to_string()),
+        orca: false,
+    };
+    let mut r = Vec::new();
+    for name in ["a", "b", "c"] {
+        let m = Model::builder(name).slots(2).reports(reports.clone());
+        r.push(m.spawn().await);
+    }
+    let refs: Vec<&Model> = r.iter().collect();
+    let extra = "balance = \"cache_affinity\"\naffinity_key = \"header:x-session-id\"\n\
+        [upstream.pool.load]\nmetrics = \"/metrics\"\nevery = \"50ms\"\n";
+    let proxy = TestProxy::start(&pool_config(&model_list(&refs), extra)).await;
+    let client = h1();
+    let session = |s: &'static str| {
+        let (client, url) = (client.clone(), proxy.url("/x?ms=2"));
+        async move {
+            let resp = client
+                .get(url)
+                .header("x-session-id", s)
+                .send()
+                .await
+                .unwrap();
+            let (status, v) = status_and_body(resp).await;
+            assert_eq!(status, 200, "{v}");
+            v["replica"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    let home = session("s1").await;
+    assert_eq!(session("s1").await, home, "the session did not stick");
+    let home = r.iter().find(|m| m.name() == home).unwrap();
+    home.set_external_waiting(3);
+    eventually(
+        "the proxy has the replica's report of its queue",
+        PATIENCE,
+        || async { reported_queue(&proxy, home.addr()).await == Some(3.0) },
+    )
+    .await;
+    let moved = session("s1").await;
+    assert_ne!(
+        moved,
+        home.name(),
+        "the request joined a queue with idle replicas by"
+    );
+    // Its new home keeps it (the holder still queues).
+    assert_eq!(session("s1").await, moved);
 }

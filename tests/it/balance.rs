@@ -99,14 +99,6 @@ async fn consistent_hash_keeps_a_key_on_one_replica() {
     );
 }
 
-/// `"ip:port", ...` for mock model servers.
-fn models(list: &[&Model]) -> String {
-    list.iter()
-        .map(|m| format!("\"{}\"", m.addr()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Requests the proxy has in flight on all backends, from `/upstreams`.
 async fn proxy_inflight(proxy: &TestProxy) -> u64 {
     let v: Value = h1()
@@ -158,7 +150,7 @@ async fn assert_none_queued(proxy: &TestProxy, models: &[&Model], what: &str) {
 async fn short_requests_never_queue_behind_a_long_one() {
     let a = Model::builder("a").spawn().await;
     let b = Model::builder("b").spawn().await;
-    let proxy = TestProxy::start(&pool_config(&models(&[&a, &b]), "")).await;
+    let proxy = TestProxy::start(&pool_config(&model_list(&[&a, &b]), "")).await;
     let client = h1();
     for round in 0..8 {
         // A slot is freed just after its answer is sent: start each round clean.
@@ -194,7 +186,7 @@ async fn concurrent_short_requests_spread_over_the_free_replicas() {
     let m: Vec<Model> =
         futures_util::future::join_all(["a", "b", "c"].map(|n| Model::builder(n).spawn())).await;
     let all = [&m[0], &m[1], &m[2]];
-    let proxy = TestProxy::start(&pool_config(&models(&all), "")).await;
+    let proxy = TestProxy::start(&pool_config(&model_list(&all), "")).await;
     let client = h2();
     let (c, url) = (client.clone(), proxy.url("/long?ms=3000"));
     let long = tokio::spawn(async move { served_by(&c, url).await });
@@ -255,7 +247,7 @@ async fn orca_reports_steer_work_away_from_a_replica_busy_with_other_clients() {
     })
     .await;
     let proxy = TestProxy::start(&pool_config(
-        &models(&[&busy, &idle]),
+        &model_list(&[&busy, &idle]),
         "[upstream.pool.load]\norca = true\nevery = \"2s\"",
     ))
     .await;
@@ -315,7 +307,7 @@ async fn orca_reports_steer_work_away_from_a_replica_busy_with_other_clients() {
 async fn unreadable_orca_reports_are_counted_and_never_fail_closed() {
     let m = Model::builder("m").spawn().await;
     let proxy = TestProxy::start(&pool_config(
-        &models(&[&m]),
+        &model_list(&[&m]),
         "[upstream.pool.load]\norca = true",
     ))
     .await;
@@ -388,7 +380,8 @@ async fn learned_limit_is_one_for_a_replica_that_serves_one_at_a_time() {
         .work(Duration::from_millis(25))
         .spawn()
         .await;
-    let proxy = TestProxy::start_with_env(&pool_config(&models(&[&m]), AUTO), LEARNER_LOG).await;
+    let proxy =
+        TestProxy::start_with_env(&pool_config(&model_list(&[&m]), AUTO), LEARNER_LOG).await;
     assert_eq!(limits(&proxy).await, [1], "starts at max_inflight_min");
     let started = std::time::Instant::now();
     closed_loop(&proxy, 5, 46, "/work").await;
@@ -419,7 +412,10 @@ async fn learned_limit_finds_a_replica_s_capacity_knee() {
         .spawn()
         .await;
     let proxy = TestProxy::start_with_env(
-        &pool_config(&models(&[&m]), &format!("{AUTO}\nmax_inflight_max = 32")),
+        &pool_config(
+            &model_list(&[&m]),
+            &format!("{AUTO}\nmax_inflight_max = 32"),
+        ),
         LEARNER_LOG,
     )
     .await;
@@ -452,7 +448,8 @@ async fn the_slow_replica_is_used_only_when_the_fast_queue_is_long() {
         .spawn()
         .await;
     let extra = "max_inflight = 1\nqueue = { size = 64, timeout = \"60s\" }";
-    let proxy = TestProxy::start(&pool_config(&models(&[&fast_a, &fast_b, &slow]), extra)).await;
+    let proxy =
+        TestProxy::start(&pool_config(&model_list(&[&fast_a, &fast_b, &slow]), extra)).await;
     // Every replica measured: rounds of three at once, one on each (a replica not
     // measured yet is never declined), until the slow one has answered (its own
     // first answer gives its time per request).

@@ -500,3 +500,28 @@ fn commands_that_print_end_quietly_when_their_reader_is_gone() {
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
     }
 }
+
+/// A closed stderr (a pipe whose read end is gone): a command whose messages go
+/// there ends with the status it would have had, not a panic's 101.
+#[test]
+fn commands_end_with_their_status_when_stderr_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[listen]\nhttp = \"nowhere\"\n").unwrap();
+    let missing = dir.path().join("missing.toml");
+    for (args, code) in [
+        (["check", "-c", bad.to_str().unwrap()], 1),
+        (["check", "-c", missing.to_str().unwrap()], 1),
+        (["run", "-c", bad.to_str().unwrap()], 1),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(modelgate_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(writer)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {:?}", out.status);
+    }
+}

@@ -9,14 +9,6 @@ use crate::support::model::{
 };
 use crate::support::*;
 
-/// `"ip:port", ...` for mock model servers.
-fn models(list: &[&Model]) -> String {
-    list.iter()
-        .map(|m| format!("\"{}\"", m.addr()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn polled(every: &str) -> String {
     format!("[upstream.pool.load]\nmetrics = \"/metrics\"\nevery = \"{every}\"")
 }
@@ -52,7 +44,7 @@ async fn share_to_busy(page: &str, metrics_on: bool) -> usize {
     } else {
         String::new()
     };
-    let proxy = TestProxy::start(&pool_config(&models(&[&busy, &idle]), &load)).await;
+    let proxy = TestProxy::start(&pool_config(&model_list(&[&busy, &idle]), &load)).await;
     if metrics_on {
         eventually(
             "the busy replica's queue reaches the proxy",
@@ -128,7 +120,7 @@ vllm:kv_cache_usage_perc{model_name=\"b\"} 0.5\n";
         .spawn()
         .await;
     m.set_external_waiting(20);
-    let proxy = TestProxy::start(&pool_config(&models(&[&m]), &polled("200ms"))).await;
+    let proxy = TestProxy::start(&pool_config(&model_list(&[&m]), &polled("200ms"))).await;
     eventually("the report reaches the proxy", PATIENCE, || async {
         reported(&proxy, &m).await["queue"] == 27.0
     })
@@ -191,7 +183,7 @@ async fn unreadable_failing_or_slow_pages_are_counted_and_never_fail_closed() {
         })
         .spawn()
         .await;
-    let proxy = TestProxy::start(&pool_config(&models(&[&m]), &polled("200ms"))).await;
+    let proxy = TestProxy::start(&pool_config(&model_list(&[&m]), &polled("200ms"))).await;
     let errors = || {
         metric_value(
             &proxy,
@@ -246,7 +238,8 @@ async fn a_reload_that_keeps_load_settings_keeps_the_poller() {
         })
         .spawn()
         .await;
-    let config = |extra: &str| pool_config(&models(&[&m]), &format!("{extra}\n{}", polled("60s")));
+    let config =
+        |extra: &str| pool_config(&model_list(&[&m]), &format!("{extra}\n{}", polled("60s")));
     let proxy = TestProxy::start(&config("retries = 1")).await;
     let started = |p: &TestProxy| p.logs().matches("reading vLLM load gauges").count();
     eventually("the first poll", PATIENCE, || async {

@@ -19,6 +19,7 @@ mod edge;
 mod failures;
 mod framing;
 mod grpc;
+mod leaving;
 mod load_reports;
 mod logs;
 mod memory;

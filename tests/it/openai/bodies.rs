@@ -1,5 +1,5 @@
-//! Request bodies the proxy decides on (routes by `model`, streams by `stream`): a key
-//! it decides on that appears twice, a `stream` that is not a boolean and a missing
+//! Request bodies the proxy decides on (routes by `model`, streams by `stream`, keys
+//! cache affinity by `messages` or `prompt`): a key it reads that appears twice, a `stream` that is not a boolean and a missing
 //! `model` are refused with 400 in OpenAI's shape before any replica sees them, the
 //! same whichever other keys the endpoint's routes set. A client that leaves while its
 //! body is read is a 499, one that stalls a 408, never a 502.
@@ -19,6 +19,14 @@ const KEY: &str = "sk-premium-0123456789";
 /// models that sets `sibling` (e.g. `stream_usage = true`, or nothing); the plain route
 /// `plain` on `/plain`; a 2 s `body_read_timeout`.
 async fn endpoint(sibling: &str) -> (ReplicaHandle, TestProxy, tempfile::TempDir) {
+    endpoint_with(sibling, "").await
+}
+
+/// [`endpoint`] with `llama` lines added to `[upstream.llama]`.
+async fn endpoint_with(
+    sibling: &str,
+    llama: &str,
+) -> (ReplicaHandle, TestProxy, tempfile::TempDir) {
     let replica = Replica::builder("r")
         .models(["llama-3-8b", "llama-3-8b-lora-premium", "qwen/x"])
         .spawn()
@@ -65,6 +73,7 @@ upstream = "qwen"
 
 [upstream.llama]
 backends = [{backends}]
+{llama}
 
 [upstream.qwen]
 backends = [{backends}]
@@ -163,6 +172,44 @@ async fn a_second_model_key_cannot_reach_a_route_with_auth() {
         );
         assert_eq!(replica.hits(), 4, "{sibling}");
     }
+}
+
+/// Cache affinity by prompt reads `messages` and `prompt`: where it does, either twice is
+/// refused like a second `model` (the replica caches the last one; a key of the first
+/// would send the request where the wrong prefix is cached); where it does not, the
+/// proxy reads neither and passes them on.
+#[tokio::test]
+async fn a_second_prompt_key_is_refused_where_cache_affinity_reads_it() {
+    let (replica, proxy, _dir) = endpoint_with("", "balance = \"cache_affinity\"").await;
+    let twice = [
+        (
+            r#"{"model":"llama-3-8b","messages":[{"role":"system","content":"a"}],"max_tokens":2,"messages":[{"role":"system","content":"b"}]}"#,
+            "messages",
+        ),
+        // Escaped, the key is still `prompt` to the replica's parser.
+        (
+            r#"{"prompt":"a","model":"llama-3-8b-lora-premium","pr\u006fmpt":"b","max_tokens":2}"#,
+            "prompt",
+        ),
+    ];
+    for client in [h1(), h2()] {
+        for (body, param) in twice {
+            refused(&post(&client, &proxy, body, false).await, param, body);
+            refused(&post(&client, &proxy, body, true).await, param, body);
+        }
+    }
+    assert_eq!(replica.hits(), 0, "a refused body reached the replica");
+    // The `qwen/` route's upstream has no affinity: the same bodies pass there.
+    for client in [h1(), h2()] {
+        for (body, _) in twice {
+            let body = body
+                .replace("llama-3-8b-lora-premium", "qwen/x")
+                .replace("llama-3-8b", "qwen/x");
+            let (status, v) = post(&client, &proxy, &body, false).await;
+            assert_eq!(status, 200, "{body}: {v}");
+        }
+    }
+    assert_eq!(replica.hits(), 4);
 }
 
 #[tokio::test]
@@ -324,19 +371,34 @@ async fn a_client_that_stalls_while_its_body_is_read_gets_408() {
             "{line}"
         );
     }
-    let started = Instant::now();
-    let resp = h2()
-        .post(proxy.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(partial_body(true))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .unwrap();
-    let (status, v) = status_and_body(resp).await;
-    assert_eq!(status, 408, "{v}");
-    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
-    assert!(started.elapsed() >= Duration::from_millis(1900));
+    // HTTP/2: read to route on the body, and forwarded as it comes.
+    for (path, id) in [
+        ("/v1/chat/completions", "stall-h2-model"),
+        ("/plain/chat", "stall-h2-plain"),
+    ] {
+        let started = Instant::now();
+        let resp = h2()
+            .post(proxy.url(path))
+            .header("content-type", "application/json")
+            .header("x-request-id", id)
+            .body(partial_body(true))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        let (status, v) = status_and_body(resp).await;
+        assert_eq!(status, 408, "{id}: {v}");
+        assert!(started.elapsed() >= Duration::from_millis(1900), "{id}");
+        let line = logged(&proxy, id).await;
+        assert_eq!(
+            (&line["status"], &line["reject"]),
+            (&Value::from(408), &Value::from("request_timeout")),
+            "{line}"
+        );
+        if path.starts_with("/v1") {
+            assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+        }
+    }
 }
 
 /// Routes `small` (model `llama-3-8b`, `max_body = "64KiB"`) and `big` (prefix `qwen/`,

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::fixture::{backends, chat, front, replica, sse_events};
+use super::fixture::{backends, chat, front, replica, sse_events, stream_body};
 use crate::support::*;
 
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -215,4 +215,128 @@ async fn a_shortened_stream_with_a_length_is_sent_chunked_or_closed() {
     assert!(!head.contains("keep-alive"), "{head}");
     assert!(text.ends_with("data: [done]\n\n"), "{text:?}");
     assert!(!text.contains("usage"), "{text:?}");
+}
+
+/// How a replica attaches `usage` to the chunks that carry `choices` once a request
+/// sets `stream_options.include_usage`.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// OpenAI (and vLLM before continuous usage stats): `"usage":null` on each.
+    Null,
+    /// Continuous usage stats (some vLLM builds and forks): an object on each.
+    Every,
+    /// llama.cpp server: an object on the finish chunk, which has choices.
+    Finish,
+}
+
+/// The SSE body of `shape` for three tokens; `usage`: the request asked for usage.
+fn shaped_stream(shape: Shape, usage: bool) -> String {
+    let u = |c: u64| {
+        format!(
+            r#"{{"prompt_tokens":5,"completion_tokens":{c},"total_tokens":{}}}"#,
+            5 + c
+        )
+    };
+    let member = |c: u64, last: bool| match (usage, shape) {
+        (false, _) => String::new(),
+        (true, Shape::Null) => ",\"usage\":null".into(),
+        (true, Shape::Every) => format!(",\"usage\":{}", u(c)),
+        (true, Shape::Finish) if last => format!(",\"usage\":{}", u(c)),
+        (true, Shape::Finish) => String::new(),
+    };
+    let head =
+        r#"{"id":"chatcmpl-9","object":"chat.completion.chunk","created":1764490000,"model":"m","#;
+    let mut out = format!(
+        "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"finish_reason\":null}}]{}}}\n\n",
+        member(0, false)
+    );
+    for (i, w) in ["usage", "\\\"usage\\\":", " null"].iter().enumerate() {
+        out += &format!(
+            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"finish_reason\":null}}]{},\"system_fingerprint\":\"fp\"}}\n\n",
+            member(i as u64 + 1, false)
+        );
+    }
+    out += &format!(
+        "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]{}}}\n\n",
+        member(3, true)
+    );
+    if usage && !matches!(shape, Shape::Finish) {
+        out += &format!("data: {head}\"choices\":[],\"usage\":{}}}\n\n", u(3));
+    }
+    out + "data: [DONE]\n\n"
+}
+
+/// A replica that streams in `shape`, one HTTP chunk per event, usage only when
+/// asked for.
+async fn shaped_replica(shape: Shape) -> raw::RawReplica {
+    raw::RawReplica::spawn(move |seen| {
+        let req: Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+        let usage = req["stream_options"]["include_usage"] == true;
+        let mut resp =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                .to_vec();
+        for event in shaped_stream(shape, usage).split_inclusive("\n\n") {
+            resp.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+        }
+        resp.extend_from_slice(b"0\r\n\r\n");
+        raw::Action::Reply(resp)
+    })
+    .await
+}
+
+/// `stream_usage`: a client that did not ask for usage receives the replica's chunks
+/// without their top-level `usage` member (object or `null`; text that looks like
+/// one stays) and without the usage-only event, byte for byte otherwise, while the
+/// usage is metered; a client that asked receives the stream as sent.
+async fn usage_members_hidden(client: reqwest::Client) {
+    for shape in [Shape::Null, Shape::Every, Shape::Finish] {
+        let r = shaped_replica(shape).await;
+        let proxy = front(
+            "stream_usage = true",
+            &format!("backends = [\"{}\"]", r.addr()),
+        )
+        .await;
+        let url = proxy.url("/v1/chat/completions");
+        let resp = client
+            .post(&url)
+            .json(&stream_body(3))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{shape:?}");
+        let text = resp.text().await.unwrap();
+        assert_eq!(text, shaped_stream(shape, false), "{shape:?}");
+        let sent: Value = serde_json::from_slice(&r.requests()[0].body).unwrap();
+        assert_eq!(sent["stream_options"]["include_usage"], true, "{shape:?}");
+
+        let mut asked = stream_body(3);
+        asked["stream_options"] = json!({"include_usage": true});
+        let resp = client.post(&url).json(&asked).send().await.unwrap();
+        let text = resp.text().await.unwrap();
+        assert_eq!(text, shaped_stream(shape, true), "{shape:?}");
+
+        eventually("access log lines", PATIENCE, || async {
+            proxy.logs().matches("\"model\":\"m\"").count() == 2
+        })
+        .await;
+        for line in proxy
+            .logs()
+            .lines()
+            .filter(|l| l.contains("\"model\":\"m\""))
+        {
+            let line: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["prompt_tokens"], 5, "{shape:?}");
+            assert_eq!(line["completion_tokens"], 3, "{shape:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn usage_members_are_hidden_from_clients_that_did_not_ask_http1() {
+    usage_members_hidden(h1()).await;
+}
+
+#[tokio::test]
+async fn usage_members_are_hidden_from_clients_that_did_not_ask_h2c() {
+    usage_members_hidden(h2()).await;
 }

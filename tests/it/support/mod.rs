@@ -15,7 +15,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use load::Load;
-pub use model::{Model, Reports, VLLM_METRICS};
+pub use model::{model_list, Model, Reports, VLLM_METRICS};
 pub use proxy::{check, check_file, modelgate_bin, TestProxy};
 pub use ws::ws_echo_server;
 

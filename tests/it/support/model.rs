@@ -258,6 +258,14 @@ impl Model {
     }
 }
 
+/// `"ip:port", ...` for a TOML backends array of mock model servers.
+pub fn model_list(list: &[&Model]) -> String {
+    list.iter()
+        .map(|m| format!("\"{}\"", m.addr()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Two 4-slot replicas that report with `reports`, named `busy` and `idle`; `busy`
 /// also holds a queue of 20 from clients that do not go through the proxy (seen
 /// only in its reports).

@@ -253,6 +253,14 @@ pub trait GetProxyDigest {
 pub trait GetSocketDigest {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>>;
     fn set_socket_digest(&mut self, _socket_digest: SocketDigest) {}
+    /// The connection's own socket, borrowed from the stream, so a caller can watch it
+    /// without reading from it (for example, whether the peer has closed or reset the
+    /// connection while a request waits). `None` (the default) for streams without a
+    /// socket of their own, such as virtual streams and test mocks.
+    #[cfg(unix)]
+    fn socket_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -917,6 +917,16 @@ impl GetSocketDigest for Stream {
     fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
         self.socket_digest = Some(Arc::new(socket_digest))
     }
+
+    #[cfg(unix)]
+    fn socket_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match &self.stream().get_ref().stream {
+            RawStream::Tcp(s) => Some(s.as_fd()),
+            RawStream::Unix(s) => Some(s.as_fd()),
+            RawStream::Virtual(_) => None,
+        }
+    }
 }
 
 impl Drop for Stream {

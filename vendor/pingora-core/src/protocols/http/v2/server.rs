@@ -291,6 +291,8 @@ pub struct HttpSession {
     pub write_timeout: Option<Duration>,
     // How long to wait when draining (discarding) request body
     total_drain_timeout: Option<Duration>,
+    // How long each read of the request body may wait for data (`None`: no limit)
+    read_timeout: Option<Duration>,
 }
 
 /// The outcome of accepting the next event on an HTTP/2 downstream connection.
@@ -516,6 +518,7 @@ impl HttpSession {
             digest,
             write_timeout: None,
             total_drain_timeout: None,
+            read_timeout: None,
         })))
     }
 
@@ -537,8 +540,21 @@ impl HttpSession {
 
     /// Read request body bytes. `None` when there is no more body to read.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
-        // TODO: timeout
-        let data = self.request_body_reader.data().await.transpose().or_err(
+        let read_timeout = self.read_timeout;
+        let next = self.request_body_reader.data();
+        let data = match read_timeout {
+            Some(t) => match timeout(t, next).await {
+                Ok(data) => data,
+                Err(_) => {
+                    return Error::e_explain(
+                        ErrorType::ReadTimedout,
+                        format!("reading body, timeout: {t:?}"),
+                    )
+                }
+            },
+            None => next.await,
+        };
+        let data = data.transpose().or_err(
             ErrorType::ReadError,
             "while reading downstream request body",
         )?;
@@ -553,6 +569,18 @@ impl HttpSession {
                 .release_capacity(data.len());
         }
         Ok(data)
+    }
+
+    /// Sets how long each read of the request body ([`Self::read_body_bytes()`]) may
+    /// wait for the client's next data before it fails with `ReadTimedout`, as
+    /// HTTP/1's read timeout does. `None` (the default) waits forever.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    /// The read timeout of [`Self::set_read_timeout()`].
+    pub fn get_read_timeout(&self) -> Option<Duration> {
+        self.read_timeout
     }
 
     #[doc(hidden)]

@@ -104,6 +104,10 @@ where
     fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
         self.tls.set_socket_digest(socket_digest)
     }
+    #[cfg(unix)]
+    fn socket_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.tls.socket_fd()
+    }
 }
 
 impl<S> GetTimingDigest for TlsStream<S>
@@ -375,6 +379,10 @@ where
             .get_mut()
             .0
             .set_socket_digest(socket_digest)
+    }
+    #[cfg(unix)]
+    fn socket_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.stream.as_ref()?.get_ref().0.socket_fd()
     }
 }
 

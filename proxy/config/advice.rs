@@ -1,0 +1,523 @@
+//! Checks across a valid configuration's routes and upstreams: settings that each
+//! parse but together cannot do what they say (warnings), or contradict each other
+//! (errors). Each message is placed at the key it is about, found again in the TOML
+//! tree, and names the fix.
+
+use std::ops::Range;
+
+use toml::de::{DeTable, DeValue};
+
+use super::reader::{join, Ctx};
+use super::schedule::FairShare;
+use super::summary::duration;
+use super::types::{Config, HostMatch, Route, Upstream};
+
+/// One step of a key path in the TOML tree: a key, or an array index.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    At(usize),
+}
+
+/// How many steps of `path` are present in `doc`, and the span of the last of them
+/// (0..0 if not even the first).
+fn walk(doc: &DeTable<'_>, path: &[Step<'_>]) -> (usize, Range<usize>) {
+    let mut found = (0, 0..0);
+    let mut table = Some(doc);
+    let mut array: Option<&[toml::Spanned<DeValue<'_>>]> = None;
+    for (n, step) in path.iter().enumerate() {
+        let value = match (*step, table, array) {
+            (Step::Key(k), Some(t), _) => t.get(k),
+            (Step::At(i), _, Some(a)) => a.get(i),
+            _ => None,
+        };
+        let Some(v) = value else {
+            break;
+        };
+        found = (n + 1, v.span());
+        (table, array) = match v.get_ref() {
+            DeValue::Table(t) => (Some(t), None),
+            DeValue::Array(a) => (None, Some(&a[..])),
+            _ => (None, None),
+        };
+    }
+    found
+}
+
+/// The span of the deepest value of `path` present in `doc`, so a message lands on
+/// the key itself or, when it was left out, on the table that left it out.
+fn span(doc: &DeTable<'_>, path: &[Step<'_>]) -> Range<usize> {
+    walk(doc, path).1
+}
+
+/// The span of `path`'s value, if the file sets it.
+fn find(doc: &DeTable<'_>, path: &[Step<'_>]) -> Option<Range<usize>> {
+    let (n, at) = walk(doc, path);
+    (n == path.len()).then_some(at)
+}
+
+/// `upstream.NAME.key...` as messages name it.
+fn upstream_path(name: &str, keys: &[&str]) -> String {
+    keys.iter()
+        .fold(join("upstream", name), |path, k| join(&path, k))
+}
+
+/// Runs every check; warnings and errors go to `cx`.
+pub(super) fn check(cx: &mut Ctx<'_>, doc: &DeTable<'_>, config: &Config) {
+    for u in &config.upstreams {
+        let routes: Vec<&Route> = config
+            .routes
+            .iter()
+            .filter(|r| r.upstream == u.name)
+            .collect();
+        consumer_without_auth(cx, doc, u, &routes);
+        class_queues(cx, doc, u);
+        hold_without_health(cx, doc, u);
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(u) = config.upstreams.iter().find(|u| u.name == r.upstream) {
+            keepalive_without_waiting(cx, doc, i, r, u);
+        }
+    }
+    shadowed_model_routes(cx, doc, &config.routes);
+}
+
+/// `fair_share = "consumer"` where no route to the upstream has `auth`: every request
+/// would be the same requester (refused, as `rate_limit` `key = "consumer"` is).
+fn consumer_without_auth(cx: &mut Ctx<'_>, doc: &DeTable<'_>, u: &Upstream, routes: &[&Route]) {
+    // An upstream no route uses is warned about as such.
+    if u.fair_share != Some(FairShare::Consumer)
+        || routes.is_empty()
+        || routes.iter().any(|r| r.auth.is_some())
+    {
+        return;
+    }
+    let at = span(
+        doc,
+        &[
+            Step::Key("upstream"),
+            Step::Key(&u.name),
+            Step::Key("fair_share"),
+        ],
+    );
+    cx.error(
+        &at,
+        &upstream_path(&u.name, &["fair_share"]),
+        "\"consumer\" needs auth on a route to this upstream (the consumer is the API key's name \
+         or the JWT's sub), and none has it, so every request would be one requester; add \
+         auth = { api_keys_file = \"keys.txt\" } to its routes or use fair_share = \"header:NAME\"",
+    );
+}
+
+/// Per-class queues that cannot work as written: a timeout shorter than the starvation
+/// bound (its requests time out before `max_wait_behind` promotes them), a size above
+/// the upstream's queue size (which bounds all classes together).
+fn class_queues(cx: &mut Ctx<'_>, doc: &DeTable<'_>, u: &Upstream) {
+    let Some(p) = &u.priority else {
+        return;
+    };
+    let base = [Step::Key("upstream"), Step::Key(&u.name)];
+    // The class's own queue key, if it sets one (else it has the upstream's).
+    let own = |i: usize, key: &'static str| {
+        let path = [
+            base[0],
+            base[1],
+            Step::Key("priority"),
+            Step::Key("classes"),
+            Step::At(i),
+            Step::Key("queue"),
+            Step::Key(key),
+        ];
+        find(doc, &path)
+    };
+    let wait = duration(p.max_wait_behind);
+    let mut inherited_short = Vec::new();
+    // The highest class is served first anyway: only lower ones need promoting.
+    for (i, c) in p.classes.iter().enumerate().skip(1) {
+        if c.queue.timeout >= p.max_wait_behind {
+            continue;
+        }
+        match own(i, "timeout") {
+            Some(at) => cx.warn(
+                &at,
+                &format!("{}[{i}].queue.timeout", upstream_path(&u.name, &["priority", "classes"])),
+                format!(
+                    "class {:?} waits at most {} but is promoted only after max_wait_behind = {wait}: \
+                     its requests time out before the starvation bound serves them; \
+                     raise this timeout above {wait} or lower max_wait_behind",
+                    c.name,
+                    duration(c.queue.timeout)
+                ),
+            ),
+            None => inherited_short.push(format!("{:?}", c.name)),
+        }
+    }
+    if !inherited_short.is_empty() {
+        let timeout = [base[0], base[1], Step::Key("queue"), Step::Key("timeout")];
+        let mwb = [
+            base[0],
+            base[1],
+            Step::Key("priority"),
+            Step::Key("max_wait_behind"),
+        ];
+        let (at, key) = if let Some(at) = find(doc, &timeout) {
+            (at, upstream_path(&u.name, &["queue", "timeout"]))
+        } else {
+            (
+                span(doc, &mwb),
+                upstream_path(&u.name, &["priority", "max_wait_behind"]),
+            )
+        };
+        cx.warn(
+            &at,
+            &key,
+            format!(
+                "classes {} wait at most {} (the upstream's queue.timeout) but are promoted only \
+                 after max_wait_behind = {wait}: their requests time out before the starvation \
+                 bound serves them; raise queue.timeout above {wait} or lower max_wait_behind",
+                inherited_short.join(", "),
+                duration(u.queue.timeout)
+            ),
+        );
+    }
+    for (i, c) in p.classes.iter().enumerate() {
+        if c.queue.size <= u.queue.size {
+            continue;
+        }
+        if let Some(at) = own(i, "size") {
+            cx.warn(
+                &at,
+                &format!("{}[{i}].queue.size", upstream_path(&u.name, &["priority", "classes"])),
+                format!(
+                    "{} is above the upstream's queue.size ({}), which bounds all classes together, \
+                     so at most {} of class {:?} ever wait; lower it to {} or raise the upstream's queue.size",
+                    c.queue.size, u.queue.size, u.queue.size, c.name, u.queue.size
+                ),
+            );
+        }
+    }
+}
+
+/// `hold` without health checks: replicas count as ready as soon as they are listed.
+fn hold_without_health(cx: &mut Ctx<'_>, doc: &DeTable<'_>, u: &Upstream) {
+    if u.hold.is_none() || u.health.is_some() {
+        return;
+    }
+    let at = span(
+        doc,
+        &[Step::Key("upstream"), Step::Key(&u.name), Step::Key("hold")],
+    );
+    cx.warn(
+        &at,
+        &upstream_path(&u.name, &["hold"]),
+        format!(
+            "hold without health checks: a replica counts as ready as soon as it is listed, so \
+             requests are sent to replicas still starting instead of held (only ejected replicas, \
+             or a name resolving to none, make the upstream cold); add [upstream.{}.health] \
+             with path = \"/health\"",
+            u.name
+        ),
+    );
+}
+
+/// `sse_keepalive` on a route whose upstream never makes a request wait.
+fn keepalive_without_waiting(
+    cx: &mut Ctx<'_>,
+    doc: &DeTable<'_>,
+    i: usize,
+    r: &Route,
+    u: &Upstream,
+) {
+    let waits = u.max_inflight > 0 || u.max_inflight_auto.is_some() || u.hold.is_some();
+    if r.openai.sse_keepalive.is_none() || waits {
+        return;
+    }
+    let at = span(
+        doc,
+        &[Step::Key("route"), Step::At(i), Step::Key("sse_keepalive")],
+    );
+    cx.warn(
+        &at,
+        &format!("route[{i}].sse_keepalive"),
+        format!(
+            "can never fire: upstream {:?} has no max_inflight and no hold, so no request ever \
+             waits for a replica; set max_inflight = N or \"auto\" (or hold = \"60s\") on \
+             [upstream.{}], or remove sse_keepalive",
+            u.name, u.name
+        ),
+    );
+}
+
+/// Does a route with these models and prefixes take `name` (a model, or with
+/// `prefix` every model starting with it)?
+fn covers(models: &[String], prefixes: &[String], name: &str, prefix: bool) -> bool {
+    prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        || (!prefix && models.iter().any(|m| m == name))
+}
+
+/// A host's model-routed routes on a path hide the routes without host on that path:
+/// a request to the host is routed among its own routes only, so a model only an
+/// any-host route names gets 404 there (or the host's route without a model).
+fn shadowed_model_routes(cx: &mut Ctx<'_>, doc: &DeTable<'_>, routes: &[Route]) {
+    for (a, any) in routes.iter().enumerate() {
+        if any.host.is_some() || !any.openai.routes_by_model() {
+            continue;
+        }
+        let mut hosts: Vec<&HostMatch> = Vec::new();
+        for r in routes {
+            if let Some(h) = &r.host {
+                if r.path == any.path && r.openai.routes_by_model() && !hosts.contains(&h) {
+                    hosts.push(h);
+                }
+            }
+        }
+        for host in hosts {
+            let group: Vec<(usize, &Route)> = routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.host.as_ref() == Some(host) && r.path == any.path)
+                .collect();
+            let (models, prefixes): (Vec<String>, Vec<String>) =
+                group
+                    .iter()
+                    .fold((Vec::new(), Vec::new()), |(mut m, mut p), (_, r)| {
+                        m.extend(r.openai.models.iter().cloned());
+                        p.extend(r.openai.model_prefixes.iter().cloned());
+                        (m, p)
+                    });
+            let hidden: Vec<String> = any
+                .openai
+                .models
+                .iter()
+                .map(|m| (m, false))
+                .chain(any.openai.model_prefixes.iter().map(|p| (p, true)))
+                .filter(|(n, prefix)| !covers(&models, &prefixes, n, *prefix))
+                .map(|(n, prefix)| {
+                    if prefix {
+                        format!("model_prefix {n:?}")
+                    } else {
+                        format!("model {n:?}")
+                    }
+                })
+                .collect();
+            let Some(&(h, first)) = group.iter().find(|(_, r)| r.openai.routes_by_model()) else {
+                continue;
+            };
+            if hidden.is_empty() {
+                continue;
+            }
+            let host_name = match host {
+                HostMatch::Exact(h) => h.clone(),
+                HostMatch::Wildcard(suffix) => format!("*{suffix}"),
+            };
+            let line = cx.line(&span(doc, &[Step::Key("route"), Step::At(h)]));
+            let key = if any.openai.models.is_empty() {
+                "model_prefix"
+            } else {
+                "model"
+            };
+            let at = span(doc, &[Step::Key("route"), Step::At(a), Step::Key(key)]);
+            cx.warn(
+                &at,
+                &format!("route[{a}].{key}"),
+                format!(
+                    "not reached on host {host_name:?}: route[{h}] ({:?}, line {line}) routes that host \
+                     and path {:?} by model, and a host's routes are matched before routes without \
+                     host, so there {} of route[{a}] ({:?}) {}; add {} to a route with host = \
+                     {host_name:?} and path = {:?}, or repeat route[{a}] with host = {host_name:?}",
+                    first.name,
+                    any.path,
+                    hidden.join(", "),
+                    any.name,
+                    if group.iter().any(|(_, r)| !r.openai.routes_by_model()) {
+                        "goes to that host's route without a model"
+                    } else {
+                        "gets 404 model_not_found"
+                    },
+                    if hidden.len() == 1 { "it" } else { "them" },
+                    any.path,
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::parse;
+
+    const FILE: &str = "m.toml";
+    const HEAD: &str = "[listen]\nhttp = \"127.0.0.1:8080\"\n";
+
+    /// The warnings of a valid file, as `check` prints them.
+    fn warnings(src: &str) -> Vec<String> {
+        match parse(src, Path::new(FILE)) {
+            Ok(l) => l.warnings.iter().map(ToString::to_string).collect(),
+            Err(e) => panic!("expected a valid config, got:\n{e}\nfor:\n{src}"),
+        }
+    }
+
+    fn errors(src: &str) -> Vec<String> {
+        match parse(src, Path::new(FILE)) {
+            Ok(_) => panic!("expected errors for:\n{src}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn fair_share_by_consumer_needs_auth_on_a_route_to_the_upstream() {
+        let src = format!(
+            "{HEAD}[[route]]\nname = \"a\"\npath = \"/a\"\nupstream = \"u\"\n\
+             [[route]]\nname = \"b\"\npath = \"/b\"\nupstream = \"u\"\n\
+             [upstream.u]\nbackends = [\"127.0.0.1:9001\"]\nmax_inflight = 2\nfair_share = \"consumer\"\n"
+        );
+        assert_eq!(
+            errors(&src),
+            ["m.toml:14:14: upstream.u.fair_share: \"consumer\" needs auth on a route to this upstream \
+              (the consumer is the API key's name or the JWT's sub), and none has it, so every request \
+              would be one requester; add auth = { api_keys_file = \"keys.txt\" } to its routes or use \
+              fair_share = \"header:NAME\""]
+        );
+        // One route with auth is enough (requests of the other share one requester).
+        let authed = src.replace(
+            "path = \"/b\"\n",
+            "path = \"/b\"\nauth = { api_keys_file = \"keys.txt\" }\n",
+        );
+        assert_eq!(warnings(&authed), Vec::<String>::new());
+        // By header it needs no auth.
+        assert!(warnings(&src.replace("\"consumer\"", "\"header:x-tenant\"")).is_empty());
+    }
+
+    #[test]
+    fn class_queues_that_cannot_work_as_written_are_warned_about() {
+        let src = format!(
+            "{HEAD}[[route]]\nname = \"a\"\npath = \"/\"\nupstream = \"u\"\n\
+             [upstream.u]\nbackends = [\"127.0.0.1:9001\"]\nmax_inflight = 2\n\
+             queue = {{ size = 100, timeout = \"30s\" }}\n\
+             priority = {{ header = \"x-p\", max_wait_behind = \"20s\", classes = [\n\
+             {{ name = \"interactive\", queue = {{ timeout = \"5s\" }} }},\n\
+             \"default\",\n\
+             {{ name = \"batch\", queue = {{ size = 500, timeout = \"10s\" }} }},\n\
+             ] }}\n"
+        );
+        assert_eq!(
+            warnings(&src),
+            [
+                "m.toml:14:36: upstream.u.priority.classes[2].queue.size: 500 is above the upstream's \
+                 queue.size (100), which bounds all classes together, so at most 100 of class \"batch\" \
+                 ever wait; lower it to 100 or raise the upstream's queue.size",
+                "m.toml:14:51: upstream.u.priority.classes[2].queue.timeout: class \"batch\" waits at \
+                 most 10s but is promoted only after max_wait_behind = 20s: its requests time out \
+                 before the starvation bound serves them; raise this timeout above 20s or lower \
+                 max_wait_behind",
+            ]
+        );
+        // A lower class with the upstream's timeout: the warning is at that timeout.
+        let inherited = src
+            .replace("timeout = \"30s\"", "timeout = \"15s\"")
+            .replace("size = 500, timeout = \"10s\"", "size = 50");
+        assert_eq!(
+            warnings(&inherited),
+            ["m.toml:10:33: upstream.u.queue.timeout: classes \"default\", \"batch\" wait at most \
+              15s (the upstream's queue.timeout) but are promoted only after max_wait_behind = 20s: \
+              their requests time out before the starvation bound serves them; raise \
+              queue.timeout above 20s or lower max_wait_behind"]
+        );
+        // The highest class is served first anyway; a timeout of the bound's length is fine.
+        let fine = src.replace(
+            "size = 500, timeout = \"10s\"",
+            "size = 50, timeout = \"20s\"",
+        );
+        assert!(warnings(&fine).is_empty(), "{:?}", warnings(&fine));
+    }
+
+    #[test]
+    fn sse_keepalive_that_can_never_fire_is_warned_about() {
+        let src = format!(
+            "{HEAD}[[route]]\nname = \"a\"\npath = \"/v1\"\nupstream = \"u\"\napi = \"openai\"\n\
+             sse_keepalive = \"10s\"\n[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\n"
+        );
+        assert_eq!(
+            warnings(&src),
+            [
+                "m.toml:8:17: route[0].sse_keepalive: can never fire: upstream \"u\" has no \
+              max_inflight and no hold, so no request ever waits for a replica; set max_inflight \
+              = N or \"auto\" (or hold = \"60s\") on [upstream.u], or remove sse_keepalive"
+            ]
+        );
+        for waits in [
+            "max_inflight = 2",
+            "max_inflight = \"auto\"",
+            "hold = \"60s\"\n[upstream.u.health]\npath = \"/health\"",
+        ] {
+            let fixed = format!("{src}{waits}\n");
+            assert!(
+                warnings(&fixed).is_empty(),
+                "{waits}: {:?}",
+                warnings(&fixed)
+            );
+        }
+    }
+
+    #[test]
+    fn hold_without_health_checks_is_warned_about() {
+        let src = format!(
+            "{HEAD}[[route]]\nname = \"a\"\npath = \"/\"\nupstream = \"u\"\n\
+             [upstream.u]\nbackends = [\"127.0.0.1:9001\"]\nhold = \"60s\"\n"
+        );
+        assert_eq!(
+            warnings(&src),
+            ["m.toml:9:8: upstream.u.hold: hold without health checks: a replica counts as ready \
+              as soon as it is listed, so requests are sent to replicas still starting instead of \
+              held (only ejected replicas, or a name resolving to none, make the upstream cold); \
+              add [upstream.u.health] with path = \"/health\""]
+        );
+        let fixed = format!("{src}[upstream.u.health]\npath = \"/health\"\n");
+        assert!(warnings(&fixed).is_empty());
+    }
+
+    #[test]
+    fn a_host_routing_by_model_that_hides_an_any_host_model_route_is_warned_about() {
+        let routes = "[[route]]\nname = \"x\"\nhost = \"api.example.com\"\npath = \"/v1\"\n\
+                      model = \"org/x\"\napi = \"openai\"\nupstream = \"u\"\n\
+                      [[route]]\nname = \"org\"\npath = \"/v1\"\nmodel_prefix = \"org/\"\n\
+                      api = \"openai\"\nupstream = \"u\"\n\
+                      [[route]]\nname = \"llama\"\npath = \"/v1\"\nmodel = [\"llama\", \"org/x\"]\n\
+                      api = \"openai\"\nupstream = \"u\"\n\
+                      [[route]]\nname = \"other\"\npath = \"/v2\"\nmodel = \"z\"\napi = \"openai\"\nupstream = \"u\"\n";
+        let src = format!("{HEAD}{routes}[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\n");
+        assert_eq!(
+            warnings(&src),
+            [
+                "m.toml:13:16: route[1].model_prefix: not reached on host \"api.example.com\": \
+                 route[0] (\"x\", line 3) routes that host and path \"/v1\" by model, and a host's \
+                 routes are matched before routes without host, so there model_prefix \"org/\" of \
+                 route[1] (\"org\") gets 404 model_not_found; add it to a route with host = \
+                 \"api.example.com\" and path = \"/v1\", or repeat route[1] with host = \"api.example.com\"",
+                // org/x is the host's own; llama is not.
+                "m.toml:19:9: route[2].model: not reached on host \"api.example.com\": route[0] \
+                 (\"x\", line 3) routes that host and path \"/v1\" by model, and a host's routes are \
+                 matched before routes without host, so there model \"llama\" of route[2] (\"llama\") \
+                 gets 404 model_not_found; add it to a route with host = \"api.example.com\" and \
+                 path = \"/v1\", or repeat route[2] with host = \"api.example.com\"",
+            ]
+        );
+        // Either fix silences it: the host's set names them, or the host repeats the routes.
+        let named = src.replace(
+            "model = \"org/x\"",
+            "model = [\"org/x\", \"llama\"]\nmodel_prefix = \"org/\"",
+        );
+        assert!(warnings(&named).is_empty(), "{:?}", warnings(&named));
+        let repeated = format!(
+            "{HEAD}{routes}{}[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\n",
+            "[[route]]\nname = \"org-api\"\nhost = \"api.example.com\"\npath = \"/v1\"\n\
+             model_prefix = \"org/\"\nmodel = \"llama\"\napi = \"openai\"\nupstream = \"u\"\n"
+        );
+        assert!(warnings(&repeated).is_empty(), "{:?}", warnings(&repeated));
+        // A host route without a model is plain host routing, and says nothing.
+        let plain = src.replace("model = \"org/x\"\n", "");
+        assert!(warnings(&plain).is_empty(), "{:?}", warnings(&plain));
+    }
+}

@@ -8,8 +8,9 @@
 # front of one nginx backend answering "ok\n"; after a warm-up the counters are zeroed,
 # h2load sends REQUESTS HTTP/1.1 keep-alive requests (CONNS connections), and the
 # instructions of the whole process (all threads) are divided by REQUESTS. Prints
-# "instructions/request N" and, with TOP=1, the costliest functions (inclusive); with
-# KEEP=FILE the callgrind dump is kept there for callgrind_annotate or kcachegrind.
+# "instructions/request N", "allocations/request N" (calls into the allocator) and,
+# with TOP=1, the costliest functions (inclusive); with KEEP=FILE the callgrind dump
+# is kept there for callgrind_annotate or kcachegrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -61,6 +62,26 @@ dump=$(ls -t "$T"/cg.out.* 2>/dev/null | head -1)
 total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 [ "$ok" = "$REQUESTS" ] || echo "warning: $ok of $REQUESTS requests succeeded" >&2
 echo "instructions/request $((total / ok))"
+# Heap allocations: calls into mimalloc's allocating entry points (malloc, zalloc, calloc,
+# realloc and their aligned forms) from outside mimalloc, counted from the dump's call
+# records.
+allocs=$(python3 - "$dump" <<'PY'
+import re, sys
+entry = re.compile(r"^_?mi_(heap_)?(malloc|zalloc|calloc|realloc|rezalloc|recalloc)(_aligned|_aligned_at|_small)?$")
+caller = callee = None
+total = 0
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("fn="):
+        caller = line[3:].split(" ", 1)[-1].strip()
+    elif line.startswith("cfn="):
+        callee = line[4:].split(" ", 1)[-1].strip()
+    elif line.startswith("calls=") and callee and caller:
+        if entry.match(callee) and not caller.startswith(("mi_", "_mi_")):
+            total += int(line[6:].split()[0])
+print(total)
+PY
+)
+echo "allocations/request $(python3 -c "print(f'{$allocs / $ok:.1f}')")"
 [ -z "${KEEP:-}" ] || cp "$dump" "$KEEP"
 if [ "${TOP:-0}" = 1 ]; then
   callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | sed -n '/file:function/,$p' | head -60

@@ -237,6 +237,11 @@ pub(crate) struct RequestCtx {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// None: modelgate does not compress answers. pingora's default, a compression
+    /// module at level 0 that passes everything through, cost each request four
+    /// allocations (its context and three boxed hook futures).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         self.active.fetch_add(1, Ordering::Acquire);
         RequestCtx {

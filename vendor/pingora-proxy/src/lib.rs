@@ -429,9 +429,16 @@ where
                         (server_reused, error)
                     }
                     ClientSession::H2(mut h2) => {
-                        let (server_reused, mut error) = self
-                            .proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx)
-                            .await;
+                        // modelgate patch: boxed, as the custom path below, so that the
+                        // future of every request is not sized by the HTTP/2 path.
+                        let (server_reused, mut error) = Box::pin(self.proxy_to_h2_upstream(
+                            session,
+                            &mut h2,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::H2(h2);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -458,9 +465,14 @@ where
                         (server_reused, error)
                     }
                     ClientSession::Custom(mut c) => {
-                        let (server_reused, error) = self
-                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx)
-                            .await;
+                        let (server_reused, error) = Box::pin(self.proxy_to_custom_upstream(
+                            session,
+                            &mut c,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::Custom(c);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -545,7 +557,7 @@ where
             }
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()
@@ -1213,7 +1225,7 @@ where
                     }
                     return session
                         .downstream_session
-                        .finish()
+                        .finish_boxed()
                         .await
                         .ok()
                         .flatten()
@@ -1411,7 +1423,7 @@ where
             }
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()

@@ -21,6 +21,7 @@ use crate::protocols::http::client::HttpSession;
 use crate::protocols::http::v1::client::HttpSession as Http1Session;
 use crate::upstreams::peer::Peer;
 use pingora_error::Result;
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,19 +135,34 @@ where
         }
     }
 
-    pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
-        &self,
+    // modelgate patch: not an `async fn`, so the session is released before the future
+    // is made instead of being kept in it (see `v1::Connector::release_http_session`).
+    pub fn release_http_session<'a, P: Peer + Send + Sync + 'static>(
+        &'a self,
         session: HttpSession<C::Session>,
-        peer: &P,
+        peer: &'a P,
         idle_timeout: Option<Duration>,
-    ) {
-        match session {
-            HttpSession::H1(h1) => self.h1.release_http_session(h1, peer, idle_timeout).await,
-            HttpSession::H2(h2) => self.h2.release_http_session(h2, peer, idle_timeout),
-            HttpSession::Custom(c) => {
-                self.custom
-                    .release_http_session(c, peer, idle_timeout)
-                    .await;
+    ) -> impl Future<Output = ()> + Send + 'a {
+        let (h1, custom) = match session {
+            HttpSession::H1(h1) => (
+                Some(self.h1.release_http_session(h1, peer, idle_timeout)),
+                None,
+            ),
+            HttpSession::H2(h2) => {
+                self.h2.release_http_session(h2, peer, idle_timeout);
+                (None, None)
+            }
+            HttpSession::Custom(c) => (
+                None,
+                Some(self.custom.release_http_session(c, peer, idle_timeout)),
+            ),
+        };
+        async move {
+            if let Some(closing) = h1 {
+                closing.await;
+            }
+            if let Some(custom) = custom {
+                custom.await;
             }
         }
     }

@@ -16,7 +16,9 @@ use crate::connectors::{ConnectorOptions, TransportConnector};
 use crate::protocols::http::v1::client::HttpSession;
 use crate::upstreams::peer::Peer;
 
+use log::debug;
 use pingora_error::Result;
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,16 +52,29 @@ impl Connector {
         Some(http)
     }
 
-    pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
+    // modelgate patch: not an `async fn`, so the session is not kept in the future
+    // (an async fn holds its arguments for its whole life): a reusable connection goes
+    // back to the pool at once, and only a connection to shut down is boxed and awaited.
+    pub fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         mut session: HttpSession,
         peer: &P,
         idle_timeout: Option<Duration>,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'static {
         session.respect_keepalive();
-        if let Some(stream) = session.reuse().await {
-            self.transport
-                .release_stream(stream, peer.reuse_hash(), idle_timeout);
+        let closing = match session.try_reuse() {
+            Ok(stream) => {
+                self.transport
+                    .release_stream(stream, peer.reuse_hash(), idle_timeout);
+                None
+            }
+            Err(session) => Some(Box::new(session)),
+        };
+        async move {
+            if let Some(mut session) = closing {
+                debug!("HTTP shutdown connection");
+                session.shutdown().await;
+            }
         }
     }
 

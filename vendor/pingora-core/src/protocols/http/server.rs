@@ -287,6 +287,31 @@ impl Session {
         }
     }
 
+    /// [`Self::finish()`] for a boxed session: the same result, but the future holds the
+    /// box, not the session, and the keep-alive path of an HTTP/1 session makes no
+    /// await after flushing the response body.
+    // modelgate patch: `finish(self)` moved the session into its future and its callers
+    // held it there across every await (4,688 bytes in the proxy's request future).
+    pub async fn finish_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
+        match self.as_mut() {
+            Self::H1(s) => {
+                s.finish_body().await?;
+            }
+            Self::H2(s) => {
+                s.finish()?;
+                return Ok(None);
+            }
+            Self::Subrequest(_) | Self::Custom(_) => {}
+        }
+        match *self {
+            Self::H1(s) => match s.try_reuse() {
+                Ok(reusable) => Ok(reusable),
+                Err(s) => Box::pin(s.reuse()).await,
+            },
+            other => Box::pin(other.finish()).await,
+        }
+    }
+
     /// Callback for cleanup logic on downstream specifically when we fail to proxy the session
     /// other than cleanup via finish().
     ///

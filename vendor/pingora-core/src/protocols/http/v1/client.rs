@@ -657,20 +657,29 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
-    pub async fn reuse(mut self) -> Option<Stream> {
+    pub async fn reuse(self) -> Option<Stream> {
+        match self.try_reuse() {
+            Ok(stream) => Some(stream),
+            Err(mut session) => {
+                debug!("HTTP shutdown connection");
+                session.shutdown().await;
+                None
+            }
+        }
+    }
+
+    /// The keep-alive path of [`Self::reuse()`], which needs no await: the underlying
+    /// stream if the connection can be reused, or the session back if it must be shut
+    /// down (call [`Self::shutdown()`] before dropping it).
+    // modelgate patch: `reuse(self)` kept the whole session in its future across the
+    // shutdown's await, and every caller up the stack held another copy by value.
+    pub fn try_reuse(mut self) -> std::result::Result<Stream, Self> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-
-        // TODO: this function is unnecessarily slow for keepalive case
-        // because that case does not need async
         match self.keepalive_timeout {
-            KeepaliveStatus::Off => {
-                debug!("HTTP shutdown connection");
-                self.shutdown().await;
-                None
-            }
-            _ => Some(self.underlying_stream),
+            KeepaliveStatus::Off => Err(self),
+            _ => Ok(self.underlying_stream),
         }
     }
 

@@ -1548,20 +1548,38 @@ impl HttpSession {
             Ok(None)
         } else {
             self.drain_request_body().await?;
-            if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
-                debug!("bytes overread on request, disallowing reuse");
-                Ok(None)
-            } else {
-                let pipelined_prefix = self
-                    .pipelining_enabled
-                    .then(|| self.take_body_overread())
-                    .flatten()
-                    .filter(|prefix| !prefix.is_empty());
-                Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
-                    pipelined_prefix,
-                )))
-            }
+            Ok(self.into_reusable())
+        }
+    }
+
+    /// The keep-alive path of [`Self::reuse()`], which needs no await: what `reuse()`
+    /// would return when the connection may be kept alive and the request body was read
+    /// whole, or the session back when the connection must be shut down or the rest of
+    /// the request body drained (then call [`Self::reuse()`]).
+    // modelgate patch: `reuse(self)` kept the whole session in its future across awaits
+    // that the keep-alive path never makes; callers held another copy by value.
+    pub fn try_reuse(mut self) -> std::result::Result<Option<ReusableHttpStream>, Self> {
+        if !self.will_keepalive() || !self.is_body_done() {
+            return Err(self);
+        }
+        Ok(self.into_reusable())
+    }
+
+    /// The stream to reuse once the request body was read whole.
+    fn into_reusable(mut self) -> Option<ReusableHttpStream> {
+        if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
+            debug!("bytes overread on request, disallowing reuse");
+            None
+        } else {
+            let pipelined_prefix = self
+                .pipelining_enabled
+                .then(|| self.take_body_overread())
+                .flatten()
+                .filter(|prefix| !prefix.is_empty());
+            Some(ReusableHttpStream::new(
+                self.underlying_stream,
+                pipelined_prefix,
+            ))
         }
     }
 

@@ -220,7 +220,9 @@ fn hold_without_health(cx: &mut Ctx<'_>, doc: &DeTable<'_>, u: &Upstream) {
     );
 }
 
-/// `sse_keepalive` on a route whose upstream never makes a request wait.
+/// `sse_keepalive` on a route whose upstream never makes a request wait, or whose
+/// every wait (the queue's timeout, the longest class's; `hold`) ends before the
+/// interval: each wait starts its own interval, so the keep-alive never fires.
 fn keepalive_without_waiting(
     cx: &mut Ctx<'_>,
     doc: &DeTable<'_>,
@@ -228,22 +230,65 @@ fn keepalive_without_waiting(
     r: &Route,
     u: &Upstream,
 ) {
-    let waits = u.max_inflight > 0 || u.max_inflight_auto.is_some() || u.hold.is_some();
-    if r.openai.sse_keepalive.is_none() || waits {
+    let Some(every) = r.openai.sse_keepalive else {
         return;
-    }
+    };
+    let capped = u.max_inflight > 0 || u.max_inflight_auto.is_some();
     let at = span(
         doc,
         &[Step::Key("route"), Step::At(i), Step::Key("sse_keepalive")],
     );
+    let key = format!("route[{i}].sse_keepalive");
+    if !capped && u.hold.is_none() {
+        cx.warn(
+            &at,
+            &key,
+            format!(
+                "can never fire: upstream {:?} has no max_inflight and no hold, so no request ever \
+                 waits for a replica; set max_inflight = N or \"auto\" (or hold = \"60s\") on \
+                 [upstream.{}], or remove sse_keepalive",
+                u.name, u.name
+            ),
+        );
+        return;
+    }
+    // The longest time a request waits in one go: in the queue for a slot, or held.
+    let mut waits = Vec::new();
+    let mut longest = std::time::Duration::ZERO;
+    if capped {
+        let (queued, what) = match &u.priority {
+            Some(p) => (
+                p.classes
+                    .iter()
+                    .map(|c| c.queue.timeout)
+                    .max()
+                    .unwrap_or(u.queue.timeout),
+                "the longest class queue.timeout",
+            ),
+            None => (u.queue.timeout, "queue.timeout"),
+        };
+        waits.push(format!("{what} is {}", duration(queued)));
+        longest = longest.max(queued);
+    }
+    if let Some(hold) = u.hold {
+        waits.push(format!("hold is {}", duration(hold)));
+        longest = longest.max(hold);
+    }
+    if longest >= every {
+        return;
+    }
     cx.warn(
         &at,
-        &format!("route[{i}].sse_keepalive"),
+        &key,
         format!(
-            "can never fire: upstream {:?} has no max_inflight and no hold, so no request ever \
-             waits for a replica; set max_inflight = N or \"auto\" (or hold = \"60s\") on \
-             [upstream.{}], or remove sse_keepalive",
-            u.name, u.name
+            "can never fire: every wait for a replica of upstream {:?} ends before {} ({}), \
+             so no stream is ever kept alive; set sse_keepalive below {}, or raise the wait \
+             on [upstream.{}]",
+            u.name,
+            duration(every),
+            waits.join(", "),
+            duration(longest),
+            u.name
         ),
     );
 }
@@ -459,6 +504,66 @@ mod tests {
                 warnings(&fixed)
             );
         }
+    }
+
+    #[test]
+    fn sse_keepalive_longer_than_every_wait_is_warned_about() {
+        let src = format!(
+            "{HEAD}[[route]]\nname = \"a\"\npath = \"/v1\"\nupstream = \"u\"\napi = \"openai\"\n\
+             sse_keepalive = \"45s\"\n[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\nmax_inflight = 2\n"
+        );
+        // The queue's default timeout is 30s.
+        assert_eq!(
+            warnings(&src),
+            [
+                "m.toml:8:17: route[0].sse_keepalive: can never fire: every wait for a replica of \
+              upstream \"u\" ends before 45s (queue.timeout is 30s), so no stream is ever kept \
+              alive; set sse_keepalive below 30s, or raise the wait on [upstream.u]"
+            ]
+        );
+        assert!(warnings(&format!("{src}queue = {{ timeout = \"45s\" }}\n")).is_empty());
+        // Classes: the longest class's timeout counts.
+        let classes = format!(
+            "{src}priority = {{ header = \"x-p\", max_wait_behind = \"5s\", classes = [\n\
+             {{ name = \"hi\", queue = {{ timeout = \"10s\" }} }}, {{ name = \"default\", queue = {{ timeout = \"20s\" }} }},\n] }}\n"
+        );
+        assert_eq!(
+            warnings(&classes),
+            ["m.toml:8:17: route[0].sse_keepalive: can never fire: every wait for a replica of \
+              upstream \"u\" ends before 45s (the longest class queue.timeout is 20s), so no \
+              stream is ever kept alive; set sse_keepalive below 20s, or raise the wait on [upstream.u]"]
+        );
+        let long_class = classes.replace("\"20s\"", "\"2m\"");
+        assert!(
+            warnings(&long_class).is_empty(),
+            "{:?}",
+            warnings(&long_class)
+        );
+        // A hold without a cap is the only wait.
+        let held = src.replace(
+            "max_inflight = 2\n",
+            "hold = \"20s\"\n[upstream.u.health]\npath = \"/health\"\n",
+        );
+        assert_eq!(
+            warnings(&held),
+            [
+                "m.toml:8:17: route[0].sse_keepalive: can never fire: every wait for a replica of \
+              upstream \"u\" ends before 45s (hold is 20s), so no stream is ever kept alive; set \
+              sse_keepalive below 20s, or raise the wait on [upstream.u]"
+            ]
+        );
+        assert!(warnings(&held.replace("\"20s\"", "\"90s\"")).is_empty());
+        // With a cap as well, the longer of the two waits counts.
+        let both = held.replace("hold = \"20s\"", "max_inflight = 2\nhold = \"20s\"");
+        assert_eq!(
+            warnings(&both),
+            [
+                "m.toml:8:17: route[0].sse_keepalive: can never fire: every wait for a replica of \
+              upstream \"u\" ends before 45s (queue.timeout is 30s, hold is 20s), so no stream \
+              is ever kept alive; set sse_keepalive below 30s, or raise the wait on [upstream.u]"
+            ]
+        );
+        assert!(warnings(&both.replace("hold = \"20s\"", "hold = \"60s\"")).is_empty());
     }
 
     #[test]

@@ -56,7 +56,8 @@ pub(crate) fn read(
                 f,
                 1,
                 1 << 28,
-                "prefix blocks of 64 bytes remembered per upstream; about 100 bytes of memory each",
+                "prefix blocks of 64 bytes remembered per upstream, 75.7 bytes of heap each \
+                 (measured; see README): the default 1048576 takes about 72 MiB",
             )
         });
     Some(Some(CacheAffinity {

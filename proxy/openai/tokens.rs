@@ -345,7 +345,13 @@ impl TokenMeter {
         let mut pos = start;
         while let Some(len) = line_len(&chunk[pos..]) {
             let end = pos + len;
-            let edit = self.line(&chunk[pos..end], now, sink);
+            // A line of two bytes or fewer (the blank line that ends every event) is
+            // no `data:` line: it passes without a call, unless it ends a cut event.
+            let edit = if len > 2 || self.skip_blank {
+                self.line(&chunk[pos..end], now, sink)
+            } else {
+                Edit::Keep
+            };
             if let Some(k) = kept.as_deref_mut() {
                 k.line(chunk, pos..end, edit);
             }

@@ -283,6 +283,10 @@ impl ProxyHttp for Gateway {
     /// route on that is not a JSON object) and 413 (body too large) here; otherwise
     /// returns false to proxy on.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // HTTP/1.1 clients may send their next request before this one is answered
+        // (RFC 9112 section 9.3.2); pingora answers them in order once this is on (it
+        // carries over to the connection's next requests), and refuses them otherwise.
+        session.set_pipelining_enabled(true);
         let request_id = headers::request_id(session.req_header());
         session
             .req_header_mut()

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -505,4 +505,57 @@ async fn h2c_clients_that_hang_up_while_queued_leave_at_once() {
         hang_up_frees_the_place(&proxy, &replica, &h2(), case.path, start).await;
     }
     counted(&proxy, cases.len() as f64).await;
+}
+
+/// An HTTP/1.1 client may send its next requests before the first is answered
+/// (RFC 9112 section 9.3.2). Bytes that arrive while the first waits in the queue
+/// are a pipelined request, not a hang-up: the first keeps its place, and every
+/// request on the connection is answered in order, with its body whole.
+#[tokio::test]
+async fn pipelined_requests_behind_a_queued_one_are_answered_in_order() {
+    let replica = Gated::spawn().await;
+    let proxy = proxy(&replica, "", "").await;
+    let holder = tokio::spawn(h1().get(proxy.url("/hold")).send());
+    eventually("the slot is taken", PATIENCE, || async {
+        replica.inflight() == 1
+    })
+    .await;
+    let mut conn = TcpStream::connect(proxy.http_addr()).await.unwrap();
+    conn.write_all(b"POST /p1 HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhello world")
+        .await
+        .unwrap();
+    eventually("/p1 queued", PATIENCE, || async {
+        queued(&proxy).await == 1
+    })
+    .await;
+    conn.write_all(
+        b"GET /p2 HTTP/1.1\r\nhost: x\r\n\r\n\
+          POST /p3 HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Give the watch time to see those bytes before the slot frees.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        queued(&proxy).await,
+        1,
+        "a pipelined request is not a hang-up"
+    );
+    replica.release();
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, conn.read_to_end(&mut out))
+        .await
+        .expect("the proxy answers all three and closes")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+    let seen = replica.seen();
+    let paths: Vec<_> = seen.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    assert_eq!(paths, [("/hold", 0), ("/p1", 11), ("/p2", 0), ("/p3", 5)]);
+    let first = line_of(&proxy, "/p1").await;
+    assert_eq!(first["status"], 200, "{first}");
+    assert!(first["queue_wait"].as_f64().unwrap() > 0.0, "{first}");
 }

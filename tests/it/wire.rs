@@ -1146,3 +1146,42 @@ async fn tls12_renegotiation_gets_a_no_renegotiation_alert() {
     );
     drop(stdin);
 }
+
+// --- Pipelined HTTP/1.1 requests are answered in order ---
+
+/// Requests sent back to back in one write (RFC 9112 section 9.3.2), with a
+/// Content-Length body, a chunked body and none, are each answered, in order, and
+/// reach the replica whole; the last asks to close, so the proxy closes after it.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let replica = RawReplica::spawn(|seen| Action::Reply(reply(200, seen.request_line()))).await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    for over in H1_BOTH {
+        let raw = format!(
+            "POST /a HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 5\r\n\r\nhello\
+             GET /b HTTP/1.1\r\nhost: {HOST}\r\n\r\n\
+             POST /c HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+             GET /d HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\n"
+        );
+        let before = replica.requests().len();
+        let out = wire.h1(over, raw.as_bytes()).await;
+        // Each answer's body is its request line.
+        let at: Vec<_> = ["/a", "/b", "/c", "/d"]
+            .iter()
+            .map(|p| out.find(&format!(" {p} HTTP/1.1")))
+            .collect();
+        assert!(at.iter().all(Option::is_some), "{over:?}: {out:?}");
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "{over:?} order: {out:?}"
+        );
+        assert_eq!(out.matches("HTTP/1.1 200").count(), 4, "{over:?}: {out:?}");
+        let seen = &replica.requests()[before..];
+        let bodies: Vec<_> = seen.iter().map(|s| s.body.clone()).collect();
+        assert_eq!(
+            bodies,
+            [b"hello".to_vec(), vec![], b"abc".to_vec(), vec![]],
+            "{over:?}"
+        );
+    }
+}

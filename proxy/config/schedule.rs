@@ -77,7 +77,8 @@ pub(crate) fn read_priority(
     let default = match (t.take("default"), &classes) {
         (Some(f), Some(list)) => {
             let name = cx.nonempty(&f, "a class name such as \"default\"")?;
-            let at = list.iter().position(|c| c.name == name);
+            // As header values are matched: case-insensitively.
+            let at = list.iter().position(|c| c.name.eq_ignore_ascii_case(name));
             if at.is_none() {
                 cx.error(
                     &f.span(),
@@ -95,7 +96,9 @@ pub(crate) fn read_priority(
             None
         }
         (None, Some(list)) => {
-            let at = list.iter().position(|c| c.name == DEFAULT_CLASS);
+            let at = list
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(DEFAULT_CLASS));
             if at.is_none() {
                 cx.error(
                     &t.span(),
@@ -158,12 +161,24 @@ fn read_classes(cx: &mut Ctx<'_>, f: &Field<'_, '_>, queue: Queue) -> Option<Vec
     for item in &items {
         let class = read_class(cx, item, queue);
         if let Some(c) = &class {
-            if seen.contains(&c.name) {
-                cx.error(
+            // Header values pick a class case-insensitively: names differing only in
+            // case would leave all but the first unreachable.
+            match seen.iter().find(|s| s.eq_ignore_ascii_case(&c.name)) {
+                Some(s) if *s == c.name => cx.error(
                     &item.span(),
                     &item.path,
                     format!("{:?} is listed twice; remove one", c.name),
-                );
+                ),
+                Some(s) => cx.error(
+                    &item.span(),
+                    &item.path,
+                    format!(
+                        "{:?} differs from {s:?} only in case, and header values match classes \
+                         case-insensitively, so it could never be chosen; rename or remove one",
+                        c.name
+                    ),
+                ),
+                None => {}
             }
             seen.push(c.name.clone());
         }

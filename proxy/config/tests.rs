@@ -430,6 +430,7 @@ const BROKEN: &[(&str, Edit, &[&str])] = &[
     ("priority header not a header name", Add("max_inflight = 1\npriority = { header = \"x priority\", classes = [\"default\"] }"), &["12:23: upstream.chat.priority.header: expected a header name such as \"x-priority\", found \"x priority\"; letters, digits and !#$%&'*+-.^_`|~ only"]),
     ("no priority classes", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [] }"), &["12:40: upstream.chat.priority.classes: name 1 to 8 classes, highest first, e.g. [\"interactive\", \"default\", \"batch\"]"]),
     ("priority class listed twice", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", \"default\"] }"), &["12:52: upstream.chat.priority.classes[1]: \"default\" is listed twice; remove one"]),
+    ("priority classes differing only in case", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [\"hi\", \"Default\", \"DEFAULT\"], default = \"DEFAULT\" }"), &["12:58: upstream.chat.priority.classes[2]: \"DEFAULT\" differs from \"Default\" only in case, and header values match classes case-insensitively, so it could never be chosen; rename or remove one"]),
     ("default class not a class", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [\"a\", \"b\"], default = \"c\" }"), &["12:62: upstream.chat.priority.default: \"c\" is not one of the classes; name one of \"a\", \"b\""]),
     ("unknown key in a class", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", { name = \"batch\", colour = 1 }] }"), &["12:70: upstream.chat.priority.classes[1].colour: unknown key `colour`; allowed keys here: max_share, name, queue"]),
     ("class name not a label", Add("max_inflight = 1\npriority = { header = \"x-p\", classes = [\"default\", \"two words\"] }"), &["12:52: upstream.chat.priority.classes[1]: expected a class name such as \"batch\", found \"two words\"; up to 64 letters, digits, '-', '_' or '.' (it is also a metric label)"]),
@@ -599,6 +600,14 @@ fn scheduling_keys() {
                 priority = { header = \"x-p\", classes = [\"hi\", \"lo\"], default = \"lo\" }");
     assert_eq!(h.fair_share, Some(FairShare::Header("x-tenant".into())));
     assert_eq!(h.priority.unwrap().default, 1);
+    // The default class is found as header values find classes: case-insensitively.
+    for default in ["", ", default = \"LO\""] {
+        let c = up(&format!(
+            "max_inflight = 1\npriority = {{ header = \"x-p\", classes = [\"hi\", \"{}\"]{default} }}",
+            if default.is_empty() { "Default" } else { "lo" }
+        ));
+        assert_eq!(c.priority.unwrap().default, 1, "{default}");
+    }
 
     // Without a cap nothing waits: a warning (a share cap is an error, in BROKEN).
     let warned = ok(&with_upstream("fair_share = \"header:x-tenant\""));

@@ -83,13 +83,19 @@ pub(super) fn check(cx: &mut Ctx<'_>, doc: &DeTable<'_>, config: &Config) {
 }
 
 /// `fair_share = "consumer"` where no route to the upstream has `auth`: every request
-/// would be the same requester (refused, as `rate_limit` `key = "consumer"` is).
+/// would be the same requester (refused, as `rate_limit` `key = "consumer"` is). Where
+/// only some routes have it, the others' requests are one requester together (warned).
 fn consumer_without_auth(cx: &mut Ctx<'_>, doc: &DeTable<'_>, u: &Upstream, routes: &[&Route]) {
+    if u.fair_share != Some(FairShare::Consumer) {
+        return;
+    }
+    let open: Vec<String> = routes
+        .iter()
+        .filter(|r| r.auth.is_none())
+        .map(|r| format!("{:?}", r.name))
+        .collect();
     // An upstream no route uses is warned about as such.
-    if u.fair_share != Some(FairShare::Consumer)
-        || routes.is_empty()
-        || routes.iter().any(|r| r.auth.is_some())
-    {
+    if open.is_empty() {
         return;
     }
     let at = span(
@@ -100,13 +106,31 @@ fn consumer_without_auth(cx: &mut Ctx<'_>, doc: &DeTable<'_>, u: &Upstream, rout
             Step::Key("fair_share"),
         ],
     );
-    cx.error(
-        &at,
-        &upstream_path(&u.name, &["fair_share"]),
-        "\"consumer\" needs auth on a route to this upstream (the consumer is the API key's name \
-         or the JWT's sub), and none has it, so every request would be one requester; add \
-         auth = { api_keys_file = \"keys.txt\" } to its routes or use fair_share = \"header:NAME\"",
-    );
+    let key = upstream_path(&u.name, &["fair_share"]);
+    if open.len() == routes.len() {
+        cx.error(
+            &at,
+            &key,
+            "\"consumer\" needs auth on a route to this upstream (the consumer is the API key's name \
+             or the JWT's sub), and none has it, so every request would be one requester; add \
+             auth = { api_keys_file = \"keys.txt\" } to its routes or use fair_share = \"header:NAME\"",
+        );
+    } else {
+        cx.warn(
+            &at,
+            &key,
+            format!(
+                "\"consumer\" is the client a route's auth accepted, and route{} {} to this \
+                 upstream {} no auth, so all {} requests count as one requester and share one \
+                 fair share against each consumer; add auth to {} or use fair_share = \"header:NAME\"",
+                if open.len() == 1 { "" } else { "s" },
+                open.join(", "),
+                if open.len() == 1 { "has" } else { "have" },
+                if open.len() == 1 { "its" } else { "their" },
+                if open.len() == 1 { "it" } else { "them" },
+            ),
+        );
+    }
 }
 
 /// Per-class queues that cannot work as written: a timeout shorter than the starvation
@@ -425,12 +449,25 @@ mod tests {
               would be one requester; add auth = { api_keys_file = \"keys.txt\" } to its routes or use \
               fair_share = \"header:NAME\""]
         );
-        // One route with auth is enough (requests of the other share one requester).
+        // One route with auth: the other's requests are one requester together.
         let authed = src.replace(
             "path = \"/b\"\n",
             "path = \"/b\"\nauth = { api_keys_file = \"keys.txt\" }\n",
         );
-        assert_eq!(warnings(&authed), Vec::<String>::new());
+        assert_eq!(
+            warnings(&authed),
+            [
+                "m.toml:15:14: upstream.u.fair_share: \"consumer\" is the client a route's auth \
+              accepted, and route \"a\" to this upstream has no auth, so all its requests count \
+              as one requester and share one fair share against each consumer; add auth to it or \
+              use fair_share = \"header:NAME\""
+            ]
+        );
+        let both = authed.replace(
+            "path = \"/a\"\n",
+            "path = \"/a\"\nauth = { api_keys_file = \"keys.txt\" }\n",
+        );
+        assert_eq!(warnings(&both), Vec::<String>::new());
         // By header it needs no auth.
         assert!(warnings(&src.replace("\"consumer\"", "\"header:x-tenant\"")).is_empty());
     }

@@ -10,7 +10,7 @@ use toml::de::{DeTable, DeValue};
 use super::reader::{join, Ctx};
 use super::schedule::FairShare;
 use super::summary::duration;
-use super::types::{Config, HostMatch, Route, Upstream};
+use super::types::{Api, Config, HostMatch, Route, Upstream};
 
 /// One step of a key path in the TOML tree: a key, or an array index.
 #[derive(Clone, Copy)]
@@ -80,6 +80,7 @@ pub(super) fn check(cx: &mut Ctx<'_>, doc: &DeTable<'_>, config: &Config) {
         }
     }
     shadowed_model_routes(cx, doc, &config.routes);
+    empty_model_lists(cx, doc, config);
 }
 
 /// `fair_share = "consumer"` where no route to the upstream has `auth`: every request
@@ -317,6 +318,71 @@ fn keepalive_without_waiting(
     );
 }
 
+/// The `/v1/models` path a route path serves (`/v1` → `/v1/models`, `/openai` →
+/// `/openai/v1/models`), or none for a path inside the API (`/v1/chat`).
+fn models_path(path: &str) -> Option<String> {
+    let base = path.trim_end_matches('/');
+    if base.ends_with("/v1") {
+        Some(format!("{base}/models"))
+    } else if base.contains("/v1/") {
+        None
+    } else {
+        Some(format!("{base}/v1/models"))
+    }
+}
+
+/// An `api = "openai"` endpoint (host and path) where no route names a `model` and no
+/// route's upstream lists its replicas' models (`health.models`): modelgate's
+/// `/v1/models` there is always an empty list, and SDKs that discover models find none.
+fn empty_model_lists(cx: &mut Ctx<'_>, doc: &DeTable<'_>, config: &Config) {
+    let routes = &config.routes;
+    for (i, r) in routes.iter().enumerate() {
+        if r.openai.api != Api::OpenAi {
+            continue;
+        }
+        let same = |o: &Route| o.host == r.host && o.path == r.path;
+        // Once per endpoint, at its first openai route.
+        if routes[..i]
+            .iter()
+            .any(|o| same(o) && o.openai.api == Api::OpenAi)
+        {
+            continue;
+        }
+        let Some(list) = models_path(&r.path) else {
+            continue;
+        };
+        let group: Vec<&Route> = routes.iter().filter(|o| same(o)).collect();
+        let listed = group.iter().any(|o| {
+            !o.openai.models.is_empty()
+                || config
+                    .upstreams
+                    .iter()
+                    .any(|u| u.name == o.upstream && u.health.as_ref().is_some_and(|h| h.models))
+        });
+        if listed {
+            continue;
+        }
+        let at = span(doc, &[Step::Key("route"), Step::At(i), Step::Key("api")]);
+        let host = match &r.host {
+            Some(HostMatch::Exact(h)) => format!(" on host {h:?}"),
+            Some(HostMatch::Wildcard(suffix)) => format!(" on host \"*{suffix}\""),
+            None => String::new(),
+        };
+        cx.warn(
+            &at,
+            &format!("route[{i}].api"),
+            format!(
+                "GET {list}{host} will answer an empty list: no route on path {:?} names a \
+                 model and no upstream of them lists its replicas' models, so clients that \
+                 discover models find none (requests naming a model are still served); add \
+                 model = \"NAME\" to route[{i}] ({:?}) or models = true to \
+                 [upstream.{}.health]",
+                r.path, r.name, r.upstream
+            ),
+        );
+    }
+}
+
 /// Does a route with these models and prefixes take `name` (a model, or with
 /// `prefix` every model starting with it)?
 fn covers(models: &[String], prefixes: &[String], name: &str, prefix: bool) -> bool {
@@ -519,7 +585,7 @@ mod tests {
     fn sse_keepalive_that_can_never_fire_is_warned_about() {
         let src = format!(
             "{HEAD}[[route]]\nname = \"a\"\npath = \"/v1\"\nupstream = \"u\"\napi = \"openai\"\n\
-             sse_keepalive = \"10s\"\n[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\n"
+             sse_keepalive = \"10s\"\nmodel = \"m\"\n[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\n"
         );
         assert_eq!(
             warnings(&src),
@@ -547,7 +613,7 @@ mod tests {
     fn sse_keepalive_longer_than_every_wait_is_warned_about() {
         let src = format!(
             "{HEAD}[[route]]\nname = \"a\"\npath = \"/v1\"\nupstream = \"u\"\napi = \"openai\"\n\
-             sse_keepalive = \"45s\"\n[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\nmax_inflight = 2\n"
+             sse_keepalive = \"45s\"\nmodel = \"m\"\n[upstream.u]\nbackends = [\"127.0.0.1:9001\"]\nmax_inflight = 2\n"
         );
         // The queue's default timeout is 30s.
         assert_eq!(
@@ -601,6 +667,50 @@ mod tests {
             ]
         );
         assert!(warnings(&both.replace("hold = \"20s\"", "hold = \"60s\"")).is_empty());
+    }
+
+    #[test]
+    fn an_openai_endpoint_whose_model_list_is_always_empty_is_warned_about() {
+        let src = format!(
+            "{HEAD}[[route]]\nname = \"a\"\npath = \"/v1\"\nupstream = \"u\"\napi = \"openai\"\n\
+             [[route]]\nname = \"b\"\npath = \"/v1\"\nupstream = \"u\"\napi = \"openai\"\nmodel_prefix = \"org/\"\n\
+             [upstream.u]\nbackends = [\"127.0.0.1:9001\"]\n"
+        );
+        assert_eq!(
+            warnings(&src),
+            [
+                "m.toml:7:7: route[0].api: GET /v1/models will answer an empty list: no route on \
+              path \"/v1\" names a model and no upstream of them lists its replicas' models, so \
+              clients that discover models find none (requests naming a model are still served); \
+              add model = \"NAME\" to route[0] (\"a\") or models = true to [upstream.u.health]"
+            ]
+        );
+        // Either fix silences it.
+        let named = src.replace("model_prefix = \"org/\"", "model = \"m\"");
+        assert!(warnings(&named).is_empty(), "{:?}", warnings(&named));
+        let listed = format!("{src}[upstream.u.health]\npath = \"/health\"\nmodels = true\n");
+        assert!(warnings(&listed).is_empty(), "{:?}", warnings(&listed));
+        // A host's endpoint and a prefixed one are their own; a path inside the API has
+        // no model list.
+        let host = src
+            .replace(
+                "name = \"b\"\n",
+                "name = \"b\"\nhost = \"api.example.com\"\n",
+            )
+            .replace("model_prefix = \"org/\"\n", "")
+            .replacen("path = \"/v1\"", "path = \"/openai\"", 1);
+        assert_eq!(
+            warnings(&host)
+                .iter()
+                .map(|w| w.split(" will ").next().unwrap_or_default())
+                .collect::<Vec<_>>(),
+            [
+                "m.toml:7:7: route[0].api: GET /openai/v1/models",
+                "m.toml:13:7: route[1].api: GET /v1/models on host \"api.example.com\""
+            ]
+        );
+        let inside = src.replace("path = \"/v1\"", "path = \"/v1/chat\"");
+        assert!(warnings(&inside).is_empty(), "{:?}", warnings(&inside));
     }
 
     #[test]
@@ -659,7 +769,11 @@ mod tests {
         );
         assert!(warnings(&repeated).is_empty(), "{:?}", warnings(&repeated));
         // A host route without a model is plain host routing, and says nothing.
-        let plain = src.replace("model = \"org/x\"\n", "");
+        // (Its replicas list their models, so /v1/models there is not empty.)
+        let plain = format!(
+            "{}[upstream.u.health]\npath = \"/health\"\nmodels = true\n",
+            src.replace("model = \"org/x\"\n", "")
+        );
         assert!(warnings(&plain).is_empty(), "{:?}", warnings(&plain));
     }
 }

@@ -119,6 +119,11 @@ pub(super) async fn send_error(session: &mut Session, r: Reject) -> pingora::Res
         .await
 }
 
+/// The `code` of an error event built from a replica's error answer (when it gave
+/// none), and that stream's `reject` in the access log: a string, as OpenAI's codes
+/// and modelgate's own events' are.
+pub(super) const REPLICA_ERROR: &str = "upstream_error";
+
 /// The most of a replica's error body kept for its error event; the rest is dropped.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -154,10 +159,11 @@ impl RelayedError {
 }
 
 /// `data: ERROR\n\n`: the replica's own error JSON when it is OpenAI-shaped
-/// (`{"error":{"message":..}}`, its `code` set to `status` when it has none), else
-/// `{"error":{"message","type","param","code"}}` built from it: the `message` of a
-/// JSON object that has one (vLLM's older `{"object":"error","message":..}`), or the
-/// body's text, `type` from `status` as OpenAI names its errors, `code` the status.
+/// (`{"error":{"message":..}}`, its `code` set to [`REPLICA_ERROR`] when it has none),
+/// else `{"error":{"message","type","param","code"}}` built from it: the `message` of
+/// a JSON object that has one (vLLM's older `{"object":"error","message":..}`) or the
+/// string `error` of one (`{"error":"..."}`), else the body's text; `type` from
+/// `status` as OpenAI names its errors, `code` [`REPLICA_ERROR`].
 pub(super) fn error_event(status: u16, body: &[u8]) -> Bytes {
     use serde_json::{json, Value};
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
@@ -170,17 +176,17 @@ pub(super) fn error_event(status: u16, body: &[u8]) -> Bytes {
         {
             if let Some(Value::Object(e)) = top.get_mut("error") {
                 if e.get("code").is_none_or(Value::is_null) {
-                    e.insert("code".into(), json!(status));
+                    e.insert("code".into(), json!(REPLICA_ERROR));
                 }
             }
             Value::Object(top)
         }
         parsed => {
-            let message = match parsed
-                .as_ref()
-                .and_then(|v| v.get("message"))
-                .and_then(Value::as_str)
-            {
+            let message = match parsed.as_ref().and_then(|v| {
+                v.get("message")
+                    .and_then(Value::as_str)
+                    .or_else(|| v.get("error").and_then(Value::as_str))
+            }) {
                 Some(m) => m.to_owned(),
                 None => {
                     let text = String::from_utf8_lossy(body);
@@ -194,7 +200,7 @@ pub(super) fn error_event(status: u16, body: &[u8]) -> Bytes {
                 "message": message,
                 "type": openai_error_type(status),
                 "param": null,
-                "code": status,
+                "code": REPLICA_ERROR,
             }})
         }
     };
@@ -242,7 +248,7 @@ mod tests {
         assert_eq!(e["error"]["type"], "BadRequestError");
         assert_eq!(e["error"]["code"], "x");
         let e = event(404, r#"{"error":{"message":"no such model","code":null}}"#);
-        assert_eq!(e["error"]["code"], 404);
+        assert_eq!(e["error"]["code"], "upstream_error");
         // vLLM's older shape: its message, wrapped.
         let e = event(400, r#"{"object":"error","message":"too long","code":400}"#);
         assert_eq!(e["error"]["message"], "too long");
@@ -251,7 +257,11 @@ mod tests {
         let e = event(500, "  Internal Server Error\n");
         assert_eq!(e["error"]["message"], "Internal Server Error");
         assert_eq!(e["error"]["type"], "server_error");
-        assert_eq!(e["error"]["code"], 500);
+        assert_eq!(e["error"]["code"], "upstream_error");
+        // A JSON object whose error is a string (Flask-style): that string.
+        let e = event(500, r#"{"error": "mock"}"#);
+        assert_eq!(e["error"]["message"], "mock");
+        assert_eq!(e["error"]["code"], "upstream_error");
         let e = event(429, "");
         assert_eq!(e["error"]["message"], "The model server answered 429.");
         assert_eq!(e["error"]["type"], "rate_limit_error");

@@ -885,7 +885,13 @@ impl ProxyHttp for Gateway {
             session.body_bytes_read() as u64,
             session.body_bytes_sent() as u64,
         );
-        log.record(ctx.entry(head, status, total, bytes, ctx.reject.map(Reject::reason)));
+        // A replica's error relayed on a head sent early is not the proxy's answer
+        // (not in modelgate_rejected_total), but the stream failed: the log says why.
+        let reject = ctx
+            .reject
+            .map(Reject::reason)
+            .or_else(|| ctx.relayed.as_ref().map(|_| keepalive::REPLICA_ERROR));
+        log.record(ctx.entry(head, status, total, bytes, reject));
     }
 }
 

@@ -58,7 +58,11 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
 
 /// Feeds the text of a value: strings as they are, arrays element by element, and of
 /// objects (a message, a content part) only `role`, `content` (each followed by a
-/// newline) and `text`, so text parts key as the same text in one string would. Numbers, booleans and other keys (images, tool calls) add nothing.
+/// newline) and `text`, so text parts key as the same text in one string would.
+/// Token ids (`"prompt": [1, 2, ...]` or a batch of such lists, as vLLM and OpenAI take
+/// them) are the prompt's text too: each non-negative integer is fed as its 4 bytes
+/// (little-endian; 8 above `u32::MAX`), so a 64-byte block is 16 tokens. Other
+/// numbers, booleans and other keys (images, tool calls) add nothing.
 struct Text<'k>(&'k mut PrefixKey);
 
 impl<'de> DeserializeSeed<'de> for Text<'_> {
@@ -110,7 +114,11 @@ impl<'de> Visitor<'de> for Text<'_> {
         Ok(())
     }
 
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        match u32::try_from(v) {
+            Ok(id) => self.0.feed(&id.to_le_bytes()),
+            Err(_) => self.0.feed(&v.to_le_bytes()),
+        }
         Ok(())
     }
 
@@ -169,6 +177,38 @@ mod tests {
         assert_eq!(blocks(parts), blocks(plain));
         let completion = br#"{"model":"m","prompt":"Once upon a time"}"#;
         assert_eq!(blocks(completion).len(), 1);
+    }
+
+    #[test]
+    fn token_id_prompts_are_keyed_like_text() {
+        let ids = |n: u64, tail: &[u64]| {
+            let mut p: Vec<u64> = (0..n).map(|i| 1000 + i * 7).collect();
+            p.extend_from_slice(tail);
+            serde_json::json!({"model": "m", "prompt": p})
+                .to_string()
+                .into_bytes()
+        };
+        // 600 tokens of 4 bytes: 37.5 blocks of 16 tokens.
+        let long = blocks(&ids(600, &[]));
+        assert_eq!(long.len(), 38);
+        // A longer prompt with the same first tokens shares their blocks; other ids do not.
+        let longer = blocks(&ids(
+            600,
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        ));
+        assert_eq!(long[..37], longer[..37]);
+        let other = blocks(
+            &serde_json::to_vec(&serde_json::json!({"prompt": [5, 6, 7]})).unwrap_or_default(),
+        );
+        assert_eq!(other.len(), 1);
+        assert_ne!(other[0], long[0]);
+        // A batch of token lists, and the duplicate-key rule, as for text.
+        let batch = br#"{"prompt":[[1,2,3],[4,5]]}"#;
+        assert_eq!(blocks(batch), blocks(br#"{"prompt":[1,2,3,4,5]}"#));
+        assert_eq!(
+            prompt_blocks(br#"{"prompt":[1,2],"prompt":[3]}"#),
+            Err(Invalid::Duplicate(Key::Prompt))
+        );
     }
 
     #[test]

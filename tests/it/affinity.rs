@@ -155,6 +155,34 @@ async fn a_later_turn_of_a_conversation_follows_its_earlier_turns() {
     }
 }
 
+/// Token-id prompts on `/v1/completions` (as vLLM and OpenAI take them) are keyed as
+/// text is: a prompt of 600 ids and its continuations stay on one replica.
+#[tokio::test]
+async fn token_id_prompts_stick_to_one_replica() {
+    let r = replicas(Duration::ZERO).await;
+    let proxy = TestProxy::start(&config(&r, "")).await;
+    let client = h1();
+    let mut owner: HashMap<u64, String> = HashMap::new();
+    for round in 0..4u64 {
+        for p in 0..3u64 {
+            let mut ids: Vec<u64> = (0..600).map(|i| p * 100_000 + i * 13).collect();
+            ids.extend([round, round + 1]);
+            let resp = client
+                .post(proxy.url("/v1/completions"))
+                .json(&json!({"model": "m", "prompt": ids, "max_tokens": 2}))
+                .send()
+                .await
+                .unwrap();
+            let (status, v) = status_and_body(resp).await;
+            assert_eq!(status, 200, "{v}");
+            let got = v["id"].as_str().unwrap_or_default().split('-').nth(1);
+            let got = got.unwrap_or_default().to_string();
+            let first = owner.entry(p).or_insert_with(|| got.clone());
+            assert_eq!(*first, got, "token prompt {p} moved in round {round}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_guard_diverts_from_an_overloaded_replica() {
     let r = replicas(Duration::from_secs(3)).await;

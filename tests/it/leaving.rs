@@ -132,20 +132,7 @@ async fn queued(proxy: &TestProxy) -> u64 {
 
 /// The access-log line of the request to `path`, once it is written.
 async fn line_of(proxy: &TestProxy, path: &str) -> Value {
-    let find = || {
-        proxy
-            .logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["path"] == path)
-    };
-    eventually(
-        &format!("the access-log line of {path}"),
-        PATIENCE,
-        || async { find().is_some() },
-    )
-    .await;
-    find().unwrap()
+    proxy.access_line(path, |v| v["path"] == path).await
 }
 
 /// The body of the live request that takes the freed place; the replica must get

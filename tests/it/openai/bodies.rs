@@ -265,20 +265,7 @@ async fn a_body_without_a_string_model_is_a_bad_request_where_every_route_names_
 
 /// The access log line of the request with `id`, once it is written.
 async fn logged(proxy: &TestProxy, id: &str) -> Value {
-    let find = || {
-        proxy
-            .logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["request_id"] == id)
-    };
-    eventually(
-        &format!("access log line of {id}"),
-        Duration::from_secs(10),
-        || async { find().is_some() },
-    )
-    .await;
-    find().unwrap_or_default()
+    proxy.access_line(id, |v| v["request_id"] == id).await
 }
 
 /// Sends an HTTP/1.1 head announcing 1000 body bytes to `path`, then 38 of them.

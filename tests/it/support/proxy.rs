@@ -289,6 +289,30 @@ impl TestProxy {
             .unwrap_or_default()
     }
 
+    /// The first access-log line (JSON, in the proxy's output) for which `matches`
+    /// holds, once it is written; `what` names it in the failure after [`PATIENCE`].
+    /// Metrics are recorded when a request is logged, so a test that reads counters
+    /// of a request waits for its line first.
+    pub async fn access_line(
+        &self,
+        what: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let find = || {
+            self.logs()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| matches(v))
+        };
+        super::eventually(
+            &format!("the access-log line of {what}"),
+            PATIENCE,
+            || async { find().is_some() },
+        )
+        .await;
+        find().unwrap_or_default()
+    }
+
     /// Sends a signal by name, e.g. `"TERM"`, `"HUP"`, `"INT"`.
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")

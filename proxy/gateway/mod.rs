@@ -48,7 +48,9 @@ use crate::upstream::{
     parse_orca, Admission, Lease, Ticket, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER,
 };
 
-pub(crate) const X_REQUEST_ID: &str = "x-request-id";
+/// Inserting a `StaticHeaderName` neither parses nor copies the name.
+pub(crate) static X_REQUEST_ID: pingora::http::StaticHeaderName =
+    pingora::http::StaticHeaderName::new("x-request-id");
 
 /// The proxy application: shared, immutable except through the snapshot swap.
 pub(crate) struct Gateway {
@@ -290,7 +292,7 @@ impl ProxyHttp for Gateway {
         let request_id = headers::request_id(session.req_header());
         session
             .req_header_mut()
-            .insert_header(X_REQUEST_ID, request_id.clone())?;
+            .insert_header(&X_REQUEST_ID, request_id.clone())?;
         ctx.request_id = Some(request_id);
         headers::absolute_form_to_host(session.req_header_mut())?;
         if let Some(redirect) = self.redirect {
@@ -642,7 +644,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(id) = &ctx.request_id {
-            upstream_response.insert_header(X_REQUEST_ID, id.clone())?;
+            upstream_response.insert_header(&X_REQUEST_ID, id.clone())?;
         }
         ctx.sent = Some(upstream_response.status.as_u16());
         if self

@@ -38,8 +38,12 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
         *b = HEX[(bits & 0xf) as usize];
         bits >>= 4;
     }
-    // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // Hex digits are always a valid header value. Owned by a `Bytes` that shares
+    // from the start, so the id's clones (request, response, log) are reference
+    // counts: a copied slice would be promoted into a second allocation by the
+    // first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Size of the request head (URI plus header names and values), as counted against

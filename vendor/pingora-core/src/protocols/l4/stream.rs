@@ -1199,7 +1199,7 @@ mod tests {
         stream.write_all(&body).await.unwrap();
         stream.write_all(b"tail").await.unwrap();
         stream.flush().await.unwrap();
-        stream.shutdown().await.unwrap();
+        AsyncWriteExt::shutdown(&mut stream).await.unwrap();
         let got = reader.await.unwrap();
         assert_eq!(got.len(), expected.len() + 4);
         assert!(got[..expected.len()] == expected[..], "bytes out of order");

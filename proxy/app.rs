@@ -23,6 +23,7 @@ use crate::edge::metrics::EdgeCollector;
 use crate::edge::EdgeService;
 use crate::gateway::{Gateway, HttpsRedirect};
 use crate::health::HealthService;
+use crate::listeners::{self, PreBound};
 use crate::metrics::access::AccessLog;
 use crate::metrics::pools::PoolCollector;
 use crate::metrics::Metrics;
@@ -69,24 +70,29 @@ pub struct StartOptions {
 }
 
 impl App {
-    /// Validates everything that can fail before serving (pools, routes, certificates,
-    /// listener addresses) and builds the services. Binds nothing that stays bound.
+    /// Validates everything that can fail before serving (pools, routes, certificates)
+    /// and builds the services. Binds the listener addresses and keeps them until the
+    /// services serve on them (or the `App` is dropped), so no other program can take
+    /// one in between.
     pub fn build(config: &Config) -> Result<App, StartError> {
         App::build_with(config, &StartOptions::default())
     }
 
     /// [`App::build`] with start options (graceful upgrade). The steps: prepare the
-    /// config ([`crate::prepare`], as `check` and reloads do), check the listener
-    /// addresses, set up metrics and the access log, then add the proxy listeners,
-    /// the background services, the config reloader and the admin listener.
+    /// config ([`crate::prepare`], as `check` and reloads do), bind the listener
+    /// addresses (except in an upgrade, which takes them over), set up metrics and the
+    /// access log, then add the proxy listeners, the background services, the config
+    /// reloader and the admin listener.
     pub fn build_with(config: &Config, opts: &StartOptions) -> Result<App, StartError> {
         let prepared = prepare(config, None).map_err(StartError)?;
         for w in &prepared.warnings {
             log::warn!("{w}");
         }
-        if !opts.upgrade {
-            check_bindable(config)?;
-        }
+        let mut bound = if opts.upgrade {
+            Bound::default()
+        } else {
+            bind_listeners(config)?
+        };
         let metrics = Metrics::new(prometheus::Registry::new()).map_err(metrics_error)?;
         metrics.set_generation(prepared.snapshot.generation);
         let access_log = open_access_log(config, &metrics)?;
@@ -108,12 +114,14 @@ impl App {
 
         let mut proxy_addrs = Vec::new();
         if let Some(addr) = config.listen.http {
-            server.add_service(parts.http_listener(config, addr));
+            let service = parts.http_listener(config, addr);
+            server.add_service(PreBound::new(service, addr, bound.take(addr)));
             proxy_addrs.push(addr);
         }
         let mut cert_watcher = None;
         if let (Some(addr), Some(certs)) = (config.listen.https, prepared.certs) {
-            server.add_service(parts.https_listener(config, addr, certs.resolver)?);
+            let service = parts.https_listener(config, addr, certs.resolver)?;
+            server.add_service(PreBound::new(service, addr, bound.take(addr)));
             proxy_addrs.push(addr);
             certs
                 .stats
@@ -141,7 +149,14 @@ impl App {
             )));
         }
         if let Some(addr) = config.listen.admin {
-            server.add_service(parts.admin(config, addr, proxy_addrs, reloader.clone())?);
+            let listener = bound.take(addr);
+            server.add_service(parts.admin(
+                config,
+                addr,
+                listener,
+                proxy_addrs,
+                reloader.clone(),
+            )?);
         }
         Ok(App {
             server,
@@ -300,6 +315,7 @@ impl Parts {
         &self,
         config: &Config,
         addr: SocketAddr,
+        listener: Option<tokio::net::TcpSocket>,
         proxy_addrs: Vec<SocketAddr>,
         reloader: Option<Arc<Reloader>>,
     ) -> Result<GenBackgroundService<AdminService>, StartError> {
@@ -322,7 +338,7 @@ impl Parts {
         .with_token(token);
         Ok(one_thread(background_service(
             "admin",
-            AdminService::new(admin, addr),
+            AdminService::new(admin, addr, listener),
         )))
     }
 }
@@ -366,7 +382,9 @@ fn new_server(config: &Config, opts: &StartOptions) -> Server {
     };
     let conf = ServerConf {
         threads,
-        work_stealing: true,
+        // One current-thread runtime per worker thread, each connection on one of
+        // them for its life: no work-stealing queues, no cross-thread task wakes.
+        work_stealing: false,
         grace_period_seconds: Some(config.listen.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: opts
@@ -393,29 +411,44 @@ fn default_upgrade_sock(config: &std::path::Path) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("modelgate-upgrade-{hash:016x}.sock"))
 }
 
-/// Fails early, with the config key, when a listener address cannot be bound
-/// (in use, not local, no permission) instead of panicking inside pingora.
-fn check_bindable(config: &Config) -> Result<(), StartError> {
+/// The listener addresses, bound by [`bind_listeners`] and taken by the services
+/// that serve on them.
+#[derive(Default)]
+struct Bound(Vec<(SocketAddr, tokio::net::TcpSocket)>);
+
+impl Bound {
+    /// The socket bound for `addr` (none in a graceful upgrade).
+    fn take(&mut self, addr: SocketAddr) -> Option<tokio::net::TcpSocket> {
+        let i = self.0.iter().position(|(a, _)| *a == addr)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
+/// Binds every listener address, failing early with the config key when one cannot
+/// be bound (in use, not local, no permission) instead of panicking inside pingora.
+/// The sockets are held (see [`crate::listeners`]), so an address checked here cannot
+/// be taken by another program before the proxy listens on it.
+fn bind_listeners(config: &Config) -> Result<Bound, StartError> {
     let l = &config.listen;
     let wanted: [(&str, Option<SocketAddr>); 3] = [
         ("listen.http", l.http),
         ("listen.https", l.https),
         ("listen.admin", l.admin),
     ];
-    let errors: Vec<String> = wanted
-        .iter()
-        .filter_map(|(key, addr)| {
-            let addr = (*addr)?;
-            std::net::TcpListener::bind(addr).err().map(|e| {
-                format!(
-                    "{}: {key}: cannot listen on {addr}: {e}; pick a free address or stop what holds it",
-                    config.source.display()
-                )
-            })
-        })
-        .collect();
+    let mut bound = Bound::default();
+    let mut errors = Vec::new();
+    for (key, addr) in wanted {
+        let Some(addr) = addr else { continue };
+        match listeners::bind(addr) {
+            Ok(socket) => bound.0.push((addr, socket)),
+            Err(e) => errors.push(format!(
+                "{}: {key}: cannot listen on {addr}: {e}; pick a free address or stop what holds it",
+                config.source.display()
+            )),
+        }
+    }
     if errors.is_empty() {
-        Ok(())
+        Ok(bound)
     } else {
         Err(StartError(errors))
     }
@@ -566,5 +599,58 @@ impl ShutdownSignalWatch for SignalWatch {
 
     async fn drained(&self) {
         self.drain.idle().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Binds `addr` as a program that does not share addresses (no `SO_REUSEADDR`).
+    fn bind_exclusively(addr: SocketAddr) -> std::io::Result<()> {
+        tokio::net::TcpSocket::new_v4()?.bind(addr)
+    }
+
+    /// The listener addresses checked when the server is built stay its own until it
+    /// serves on them: pingora binds only when its services start, and a socket bound
+    /// to the port in between (any program binding port 0 may be handed it) would get
+    /// the proxy's traffic while the proxy retried and `/readyz` said ready. Until the
+    /// services listen, connections are refused, as before.
+    #[test]
+    fn build_holds_the_listener_addresses_until_they_are_served() {
+        let free = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+        };
+        // The ports were free a moment ago; another test may take one first.
+        let (app, addrs) = (0..5)
+            .find_map(|_| {
+                let (http, admin) = (free(), free());
+                let toml = format!(
+                    "[listen]\nhttp = \"{http}\"\nadmin = \"{admin}\"\n\n\
+                     [[route]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\n\n\
+                     [upstream.u]\nbackends = [\"127.0.0.1:9\"]\n"
+                );
+                let loaded = crate::config::parse(&toml, std::path::Path::new("keep.toml"))
+                    .unwrap_or_else(|e| panic!("{}", e.0[0]));
+                App::build(&loaded.config)
+                    .ok()
+                    .map(|app| (app, [http, admin]))
+            })
+            .expect("two free ports in five tries");
+        for addr in addrs {
+            let taken = bind_exclusively(addr).map_err(|e| e.kind());
+            assert_eq!(taken, Err(ErrorKind::AddrInUse), "{addr} was released");
+            let refused = TcpStream::connect(addr).map(|_| ()).map_err(|e| e.kind());
+            assert_eq!(refused, Err(ErrorKind::ConnectionRefused), "{addr} accepts");
+        }
+        drop(app);
+        for addr in addrs {
+            bind_exclusively(addr).unwrap_or_else(|e| panic!("{addr} still held: {e}"));
+        }
     }
 }

@@ -15,6 +15,7 @@ mod edge;
 pub mod fuzz;
 mod gateway;
 mod health;
+mod listeners;
 mod load;
 pub mod logging;
 mod metrics;

@@ -20,13 +20,41 @@ use super::Admin;
 pub(crate) struct AdminService {
     admin: Arc<Admin>,
     addr: SocketAddr,
+    /// Bound to `addr` when the server was built (taken once); none in a graceful
+    /// upgrade.
+    bound: std::sync::Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 impl AdminService {
-    pub(crate) fn new(admin: Admin, addr: SocketAddr) -> Self {
+    /// Listens on `bound` (a socket bound to `addr`) or, without one, binds `addr`
+    /// when started.
+    pub(crate) fn new(
+        admin: Admin,
+        addr: SocketAddr,
+        bound: Option<tokio::net::TcpSocket>,
+    ) -> Self {
         AdminService {
             admin: Arc::new(admin),
             addr,
+            bound: std::sync::Mutex::new(bound),
+        }
+    }
+}
+
+/// Binds `addr`, retrying every 100 ms: during a graceful upgrade the old process
+/// holds the address until it exits.
+async fn bind_retrying(addr: SocketAddr) -> tokio::net::TcpListener {
+    let mut attempts = 0u32;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => {
+                if attempts % 50 == 0 {
+                    log::warn!("admin: cannot listen on {addr} yet: {e}; retrying");
+                }
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     }
 }
@@ -35,20 +63,17 @@ impl AdminService {
 impl BackgroundService for AdminService {
     async fn start(&self, _shutdown: ShutdownWatch) {
         tokio::spawn(self.admin.history_sampler());
-        // During a graceful upgrade the old process holds the address until it
-        // exits: keep trying.
-        let mut attempts = 0u32;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    if attempts % 50 == 0 {
-                        log::warn!("admin: cannot listen on {} yet: {e}; retrying", self.addr);
-                    }
-                    attempts += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+        let bound = self.bound.lock().ok().and_then(|mut b| b.take());
+        let listener = match bound.map(|s| s.listen(1024)) {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                log::warn!(
+                    "admin: cannot serve on the socket bound for {}: {e}",
+                    self.addr
+                );
+                bind_retrying(self.addr).await
             }
+            None => bind_retrying(self.addr).await,
         };
         loop {
             let (stream, _) = match listener.accept().await {

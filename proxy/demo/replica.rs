@@ -186,6 +186,7 @@ impl ReplicaBuilder {
             knee: self.knee,
             openai: openai::State::new(self.models, self.prefill_per_token, self.cache_blocks),
             shutdown,
+            dead_port: std::sync::Mutex::new(None),
         });
         tokio::spawn(accept_loop(listener, Arc::clone(&inner)));
         Ok(ReplicaHandle { inner })
@@ -273,7 +274,8 @@ impl ReplicaHandle {
     }
 
     /// Kills the replica: stops accepting and drops every open connection at
-    /// once, including those mid-request. Idempotent.
+    /// once, including those mid-request. Its port stays bound, refusing
+    /// connections, while a handle lives. Idempotent.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
     }
@@ -300,6 +302,8 @@ pub(super) struct Inner {
     knee: Option<usize>,
     pub(super) openai: openai::State,
     shutdown: watch::Sender<bool>,
+    /// After [`ReplicaHandle::shutdown`], the port, bound but not listening.
+    dead_port: std::sync::Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 /// One of the replica's service slots, held while a request is being worked on.
@@ -449,6 +453,21 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
         });
     }
     log::debug!("replica {} stopped accepting on {}", inner.name, inner.addr);
+    drop(listener);
+    hold_dead_port(&inner);
+}
+
+/// Keeps the port of a killed replica bound (not listening) while its handles live,
+/// so connections to it are refused, as to a dead server, rather than reaching
+/// whichever program binds port 0 next and is handed the port. The socket allows
+/// address reuse, so a replica started again on the address can still bind it
+/// (Linux never hands such a port to a bind to port 0).
+fn hold_dead_port(inner: &Inner) {
+    match (crate::listeners::bind(inner.addr), inner.dead_port.lock()) {
+        (Ok(s), Ok(mut held)) => *held = Some(s),
+        (Err(e), _) => log::debug!("replica {}: cannot hold {}: {e}", inner.name, inner.addr),
+        (_, Err(_)) => {}
+    }
 }
 
 type RespBody = InflightBody;

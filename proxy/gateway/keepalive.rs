@@ -102,7 +102,7 @@ async fn send_head(
         h.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
     if let Some(id) = request_id {
-        h.insert_header(X_REQUEST_ID, id.clone())?;
+        h.insert_header(&X_REQUEST_ID, id.clone())?;
     }
     session.write_response_header(Box::new(h), false).await
 }

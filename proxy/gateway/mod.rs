@@ -48,7 +48,9 @@ use crate::upstream::{
     parse_orca, Admission, Lease, Ticket, Tried, ORCA_FORMAT_HEADER, ORCA_HEADER,
 };
 
-pub(crate) const X_REQUEST_ID: &str = "x-request-id";
+/// Inserting a `StaticHeaderName` neither parses nor copies the name.
+pub(crate) static X_REQUEST_ID: pingora::http::StaticHeaderName =
+    pingora::http::StaticHeaderName::new("x-request-id");
 
 /// The proxy application: shared, immutable except through the snapshot swap.
 pub(crate) struct Gateway {
@@ -290,7 +292,7 @@ impl ProxyHttp for Gateway {
         let request_id = headers::request_id(session.req_header());
         session
             .req_header_mut()
-            .insert_header(X_REQUEST_ID, request_id.clone())?;
+            .insert_header(&X_REQUEST_ID, request_id.clone())?;
         ctx.request_id = Some(request_id);
         headers::absolute_form_to_host(session.req_header_mut())?;
         if let Some(redirect) = self.redirect {
@@ -482,6 +484,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        batch_writes().await;
         headers::add_forwarded(session, upstream, self.scheme)?;
         if let Some(route) = &ctx.route {
             if route.strip_prefix {
@@ -620,6 +623,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        batch_writes().await;
         if ctx.route.as_ref().is_some_and(|r| r.api.openai) && upstream_response.status.is_success()
         {
             if let Some(kind) = answer_kind(upstream_response) {
@@ -640,7 +644,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(id) = &ctx.request_id {
-            upstream_response.insert_header(X_REQUEST_ID, id.clone())?;
+            upstream_response.insert_header(&X_REQUEST_ID, id.clone())?;
         }
         ctx.sent = Some(upstream_response.status.as_u16());
         if self
@@ -1183,4 +1187,15 @@ fn classify(e: &Error) -> Option<Reject> {
         (ErrorSource::Downstream, _) => Some(Reject::BadRequest),
         _ => Some(Reject::BadGateway),
     }
+}
+
+/// Lets every other request that is ready in this turn of the event loop reach the
+/// same point before this one writes, so the writes of a burst go out back to back:
+/// a peer woken by the first finds the rest waiting instead of being woken again
+/// (a wakeup of a sleeping peer on another core costs the writer an IPI, 15-20 µs
+/// of kernel time in a VM). Called before a request head goes to the replica and
+/// before a response head goes to the client. With nothing else ready the task is
+/// polled again at once.
+async fn batch_writes() {
+    tokio::task::yield_now().await;
 }

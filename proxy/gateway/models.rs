@@ -68,7 +68,7 @@ impl Gateway {
         h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         if let Some(id) = &ctx.request_id {
-            h.insert_header(super::X_REQUEST_ID, id.clone())?;
+            h.insert_header(&super::X_REQUEST_ID, id.clone())?;
         }
         session
             .write_response_header(Box::new(h), head_only)

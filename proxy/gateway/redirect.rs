@@ -30,7 +30,7 @@ impl HttpsRedirect {
         }
         h.insert_header(http::header::CONTENT_LENGTH, "0")?;
         if let Some(id) = request_id {
-            h.insert_header(super::X_REQUEST_ID, id.clone())?;
+            h.insert_header(&super::X_REQUEST_ID, id.clone())?;
         }
         session.write_response_header(Box::new(h), false).await?;
         session

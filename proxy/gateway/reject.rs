@@ -175,7 +175,7 @@ impl Reject {
             h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer realm=\"modelgate\"")?;
         }
         if let Some(id) = request_id {
-            h.insert_header(super::X_REQUEST_ID, id.clone())?;
+            h.insert_header(&super::X_REQUEST_ID, id.clone())?;
         }
         Ok(h)
     }

@@ -268,12 +268,14 @@ impl TokenMeter {
         now: Instant,
         sink: &mut impl TokenSink,
     ) {
-        match self.kind {
+        let kind = self.kind;
+        match kind {
             Kind::Json => {
                 if let Some(chunk) = body {
                     self.scan_json(chunk);
                 }
             }
+            Kind::Stream if self.one_event(body, now, sink) => {}
             Kind::Stream if self.strip_usage => self.strip(body, end, now, sink),
             Kind::Stream => {
                 if let Some(chunk) = body {
@@ -281,10 +283,56 @@ impl TokenMeter {
                 }
                 if end && !self.carry.is_empty() {
                     let line = std::mem::take(&mut self.carry);
-                    self.line(&line, now, sink);
+                    self.line(&line, UsageKey::Search, now, sink);
                 }
             }
         }
+    }
+
+    /// The common chunk, one event as servers write them (a line and the blank line
+    /// that ends it, or the line alone), with nothing carried: accounted without the
+    /// line loop and, when nothing of it is cut, passed on as it came without the
+    /// rewrite's bookkeeping. Whether the chunk was one.
+    fn one_event(
+        &mut self,
+        body: &mut Option<Bytes>,
+        now: Instant,
+        sink: &mut impl TokenSink,
+    ) -> bool {
+        if !self.carry.is_empty() || self.long_line || self.skip_blank {
+            return false;
+        }
+        let Some(chunk) = body.as_ref() else {
+            return false;
+        };
+        let Some(nl) = memchr::memchr(b'\n', chunk) else {
+            return false;
+        };
+        let line = &chunk[..=nl];
+        if !matches!(&chunk[nl + 1..], b"" | b"\n" | b"\r\n") || line.len() <= 2 {
+            return false;
+        }
+        let usage = match self.strip_usage {
+            true => FIND.usage.find(line).map_or(UsageKey::None, UsageKey::At),
+            false => UsageKey::Search,
+        };
+        let edit = self.line(line, usage, now, sink);
+        if edit != Edit::Keep {
+            let mut kept = Kept::default();
+            kept.line(chunk, 0..line.len(), edit);
+            let blank = nl + 1..chunk.len();
+            if !blank.is_empty() {
+                if self.skip_blank {
+                    // The blank line goes with the usage event.
+                    self.skip_blank = false;
+                } else {
+                    kept.range(chunk, blank);
+                }
+            }
+            let chunk = body.take().unwrap_or_default();
+            *body = Some(kept.finish(chunk));
+        }
+        true
     }
 
     /// Strip mode: every complete line passes except the usage event.
@@ -302,7 +350,7 @@ impl TokenMeter {
         if end && !self.carry.is_empty() {
             // The answer ended inside a line: it goes out as it came.
             let line = std::mem::take(&mut self.carry);
-            let edit = self.line(&line, now, sink);
+            let edit = self.line(&line, UsageKey::Search, now, sink);
             kept.line_bytes(&chunk, &line, edit);
         }
         let out = kept.finish(chunk);
@@ -334,7 +382,7 @@ impl TokenMeter {
             } else {
                 self.carry.extend_from_slice(&chunk[..start]);
                 let mut line = std::mem::take(&mut self.carry);
-                let edit = self.line(&line, now, sink);
+                let edit = self.line(&line, UsageKey::Search, now, sink);
                 if let Some(k) = kept.as_deref_mut() {
                     k.line_bytes(chunk, &line, edit);
                 }
@@ -343,19 +391,31 @@ impl TokenMeter {
             }
         }
         let mut pos = start;
+        // Lines kept as they came from `kept_from` on: told to `kept` in one range,
+        // when a line is cut or at the end (most chunks are kept whole).
+        let mut kept_from = start;
         while let Some(len) = line_len(&chunk[pos..]) {
             let end = pos + len;
             // A line of two bytes or fewer (the blank line that ends every event) is
             // no `data:` line: it passes without a call, unless it ends a cut event.
-            let edit = if len > 2 || self.skip_blank {
-                self.line(&chunk[pos..end], now, sink)
-            } else {
-                Edit::Keep
-            };
-            if let Some(k) = kept.as_deref_mut() {
-                k.line(chunk, pos..end, edit);
+            if len > 2 || self.skip_blank {
+                let edit = self.line(&chunk[pos..end], UsageKey::Search, now, sink);
+                if edit != Edit::Keep {
+                    if let Some(k) = kept.as_deref_mut() {
+                        if kept_from < pos {
+                            k.range(chunk, kept_from..pos);
+                        }
+                        k.line(chunk, pos..end, edit);
+                    }
+                    kept_from = end;
+                }
             }
             pos = end;
+        }
+        if let Some(k) = kept.as_deref_mut() {
+            if kept_from < pos {
+                k.range(chunk, kept_from..pos);
+            }
         }
         if pos < chunk.len() {
             self.push_carry(chunk, kept, pos..chunk.len());
@@ -379,8 +439,15 @@ impl TokenMeter {
         self.long_line = true;
     }
 
-    /// Accounts one line; in strip mode, what of it passes.
-    fn line(&mut self, line: &[u8], now: Instant, sink: &mut impl TokenSink) -> Edit {
+    /// Accounts one line (`usage`: where its first `"usage"` key is, as far as
+    /// known); in strip mode, what of it passes.
+    fn line(
+        &mut self,
+        line: &[u8],
+        usage: UsageKey,
+        now: Instant,
+        sink: &mut impl TokenSink,
+    ) -> Edit {
         if std::mem::take(&mut self.skip_blank) && line.trim_ascii().is_empty() {
             return Edit::Drop;
         }
@@ -389,13 +456,27 @@ impl TokenMeter {
         };
         let token = token_at(data);
         let edit = if self.strip_usage {
-            self.usage_member(data, token.is_none())
+            let key = match usage {
+                UsageKey::None => None,
+                UsageKey::At(at) => Some(at - 5),
+                UsageKey::Search => FIND.usage.find(data),
+            };
+            match key {
+                Some(key) => self.usage_member(data, key, token.is_none()),
+                None => Edit::Keep,
+            }
         } else {
+            // A usage object after the token needs a `{` after it (token lines have
+            // none, or `"usage":null`); a line without a token is searched whole.
             let from = token.unwrap_or(0);
-            if let Some((_, Some(u))) =
-                usage_object(&data[from..]).and_then(|v| usage_value(&data[from + v..]))
-            {
-                self.usage = Some(u);
+            if memchr::memchr(b'{', &data[from..]).is_some() {
+                if let Some((_, Some(u))) = FIND
+                    .usage
+                    .find(&data[from..])
+                    .and_then(|k| member_value(data, from + k))
+                {
+                    self.usage = Some(u);
+                }
             }
             Edit::Keep
         };
@@ -415,40 +496,31 @@ impl TokenMeter {
     }
 
     /// Strip mode: finds the top-level `usage` member of a `data:` payload (an object
-    /// or `null`, wherever it is), reads a usage object, and says what passes: the
-    /// usage-only event (no text, `"choices":[]`) not at all, any other chunk without
-    /// the member and one comma next to it (byte ranges of `data`).
-    fn usage_member(&mut self, data: &[u8], no_token: bool) -> Edit {
-        let mut from = 0;
-        while let Some(at) = FIND.usage.find(&data[from..]) {
-            let key = from + at;
-            from = key + USAGE_NAME.len();
-            // `\"usage":` ends a key that only ends in `usage`.
-            if key > 0 && data[key - 1] == b'\\' {
-                continue;
-            }
-            let Some(colon) = past_colon(&data[from..]) else {
-                continue;
-            };
-            from += colon;
-            let Some((len, usage)) = usage_value(&data[from..]) else {
-                continue;
-            };
-            let end = from + len;
-            if !closes_top_level(&data[end..]) {
-                continue;
-            }
-            if usage.is_some() {
-                self.usage = usage;
-                if no_token && empty_choices(data) {
-                    // The blank line that ends the event goes with it.
-                    self.skip_blank = true;
-                    return Edit::Drop;
+    /// or `null`, wherever it is; the first `"usage"` key is at `key`), reads a usage
+    /// object, and says what passes: the usage-only event (no text, `"choices":[]`)
+    /// not at all, any other chunk without the member and one comma next to it (byte
+    /// ranges of `data`).
+    fn usage_member(&mut self, data: &[u8], mut key: usize, no_token: bool) -> Edit {
+        loop {
+            if let Some((end, usage)) = member_value(data, key) {
+                if closes_top_level(&data[end..]) {
+                    if usage.is_some() {
+                        self.usage = usage;
+                        if no_token && empty_choices(data) {
+                            // The blank line that ends the event goes with it.
+                            self.skip_blank = true;
+                            return Edit::Drop;
+                        }
+                    }
+                    return Edit::Cut(member_range(data, key, end));
                 }
             }
-            return Edit::Cut(member_range(data, key, end));
+            let from = key + USAGE_NAME.len();
+            match FIND.usage.find(&data[from..]) {
+                Some(at) => key = from + at,
+                None => return Edit::Keep,
+            }
         }
-        Edit::Keep
     }
 
     /// A whole JSON answer: `usage` is near its end; keep from the last `"usage":`.
@@ -511,6 +583,17 @@ impl TokenMeter {
     }
 }
 
+/// Where a line's first `"usage"` key is, as far as known (strip mode).
+#[derive(Debug, Clone, Copy)]
+enum UsageKey {
+    /// The line has none.
+    None,
+    /// It starts this many bytes into the line.
+    At(usize),
+    /// Not known: the line is searched.
+    Search,
+}
+
 /// The length of the complete line at the start of `rest` (with its `\n`), `None` if
 /// it does not end in `rest`. The blank line that ends every event is told apart
 /// without a search.
@@ -523,16 +606,17 @@ fn line_len(rest: &[u8]) -> Option<usize> {
     }
 }
 
-/// Where the value of the first `"usage":` key in `data` starts, when it is an
-/// object. Without a `{` in `data` it cannot be: most token lines have none after
-/// their token (`usage` is absent or `null` there), and one byte is found at a
-/// fraction of the key's cost.
-fn usage_object(data: &[u8]) -> Option<usize> {
-    memchr::memchr(b'{', data)?;
-    let mut from = FIND.usage.find(data)? + USAGE_NAME.len();
-    from += past_colon(&data[from..])?;
-    let at = from + (data.len() - from - data[from..].trim_ascii_start().len());
-    (data.get(at) == Some(&b'{')).then_some(at)
+/// The value of the `"usage"` key at `key` in `data` when it is `null` or a usage
+/// object: where the value ends, and the usage. `\"usage":` ends a key (or string)
+/// that only ends in `usage`: not this one.
+fn member_value(data: &[u8], key: usize) -> Option<(usize, Option<Usage>)> {
+    if key > 0 && data[key - 1] == b'\\' {
+        return None;
+    }
+    let from = key + USAGE_NAME.len();
+    let from = from + past_colon(&data[from..])?;
+    let (len, usage) = usage_value(&data[from..])?;
+    Some((from + len, usage))
 }
 
 /// The length of the whitespace and `:` at the start of `rest` (after a key).
@@ -1018,6 +1102,33 @@ mod tests {
                 check(&r, strip, &[]);
                 for cut in 1..r.whole().len() {
                     check(&r, strip, &[cut]);
+                }
+            }
+        }
+    }
+
+    /// One event per chunk (as servers write them), and each line its own chunk.
+    #[test]
+    fn recorded_streams_event_by_event_and_line_by_line_count_the_same() {
+        for r in recorded() {
+            let whole = r.whole();
+            let mut events = Vec::new();
+            let mut lines = Vec::new();
+            let mut at = 0;
+            for e in &r.events {
+                at += e.len();
+                events.push(at);
+            }
+            for (i, b) in whole.bytes().enumerate() {
+                if b == b'\n' {
+                    lines.push(i + 1);
+                }
+            }
+            for strip in [false, true] {
+                for cuts in [&events, &lines] {
+                    let cuts: Vec<usize> =
+                        cuts.iter().copied().filter(|&c| c < whole.len()).collect();
+                    check(&r, strip, &cuts);
                 }
             }
         }

@@ -393,21 +393,30 @@ async fn a_post_whose_body_was_sent_is_not_replayed_unless_allowed() {
             &format!("balance = \"round_robin\"\nretries = 1\nretry_non_idempotent = {allow}"),
         ))
         .await;
-        // Round robin starts at a random place: aim at the dying replica with GETs first.
+        // Round robin starts at a random place: send until a POST lands on the dying one.
         let client = h1();
         let call = loop {
             let before = other.hits();
             let (c, url) = (client.clone(), proxy.url("/v1/predict"));
             let call =
                 tokio::spawn(async move { c.post(url).body(vec![b'x'; body_len]).send().await });
+            // An answer that reached neither replica ends the wait too, and is shown.
             eventually("the request reached a replica", PATIENCE, || async {
-                dying.inflight() == 1 || other.hits() > before
+                dying.inflight() == 1 || other.hits() > before || call.is_finished()
             })
             .await;
             if dying.inflight() == 1 {
                 break call;
             }
-            call.await.unwrap().unwrap(); // it went to the other one; try again
+            let answer = call
+                .await
+                .unwrap()
+                .map(|r| (r.status(), r.headers().clone()));
+            assert!(
+                other.hits() > before,
+                "the POST reached neither replica; the proxy answered {answer:?}"
+            );
+            // it went to the other one; try again
         };
         let other_before = other.hits();
         dying.shutdown();

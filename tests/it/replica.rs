@@ -260,6 +260,31 @@ async fn shutdown_kills_in_flight(client: reqwest::Client) {
     .await;
 }
 
+/// A killed replica's port stays bound while its handle lives: connections are
+/// refused, as by a dead server, rather than reaching another test's listener that a
+/// bind to port 0 was handed the port (a port left in TIME_WAIT by cut connections
+/// is not handed out either, but one that never served is free at once). A replica
+/// can still be started again on the address.
+#[tokio::test]
+async fn a_killed_replica_keeps_its_port_refusing() {
+    let r = Replica::builder("gone").spawn().await.unwrap();
+    let addr = r.addr();
+    r.shutdown();
+    eventually("new connections refused", PATIENCE, || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // A bind that does not share addresses, as a bind to port 0 never does.
+    let exclusive = tokio::net::TcpSocket::new_v4().unwrap().bind(addr);
+    assert_eq!(
+        exclusive.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::AddrInUse)
+    );
+    let again = Replica::builder("again").bind(addr).spawn().await.unwrap();
+    let resp = h1().get(url(&again, "/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 #[tokio::test]
 async fn shutdown_kills_in_flight_http1() {
     shutdown_kills_in_flight(h1()).await;

@@ -364,9 +364,8 @@ async fn a_failed_wake_call_is_retried_while_requests_are_held() {
         .spawn()
         .await
         .unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let scaler_addr = closed.local_addr().unwrap();
-    drop(closed);
+    // Held, so no other test's listener takes the port (and the wake calls) meanwhile.
+    let (_held, scaler_addr) = refusing_addr();
     let proxy = front("", &cold_upstream(&model, "30s", scaler_addr)).await;
     let client = h1();
     let held = send(&client, &proxy);

@@ -92,10 +92,13 @@ pub fn free_port() -> u16 {
 
 /// An address on 127.0.0.1 that refuses connections for as long as the returned
 /// socket lives: its port is bound, so no other test's listener can take it (as
-/// one could take a [`free_port`] between the check and the use), but never
-/// listens.
+/// one could take a [`free_port`] between the check and the use, and then get
+/// what was sent there), but never listens. The socket allows address reuse, which
+/// Linux honours only for an explicit bind to the port (never for port 0): a test
+/// can start a listener on the address while still holding it.
 pub fn refusing_addr() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
     let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
     socket
         .bind(([127, 0, 0, 1], 0).into())
         .expect("binding 127.0.0.1:0");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{free_port, PATIENCE, POLL_INTERVAL};
+use super::{refusing_addr, PATIENCE, POLL_INTERVAL};
 
 const START_ATTEMPTS: usize = 3;
 
@@ -30,6 +30,8 @@ pub struct TestProxy {
     http: SocketAddr,
     https: SocketAddr,
     admin: SocketAddr,
+    /// The three ports, held (bound, not listening) for as long as this lives.
+    _ports: Vec<tokio::net::TcpSocket>,
 }
 
 enum Startup {
@@ -43,10 +45,10 @@ enum Startup {
 
 impl TestProxy {
     /// Starts the proxy with `toml` as its config. `{http}`, `{https}` and `{admin}`
-    /// are replaced by `127.0.0.1:<free port>`. Waits until the admin listener
-    /// answers `GET /readyz` with 200 (or, without an `{admin}` placeholder,
-    /// until the HTTP listener accepts connections). Retries with fresh ports
-    /// if the process exits before becoming ready.
+    /// are replaced by `127.0.0.1:<port>`, ports held for this proxy while it lives.
+    /// Waits until the admin listener answers `GET /readyz` with 200 (or, without an
+    /// `{admin}` placeholder, until the HTTP listener accepts connections). Retries
+    /// with fresh ports if the process exits before becoming ready.
     pub async fn start(toml: &str) -> TestProxy {
         Self::start_with_env(toml, &[]).await
     }
@@ -93,16 +95,11 @@ impl TestProxy {
     }
 
     fn spawn(toml: &str, env: &[(&str, &str)]) -> TestProxy {
-        let mut ports: Vec<u16> = Vec::new();
-        while ports.len() < 3 {
-            let p = free_port();
-            if !ports.contains(&p) {
-                ports.push(p);
-            }
-        }
-        let http = SocketAddr::from(([127, 0, 0, 1], ports[0]));
-        let admin = SocketAddr::from(([127, 0, 0, 1], ports[1]));
-        let https = SocketAddr::from(([127, 0, 0, 1], ports[2]));
+        // Held from here on, so no other test's listener is handed one of them before
+        // the proxy binds it (the proxy's bind shares the address, as the holder's
+        // does); a port found free and let go could be taken in the meantime.
+        let (ports, addrs): (Vec<_>, Vec<_>) = (0..3).map(|_| refusing_addr()).unzip();
+        let (http, admin, https) = (addrs[0], addrs[1], addrs[2]);
         let text = toml
             .replace("{http}", &http.to_string())
             .replace("{https}", &https.to_string())
@@ -141,6 +138,7 @@ impl TestProxy {
             http,
             https,
             admin,
+            _ports: ports,
         }
     }
 

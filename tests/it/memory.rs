@@ -10,10 +10,11 @@ use crate::support::{eventually, modelgate_bin, pool_config, TestProxy, PATIENCE
 /// Idle connections held at once; enough that a few KiB each dwarfs RSS noise.
 const CONNS: usize = 2000;
 /// Bound on the proxy's resident memory per idle keep-alive client connection:
-/// 5.5-5.7 KiB measured (release and debug builds, 2,000 connections; nginx: under
-/// 1 KiB; before the boxed connection futures of vendor/README.md: 19 KiB; pingora
-/// 0.9.1 as released: 91-105 KiB). The margin absorbs allocator and RSS noise.
-const MAX_KIB_PER_CONN: u64 = 8;
+/// 3.6-3.7 KiB measured (release and debug builds, 2,000 connections, since the
+/// connection waits for its next request before building the session; 5.5-6.1 KiB
+/// before; nginx: under 1 KiB; pingora 0.9.1 as released: 91-105 KiB). The margin
+/// absorbs allocator and RSS noise.
+const MAX_KIB_PER_CONN: u64 = 5;
 
 /// Sends one GET on `stream` and reads its whole answer (headers and the
 /// Content-Length body), leaving the connection open and idle.

@@ -381,7 +381,11 @@ where
             );
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                if !next_request_arrived(&mut stream, persistent_settings.as_ref(), shutdown).await
+                {
+                    return None;
+                }
                 let mut session = ServerSession::new_http1(stream);
                 session.set_header_read_timeout(header_read_timeout, false);
                 if let Some(persistent_settings) = persistent_settings {
@@ -396,6 +400,62 @@ where
 
     async fn cleanup(&self) {
         self.http_cleanup().await;
+    }
+}
+
+/// modelgate patch: waits on a reused HTTP/1 connection for the next request's first
+/// byte (without consuming it) before the session and the request's future are built,
+/// so an idle keep-alive connection holds only its stream: the session, its digest and
+/// the proxy's request future (about 2 KiB together) exist only while a request is in
+/// progress. `false`: close the connection (the keep-alive timeout expired, the client
+/// closed or the service is shutting down). Streams that cannot peek (TLS) and
+/// sessions with pipelined bytes already read go straight on, as before.
+async fn next_request_arrived(
+    stream: &mut Stream,
+    settings: Option<&HttpPersistentSettings>,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    let Some(settings) = settings else {
+        return true;
+    };
+    if settings.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty()) {
+        return true;
+    }
+    let Some(keepalive) = settings.keepalive_timeout else {
+        return true;
+    };
+    let mut shutdown = shutdown.clone();
+    let mut first = [0u8; 1];
+    let peek = stream.try_peek(&mut first);
+    let peeked = async {
+        match keepalive {
+            0 => Some(peek.await),
+            secs => pingora_timeout::timeout(Duration::from_secs(secs), peek)
+                .await
+                .ok(),
+        }
+    };
+    let shut_down = async {
+        if shutdown.wait_for(|down| *down).await.is_err() {
+            // no shutdown signal will ever come
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        peeked = peeked => match peeked {
+            // `Ok(false)`: this stream cannot peek, so read the request as before
+            Some(Ok(_)) => true,
+            Some(Err(e)) => {
+                debug!("keep-alive connection closed while idle: {e}");
+                false
+            }
+            None => {
+                debug!("keepalive timeout {keepalive}s reached while idle");
+                false
+            }
+        },
+        _ = shut_down => false,
     }
 }
 

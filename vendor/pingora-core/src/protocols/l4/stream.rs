@@ -566,6 +566,23 @@ impl AsyncWrite for BufferedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if buf.len() >= this.write_capacity && this.written < this.write_buf.len() {
+            // A large write behind buffered bytes (a response body behind its head):
+            // one vectored write of both instead of a flush and then the write.
+            let pending = this.write_buf.len() - this.written;
+            let bufs = [
+                std::io::IoSlice::new(&this.write_buf[this.written..]),
+                std::io::IoSlice::new(buf),
+            ];
+            let n = ready!(Pin::new(&mut this.raw).poll_write_vectored(cx, &bufs))?;
+            if n > pending {
+                this.write_buf = Vec::new();
+                this.written = 0;
+                return Poll::Ready(Ok(n - pending));
+            }
+            // Only (part of) the buffered bytes went: flush the rest as before.
+            this.written += n;
+        }
         if this.write_buf.len() + buf.len() > this.write_capacity {
             ready!(this.poll_flush_buf(cx))?;
         }
@@ -1159,6 +1176,34 @@ mod tests {
         let n = stream.read(buffer.as_mut_slice()).await.unwrap();
         assert_eq!(n, message.len());
         assert!(stream.rx_ts.is_none());
+    }
+
+    /// A head left in the write buffer and a body larger than the buffer go out in
+    /// order, whole, when the body is written in one vectored write with the head
+    /// (and when that write is partial: 4 MiB is more than the socket takes at once).
+    #[tokio::test]
+    async fn buffered_head_and_large_body_arrive_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 4194304\r\n\r\n".to_vec();
+        let body: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let expected = [head.clone(), body.clone()].concat();
+        let reader = tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        stream.write_all(&head).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        stream.write_all(b"tail").await.unwrap();
+        stream.flush().await.unwrap();
+        AsyncWriteExt::shutdown(&mut stream).await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), expected.len() + 4);
+        assert!(got[..expected.len()] == expected[..], "bytes out of order");
+        assert_eq!(&got[expected.len()..], b"tail");
     }
 
     #[tokio::test]

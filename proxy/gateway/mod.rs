@@ -484,7 +484,6 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        batch_writes().await;
         headers::add_forwarded(session, upstream, self.scheme)?;
         if let Some(route) = &ctx.route {
             if route.strip_prefix {
@@ -623,7 +622,6 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        batch_writes().await;
         if ctx.route.as_ref().is_some_and(|r| r.api.openai) && upstream_response.status.is_success()
         {
             if let Some(kind) = answer_kind(upstream_response) {
@@ -1187,15 +1185,4 @@ fn classify(e: &Error) -> Option<Reject> {
         (ErrorSource::Downstream, _) => Some(Reject::BadRequest),
         _ => Some(Reject::BadGateway),
     }
-}
-
-/// Lets every other request that is ready in this turn of the event loop reach the
-/// same point before this one writes, so the writes of a burst go out back to back:
-/// a peer woken by the first finds the rest waiting instead of being woken again
-/// (a wakeup of a sleeping peer on another core costs the writer an IPI, 15-20 µs
-/// of kernel time in a VM). Called before a request head goes to the replica and
-/// before a response head goes to the client. With nothing else ready the task is
-/// polled again at once.
-async fn batch_writes() {
-    tokio::task::yield_now().await;
 }

@@ -382,9 +382,7 @@ fn new_server(config: &Config, opts: &StartOptions) -> Server {
     };
     let conf = ServerConf {
         threads,
-        // One current-thread runtime per worker thread, each connection on one of
-        // them for its life: no work-stealing queues, no cross-thread task wakes.
-        work_stealing: false,
+        work_stealing: true,
         grace_period_seconds: Some(config.listen.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: opts

@@ -4,6 +4,9 @@
 #
 #   bash benches/ab.sh BIN_A BIN_B   # REPEATS=5 SECS=5 CASES="tiny 16k h2" ENV_A= ENV_B=
 #
+# Cases: tiny, 16k (HTTP/1.1 keep-alive), h2 (HTTPS HTTP/2, 16 connections x 4 streams),
+# tls (a new TLS 1.3 connection per request, as compare.sh's; not in the default CASES).
+#
 # ENV_A / ENV_B: extra environment for one side ("MIMALLOC_PURGE_DELAY=10"), so one binary
 # can be compared with itself under other settings. Both builds get the same config as in
 # compare.sh (one worker, round robin over three nginx backend ports with upstream
@@ -13,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
-[ $# -eq 2 ] || { sed -n 2,12p "$0" >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n 2,15p "$0" >&2; exit 2; }
 declare -A BIN=([a]=$(realpath "$1") [b]=$(realpath "$2"))
 REPEATS=${REPEATS:-5}
 SECS=${SECS:-5}
@@ -97,6 +100,8 @@ load() { # CASE SIDE: runs the load, prints the requests completed
     tiny) out=$(on_load wrk -t1 -c32 -d"${SECS}s" "http://127.0.0.1:${HTTP[$2]}/") ;;
     16k) out=$(on_load wrk -t1 -c32 -d"${SECS}s" "http://127.0.0.1:${HTTP[$2]}/16k") ;;
     h2) out=$(on_load h2load -t1 -c16 -m4 -D "$SECS" "https://localhost:${HTTPS[$2]}/" 2>&1) ;;
+    tls) out=$(on_load h2load --h1 -t1 -c16 -n $((SECS * 800)) -H 'Connection: close' \
+      "https://localhost:${HTTPS[$2]}/" 2>&1) ;;
     *) echo "unknown case $1" >&2; exit 2 ;;
   esac
   awk '/requests in/ {print $1} /^requests:/ {print $8}' <<<"$out"

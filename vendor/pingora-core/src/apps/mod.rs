@@ -21,6 +21,8 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use log::{debug, error};
 use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,133 +271,21 @@ impl<T> ServerApp for T
 where
     T: HttpServerApp + Send + Sync + 'static,
 {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
-        let custom = self
-            .server_options()
-            .as_ref()
-            .map_or(false, |o| o.force_custom);
-
-        // h2c is for cleartext connections; on TLS, ALPN handles protocol negotiation.
-        // Otherwise, h2c stays true on TLS streams, forcing HTTP/1.1 clients into HTTP/2
-        if stream.get_ssl_digest().is_some() {
-            h2c = false;
-        }
-        // try to read h2 preface
-        else if h2c && !custom {
-            // Decide as soon as the bytes can no longer be the preface: a complete
-            // request shorter than it (`GET / HTTP/1.0` + CRLF CRLF) must not wait.
-            let peek = stream.try_peek_prefix(H2_PREFACE);
-            // A client that sends nothing must not hold the connection forever.
-            let peek = match self.server_options().and_then(|o| o.header_read_timeout) {
-                Some(t) => match pingora_timeout::timeout(t, peek).await {
-                    Ok(peeked) => peeked,
-                    Err(_) => {
-                        debug!("no request within {t:?} of the connection's start");
-                        return None;
-                    }
-                },
-                None => peek.await,
-            };
-            let peeked = peek
-                .map_err(|e| {
-                    // this error is normal when h1 reuse and close the connection
-                    debug!("Read error while peeking h2c preface {e}");
-                    e
-                })
-                .ok()?;
-            // not all streams support peeking
-            if let Some(is_preface) = peeked {
-                // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = is_preface;
-            }
-        }
-        if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // create a shared connection digest
-            let digest = Arc::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                // TODO: log h2 handshake time
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            });
-
-            let h2_options = self.h2_options();
-            // modelgate patch: the h2 handshake and connection futures are boxed, so the
-            // HTTP/1.1 path's future (held by every idle keep-alive connection) does not
-            // carry their size.
-            let h2_conn = match Box::pin(server::handshake(stream, h2_options)).await {
-                Err(e) => {
-                    error!("H2 handshake error {e}");
-                    return None;
-                }
-                Ok(c) => c,
-            };
-
-            // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
-            // the same code path is exercised by tests in `protocols::http::v2`.
-            let app = self.clone();
-            let shutdown_for_session = shutdown.clone();
-            let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            Box::pin(server::accept_downstream_sessions(
-                h2_conn,
-                digest,
-                shutdown.clone(),
-                h2_idle_timeout,
-                |h2_stream, guard| {
-                    let app = app.clone();
-                    let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
-                        // hold `guard` for the session's lifetime so the accept
-                        // loop's idle timeout sees this connection as busy.
-                        let _guard = guard;
-                        // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
-                },
-            ))
-            .await;
-        } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
-            return self.clone().process_custom_session(stream, shutdown).await;
-        } else {
-            // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            let header_read_timeout = self.server_options().and_then(|o| o.header_read_timeout);
-            let mut session = ServerSession::new_http1(stream);
-            session.set_header_read_timeout(header_read_timeout, true);
-            if *shutdown.borrow() {
-                // stop downstream from reusing if this service is shutting down soon
-                session.set_keepalive(None);
-            } else {
-                // default 60s
-                session.set_keepalive(Some(60));
-            }
-            session.set_keepalive_reuses_remaining(
-                self.server_options()
-                    .and_then(|opts| opts.keepalive_request_limit),
-            );
-
-            let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
-                if !next_request_arrived(&mut stream, persistent_settings.as_ref(), shutdown).await
-                {
-                    return None;
-                }
-                let mut session = ServerSession::new_http1(stream);
-                session.set_header_read_timeout(header_read_timeout, false);
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
-                }
-
-                result = self.process_new_http(session, shutdown).await;
-            }
-        }
-        None
+    // modelgate patch: written out as the `fn` that `async_trait` would generate, with
+    // the work in `serve_http`, whose future holds while a keep-alive connection is
+    // idle only its stream, its persistent settings and the wait for the next request
+    // (see there).
+    fn process_new<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        stream: Stream,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<Stream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(serve_http(self, stream, shutdown))
     }
 
     async fn cleanup(&self) {
@@ -403,13 +293,155 @@ where
     }
 }
 
-/// modelgate patch: waits on a reused HTTP/1 connection for the next request's first
-/// byte (without consuming it) before the session and the request's future are built,
-/// so an idle keep-alive connection holds only its stream: the session, its digest and
-/// the proxy's request future (about 2 KiB together) exist only while a request is in
-/// progress. `false`: close the connection (the keep-alive timeout expired, the client
-/// closed or the service is shutting down). Streams that cannot peek (TLS) and
-/// sessions with pipelined bytes already read go straight on, as before.
+/// The body of [`ServerApp::process_new`] for an [`HttpServerApp`]: HTTP/2 (h2c or
+/// ALPN), a custom protocol, or HTTP/1.x requests until the connection cannot be
+/// reused. modelgate patch: the rare paths (HTTP/2, custom) are boxed and each request
+/// is a boxed `process_new_http` future, so this future, which every idle keep-alive
+/// connection keeps for its life, is sized by the wait for the next request.
+async fn serve_http<T>(app: &Arc<T>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream>
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    let mut h2c = app.server_options().as_ref().map_or(false, |o| o.h2c);
+    let custom = app
+        .server_options()
+        .as_ref()
+        .map_or(false, |o| o.force_custom);
+
+    // h2c is for cleartext connections; on TLS, ALPN handles protocol negotiation.
+    // Otherwise, h2c stays true on TLS streams, forcing HTTP/1.1 clients into HTTP/2
+    if stream.get_ssl_digest().is_some() {
+        h2c = false;
+    }
+    // try to read h2 preface
+    else if h2c && !custom {
+        // Decide as soon as the bytes can no longer be the preface: a complete
+        // request shorter than it (`GET / HTTP/1.0` + CRLF CRLF) must not wait.
+        let peek = stream.try_peek_prefix(H2_PREFACE);
+        // A client that sends nothing must not hold the connection forever.
+        let peek = match app.server_options().and_then(|o| o.header_read_timeout) {
+            Some(t) => match pingora_timeout::timeout(t, peek).await {
+                Ok(peeked) => peeked,
+                Err(_) => {
+                    debug!("no request within {t:?} of the connection's start");
+                    return None;
+                }
+            },
+            None => peek.await,
+        };
+        let peeked = peek
+            .map_err(|e| {
+                // this error is normal when h1 reuse and close the connection
+                debug!("Read error while peeking h2c preface {e}");
+                e
+            })
+            .ok()?;
+        // not all streams support peeking
+        if let Some(is_preface) = peeked {
+            // turn off h2c (use h1) if h2 preface doesn't exist
+            h2c = is_preface;
+        }
+    }
+    if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        Box::pin(serve_h2(app, stream, shutdown)).await;
+        return None;
+    }
+    if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
+        return app.clone().process_custom_session(stream, shutdown).await;
+    }
+    // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+    let mut session = ServerSession::new_http1(stream);
+    session.set_header_read_timeout(header_read_timeout(app.as_ref()), true);
+    if *shutdown.borrow() {
+        // stop downstream from reusing if this service is shutting down soon
+        session.set_keepalive(None);
+    } else {
+        // default 60s
+        session.set_keepalive(Some(60));
+    }
+    session.set_keepalive_reuses_remaining(
+        app.server_options()
+            .and_then(|opts| opts.keepalive_request_limit),
+    );
+
+    let mut reused = app.process_new_http(session, shutdown).await?;
+    loop {
+        let (mut stream, persistent_settings) = reused.consume();
+        if !next_request_arrived(&mut stream, persistent_settings.as_ref(), shutdown).await {
+            return None;
+        }
+        let mut session = ServerSession::new_http1(stream);
+        session.set_header_read_timeout(header_read_timeout(app.as_ref()), false);
+        if let Some(persistent_settings) = persistent_settings {
+            persistent_settings.apply_to_session(&mut session);
+        }
+        reused = app.process_new_http(session, shutdown).await?;
+    }
+}
+
+fn header_read_timeout<T: HttpServerApp>(app: &T) -> Option<Duration> {
+    app.server_options().and_then(|o| o.header_read_timeout)
+}
+
+/// Serves an HTTP/2 connection (h2c or ALPN h2) until it closes.
+async fn serve_h2<T>(app: &Arc<T>, stream: Stream, shutdown: &ShutdownWatch)
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    // create a shared connection digest
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        // TODO: log h2 handshake time
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+
+    let h2_options = app.h2_options();
+    let h2_conn = match server::handshake(stream, h2_options).await {
+        Err(e) => {
+            error!("H2 handshake error {e}");
+            return;
+        }
+        Ok(c) => c,
+    };
+
+    // The accept-loop body — including the graceful-shutdown state
+    // machine — lives in `server::accept_downstream_sessions` so that
+    // the same code path is exercised by tests in `protocols::http::v2`.
+    let app = app.clone();
+    let shutdown_for_session = shutdown.clone();
+    let h2_idle_timeout = app.server_options().and_then(|o| o.h2_idle_timeout);
+    server::accept_downstream_sessions(
+        h2_conn,
+        digest,
+        shutdown.clone(),
+        h2_idle_timeout,
+        |h2_stream, guard| {
+            let app = app.clone();
+            let shutdown = shutdown_for_session.clone();
+            pingora_runtime::current_handle().spawn(async move {
+                // hold `guard` for the session's lifetime so the accept
+                // loop's idle timeout sees this connection as busy.
+                let _guard = guard;
+                // Note, `PersistentSettings` not currently relevant for h2
+                app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
+                    .await;
+            });
+        },
+    )
+    .await;
+}
+
+/// modelgate patch: waits on a reused HTTP/1 connection until the next request's
+/// first bytes can be read (consuming nothing) before the session and the request's
+/// future are built, so an idle keep-alive connection holds only its stream: the
+/// session, its digest and the proxy's request future (about 2 KiB together) exist
+/// only while a request is in progress. The wait is the stream's `poll_read_ready`
+/// (no buffer, no boxed future). `false`: close the connection (the keep-alive
+/// timeout expired, the client closed or the service is shutting down). Streams that
+/// cannot tell and sessions with pipelined bytes already read go straight on, as
+/// before.
 async fn next_request_arrived(
     stream: &mut Stream,
     settings: Option<&HttpPersistentSettings>,
@@ -425,12 +457,11 @@ async fn next_request_arrived(
         return true;
     };
     let mut shutdown = shutdown.clone();
-    let mut first = [0u8; 1];
-    let peek = stream.try_peek(&mut first);
-    let peeked = async {
+    let ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
+    let ready = async {
         match keepalive {
-            0 => Some(peek.await),
-            secs => pingora_timeout::timeout(Duration::from_secs(secs), peek)
+            0 => Some(ready.await),
+            secs => pingora_timeout::timeout(Duration::from_secs(secs), ready)
                 .await
                 .ok(),
         }
@@ -443,8 +474,8 @@ async fn next_request_arrived(
     };
     tokio::select! {
         biased;
-        peeked = peeked => match peeked {
-            // `Ok(false)`: this stream cannot peek, so read the request as before
+        ready = ready => match ready {
+            // `Ok(false)`: this stream cannot tell, so read the request as before
             Some(Ok(_)) => true,
             Some(Err(e)) => {
                 debug!("keep-alive connection closed while idle: {e}");

@@ -88,6 +88,17 @@ pub trait Peek {
         let mut buf = vec![0u8; prefix.len()];
         Ok(self.try_peek(&mut buf).await?.then(|| buf == prefix))
     }
+
+    /// modelgate: ready once a read would find bytes (or the end of the stream, or an
+    /// error) without blocking, consuming nothing and allocating nothing: a connection
+    /// can wait for its next request holding no buffer and no boxed future.
+    /// `Ready(Ok(false))` if this stream cannot tell (the default).
+    fn poll_read_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<bool>> {
+        std::task::Poll::Ready(Ok(false))
+    }
 }
 
 use std::any::Any;

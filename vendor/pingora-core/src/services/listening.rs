@@ -37,6 +37,8 @@ use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -238,6 +240,27 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         }
     }
 
+    /// modelgate patch: a connection's task. Its future, which the task keeps for the
+    /// connection's life, holds only its arguments and the boxed future of the
+    /// request (or connection) in progress: the handshake is boxed by the caller.
+    async fn serve_connection(
+        handshake: Pin<Box<dyn Future<Output = Option<Stream>> + Send>>,
+        app_logic: Arc<A>,
+        shutdown: ShutdownWatch,
+        _permit: Option<Box<dyn Send>>,
+    ) {
+        let Some(mut event) = handshake.await else {
+            return;
+        };
+        debug!("new event!");
+        while let Some(reused) = app_logic.process_new(event, &shutdown).await {
+            // TODO: with no steal runtime, consider spawn() the next event on
+            // another thread for more evenly load balancing
+            debug!("new reusable event!");
+            event = reused;
+        }
+    }
+
     async fn run_endpoint(
         app_logic: Arc<A>,
         mut stack: TransportStack,
@@ -275,41 +298,38 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         },
                         None => None,
                     };
-                    let app = app_logic.clone();
-                    let shutdown = shutdown.clone();
+                    // modelgate patch: the handshake (TLS state included) and what only
+                    // its failure needs (the peer's address, the observer) live in their
+                    // own allocation, freed once it completes; inline, the task of every
+                    // connection would keep their size for the connection's life.
                     let failures = failures.clone();
-                    let peer_addr = io.peer_addr();
-                    // modelgate patch: the handshake (TLS state included) lives in its own
-                    // allocation, freed once it completes; inline, the task of every
-                    // connection would keep its size for the connection's life.
-                    let handshake = Box::pin(io.handshake());
-                    current_handle().spawn(async move {
-                        let _permit = permit;
-                        match timeout(Duration::from_secs(60), handshake).await {
-                            Ok(handshake) => {
-                                match handshake {
-                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    Err(e) if failures.is_some() => {
-                                        if let Some(f) = &failures {
-                                            f.failed(peer_addr.as_ref(), Some(&e));
-                                        }
+                    let handshake = Box::pin(async move {
+                        let peer_addr = io.peer_addr();
+                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                            Ok(Ok(io)) => return Some(io),
+                            Ok(Err(e)) => match &failures {
+                                Some(f) => f.failed(peer_addr.as_ref(), Some(&e)),
+                                // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                                None => match peer_addr {
+                                    Some(addr) => {
+                                        error!("Downstream handshake error from {}: {e}", addr)
                                     }
-                                    Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
-                                        } else {
-                                            error!("Downstream handshake error: {e}");
-                                        }
-                                    }
-                                }
-                            }
+                                    None => error!("Downstream handshake error: {e}"),
+                                },
+                            },
                             Err(_) => match &failures {
                                 Some(f) => f.failed(peer_addr.as_ref(), None),
                                 None => error!("Downstream handshake timeout"),
                             },
                         }
+                        None
                     });
+                    current_handle().spawn(Self::serve_connection(
+                        handshake,
+                        app_logic.clone(),
+                        shutdown.clone(),
+                        permit,
+                    ));
                 }
                 Err(e) => {
                     error!("Accept() failed {e}");

@@ -191,14 +191,19 @@ impl RawStreamWrapper {
             rx_ts: None,
             #[cfg(target_os = "linux")]
             enable_rx_ts: false,
+            // modelgate: allocated when rx timestamps are turned on, the only reads
+            // that use it, instead of for every connection
             #[cfg(target_os = "linux")]
-            reusable_cmsg_space: nix::cmsg_space!(nix::sys::socket::Timestamps),
+            reusable_cmsg_space: Vec::new(),
         }
     }
 
     #[cfg(target_os = "linux")]
     pub fn enable_rx_ts(&mut self, enable_rx_ts: bool) {
         self.enable_rx_ts = enable_rx_ts;
+        if enable_rx_ts && self.reusable_cmsg_space.is_empty() {
+            self.reusable_cmsg_space = nix::cmsg_space!(nix::sys::socket::Timestamps);
+        }
     }
 }
 
@@ -859,6 +864,13 @@ impl Ssl for Stream {}
 
 #[async_trait]
 impl Peek for Stream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.rewind_read_buf.is_empty() || !self.stream().read_buf.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        self.stream().get_ref().poll_read_ready(cx).map_ok(|()| true)
+    }
+
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         use tokio::io::AsyncReadExt;
         self.read_exact(buf).await?;
@@ -999,6 +1011,9 @@ impl AsyncRead for Stream {
             if !data_to_read.is_empty() {
                 let remaining_buf = Vec::from(data_to_read);
                 self.rewind_read_buf.push(remaining_buf);
+            } else if self.rewind_read_buf.is_empty() {
+                // modelgate: drained (the h2c preface peek's bytes): hold no memory
+                self.rewind_read_buf = Vec::new();
             }
             result
         } else {

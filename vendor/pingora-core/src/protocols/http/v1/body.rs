@@ -378,6 +378,17 @@ impl BodyReader {
         self.body_buf_overread = (!overread_bytes.is_empty()).then_some(overread_bytes);
     }
 
+    /// modelgate: whether the next [`Self::read_body`] reads the stream into a cleared
+    /// body buffer (nothing buffered is still needed), so the buffer may be freed
+    /// while the stream has nothing to read.
+    pub fn next_read_discards_buf(&self) -> bool {
+        self.rewind_buf_len == 0
+            && matches!(
+                self.body_state,
+                PS::Partial(..) | PS::UntilClose(_) | PS::Chunked(_, 0, 0, _)
+            )
+    }
+
     pub async fn read_body<S>(&mut self, stream: &mut S) -> Result<Option<BufRef>>
     where
         S: AsyncRead + Unpin + Send,

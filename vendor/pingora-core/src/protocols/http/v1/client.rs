@@ -468,6 +468,20 @@ impl HttpSession {
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
         self.init_body_reader();
+        // modelgate: a response body that pauses (an SSE stream between events) holds
+        // no 64 KiB body buffer while it waits; one that flows keeps it.
+        if self.body_reader.next_read_discards_buf() {
+            let (reader, stream) = (&mut self.body_reader, &mut self.underlying_stream);
+            // errors surface in the read below
+            let _ = std::future::poll_fn(|cx| {
+                let ready = stream.poll_read_ready(cx);
+                if ready.is_pending() {
+                    reader.body_buf = None;
+                }
+                ready
+            })
+            .await;
+        }
         self.body_reader
             .read_body(&mut self.underlying_stream)
             .await

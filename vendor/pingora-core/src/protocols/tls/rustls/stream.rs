@@ -38,8 +38,11 @@ use x509_parser::nom::AsBytes;
 #[derive(Debug)]
 pub struct InnerStream<T> {
     pub(crate) stream: Option<RusTlsStream<T>>,
-    connect: NoDebug<Option<Connect<T>>>,
-    accept: NoDebug<Option<Accept<T>>>,
+    // modelgate: boxed, as each holds a whole rustls connection and the stream under
+    // it; inline, every connection kept three such slots (these two and `stream`,
+    // about 1.6 KiB each) for its life, though only the handshake uses these.
+    connect: NoDebug<Option<Box<Connect<T>>>>,
+    accept: NoDebug<Option<Box<Accept<T>>>>,
 }
 
 /// The TLS connection
@@ -286,7 +289,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> InnerStream<T> {
         let connect = connector.connect(server.to_owned(), stream);
         Ok(InnerStream {
             accept: None.into(),
-            connect: Some(connect).into(),
+            connect: Some(Box::new(connect)).into(),
             stream: None,
         })
     }
@@ -295,7 +298,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> InnerStream<T> {
         let accept = acceptor.acceptor.accept(stream);
 
         Ok(InnerStream {
-            accept: Some(accept).into(),
+            accept: Some(Box::new(accept)).into(),
             connect: None.into(),
             stream: None,
         })
@@ -447,4 +450,36 @@ impl SslDigest {
     }
 }
 
-impl<S> Peek for TlsStream<S> {}
+/// modelgate: readiness for a connection waiting for its next request (rustls' stream
+/// cannot peek bytes): ready when rustls holds plaintext, has seen the peer's
+/// close_notify or an error, has records to send, or the stream under it has bytes.
+impl<S: Peek> Peek for TlsStream<S> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<IoResult<bool>> {
+        let Some(stream) = self.tls.stream.as_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        // Whether a read could make progress without new bytes from the peer.
+        macro_rules! split {
+            ($s:expr) => {{
+                let (io, conn) = $s.get_mut();
+                let pending = match conn.process_new_packets() {
+                    Ok(state) => {
+                        state.plaintext_bytes_to_read() > 0
+                            || state.peer_has_closed()
+                            || conn.wants_write()
+                    }
+                    Err(_) => true,
+                };
+                (io, pending)
+            }};
+        }
+        let (io, pending) = match stream {
+            RusTlsStream::Server(s) => split!(s),
+            RusTlsStream::Client(s) => split!(s),
+        };
+        if pending {
+            return Poll::Ready(Ok(true));
+        }
+        io.poll_read_ready(cx)
+    }
+}

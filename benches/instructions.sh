@@ -3,6 +3,7 @@
 # with the machine's load, for measuring one change at a time.
 #
 #   bash benches/instructions.sh [BINARY]      # REQUESTS=4000 CONNS=16; default target/release/modelgate
+#   H2=1 bash benches/instructions.sh [BINARY] # the same over h2c, 4 streams per connection
 #
 # modelgate (workers = 1, access log off) runs under `valgrind --tool=callgrind` in
 # front of one nginx backend answering "ok\n"; after a warm-up the counters are zeroed,
@@ -16,6 +17,8 @@ cd "$(dirname "$0")/.."
 . benches/common.sh
 REQUESTS=${REQUESTS:-4000}
 CONNS=${CONNS:-16}
+# h2load's client protocol: HTTP/1.1 keep-alive, or h2c (prior knowledge) with 4 streams.
+if [ "${H2:-0}" = 1 ]; then LOAD=(-m4); else LOAD=(--h1); fi
 BIN=${1:-target/release/modelgate}
 export PATH="$PATH:/usr/sbin"
 need valgrind:valgrind nginx:nginx h2load:nghttp2-client
@@ -51,9 +54,9 @@ RUST_LOG=error valgrind --tool=callgrind --compress-strings=no --callgrind-out-f
   "$BIN" run -c "$T/modelgate.toml" 2>"$T/valgrind.log" & PIDS+=($!)
 VG=$!
 for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$MG/" && break; sleep 0.2; done
-h2load --h1 -t1 -c"$CONNS" -n $((CONNS * 50)) "http://127.0.0.1:$MG/" >/dev/null 2>&1 # warm-up
+h2load "${LOAD[@]}" -t1 -c"$CONNS" -n $((CONNS * 50)) "http://127.0.0.1:$MG/" >/dev/null 2>&1 # warm-up
 callgrind_control --zero "$VG" >/dev/null
-out=$(h2load --h1 -t1 -c"$CONNS" -n "$REQUESTS" "http://127.0.0.1:$MG/" 2>&1)
+out=$(h2load "${LOAD[@]}" -t1 -c"$CONNS" -n "$REQUESTS" "http://127.0.0.1:$MG/" 2>&1)
 ok=$(awk '/^requests:/ {print $8}' <<<"$out")
 callgrind_control --dump "$VG" >/dev/null
 sleep 1

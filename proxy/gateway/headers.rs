@@ -25,7 +25,17 @@ static X_FORWARDED_HOST: StaticHeaderName = StaticHeaderName::new("x-forwarded-h
 pub(super) const MAX_REQUEST_ID: usize = 128;
 
 /// The client's `X-Request-Id` if it sent a usable one, else a new random 128-bit id.
+///
+/// The value is marked sensitive, which HPACK encodes as a never-indexed literal
+/// (RFC 7541 §6.2.3): an id differs on every request, so indexing it would only evict
+/// useful entries from the h2 dynamic table and cost the encoder a table search.
 pub fn request_id(req: &RequestHeader) -> HeaderValue {
+    let mut id = client_or_new_request_id(req);
+    id.set_sensitive(true);
+    id
+}
+
+fn client_or_new_request_id(req: &RequestHeader) -> HeaderValue {
     if let Some(id) = req.headers.get(X_REQUEST_ID.name()) {
         if !id.is_empty() && id.len() <= MAX_REQUEST_ID {
             return id.clone();

@@ -167,10 +167,27 @@ impl ConnectorOptions {
     }
 }
 
+/// modelgate patch: a pooled connection, taken out (`None`) by the request that reuses it.
+/// While in the pool, the idle poll reads it to notice a close; reads once taken see EOF.
+struct PooledStream(Option<Stream>);
+
+impl tokio::io::AsyncRead for PooledStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.0.as_mut() {
+            Some(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<Arc<Mutex<PooledStream>>>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -252,12 +269,14 @@ impl TransportConnector {
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
+                // modelgate patch: take the stream out from under the lock instead of
+                // `Arc::try_unwrap` after waiting for it. The idle poll's
+                // `OwnedMutexGuard` releases the lock before it drops its `Arc`, so a
+                // request on another worker thread, woken by that release, could find
+                // the `Arc` still shared and drop a good connection.
+                let taken = s.lock().await.0.take(); // waits for the idle poll to release it
+                match taken {
+                    Some(mut stream) => {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
@@ -289,7 +308,7 @@ impl TransportConnector {
                             }
                         }
                     }
-                    Err(_) => {
+                    None => {
                         error!("failed to acquire reusable stream");
                         None
                     }
@@ -321,7 +340,7 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
+        let stream = Arc::new(Mutex::new(PooledStream(Some(stream))));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);

@@ -382,7 +382,7 @@ fn new_server(config: &Config, opts: &StartOptions) -> Server {
     };
     let conf = ServerConf {
         threads,
-        work_stealing: true,
+        work_stealing: false,
         grace_period_seconds: Some(config.listen.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: opts

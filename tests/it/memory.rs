@@ -11,19 +11,21 @@ use crate::support::{eventually, modelgate_bin, pool_config, TestProxy, PATIENCE
 /// Idle connections held at once; enough that a few KiB each dwarfs RSS noise.
 const CONNS: usize = 2000;
 /// Bound on the proxy's resident memory per idle keep-alive client connection:
-/// 3.2-3.3 KiB measured (debug build, 2,000 connections, since a waiting connection
-/// holds no boxed peek future, the handshake's state and what only its failure needs
-/// are out of the task; 3.7 KiB before, 5.5-6.1 before the next request was awaited
-/// before building the session; nginx: under 1 KiB; pingora 0.9.1 as released:
-/// 91-105 KiB). The margin absorbs allocator and RSS noise on a loaded host.
-const MAX_BYTES_PER_CONN: u64 = 4608;
+/// 2,004-2,031 bytes measured (debug build, 2,000 connections, since the connection's
+/// future no longer keeps room for the HTTP/1 session it builds; 3.2-3.3 KiB before,
+/// 3.7 KiB before a waiting connection held no boxed peek future and the handshake's
+/// state left the task, 5.5-6.1 before the next request was awaited before building
+/// the session; nginx: under 1 KiB; pingora 0.9.1 as released: 91-105 KiB). The
+/// margin absorbs allocator and RSS noise on a loaded host.
+const MAX_BYTES_PER_CONN: u64 = 3 * 1024;
 /// Idle TLS connections held at once (fewer: each costs a handshake on both sides).
 const TLS_CONNS: usize = 1000;
 /// Bound on the proxy's resident memory per idle keep-alive TLS client connection:
-/// 9.1-9.7 KiB measured (debug build, 1,000 connections; 17 KiB before the rustls
+/// 8,052-8,318 bytes measured (debug build, 1,000 connections; 9.1-9.7 KiB before the
+/// connection's future lost the HTTP/1 session's room, 17 KiB before the rustls
 /// handshake slots were boxed and the session was freed while waiting). Most of what
 /// remains is rustls' own: its connection state, its 4 KiB record buffer, its keys.
-const MAX_BYTES_PER_TLS_CONN: u64 = 13 * 1024;
+const MAX_BYTES_PER_TLS_CONN: u64 = 11 * 1024;
 
 /// Sends one GET on `stream` and reads its whole answer (headers and the
 /// Content-Length body), leaving the connection open and idle.
@@ -97,8 +99,17 @@ async fn idle_tls_connections(
 async fn warmed_up_proxy(
     tls: Option<&TestCa>,
 ) -> (ReplicaHandle, TestProxy, u64, Option<tempfile::TempDir>) {
+    warmed_up_proxy_with(tls, "").await
+}
+
+/// [`warmed_up_proxy`] with `extra` added to the upstream's configuration.
+async fn warmed_up_proxy_with(
+    tls: Option<&TestCa>,
+    extra: &str,
+) -> (ReplicaHandle, TestProxy, u64, Option<tempfile::TempDir>) {
     let r = Replica::builder("r1").spawn().await.unwrap();
-    let mut config = pool_config(&format!("\"{}\"", r.addr()), "") + "\n[log]\naccess = \"off\"\n";
+    let mut config =
+        pool_config(&format!("\"{}\"", r.addr()), extra) + "\n[log]\naccess = \"off\"\n";
     let dir = tls.map(|ca| {
         let dir = tempfile::tempdir().unwrap();
         ca.issue(&["memory.test"]).write(dir.path(), "memory");
@@ -157,6 +168,77 @@ async fn idle_keepalive_tls_connections_cost_a_few_kib_each() {
         per_conn <= MAX_BYTES_PER_TLS_CONN,
         "{TLS_CONNS} idle TLS connections took {} KiB ({per_conn} bytes each, bound \
          {MAX_BYTES_PER_TLS_CONN}); RSS {baseline} -> {held} KiB",
+        held.saturating_sub(baseline)
+    );
+}
+
+/// Opens an SSE stream of `tokens` tokens `interval_ms` apart (the demo replica's
+/// `/v1/stream`) on a new connection and reads until `until` has arrived.
+async fn sse_stream(
+    addr: std::net::SocketAddr,
+    tokens: u32,
+    interval_ms: u64,
+    until: &[u8],
+) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/stream?tokens={tokens}&interval_ms={interval_ms} HTTP/1.1\r\n\
+         Host: memory.test\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::with_capacity(1024);
+    while !buf.windows(until.len()).any(|w| w == until) {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "proxy closed an SSE stream: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    s
+}
+
+/// SSE streams held in progress at once.
+const SSE_STREAMS: usize = 1000;
+/// Bound on the proxy's resident memory per SSE stream in progress (waiting for its
+/// next token), client and replica connections included: 33,128-33,234 bytes
+/// measured (debug build, 1,000 streams, since the 4 KiB header buffers of the
+/// request and the response are given back once their heads are parsed and the
+/// connection's future lost the HTTP/1 session's room; 42,250 before).
+const MAX_BYTES_PER_SSE_STREAM: u64 = 36 * 1024;
+
+#[tokio::test]
+async fn sse_streams_in_progress_cost_a_bounded_amount_each() {
+    // No cap on the replica's requests in flight: all streams run at once.
+    let (replica, proxy, _, _) = warmed_up_proxy_with(None, "max_inflight = 0").await;
+    for _ in 0..20 {
+        sse_stream(proxy.http_addr(), 2, 0, b"data: [DONE]").await;
+    }
+    eventually("the warm-up streams ended", PATIENCE, || async {
+        replica.inflight() == 0
+    })
+    .await;
+    let baseline = proxy.rss_kib();
+
+    // Each stream's first token has arrived; the next is minutes away.
+    let mut streams = Vec::with_capacity(SSE_STREAMS);
+    for _ in 0..SSE_STREAMS {
+        streams.push(sse_stream(proxy.http_addr(), 2, 600_000, b"data: {").await);
+    }
+    eventually(
+        &format!("{SSE_STREAMS} streams in progress at the replica"),
+        PATIENCE,
+        || async { replica.inflight() == SSE_STREAMS as u64 },
+    )
+    .await;
+    let held = proxy.rss_kib();
+    let per_stream = bytes_per_conn(baseline, held, SSE_STREAMS);
+    assert!(
+        per_stream <= MAX_BYTES_PER_SSE_STREAM,
+        "{SSE_STREAMS} SSE streams in progress took {} KiB ({per_stream} bytes each, \
+         bound {MAX_BYTES_PER_SSE_STREAM}); RSS {baseline} -> {held} KiB",
         held.saturating_sub(baseline)
     );
 }

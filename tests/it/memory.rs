@@ -203,10 +203,11 @@ async fn sse_stream(
 /// SSE streams held in progress at once.
 const SSE_STREAMS: usize = 1000;
 /// Bound on the proxy's resident memory per SSE stream in progress (waiting for its
-/// next token), client and replica connections included: 33,128-33,234 bytes
-/// measured (debug build, 1,000 streams, since the 4 KiB header buffers of the
-/// request and the response are given back once their heads are parsed and the
-/// connection's future lost the HTTP/1 session's room; 42,250 before).
+/// next token), client and replica connections included: 32,677-32,718 bytes
+/// measured (debug build, 1,000 streams, since the request's future holds no dead
+/// copy of the proxy session; 33,128-33,234 before, 42,250 before the 4 KiB header
+/// buffers of the request and the response were given back once their heads were
+/// parsed and the connection's future lost the HTTP/1 session's room).
 const MAX_BYTES_PER_SSE_STREAM: u64 = 36 * 1024;
 
 #[tokio::test]

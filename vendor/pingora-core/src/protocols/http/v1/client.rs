@@ -445,10 +445,20 @@ impl HttpSession {
     }
 
     /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    ///
+    /// modelgate patch: the caller gets the head as parsed, with room for the fields a
+    /// proxy adds (see `HEADER_MAP_HEADROOM`), and the session keeps the copy, which it
+    /// only reads. A copy of a header map has no spare room in its field list, so the
+    /// first field added to the handed-on copy reallocated it.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
-        // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        match self.response_header.as_mut() {
+            Some(parsed) => {
+                let kept = Box::new(ResponseHeader::clone(parsed));
+                Ok(std::mem::replace(parsed, kept))
+            }
+            None => Error::e_explain(InvalidHTTPHeader, "no response header after reading one"),
+        }
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read

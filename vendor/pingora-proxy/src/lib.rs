@@ -1590,17 +1590,35 @@ where
         prev_user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
+        // `None`: a bad request, answered
+        let downstream_session = self.handle_new_request(session).await?;
+        let (session, ctx) = self.start_request(downstream_session, prev_user_ctx, shutdown);
+        // modelgate patch: the request's state lives in its own allocation, made once
+        // the request has arrived; inline, its size would be held by every idle
+        // keep-alive connection waiting in `handle_new_request` above.
+        Box::pin(self.process_request(session, ctx)).await
+    }
+
+    /// The proxy session and context of a request whose head has arrived.
+    /// modelgate patch: built in a plain fn, not in `process_boxed_http`, whose future
+    /// lives as long as the request: a local of an async fn that is borrowed (the
+    /// session and context are passed `&mut` here) keeps its slot in the future until
+    /// its scope ends, though moved into `process_request` before the await, so every
+    /// request in progress held a dead copy of both: `process_boxed_http`'s future was
+    /// 1,264 bytes and is 704 (debug build).
+    fn start_request(
+        &self,
+        downstream_session: Box<HttpSession>,
+        prev_user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
+        shutdown: &ShutdownWatch,
+    ) -> (Session, SV::CTX) {
+        let mut session = Session::new(
+            downstream_session,
+            &self.downstream_modules,
+            #[cfg(feature = "upstream_modules")]
+            &self.upstream_modules,
+            self.shutdown_flag.clone(),
+        );
 
         if *shutdown.borrow() {
             // stop downstream from reusing if this service is shutting down soon
@@ -1614,11 +1632,7 @@ where
             self.inner
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
-
-        // modelgate patch: the request's state lives in its own allocation, made once
-        // the request has arrived; inline, its size would be held by every idle
-        // keep-alive connection waiting in `handle_new_request` above.
-        Box::pin(self.process_request(session, ctx)).await
+        (session, ctx)
     }
 }
 

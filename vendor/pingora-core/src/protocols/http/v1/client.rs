@@ -313,7 +313,17 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
-                        let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
+                        let read_buf = std::mem::take(&mut self.response_header_read_buf);
+                        // modelgate patch: a head (with the body bytes read along with
+                        // it) that fills less than half the buffer moves into one of its
+                        // own size, so a response in progress for long (an SSE stream)
+                        // does not keep the 4 KiB header buffer. `header_refs`,
+                        // `raw_header` and `preread_body` are offsets, valid in the copy.
+                        let buf = if read_buf.len() < read_buf.capacity() / 2 {
+                            Bytes::copy_from_slice(&read_buf)
+                        } else {
+                            read_buf.freeze()
+                        };
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);

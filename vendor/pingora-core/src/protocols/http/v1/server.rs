@@ -416,6 +416,15 @@ impl HttpSession {
                             _ => Version::HTTP_09,
                         });
 
+                        // modelgate patch: a head (with the body bytes read along with
+                        // it) that fills less than half the buffer moves into one of its
+                        // own size, so a request in progress for long (an SSE stream)
+                        // does not keep the 4 KiB header buffer. The parsed fields are
+                        // offsets (`header_refs`), valid in the copy.
+                        if buf.len() < buf.capacity() / 2 {
+                            buf = BytesMut::from(&buf[..]);
+                        }
+
                         // Detach bytes beyond the header in O(1). Keeping them as owned BytesMut
                         // allows body parsing and subsequent pipelined sessions to continue
                         // splitting the same allocation instead of copying the shrinking suffix.

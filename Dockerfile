@@ -13,9 +13,11 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # pingora-core is vendored with a pure-Rust zlib (vendor/README.md): no cmake, only the
-# C compiler the Rust image already has. The benches and tests are copied because the
-# manifest names them.
+# C compiler and make the Rust image already has (for jemalloc). .cargo/config.toml
+# holds the allocator options compiled into the binary, the same as in every other
+# build. The benches and tests are copied because the manifest names them.
 COPY Cargo.toml Cargo.lock clippy.toml ./
+COPY .cargo ./.cargo
 COPY vendor ./vendor
 COPY proxy ./proxy
 COPY benches ./benches

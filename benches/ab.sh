@@ -7,16 +7,17 @@
 # Cases: tiny, 16k (HTTP/1.1 keep-alive), h2 (HTTPS HTTP/2, 16 connections x 4 streams),
 # tls (a new TLS 1.3 connection per request, as compare.sh's; not in the default CASES).
 #
-# ENV_A / ENV_B: extra environment for one side ("MIMALLOC_PURGE_DELAY=10"), so one binary
-# can be compared with itself under other settings. Both builds get the same config as in
-# compare.sh (one worker, round robin over three nginx backend ports with upstream
-# keep-alive, access log off, HTTP/1.1 and HTTPS). Each proxy runs on CPU $PROXY_CPU,
-# the backend and wrk/h2load on $LOAD_CPU; one proxy is loaded at a time, and the order
-# alternates every repeat. Prints, per case, the median (min-max) of each side and B/A.
+# ENV_A / ENV_B: extra environment for one side
+# ("_RJEM_MALLOC_CONF=dirty_decay_ms:10000"), so one binary can be compared with itself
+# under other settings. Both builds get the same config as in compare.sh (one worker,
+# round robin over three nginx backend ports with upstream keep-alive, access log off,
+# HTTP/1.1 and HTTPS). Each proxy runs on CPU $PROXY_CPU, the backend and wrk/h2load on
+# $LOAD_CPU; one proxy is loaded at a time, and the order alternates every repeat. Prints,
+# per case, the median (min-max) of each side and B/A.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
-[ $# -eq 2 ] || { sed -n 2,15p "$0" >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n 2,16p "$0" >&2; exit 2; }
 declare -A BIN=([a]=$(realpath "$1") [b]=$(realpath "$2"))
 REPEATS=${REPEATS:-5}
 SECS=${SECS:-5}

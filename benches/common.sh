@@ -29,14 +29,3 @@ _scratch_cleanup() {
 
 # free_port: prints a TCP port on 127.0.0.1 that nothing listens on right now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# allocator_env BINARY: exports the allocator settings BINARY re-executes itself with
-# at start (ALLOCATOR_ENV in proxy/main.rs, printed by the hidden `BINARY allocator-env`
-# one VAR=VALUE a line). Under valgrind or heaptrack that exec would leave the tool
-# and the process would run unmeasured, so scripts that run modelgate under one call
-# this first.
-allocator_env() {
-  local envs kv
-  envs=$("$1" allocator-env)
-  for kv in $envs; do export "$kv"; done
-}

@@ -20,7 +20,6 @@ BIN=${1:-target/release/modelgate}
 export PATH="$PATH:/usr/sbin"
 need valgrind:valgrind nginx:nginx h2load:nghttp2-client
 [ -x "$BIN" ] || cargo build --release --quiet --bin modelgate
-allocator_env "$BIN"
 scratch instr
 BACK=$(free_port); MG=$(free_port)
 cat >"$T/backend.conf" <<EOF
@@ -62,12 +61,20 @@ dump=$(ls -t "$T"/cg.out.* 2>/dev/null | head -1)
 total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 [ "$ok" = "$REQUESTS" ] || echo "warning: $ok of $REQUESTS requests succeeded" >&2
 echo "instructions/request $((total / ok))"
-# Heap allocations: calls into mimalloc's allocating entry points (malloc, zalloc, calloc,
-# realloc and their aligned forms) from outside mimalloc, counted from the dump's call
-# records.
+# Heap allocations: calls into the allocator's allocating entry points from outside it,
+# counted from the dump's call records: jemalloc's (`_rjem_malloc`, `_rjem_mallocx`,
+# `_rjem_calloc`, `_rjem_realloc`, `_rjem_rallocx`, ...) and, for builds before it,
+# mimalloc's (`mi_malloc`, `mi_zalloc`, `mi_realloc` and their aligned forms). Those
+# mimalloc builds re-executed themselves at start unless MIMALLOC_PURGE_DELAY and
+# MIMALLOC_ARENA_EAGER_COMMIT were set, which leaves valgrind: set both (to 0) to
+# measure one.
 allocs=$(python3 - "$dump" <<'PY'
 import re, sys
-entry = re.compile(r"^_?mi_(heap_)?(malloc|zalloc|calloc|realloc|rezalloc|recalloc)(_aligned|_aligned_at|_small)?$")
+entry = re.compile(
+    r"^(_rjem_(malloc|mallocx|calloc|realloc|rallocx|aligned_alloc|posix_memalign)"
+    r"|_?mi_(heap_)?(malloc|zalloc|calloc|realloc|rezalloc|recalloc)(_aligned|_aligned_at|_small)?)$"
+)
+internal = ("_rjem_", "mi_", "_mi_")
 caller = callee = None
 total = 0
 for line in open(sys.argv[1], errors="replace"):
@@ -76,7 +83,7 @@ for line in open(sys.argv[1], errors="replace"):
     elif line.startswith("cfn="):
         callee = line[4:].split(" ", 1)[-1].strip()
     elif line.startswith("calls=") and callee and caller:
-        if entry.match(callee) and not caller.startswith(("mi_", "_mi_")):
+        if entry.match(callee) and not caller.startswith(internal):
             total += int(line[6:].split()[0])
 print(total)
 PY

@@ -34,7 +34,6 @@ REPEATS=${REPEATS:-2}
 BIN=${1:-target/release/modelgate}
 need valgrind:valgrind curl:curl
 [ -x "$BIN" ] || cargo build --release --quiet --bin modelgate
-allocator_env "$BIN"
 scratch openai
 REP=$(free_port); MG=$(free_port)
 cat >"$T/modelgate.toml" <<EOF

@@ -9,9 +9,13 @@ use modelgate::config;
 use modelgate::logging::{self, eprint, print, LogFormat};
 use modelgate::App;
 
-/// mimalloc: pingora allocates per request; it measured noticeably cheaper than glibc's.
+/// jemalloc: no more CPU per request than mimalloc in pinned A/B runs, without page
+/// faults on the request path, and with the options compiled in from
+/// `.cargo/config.toml` (background purging threads, a one-second dirty decay) it gives
+/// the memory of closed connections back to the OS while the proxy is idle. README:
+/// "Running it" (memory) and "Benchmarks".
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// `print!` and `println!` through [`logging::print`]: a closed stdout ends the
 /// command quietly instead of a panic.
@@ -153,56 +157,9 @@ on Debian: cp DIR/ca/ca.crt /usr/local/share/ca-certificates/ && update-ca-certi
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
-    /// Print the allocator settings the process re-executes itself with at start
-    /// (`ALLOCATOR_ENV`), one `VAR=VALUE` a line. Tools that follow no exec
-    /// (valgrind, heaptrack) need them set before they start it; see benches/common.sh.
-    #[command(hide = true)]
-    AllocatorEnv,
-}
-
-/// mimalloc settings that make memory freed by closed connections go back to the OS,
-/// as `(variable, value)`. mimalloc reads its options before `main` runs, so the
-/// process re-executes itself once with the unset ones set; an operator's own values
-/// are kept. `modelgate allocator-env` prints them (for the bench scripts).
-/// - `MIMALLOC_PURGE_DELAY=0`: an emptied arena range is decommitted as it empties
-///   instead of a second later, and only on later allocator activity (an idle proxy
-///   has none).
-/// - `MIMALLOC_ARENA_EAGER_COMMIT=0`: arenas are committed as they are used. Eagerly
-///   committed, the arena's pages stayed resident after their purge: anonymous RSS
-///   of the debug build before 2,000 idle connections and 1-10 s after they closed,
-///   14.8 MiB then 17.4-22.6 MiB (and growing), against 6.2 then 8.7 MiB with it off.
-const ALLOCATOR_ENV: [(&str, &str); 2] = [
-    ("MIMALLOC_PURGE_DELAY", "0"),
-    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
-];
-
-fn return_freed_memory_promptly() {
-    use std::os::unix::process::CommandExt;
-    let unset: Vec<_> = ALLOCATOR_ENV
-        .iter()
-        .filter(|(var, _)| std::env::var_os(var).is_none())
-        .collect();
-    if unset.is_empty() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut args = std::env::args_os();
-    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
-    let err = std::process::Command::new(&exe)
-        .arg0(arg0)
-        .args(args)
-        .envs(unset.iter().copied().copied())
-        .exec();
-    eprintln_!(
-        "warning: cannot re-execute {} with {unset:?} ({err}); freed memory returns to the OS later",
-        exe.display()
-    );
 }
 
 fn main() -> ExitCode {
-    return_freed_memory_promptly();
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match cli.command {
@@ -219,12 +176,6 @@ fn main() -> ExitCode {
         ),
         Command::Check { file } => check(&file.path()),
         Command::Cert { dir, names } => cert(&dir, &names),
-        Command::AllocatorEnv => {
-            for (var, value) in ALLOCATOR_ENV {
-                println_!("{var}={value}");
-            }
-            ExitCode::SUCCESS
-        }
         Command::Probe { url, timeout } => {
             match modelgate::probe(&url, std::time::Duration::from_secs(timeout)) {
                 Ok(code) if (200..300).contains(&code) => ExitCode::SUCCESS,

@@ -476,9 +476,8 @@ fn commands_that_print_end_quietly_when_their_reader_is_gone() {
     )
     .unwrap();
     let certs = dir.path().join("certs");
-    let runs: [&[&std::ffi::OsStr]; 3] = [
+    let runs: [&[&std::ffi::OsStr]; 2] = [
         &["check".as_ref(), "-c".as_ref(), config.as_os_str()],
-        &["allocator-env".as_ref()],
         &[
             "cert".as_ref(),
             "--dir".as_ref(),

@@ -244,54 +244,104 @@ async fn sse_streams_in_progress_cost_a_bounded_amount_each() {
     );
 }
 
-/// The target of returning freed memory: RSS back within 10% of the baseline once
-/// idle connections close. The binary now runs mimalloc with
-/// `MIMALLOC_ARENA_EAGER_COMMIT=0` (and a purge delay of 0): with eagerly committed
-/// arenas the purged pages stayed resident (anonymous RSS +18-53% after the close).
-/// Measured by hand once since (debug build, 2,000 connections): total RSS +7.9%,
-/// close to the bound, so the test stays ignored until it has passed repeatedly on a
-/// loaded host. Run with `--ignored`.
+/// Bound on the proxy's resident memory once idle connections have closed, in percent
+/// over the warmed-up baseline (the target of issue #16). jemalloc's background
+/// threads purge what the connections freed within about a second of its dirty decay
+/// (`.cargo/config.toml`), idle proxy or not: +3.3-4.9% measured (debug build, 2,000
+/// connections); mimalloc with a purge delay of 0 and lazily committed arenas, +7.9%.
+const MAX_RSS_AFTER_CLOSE_PERCENT: u64 = 10;
+/// Idle connections opened and closed for that. At about 2.8 KiB each, 2,000 raise the
+/// debug build's RSS (about 33 MiB, most of it the binary's pages) by barely more than
+/// the bound. What stays after the close grows with the count (+4.9% after 2,000,
+/// +8.2% after 4,000; +15-21% after 10,000 in a release build): memory still in use,
+/// not freed pages.
+const CLOSED_CONNS: usize = 3000;
+
+/// Memory that idle connections used goes back to the OS once they close: RSS comes
+/// back near the baseline while the proxy is idle (nothing else makes it free or
+/// allocate). The connections must have raised RSS past that bound first, or the test
+/// would prove nothing.
 #[tokio::test]
-#[ignore = "not yet confirmed on a loaded host: measured once at +7.9% of a 10% bound"]
 async fn memory_returns_to_the_os_after_idle_connections_close() {
     let (_replica, proxy, baseline, _) = warmed_up_proxy(None).await;
-    let conns = idle_connections(proxy.http_addr(), CONNS).await;
+    let conns = idle_connections(proxy.http_addr(), CLOSED_CONNS).await;
     let held = proxy.rss_kib();
+    let limit = baseline + baseline * MAX_RSS_AFTER_CLOSE_PERCENT / 100;
+    assert!(
+        held > limit,
+        "{CLOSED_CONNS} idle connections raised RSS only {baseline} -> {held} KiB, within \
+         {MAX_RSS_AFTER_CLOSE_PERCENT}% of the baseline: the test measures nothing"
+    );
+    let fds = open_fds(&proxy);
     drop(conns);
-    // Freed memory goes back to the OS: RSS returns to within 10% of the baseline.
-    let limit = baseline + baseline / 10;
     eventually(
-        &format!("RSS back under {limit} KiB (baseline {baseline} KiB, held {held} KiB)"),
+        "the proxy closed the idle connections",
+        PATIENCE,
+        || async { open_fds(&proxy) + CLOSED_CONNS <= fds + 16 },
+    )
+    .await;
+    eventually(
+        &format!(
+            "RSS back under {limit} KiB, {MAX_RSS_AFTER_CLOSE_PERCENT}% over the baseline \
+             (baseline {baseline} KiB, {held} KiB with {CLOSED_CONNS} idle connections)"
+        ),
         PATIENCE,
         || async { proxy.rss_kib() <= limit },
     )
     .await;
 }
 
-/// `modelgate allocator-env` prints the settings a running proxy re-executed itself
-/// with (the bench scripts export them before starting it under valgrind).
-#[tokio::test]
-async fn allocator_env_prints_what_the_process_runs_with() {
+/// Threads of process `pid` whose name is `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .count()
+}
+
+/// jemalloc's own report of its option settings, which it prints to stderr at exit with
+/// `stats_print:true`, of `modelgate --version` run with `_RJEM_MALLOC_CONF=conf`.
+fn allocator_options(conf: &str) -> String {
     let out = std::process::Command::new(modelgate_bin())
-        .arg("allocator-env")
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", conf)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let printed = String::from_utf8(out.stdout).unwrap();
-    let vars: Vec<&str> = printed.lines().collect();
-    assert!(!vars.is_empty());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The allocator runs with the options `.cargo/config.toml` compiles in (purging
+/// background threads, a one-second dirty decay, no muzzy stage), which is what gives
+/// freed memory back while the proxy is idle; `_RJEM_MALLOC_CONF` at run time
+/// overrides them. A running proxy has the purging thread.
+#[tokio::test]
+async fn the_allocator_runs_with_the_compiled_in_options() {
+    let compiled = allocator_options("stats_print:true");
+    for opt in [
+        "opt.background_thread: true",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(compiled.contains(opt), "no {opt:?} in:\n{compiled}");
+    }
+    let overridden = allocator_options("stats_print:true,dirty_decay_ms:5000");
+    assert!(
+        overridden.contains("opt.dirty_decay_ms: 5000"),
+        "_RJEM_MALLOC_CONF did not override the decay:\n{overridden}"
+    );
+
     let replica = Replica::builder("r").spawn().await.unwrap();
     let proxy = TestProxy::start(&pool_config(&format!("\"{}\"", replica.addr()), "")).await;
-    let environ = std::fs::read(format!("/proc/{}/environ", proxy.pid())).unwrap();
-    let environ: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
-    for var in vars {
-        let (name, _) = var.split_once('=').expect("VAR=VALUE");
-        assert!(name.starts_with("MIMALLOC_"), "{var}");
-        if std::env::var_os(name).is_none() {
-            assert!(
-                environ.contains(&var.as_bytes()),
-                "{var} not set in the proxy"
-            );
-        }
-    }
+    eventually(
+        "the proxy has a jemalloc purging thread",
+        PATIENCE,
+        || async { threads_named(proxy.pid(), "jemalloc_bg_thd") > 0 },
+    )
+    .await;
 }

@@ -187,7 +187,7 @@ fn build_context_leaves_out_what_the_image_does_not_need() {
 }
 
 /// The build stage: copies only files that exist, which form a complete context (the
-/// manifest's targets, the vendored crates), and `cargo` accepts the lockfile as it is
+/// manifest's targets, the vendored crates, the build options of `.cargo/config.toml`), and `cargo` accepts the lockfile as it is
 /// (`--locked`), offline, as CI's build uses it. Like CI, it installs no system package,
 /// and it builds the default features CI tests.
 #[test]
@@ -256,6 +256,22 @@ fn build_stage_builds_what_ci_builds_from_files_that_exist() {
             };
             copy_tree(&from, &target, &ignored);
         }
+    }
+
+    // The allocator options (`.cargo/config.toml`'s `[env]`) are compiled in: the image's
+    // build must read the same file from the directory it builds in, and set none of
+    // its own.
+    let cargo_config = std::fs::read(root().join(".cargo/config.toml")).unwrap();
+    assert_eq!(
+        std::fs::read(context.path().join(".cargo/config.toml")).ok(),
+        Some(cargo_config),
+        "the build stage does not copy .cargo/config.toml to {workdir}/.cargo/"
+    );
+    for i in build {
+        assert!(
+            !i.args.contains("MALLOC_CONF"),
+            "the build stage sets allocator options of its own: {i:?}"
+        );
     }
 
     let runs: Vec<&Instr> = find(build, "RUN");

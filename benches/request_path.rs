@@ -1,7 +1,10 @@
 //! What modelgate itself adds to each proxied request, piece by piece, in ns: the
 //! request id, the header-size check, the host lookup and route resolution, the
 //! metrics of the `logging` hook, and the access log (the hand-off on the request
-//! path and the formatting on the writer thread). Backend selection is in
+//! path and the formatting on the writer thread), and an upstream response head as
+//! pingora's HTTP/1.1 client reads it and the proxy writes it to the client (names
+//! in lower case, and in title case, which makes the head record their case).
+//! Backend selection is in
 //! `benches/selection.rs`; route tables of 10,000 routes in `benches/routing.rs`.
 
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use modelgate::bench::access::{self, AccessLog, Entry};
 use modelgate::bench::headers;
 use modelgate::bench::Metrics;
 use modelgate::bench::{request_host, RouteTable};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 /// A typical OpenAI-style request head from a client library.
 fn request() -> RequestHeader {
@@ -33,6 +36,42 @@ fn request() -> RequestHeader {
         req.insert_header(k, v).unwrap_or_else(|e| panic!("{e}"));
     }
     req
+}
+
+/// An nginx-like response head, lower-case names.
+const UPSTREAM_LOWER: [(&str, &str); 5] = [
+    ("server", "nginx/1.24.0"),
+    ("date", "Wed, 02 Dec 2026 01:58:18 GMT"),
+    ("content-type", "text/plain"),
+    ("content-length", "3"),
+    ("connection", "keep-alive"),
+];
+
+/// The same head in title case, as nginx writes it.
+const UPSTREAM_TITLE: [(&str, &str); 5] = [
+    ("Server", "nginx/1.24.0"),
+    ("Date", "Wed, 02 Dec 2026 01:58:18 GMT"),
+    ("Content-Type", "text/plain"),
+    ("Content-Length", "3"),
+    ("Connection", "keep-alive"),
+];
+
+/// An upstream response head through the proxy: built as pingora's HTTP/1.1 client
+/// parses it (names appended as they came, room for 8 fields more), cloned as the
+/// client session hands it on, its hop-by-hop field removed, written to `out` as the
+/// HTTP/1.1 server writes it. Returns the bytes written.
+fn upstream_head(fields: &[(&'static str, &'static str)], out: &mut Vec<u8>) -> usize {
+    let mut head =
+        ResponseHeader::build(200, Some(fields.len() + 8)).unwrap_or_else(|e| panic!("{e}"));
+    for (name, value) in fields {
+        head.append_header(bytes::Bytes::from_static(name.as_bytes()), *value)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut sent = head.clone();
+    sent.remove_header("connection");
+    out.clear();
+    sent.header_to_h1_wire(out);
+    out.len()
 }
 
 fn entry() -> Entry {
@@ -119,6 +158,14 @@ fn request_path(c: &mut Criterion) {
             access::format(black_box(&e), &mut line);
             black_box(line.len())
         })
+    });
+
+    let mut head = Vec::with_capacity(512);
+    g.bench_function("upstream_head_lower_case", |b| {
+        b.iter(|| black_box(upstream_head(black_box(&UPSTREAM_LOWER), &mut head)))
+    });
+    g.bench_function("upstream_head_title_case", |b| {
+        b.iter(|| black_box(upstream_head(black_box(&UPSTREAM_TITLE), &mut head)))
     });
     g.finish();
 }

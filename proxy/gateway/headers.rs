@@ -140,22 +140,28 @@ pub fn add_forwarded(
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
     {
-        let mut buf = [0u8; 512];
-        let mut w = &mut buf[..];
-        let prior = upstream
-            .headers
-            .get(X_FORWARDED_FOR.name())
-            .map(|v| v.as_bytes());
-        let written = match prior {
-            Some(p) if p.len() < 400 => w
-                .write_all(p)
-                .and_then(|_| w.write_all(b", "))
-                .and_then(|_| write_ip(&mut w, ip)),
-            _ => write_ip(&mut w, ip),
-        };
-        if written.is_ok() {
-            let len = 512 - w.len();
-            if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
+        // The address goes through a stack buffer just long enough for any IP's text,
+        // the value into an allocation of its exact length: one allocation, as copying
+        // into a `HeaderValue` costs anyway, and no 512-byte buffer zeroed per request.
+        let mut ip_text = [0u8; MAX_IP_TEXT];
+        let mut w = &mut ip_text[..];
+        let written = write_ip(&mut w, ip).map(|()| MAX_IP_TEXT - w.len());
+        if let Ok(len) = written {
+            let ip_text = &ip_text[..len];
+            let prior = upstream
+                .headers
+                .get(X_FORWARDED_FOR.name())
+                .map(|v| v.as_bytes())
+                .filter(|p| p.len() < 400);
+            let mut value = Vec::with_capacity(prior.map_or(0, |p| p.len() + 2) + ip_text.len());
+            if let Some(prior) = prior {
+                value.extend_from_slice(prior);
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(ip_text);
+            // A `Vec` whose length is its capacity becomes `Bytes` without copying,
+            // which the value keeps as it is.
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
                 upstream.insert_header(&X_FORWARDED_FOR, v)?;
             }
         }
@@ -174,6 +180,10 @@ pub fn add_forwarded(
     }
     Ok(())
 }
+
+/// The longest text of an IP address, in bytes: an IPv6 address with an embedded IPv4
+/// one (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`) is 45.
+const MAX_IP_TEXT: usize = 48;
 
 /// Writes `ip` as text: an IPv4 address octet by octet through `itoa` (`write!`
 /// through `Display` cost about 1,000 instructions per request), IPv6 through `Display`.

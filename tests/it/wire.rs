@@ -1232,3 +1232,88 @@ async fn pipelined_requests_are_answered_in_order() {
         );
     }
 }
+
+// --- Header names keep their case and order through the proxy ---
+
+/// The fields of `head` (request or status line skipped) whose name is one of `names`,
+/// compared case-insensitively, as written (`Name: value`) and in order.
+fn fields_among(head: &str, names: &[&str]) -> Vec<String> {
+    head.split("\r\n")
+        .skip(1)
+        .filter(|line| {
+            line.split_once(':')
+                .is_some_and(|(name, _)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// `Name: value` fields, the values numbered with `prefix`.
+fn numbered_fields(names: &[&str], prefix: &str) -> Vec<String> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("{name}: {prefix}{i}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn header_names_keep_their_case_and_order_both_ways() {
+    // Names in the form a head writes without recording case (title case for the
+    // names pingora knows, lower case for the rest) first, then others, a repeated
+    // name in two cases: the point where a head starts recording case, and every
+    // field on either side of it, must come out as it went in.
+    const REQUEST_NAMES: [&str; 7] = [
+        "accept",
+        "X-Mixed-Case",
+        "X-MIXED-case",
+        "User-agent",
+        "x-lower",
+        "X-Trace-ID",
+        "content-TYPE",
+    ];
+    const RESPONSE_NAMES: [&str; 6] = [
+        "Content-Type",
+        "x-replica-lower",
+        "X-Replica-Case",
+        "X-REPLICA-UPPER",
+        "x-replica-UPPER",
+        "Cache-control",
+    ];
+    let response_fields = numbered_fields(&RESPONSE_NAMES, "r");
+    let response_head: String = response_fields.iter().map(|f| format!("{f}\r\n")).collect();
+    let replica = RawReplica::spawn(move |_| {
+        Action::Reply(
+            format!("HTTP/1.1 200 OK\r\n{response_head}Content-Length: 2\r\n\r\nok").into_bytes(),
+        )
+    })
+    .await;
+    let wire = Wire::start(&one_route(replica.addr(), "")).await;
+    for over in H1_BOTH {
+        let mut conn = wire.h1_conn(over).await;
+        // In its default form up to the mixed-case fields, or not from the first one.
+        for host in ["Host", "host"] {
+            let mut names = vec![host];
+            names.extend(REQUEST_NAMES);
+            let mut fields = vec![format!("{host}: {HOST}")];
+            fields.extend(numbered_fields(&REQUEST_NAMES, "q"));
+            let request_head: String = fields.iter().map(|f| format!("{f}\r\n")).collect();
+            let (head, body) = conn
+                .request(format!("GET /case HTTP/1.1\r\n{request_head}\r\n").as_bytes())
+                .await;
+            assert_eq!(body, "ok", "{over:?}: {head}");
+            let seen = replica.last();
+            assert_eq!(
+                fields_among(&seen.head, &names),
+                fields,
+                "{over:?} request: {}",
+                seen.head
+            );
+            assert_eq!(
+                fields_among(&head, &RESPONSE_NAMES),
+                response_fields,
+                "{over:?} response: {head}"
+            );
+        }
+    }
+}

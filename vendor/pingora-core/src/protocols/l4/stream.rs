@@ -377,8 +377,10 @@ impl AsRawSocket for RawStreamWrapper {
 ///
 /// Large read buffering helps reducing syscalls with little trade-off. The SSL
 /// layer always does "small" reads in 16k chunks (TLS record size), so L4 read
-/// buffering helps a lot.
-pub const DEFAULT_L4_READ_BUFFER_SIZE: usize = 64 * 1024;
+/// buffering helps a lot. 32 KiB (pingora: 64 KiB) is the largest size jemalloc's
+/// thread cache serves; a larger buffer, allocated per read that fills it, takes the
+/// allocator's slower large-object path each time.
+pub const DEFAULT_L4_READ_BUFFER_SIZE: usize = 32 * 1024;
 
 /// The default L4 write buffer size.
 ///

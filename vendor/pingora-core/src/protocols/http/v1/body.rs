@@ -28,7 +28,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::utils::BufRef;
 
 // TODO: make this dynamically adjusted
-const BODY_BUFFER_SIZE: usize = 1024 * 64;
+/// 32 KiB (pingora: 64 KiB): the largest size jemalloc's thread cache serves; the buffer
+/// is allocated per body, and a larger one takes the allocator's slower path each time.
+const BODY_BUFFER_SIZE: usize = 1024 * 32;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2

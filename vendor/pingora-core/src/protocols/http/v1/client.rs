@@ -67,6 +67,10 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    /// The `Content-Length` framing the response body, as validation resolved it when
+    /// the response head was read (`None`: absent, tolerated as invalid, or
+    /// `Transfer-Encoding` frames the body).
+    response_content_length: Option<usize>,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +104,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            response_content_length: None,
         }
     }
 
@@ -203,7 +208,10 @@ impl HttpSession {
 
     // Validate the response header read. This function must be called after the response header
     // read.
-    fn validate_response(&self) -> Result<()> {
+    //
+    // modelgate: returns the `Content-Length` framing the body (`None`: absent, invalid
+    // but tolerated, or `Transfer-Encoding` frames it), kept for the body reader.
+    fn validate_response(&self) -> Result<Option<usize>> {
         let resp_header = self
             .response_header
             .as_ref()
@@ -215,20 +223,20 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
-            if self.allow_h1_response_invalid_content_length
-                && super::common::content_length_is_single_token(&resp_header.headers)
+        match super::common::validated_content_length(&resp_header.headers) {
+            Ok(content_length) => Ok(content_length),
+            Err(e)
+                if self.allow_h1_response_invalid_content_length
+                    && super::common::content_length_is_single_token(&resp_header.headers) =>
             {
                 debug!(
                     "tolerating invalid Content-Length ({e}); \
                      treating response as close-delimited"
                 );
-            } else {
-                return Err(e);
+                Ok(None)
             }
+            Err(e) => Err(e),
         }
-
-        Ok(())
     }
 
     fn clear_response_header_read_state(&mut self) {
@@ -333,8 +341,9 @@ impl HttpSession {
                         let contains_transfer_encoding = response_header
                             .headers
                             .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
+                        // modelgate: looked up only when it matters
+                        let contains_content_length = contains_transfer_encoding
+                            && response_header.headers.contains_key(header::CONTENT_LENGTH);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
@@ -347,9 +356,10 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
-                        if let Err(e) = self.validate_response() {
-                            return self.fail_response_header_read(e);
-                        }
+                        self.response_content_length = match self.validate_response() {
+                            Ok(content_length) => content_length,
+                            Err(e) => return self.fail_response_header_read(e),
+                        };
                         // convert to upgrade body type
                         // https://datatracker.ietf.org/doc/html/rfc9110#status.101
                         // as an "informational" header, this cannot have a body
@@ -445,10 +455,20 @@ impl HttpSession {
     }
 
     /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    ///
+    /// modelgate patch: the caller gets the head as parsed, with room for the fields a
+    /// proxy adds (see `HEADER_MAP_HEADROOM`), and the session keeps the copy, which it
+    /// only reads. A copy of a header map has no spare room in its field list, so the
+    /// first field added to the handed-on copy reallocated it.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
-        // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        match self.response_header.as_mut() {
+            Some(parsed) => {
+                let kept = Box::new(ResponseHeader::clone(parsed));
+                Ok(std::mem::replace(parsed, kept))
+            }
+            None => Error::e_explain(InvalidHTTPHeader, "no response header after reading one"),
+        }
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
@@ -743,7 +763,8 @@ impl HttpSession {
             } else if self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            } else if let Some(cl) = self.response_content_length {
+                // modelgate: resolved by validate_response() when the head was read
                 self.body_reader.init_content_length(cl, preread_body);
             } else {
                 self.body_reader.init_close_delimited(preread_body);
@@ -785,13 +806,6 @@ impl HttpSession {
         if self.was_upgraded() {
             self.received_upgrade_req_body = true;
             self.body_writer.convert_to_close_delimited();
-        }
-    }
-
-    fn get_content_length(&self) -> Result<Option<usize>> {
-        match self.resp_header() {
-            Some(h) => content_length_for_framing(&h.headers),
-            None => Ok(None),
         }
     }
 

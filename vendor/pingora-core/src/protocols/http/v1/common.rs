@@ -401,12 +401,21 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
 /// HTTP/2 does not use `Content-Length` for framing, but reconciling it here
 /// keeps the H2 and downgraded-H1 paths consistent and rejects genuinely
 /// ambiguous values before they cross a proxy boundary.
+#[cfg(test)]
 pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
+    validated_content_length(headers).map(|_| ())
+}
+
+/// modelgate patch: [`validate_content_length`], returning the `Content-Length` that
+/// frames the body: `None` when `Transfer-Encoding` is present (it frames the body) or
+/// the field is absent. Reading a message keeps this, so the body reader does not
+/// resolve the field again.
+pub(crate) fn validated_content_length(headers: &HMap) -> Result<Option<usize>> {
     if headers.get(header::TRANSFER_ENCODING).is_some() {
         // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
-        return Ok(());
+        return Ok(None);
     }
-    content_length_for_framing(headers).map(|_| ())
+    content_length_for_framing(headers)
 }
 
 /// Validate `Content-Length` for transports where `Transfer-Encoding` is not

@@ -86,6 +86,9 @@ pub struct HttpSession {
     /// Request bytes read beyond the header, owned separately so they can move through the body
     /// reader and into the next pipelined session without copying.
     preread_body: Option<BytesMut>,
+    /// The `Content-Length` framing the request body, as validation resolved it when the
+    /// request was read (`None`: absent, or `Transfer-Encoding` frames the body).
+    request_content_length: Option<usize>,
     /// A state machine to track how to read the request body
     body_reader: BodyReader,
     /// A state machine to track how to write the response body
@@ -183,6 +186,7 @@ impl HttpSession {
             buf: Bytes::new(), // zero size, with be replaced by parsed header later
             raw_header: None,
             preread_body: None,
+            request_content_length: None,
             body_reader: BodyReader::new(false),
             body_writer: BodyWriter::new(),
             proxy_task_state: ProxyTaskState::default(),
@@ -457,8 +461,9 @@ impl HttpSession {
 
                         let contains_transfer_encoding =
                             request_header.headers.contains_key(TRANSFER_ENCODING);
-                        let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
+                        // modelgate: looked up only when it matters
+                        let contains_content_length = contains_transfer_encoding
+                            && request_header.headers.contains_key(CONTENT_LENGTH);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
@@ -485,7 +490,7 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        self.request_content_length = self.validate_request_framing()?;
 
                         return Ok(Some(s));
                     }
@@ -541,6 +546,12 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        self.validate_request_framing().map(|_| ())
+    }
+
+    /// [`Self::validate_request()`], returning the `Content-Length` that frames the
+    /// request body (`None` when absent or when `Transfer-Encoding` frames it).
+    fn validate_request_framing(&self) -> Result<Option<usize>> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -562,7 +573,7 @@ impl HttpSession {
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
+        let content_length = super::common::validated_content_length(&req_header.headers)?;
 
         if req_header.headers.contains_key(TRANSFER_ENCODING) {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
@@ -593,7 +604,7 @@ impl HttpSession {
             }
         }
 
-        Ok(())
+        Ok(content_length)
     }
 
     /// Return a reference of the `RequestHeader` this session read
@@ -1206,10 +1217,6 @@ impl HttpSession {
         is_chunked_encoding_from_headers(&self.req_header().headers)
     }
 
-    fn get_content_length(&self) -> Result<Option<usize>> {
-        content_length_for_framing(&self.req_header().headers)
-    }
-
     fn init_body_reader(&mut self) {
         if self.body_reader.need_init() {
             // reset retry buffer
@@ -1228,10 +1235,10 @@ impl HttpSession {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked_owned(preread_body);
             } else {
-                // At this point, validate_request() should have already been called,
-                // so get_content_length() should not return an error for invalid values
-                let cl = self.get_content_length().unwrap_or(None);
-                match cl {
+                // modelgate: the length validation resolved when the request was read,
+                // not the field parsed again. It is the length the client framed the
+                // body with, which a filter changing the header afterwards cannot move.
+                match self.request_content_length {
                     Some(i) => {
                         self.body_reader.init_content_length_owned(i, preread_body);
                     }

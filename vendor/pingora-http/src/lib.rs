@@ -1079,49 +1079,23 @@ fn header_to_h1_wire(name_case: &NameCase, value_map: &HMap, buf: &mut impl BufM
     const CRLF: &[u8; 2] = b"\r\n";
     const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
 
-    if let Some(key_map) = name_case.map() {
-        case_header_iter(key_map, value_map).for_each(|(case_header, val)| {
-            buf.put_slice(case_header);
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(val.as_ref());
-            buf.put_slice(CRLF);
-        });
-    } else {
-        for (header, value) in value_map {
-            buf.put_slice(default_case(header).as_bytes());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(value.as_ref());
-            buf.put_slice(CRLF);
-        }
+    for (name, value) in written_fields(name_case, value_map) {
+        buf.put_slice(name);
+        buf.put_slice(HEADER_KV_DELIMITER);
+        buf.put_slice(value.as_ref());
+        buf.put_slice(CRLF);
     }
 }
 
-/// Each field's recorded name with its value.
+/// Each field's name as it is written, with its value: the recorded case where a case
+/// map was made, else the form written without one ([`default_case`]).
 #[inline]
-fn case_header_iter<'a>(
-    name_map: &'a CaseMap,
-    value_map: &'a HMap,
-) -> impl Iterator<Item = (&'a [u8], &'a HeaderValue)> + 'a {
-    name_map
-        .iter()
-        .zip(value_map.iter())
-        .map(|((h1, name), (h2, value))| {
-            // in case the header iteration order changes in future versions of HMap
-            assert_eq!(h1, h2, "header iter mismatch {}, {}", h1, h2);
-            (name.as_slice(), value)
-        })
-}
-
-/// Each field's name as written (the recorded case, or the default form when none
-/// needed recording) with its value; empty when case is not kept.
-#[inline]
-fn kept_case_header_iter<'a>(
+fn written_fields<'a>(
     name_case: &'a NameCase,
     value_map: &'a HMap,
 ) -> impl Iterator<Item = (&'a [u8], &'a HeaderValue)> + 'a {
     let mut case_names = name_case.map().map(HMap::iter);
-    let fields = if name_case.is_kept() { usize::MAX } else { 0 };
-    value_map.iter().take(fields).map(move |(name, value)| {
+    value_map.iter().map(move |(name, value)| {
         match case_names.as_mut().and_then(Iterator::next) {
             Some((case_key, case_name)) => {
                 // in case the header iteration order changes in future versions of HMap
@@ -1131,6 +1105,16 @@ fn kept_case_header_iter<'a>(
             None => (default_case(name).as_bytes(), value),
         }
     })
+}
+
+/// [`written_fields`] when case is kept; empty when it is not.
+#[inline]
+fn kept_case_header_iter<'a>(
+    name_case: &'a NameCase,
+    value_map: &'a HMap,
+) -> impl Iterator<Item = (&'a [u8], &'a HeaderValue)> + 'a {
+    let fields = if name_case.is_kept() { usize::MAX } else { 0 };
+    written_fields(name_case, value_map).take(fields)
 }
 
 #[cfg(test)]
